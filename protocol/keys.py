@@ -239,7 +239,8 @@ def encode_key_file(
     """
     if passphrase is None:
         return (_KEY_FILE_PLAIN + b64url_encode(identity.seed) + "\n").encode()
-    if len(salt) != nacl.pwhash.argon2id.SALTBYTES or len(nonce) != nacl.secret.SecretBox.NONCE_SIZE:
+    if (len(salt) != nacl.pwhash.argon2id.SALTBYTES
+            or len(nonce) != nacl.secret.SecretBox.NONCE_SIZE):
         raise KeyFormatError("sealing a key file needs a 16-byte salt and a 24-byte nonce")
     key = nacl.pwhash.argon2id.kdf(32, passphrase, salt, opslimit=opslimit, memlimit=memlimit)
     box = nacl.secret.SecretBox(key).encrypt(identity.seed, nonce)
