@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol.encoding import decode, encode
+from protocol.entries import (
+    ENTRY_SIG_LABEL,
+    MAX_BODY_BYTES,
+    TLP,
+    ForkProof,
+    VerifiedEntry,
+    check_successor,
+    decode_fork_proof,
+    detect_fork,
+    sign_entry,
+    verify_entry,
+)
+from protocol.errors import (
+    BadSignatureError,
+    ChainError,
+    EncodingError,
+    EntraideError,
+    OversizeError,
+)
+from protocol.keys import Identity
+
+QC = Identity(hashlib.blake2b(b"test/QC", digest_size=32).digest())
+ON = Identity(hashlib.blake2b(b"test/ON", digest_size=32).digest())
+
+
+def entry(seq: int = 1, prev: bytes | None = None, body: bytes = b"body", ts: int = 1000,
+          who: Identity = QC, tlp: TLP = TLP.GREEN,
+          audience: tuple[bytes, ...] | None = None) -> VerifiedEntry:
+    return sign_entry(who, seq=seq, prev=prev, now_ms=ts, tlp=tlp, audience=audience, body=body)
+
+
+FIRST = entry()
+SECOND = entry(seq=2, prev=FIRST.hash)
+AMBER = entry(tlp=TLP.AMBER, audience=(b"\x01" * 8, b"\x02" * 8))
+
+
+def test_entries_round_trip() -> None:
+    for e in (FIRST, SECOND, AMBER):
+        again = verify_entry(e.raw)
+        assert again == e and again.id == e.id == hashlib.blake2b(e.raw, digest_size=32).hexdigest()
+        assert (again.origin, again.seq, again.prev, again.tlp, again.audience, again.body) == (
+            e.origin, e.seq, e.prev, e.tlp, e.audience, e.body)
+
+
+def test_entries_verified_entry_cannot_be_forged_by_construction() -> None:
+    with pytest.raises(TypeError):
+        VerifiedEntry(1, QC.public_key, 1, None, 0, TLP.CLEAR, None, b"", b"", b"", b"")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        FIRST.seq = 2  # type: ignore[misc]
+
+
+def test_entries_signature_is_domain_separated() -> None:
+    fields = decode(FIRST.raw)[:8]
+    assert QC.public_key.verify(ENTRY_SIG_LABEL + encode(fields), FIRST.sig)
+    with pytest.raises(BadSignatureError):
+        QC.public_key.verify(encode(fields), FIRST.sig)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_entries_any_flipped_byte_fails(data: st.DataObject) -> None:
+    raw = bytearray(SECOND.raw)
+    i = data.draw(st.integers(0, len(raw) - 1))
+    raw[i] ^= data.draw(st.integers(1, 255))
+    with pytest.raises(EntraideError):
+        verify_entry(bytes(raw))
+
+
+FIELD_CHANGES = {
+    1: ON.public_key.raw, 2: 3, 3: b"\x00" * 32, 4: 1001, 5: "CLEAR", 7: b"bodz",
+    8: b"\x00" * 64,
+}
+
+
+@pytest.mark.parametrize("index", sorted(FIELD_CHANGES))
+def test_entries_any_changed_field_fails(index: int) -> None:
+    fields = decode(SECOND.raw)
+    fields[index] = FIELD_CHANGES[index]
+    with pytest.raises((BadSignatureError, EncodingError)):
+        verify_entry(encode(fields))
+
+
+@settings(max_examples=10_000, deadline=None)
+@given(st.binary(max_size=200))
+def test_entries_random_bytes_raise_only_typed_errors(data: bytes) -> None:
+    with pytest.raises(EntraideError):
+        verify_entry(data)
+
+
+def test_entries_random_prefix_of_valid_entry_raises_typed() -> None:
+    for cut in range(len(SECOND.raw)):
+        with pytest.raises(EncodingError):
+            verify_entry(SECOND.raw[:cut])
+
+
+def test_entries_non_canonical_encodings_rejected() -> None:
+    fields = decode(SECOND.raw)
+    # Same value, non-shortest integer for seq (uint64 instead of fixint).
+    packer = msgpack.Packer(use_bin_type=True)
+    head = b"\x99" + b"".join(packer.pack(f) for f in fields[:2])
+    seq64 = b"\xcf" + (2).to_bytes(8, "big")
+    tail = b"".join(packer.pack(f) for f in fields[3:])
+    with pytest.raises(EncodingError):
+        verify_entry(head + seq64 + tail)
+    # Array 16 header instead of fixarray.
+    with pytest.raises(EncodingError):
+        verify_entry(b"\xdc\x00\x09" + SECOND.raw[1:])
+    # Trailing bytes.
+    with pytest.raises(EncodingError):
+        verify_entry(SECOND.raw + b"\x00")
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"seq": 0}, {"seq": 2, "prev": None}, {"seq": 1, "prev": b"\x00" * 32},
+    {"seq": 2, "prev": b"short"}, {"ts": -1}, {"tlp": TLP.RED},
+    {"tlp": TLP.CLEAR, "audience": (b"\x01" * 8,)},
+    {"tlp": TLP.AMBER, "audience": (b"\x02" * 8, b"\x01" * 8)},
+    {"tlp": TLP.AMBER, "audience": (b"\x01" * 8, b"\x01" * 8)},
+    {"tlp": TLP.AMBER, "audience": (b"\x01" * 7,)},
+    {"tlp": TLP.AMBER, "audience": ()},
+    {"body": b"x" * (MAX_BODY_BYTES + 1)},
+])
+def test_entries_sign_refuses_inconsistent_fields(kwargs: dict[str, object]) -> None:
+    with pytest.raises(EncodingError):
+        entry(**kwargs)  # type: ignore[arg-type]
+
+
+def test_entries_verify_refuses_unknown_version_and_oversize() -> None:
+    fields = decode(FIRST.raw)
+    fields[0] = 2
+    with pytest.raises(EncodingError, match="version"):
+        verify_entry(encode(fields))
+    with pytest.raises(OversizeError):
+        verify_entry(b"\x99" + b"\x00" * (400 * 1024))
+
+
+def test_entries_chain_checks() -> None:
+    check_successor(None, FIRST)
+    check_successor((1, FIRST.hash), SECOND)
+    with pytest.raises(ChainError):
+        check_successor(None, SECOND)
+    with pytest.raises(ChainError):
+        check_successor((2, SECOND.hash), SECOND)
+    with pytest.raises(ChainError):
+        check_successor((1, b"\x00" * 32), SECOND)
+
+
+def test_entries_fork_proof_verifies_alone() -> None:
+    other = entry(seq=2, prev=FIRST.hash, body=b"something else")
+    proof = detect_fork(SECOND, other)
+    assert proof is not None and proof == detect_fork(other, SECOND)
+    again = decode_fork_proof(proof.encode())
+    assert (again.origin, again.seq) == (QC.public_key, 2)
+    assert {again.a, again.b} == {SECOND, other}
+    assert detect_fork(SECOND, SECOND) is None
+    assert detect_fork(FIRST, SECOND) is None
+
+
+def test_entries_fork_proof_refuses_non_conflicts() -> None:
+    with pytest.raises(ChainError):
+        ForkProof(FIRST, SECOND)
+    with pytest.raises(ChainError):
+        decode_fork_proof(encode(["entraide/fork/v1", SECOND.raw, SECOND.raw]))
+    on_second = entry(seq=2, prev=FIRST.hash, who=ON)
+    with pytest.raises(ChainError):
+        decode_fork_proof(encode(["entraide/fork/v1", SECOND.raw, on_second.raw]))
+    with pytest.raises(EncodingError):
+        decode_fork_proof(encode(["other", SECOND.raw, SECOND.raw]))
+    tampered = bytearray(SECOND.raw)
+    tampered[-1] ^= 1
+    other = entry(seq=2, prev=FIRST.hash, body=b"x")
+    with pytest.raises(BadSignatureError):
+        decode_fork_proof(encode(["entraide/fork/v1", bytes(tampered), other.raw]))

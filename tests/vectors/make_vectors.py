@@ -1,0 +1,66 @@
+"""Regenerate tests/vectors/core.json (run by hand only when the format changes).
+
+    .venv/bin/python tests/vectors/make_vectors.py > tests/vectors/core.json
+
+The vectors are the interop contract: another implementation given the same seeds
+and randomness must produce the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from protocol.entries import TLP, sign_entry
+from protocol.envelope import seal_envelope
+from protocol.keys import Identity
+
+
+def seeded(label: str) -> Identity:
+    return Identity(hashlib.blake2b(label.encode(), digest_size=32).digest())
+
+
+def counter_rand(label: str):  # deterministic "randomness" for vectors
+    state = {"n": 0}
+
+    def randbytes(n: int) -> bytes:
+        state["n"] += 1
+        return hashlib.blake2b(f"{label}/{state['n']}".encode(), digest_size=64).digest()[:n]
+
+    return randbytes
+
+
+def main() -> None:
+    qc, on, fed = seeded("vector/QC"), seeded("vector/ON"), seeded("vector/FED")
+    keys = {name: {"seed": ident.seed.hex(), "key": ident.public_key.text,
+                   "fingerprint": ident.public_key.fingerprint,
+                   "key_id": ident.public_key.key_id.hex(),
+                   "x25519": ident.public_key.x25519.hex()}
+            for name, ident in (("QC", qc), ("ON", on), ("FED", fed))}
+    e1 = sign_entry(qc, seq=1, prev=None, now_ms=1_790_000_000_000, tlp=TLP.CLEAR,
+                    audience=None, body=b"first entry")
+    e2 = sign_entry(qc, seq=2, prev=e1.hash, now_ms=1_790_000_000_500, tlp=TLP.GREEN,
+                    audience=None, body=bytes(range(256)))
+    payload = b"AMBER: 203.0.113.7 is a C2 server"
+    audience, body = seal_envelope(payload, [qc.public_key, on.public_key],
+                                   counter_rand("vector/envelope"))
+    e3 = sign_entry(qc, seq=3, prev=e2.hash, now_ms=1_790_000_001_000, tlp=TLP.AMBER,
+                    audience=audience, body=body)
+    entries = []
+    for e in (e1, e2, e3):
+        entries.append({"author": "QC", "seq": e.seq, "prev": e.prev.hex() if e.prev else None,
+                        "ts": e.ts, "tlp": e.tlp.value,
+                        "audience": [a.hex() for a in e.audience] if e.audience else None,
+                        "body": e.body.hex(), "sig": e.sig.hex(), "raw": e.raw.hex(),
+                        "id": e.id})
+    print(json.dumps({
+        "keys": keys,
+        "entries": entries,
+        "envelope": {"entry_index": 2, "plaintext": payload.hex(),
+                     "randomness_label": "vector/envelope",
+                     "readers": ["QC", "ON"], "non_readers": ["FED"]},
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
