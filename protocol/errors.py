@@ -20,7 +20,8 @@ its own branches (storage, configuration, untrusted peer) under the same root, i
     ├── ChainError               an entry that does not extend its origin's chain
     ├── LocalProtocolError       *we* did something the protocol forbids (a bug, or misuse)
     └── RemoteProtocolError      the *peer* did something the protocol forbids
-        └── HandshakeError       the handshake failed (bad label, signature, untrusted key)
+        ├── HandshakeError       the handshake failed (bad label, signature, untrusted key)
+        └── FrameTooLargeError   a peer frame over the session cap (also an OversizeError)
 
 ``ValueError`` is kept as a second base of the errors that describe bad input, so
 callers that only know the standard library still catch them.
@@ -36,6 +37,7 @@ __all__ = [
     "DecryptionError",
     "EncodingError",
     "EntraideError",
+    "FrameTooLargeError",
     "HandshakeError",
     "KeyFormatError",
     "LocalProtocolError",
@@ -105,3 +107,10 @@ class RemoteProtocolError(EntraideError):
 
 class HandshakeError(RemoteProtocolError):
     """The peer failed the handshake: bad label or signature, or a key we do not trust."""
+
+
+class FrameTooLargeError(RemoteProtocolError, OversizeError):
+    """The peer sent a session frame over ``MAX_FRAME_BYTES``; refused before decrypting.
+
+    Both a ``RemoteProtocolError`` (end the session) and an ``OversizeError``.
+    """
