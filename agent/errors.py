@@ -1,0 +1,83 @@
+"""The agent's branches of the one exception tree (continues protocol/errors.py).
+
+Everything the daemon, the CLI and the local API raise on purpose is an
+``EntraideError``; OS and library errors are translated at the boundary with
+``raise ... from exc``. The CLI prints any ``EntraideError`` as one line on stderr;
+the HTTP API maps these classes to statuses (noted on the right)::
+
+    EntraideError                         (protocol/errors.py: encoding, keys, crypto, ...)
+    ├── ConfigError                       a bad or missing entraide.toml, peers.toml,
+    │   │                                 tokens.toml, data dir or command-line value  400
+    │   ├── NodeExistsError               init over an existing node                  409
+    │   ├── DuplicatePeerError            a trust-list name or key already present    409
+    │   ├── UnknownPeerError              no trust-list entry by that name            404
+    │   └── UnknownTokenError             no API token by that name                   404
+    ├── StorageError                      the ledger database failed (I/O, corruption) 500
+    ├── UntrustedPeerError                a key or name that is not in the trust list  403/422
+    ├── AuthError                         no bearer token, or an unknown one           401
+    │   └── ScopeError                    a known token without the scope needed       403
+    └── NodeNotRunningError               the CLI could not reach the node's local API
+
+``ConfigError`` and its children keep ``ValueError`` as a second base (bad input);
+the ``Unknown*`` ones also derive from ``LookupError``.
+"""
+
+from __future__ import annotations
+
+from protocol.errors import EntraideError
+
+__all__ = [
+    "AuthError",
+    "ConfigError",
+    "DuplicatePeerError",
+    "NodeExistsError",
+    "NodeNotRunningError",
+    "ScopeError",
+    "StorageError",
+    "UnknownPeerError",
+    "UnknownTokenError",
+    "UntrustedPeerError",
+]
+
+
+class ConfigError(EntraideError, ValueError):
+    """A configuration file, data dir or command-line value that is missing or invalid.
+
+    The message names the file (when there is one) and the problem, on one line.
+    """
+
+
+class NodeExistsError(ConfigError):
+    """``init`` found a node (a ``node.key``) already in the data dir."""
+
+
+class DuplicatePeerError(ConfigError):
+    """A trust-list entry whose name or key is already in the list (or is this node's)."""
+
+
+class UnknownPeerError(ConfigError, LookupError):
+    """No trust-list entry has that name."""
+
+
+class UnknownTokenError(ConfigError, LookupError):
+    """No API token has that name."""
+
+
+class StorageError(EntraideError):
+    """The ledger database failed: I/O error, corruption, unexpected schema."""
+
+
+class UntrustedPeerError(EntraideError):
+    """A key or peer name that is not in the trust list."""
+
+
+class AuthError(EntraideError):
+    """A request carried no bearer token, or one this node does not know."""
+
+
+class ScopeError(AuthError):
+    """A known token whose scope does not allow the request."""
+
+
+class NodeNotRunningError(EntraideError):
+    """The command needs the running node, and its local API did not answer."""
