@@ -562,7 +562,10 @@ class Session:
 
     def _fail(self) -> None:
         self._state = self._next(_Input.REMOTE_ERROR)
-        # Keep the push stream, if any, so close(PROTOCOL_ERROR) can still tell the peer.
+        # Keep the push stream so close(PROTOCOL_ERROR) can still tell a verified peer
+        # why; an unverified one gets nothing.
+        if self._peer is None:
+            self._push = None
         self._pull = None
         self._pending.clear()
         self._drop_handshake_secrets()

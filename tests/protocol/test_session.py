@@ -205,6 +205,7 @@ def test_session_refuses_bad_signature_in_finish() -> None:
     with pytest.raises(HandshakeError, match="signature"):
         resp.receive(_resign(finish, sig=QC.sign(b"something else")))
     assert resp.state is SessionState.FAILED and resp.peer is None
+    assert resp.close(CloseReason.PROTOCOL_ERROR) is None  # nothing for an unverified peer
 
 
 def test_session_refuses_reply_from_another_session() -> None:
