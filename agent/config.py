@@ -485,6 +485,9 @@ class TrustListWatcher:
 
     ``poll()`` is cheap (one ``stat``) when nothing changed; the daemon calls it on a
     timer and applies the list it returns.
+
+    Raises (on construction):
+        ConfigError: peers.toml is invalid at start (the daemon should refuse to start).
     """
 
     def __init__(
