@@ -208,12 +208,8 @@ def _dedupe(items: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def _reference(text: str) -> str:
-    return normalise_url(text)
-
-
 Reference: TypeAlias = Annotated[
-    str, Field(strict=True, max_length=MAX_INDICATOR_CHARS), AfterValidator(_reference)
+    str, Field(strict=True, max_length=MAX_INDICATOR_CHARS), AfterValidator(normalise_url)
 ]
 
 _RFC3339 = re.compile(

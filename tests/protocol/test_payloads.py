@@ -159,6 +159,16 @@ def test_observation_value_is_normalised_for_its_type() -> None:
     assert obs.type is IndicatorType.URL
 
 
+def test_observation_validates_json_text_the_same_way() -> None:
+    text = json.dumps({"type": "email-addr", "value": "Alice@EXAMPLE.com",
+                       "valid_until": "2026-12-31T00:00:00+01:00"})
+    obs = Observation.model_validate_json(text)
+    assert obs == observation(type="email-addr", value="Alice@example.com",
+                              valid_until="2026-12-30T23:00:00Z")
+    with pytest.raises(ValidationError):
+        Observation.model_validate_json('{"type": "cve", "value": "CVE-1", "confidence": "5"}')
+
+
 def test_observation_kind_defaults_for_api_input() -> None:
     assert observation().kind == "observation"
 
@@ -439,6 +449,30 @@ def test_stix_object_refuses_bad_json_text(text: str, message: str) -> None:
     with pytest.raises(ValidationError) as info:
         StixObject(object_json=text)
     assert message in format_validation_error(info.value)
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(1 << 70), 1 << 70)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=4),
+    max_leaves=15,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=8).map(lambda k: "x_" + k), _json_values, max_size=5))
+def test_stix_object_any_json_content_survives_round_trip(extra: dict[str, Any]) -> None:
+    obj = extra | {"type": "x-custom", "id": "x-custom--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f",
+                   "spec_version": "2.1"}
+    try:
+        stix = StixObject.from_object(obj)
+    except PayloadError as exc:
+        assert "surrogate" in str(exc)  # text() may draw lone surrogates: not UTF-8
+        return
+    decoded = decode_payload(encode_payload(stix))
+    assert isinstance(decoded, StixObject)
+    assert json.dumps(decoded.object, sort_keys=True) == json.dumps(obj, sort_keys=True)
 
 
 def test_stix_object_is_bounded() -> None:
