@@ -1,0 +1,387 @@
+"""Query tables: what this node may read, decoded and indexed for the local API.
+
+The ledger (agent/ledger.py) calls :func:`build_record` for every entry whose payload
+it can read (plaintext CLEAR/GREEN, or an envelope sealed to this node) and writes the
+record in the same transaction as the entry. :class:`QueryReader` answers the API's
+reads from those tables on the ledger's read-only connection.
+
+Invariants:
+- Only entries this node can read have rows here; an AMBER/RED entry not addressed to
+  this node is in ``entries`` (replicated, verifiable) and nowhere else.
+- Rows are never deleted: a retraction sets ``retracted = 1`` on the items of *its own*
+  origin that it names; a retraction naming another origin's entry changes nothing.
+- ``obs_no`` (and ``sighting_no``, ``item_no``) only grow, so a cursor holding the last
+  one returned gives stable keyset paging: rows inserted while a client pages through
+  never make it see a row twice or skip one that existed when it started.
+- Returned observations are plain dicts shaped like docs/design's JSON; ``origin`` is
+  the key text; ``origin_name`` is for the API layer to add from the trust list.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiosqlite
+
+from protocol.entries import TLP
+from protocol.errors import EncodingError, KeyFormatError, PayloadError
+from protocol.indicators import IndicatorType, normalise_indicator
+from protocol.keys import PublicKey, b64url_decode, b64url_encode
+from protocol.payloads import Observation, Payload, Retraction, Sighting
+
+__all__ = [
+    "DEFAULT_PAGE",
+    "MAX_PAGE",
+    "IndexRecord",
+    "InvalidCursorError",
+    "Page",
+    "QueryReader",
+    "build_record",
+    "decode_cursor",
+    "encode_cursor",
+    "format_ms",
+]
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+MAX_INDICATOR_OBSERVATIONS = 1000
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+class InvalidCursorError(EncodingError):
+    """A paging cursor or stream position that this node did not issue (or for another list)."""
+
+
+# --- cursors ----------------------------------------------------------------------
+
+# A cursor is base64url(tag || u64 big-endian row number). The tag keeps a cursor of one
+# list from being replayed on another. Forging one only moves the caller's own window,
+# so strict validation is enough: no MAC.
+_CURSOR = struct.Struct(">cQ")
+_TAGS = {"observation": b"o", "sighting": b"s", "item": b"i"}
+
+
+def encode_cursor(kind: str, row: int) -> str:
+    """The opaque cursor after ``row`` in the ``kind`` list (observation, sighting, item)."""
+    return b64url_encode(_CURSOR.pack(_TAGS[kind], row))
+
+
+def decode_cursor(kind: str, text: str) -> int:
+    """The row number inside a cursor issued by :func:`encode_cursor` for ``kind``.
+
+    Raises:
+        InvalidCursorError: not a cursor of this list (bad text, size, tag or range).
+    """
+    if not isinstance(text, str) or len(text) != 12:
+        raise InvalidCursorError("invalid cursor")
+    try:
+        tag, row = _CURSOR.unpack(b64url_decode(text))
+    except (KeyFormatError, struct.error) as exc:
+        raise InvalidCursorError("invalid cursor") from exc
+    if tag != _TAGS[kind] or row >= 1 << 62:
+        raise InvalidCursorError(f"invalid cursor for the {kind} list")
+    return int(row)
+
+
+def format_ms(ms: int) -> str:
+    """RFC 3339 UTC text of a ms timestamp, as the payloads write datetimes."""
+    value = _EPOCH + ms * _MS
+    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    if value.microsecond:
+        text += "." + f"{value.microsecond:06d}".rstrip("0")
+    return text + "Z"
+
+
+def _to_ms(value: datetime) -> int:
+    return (value - _EPOCH) // _MS
+
+
+# --- records (write side) ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IndexRecord:
+    """The query-table row(s) one readable entry contributes.
+
+    ``fields`` is the payload's JSON dump without ``kind``; ``doc`` is its JSON text.
+    """
+
+    kind: str
+    fields: dict[str, Any] = field(repr=False)
+    doc: str = field(repr=False)
+    type: str | None = None
+    value: str | None = None
+    first_seen: int = 0
+    last_seen: int = 0
+    target: bytes | None = None
+
+
+def build_record(payload: Payload, ts: int) -> IndexRecord:
+    """The index record of a decoded payload carried by an entry stamped ``ts`` (ms)."""
+    fields = payload.model_dump(mode="json")
+    del fields["kind"]
+    doc = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    if isinstance(payload, Observation):
+        first = _to_ms(payload.first_seen) if payload.first_seen else ts
+        last = _to_ms(payload.last_seen) if payload.last_seen else max(first, ts)
+        return IndexRecord("observation", fields, doc, payload.type.value, payload.value,
+                           first, last)
+    if isinstance(payload, Sighting | Retraction):
+        return IndexRecord(payload.kind, fields, doc, target=bytes.fromhex(payload.of))
+    return IndexRecord(payload.kind, fields, doc)
+
+
+def observation_dict(entry_id: str, origin: str, seq: int, ts: int, tlp: str,
+                     retracted: bool, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """An observation as the API returns it (without ``origin_name``)."""
+    result: dict[str, Any] = {"id": entry_id}
+    result.update(fields)
+    result.update(origin=origin, seq=seq, ts=ts, tlp=tlp, retracted=retracted)
+    return result
+
+
+# --- reads ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list: the rows, and the cursor of the next page (None at the end)."""
+
+    items: list[dict[str, Any]]
+    next: str | None
+
+
+OriginIdOf = Callable[[PublicKey], int | None]
+
+_OBS_COLUMNS = ("o.obs_no, e.hash, g.key, e.seq, o.ts, o.tlp, o.retracted, o.doc "
+                "FROM observations o JOIN entries e ON e.entry_no = o.entry_no "
+                "JOIN origins g ON g.origin_id = o.origin_id")
+_ALL_TYPES = tuple(t.value for t in IndicatorType)
+
+
+def _observation_row(row: Sequence[Any]) -> dict[str, Any]:
+    return observation_dict(row[1].hex(), PublicKey(row[2]).text, row[3], row[4], row[5],
+                            bool(row[6]), json.loads(row[7]))
+
+
+def _limit(limit: int) -> int:
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
+        raise EncodingError(f"limit must be between 1 and {MAX_PAGE}")
+    return limit
+
+
+def _check_type(type: str) -> str:
+    if type not in _ALL_TYPES:
+        raise PayloadError(f"unknown indicator type {type!r}")
+    return type
+
+
+def _indicator(type: str, value: str) -> tuple[str, str]:
+    """Canonical (type, value); raises PayloadError for an unknown type or a bad value."""
+    type = _check_type(type)
+    return type, normalise_indicator(type, value)
+
+
+class QueryReader:
+    """Reads over the query tables, on a connection the ledger owns (read-only).
+
+    Filters are ANDed. Times are ms since the epoch; ``since`` is inclusive and
+    ``until`` exclusive, both on the entry's ``ts``.
+    """
+
+    def __init__(self, db: aiosqlite.Connection, origin_id_of: OriginIdOf) -> None:
+        self._db = db
+        self._origin_id_of = origin_id_of
+
+    async def list_observations(
+        self,
+        *,
+        type: str | None = None,
+        value: str | None = None,
+        origin: PublicKey | None = None,
+        tlp: TLP | str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        include_retracted: bool = False,
+        limit: int = DEFAULT_PAGE,
+        cursor: str | None = None,
+        newest_first: bool = True,
+    ) -> Page:
+        """One page of observations, newest first unless ``newest_first`` is False.
+
+        ``value`` is normalised for ``type``; without ``type`` it is matched as given
+        against every type.
+
+        Raises:
+            InvalidCursorError: a cursor this list did not issue.
+            PayloadError: an unknown indicator type, or a value invalid for its type.
+            EncodingError: ``limit`` out of range, or an unknown TLP.
+        """
+        limit = _limit(limit)
+        where: list[str] = []
+        args: list[Any] = []
+        if type is not None:
+            if value is not None:
+                type, value = _indicator(type, value)
+                where.append("o.type = ? AND o.value = ?")
+                args += [type, value]
+            else:
+                where.append("o.type = ?")
+                args.append(_check_type(type))
+        elif value is not None:
+            # Every type in an IN list lets SQLite use the (type, value) index.
+            where.append(f"o.type IN ({','.join('?' * len(_ALL_TYPES))}) AND o.value = ?")
+            args += [*_ALL_TYPES, value.strip()]
+        if origin is not None:
+            origin_id = self._origin_id_of(origin)
+            if origin_id is None:
+                return Page([], None)
+            where.append("o.origin_id = ?")
+            args.append(origin_id)
+        if tlp is not None:
+            if str(tlp) not in TLP._value2member_map_:
+                raise EncodingError(f"unknown TLP {tlp!r}")
+            where.append("o.tlp = ?")
+            args.append(str(tlp))
+        if since is not None:
+            where.append("o.ts >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("o.ts < ?")
+            args.append(until)
+        if not include_retracted:
+            where.append("o.retracted = 0")
+        if cursor is not None:
+            where.append("o.obs_no < ?" if newest_first else "o.obs_no > ?")
+            args.append(decode_cursor("observation", cursor))
+        sql = (f"SELECT {_OBS_COLUMNS} {'WHERE ' + ' AND '.join(where) if where else ''} "
+               f"ORDER BY o.obs_no {'DESC' if newest_first else 'ASC'} LIMIT ?")
+        rows = await self._db.execute_fetchall(sql, (*args, limit + 1))
+        items = [_observation_row(r) for r in rows[:limit]]
+        nxt = encode_cursor("observation", rows[limit - 1][0]) if len(rows) > limit else None
+        return Page(items, nxt)
+
+    async def stream_position(self) -> str:
+        """The cursor of the newest observation: start a stream here to see only new ones."""
+        rows = await self._db.execute_fetchall("SELECT max(obs_no) FROM observations")
+        return encode_cursor("observation", int(rows[0][0] or 0))
+
+    async def get_observation(self, entry_id: str) -> dict[str, Any] | None:
+        """One observation by id (64 hex), with its sightings count; None when not indexed."""
+        key = _entry_key(entry_id)
+        if key is None:
+            return None
+        rows = await self._db.execute_fetchall(
+            f"SELECT {_OBS_COLUMNS} WHERE e.hash = ?", (key,))
+        if not rows:
+            return None
+        result = _observation_row(rows[0])
+        count = await self._db.execute_fetchall(
+            "SELECT count(*) FROM sightings WHERE target = ? AND retracted = 0", (key,))
+        result["sightings"] = int(count[0][0])
+        return result
+
+    async def indicator(self, type: str, value: str, *, include_retracted: bool = False,
+                        limit: int = MAX_INDICATOR_OBSERVATIONS) -> dict[str, Any]:
+        """Everything known about one indicator, across origins.
+
+        Returns ``{"type", "value", "observations": [...] (newest first, at most
+        ``limit``), "count", "origins": [key text, ...], "first_seen", "last_seen"}``;
+        the two times are RFC 3339 (None when nothing is known).
+
+        Raises:
+            PayloadError: unknown type, or a value invalid for it.
+        """
+        type, value = _indicator(type, value)
+        live = "" if include_retracted else " AND o.retracted = 0"
+        agg = await self._db.execute_fetchall(
+            "SELECT count(*), min(o.first_seen), max(o.last_seen) FROM observations o "
+            f"WHERE o.type = ? AND o.value = ?{live}", (type, value))
+        origins = await self._db.execute_fetchall(
+            "SELECT g.key, min(o.obs_no) AS first FROM observations o "
+            "JOIN origins g ON g.origin_id = o.origin_id "
+            f"WHERE o.type = ? AND o.value = ?{live} GROUP BY g.key ORDER BY first", (type, value))
+        page = await self.list_observations(type=type, value=value, limit=min(limit, MAX_PAGE),
+                                            include_retracted=include_retracted)
+        count, first, last = agg[0]
+        return {
+            "type": type,
+            "value": value,
+            "observations": page.items,
+            "count": int(count),
+            "origins": [PublicKey(r[0]).text for r in origins],
+            "first_seen": None if first is None else format_ms(first),
+            "last_seen": None if last is None else format_ms(last),
+        }
+
+    async def list_sightings(self, *, of: str | None = None, limit: int = DEFAULT_PAGE,
+                             cursor: str | None = None,
+                             include_retracted: bool = False) -> Page:
+        """Sightings, newest first, optionally of one entry id."""
+        limit = _limit(limit)
+        where, args = [], []  # type: ignore[var-annotated]
+        if of is not None:
+            key = _entry_key(of)
+            if key is None:
+                return Page([], None)
+            where.append("s.target = ?")
+            args.append(key)
+        if not include_retracted:
+            where.append("s.retracted = 0")
+        if cursor is not None:
+            where.append("s.sighting_no < ?")
+            args.append(decode_cursor("sighting", cursor))
+        rows = await self._db.execute_fetchall(
+            "SELECT s.sighting_no, e.hash, g.key, e.seq, s.ts, s.tlp, s.retracted, s.doc "
+            "FROM sightings s JOIN entries e ON e.entry_no = s.entry_no "
+            "JOIN origins g ON g.origin_id = s.origin_id "
+            f"{'WHERE ' + ' AND '.join(where) if where else ''} "
+            "ORDER BY s.sighting_no DESC LIMIT ?", (*args, limit + 1))
+        items = [observation_dict(r[1].hex(), PublicKey(r[2]).text, r[3], r[4], r[5],
+                                  bool(r[6]), json.loads(r[7])) for r in rows[:limit]]
+        nxt = encode_cursor("sighting", rows[limit - 1][0]) if len(rows) > limit else None
+        return Page(items, nxt)
+
+    async def list_items(self, *, kind: str | None = None, limit: int = DEFAULT_PAGE,
+                         cursor: str | None = None, include_retracted: bool = False) -> Page:
+        """Alerts, rules and STIX objects, newest first; each dict carries its ``kind``."""
+        limit = _limit(limit)
+        where, args = [], []  # type: ignore[var-annotated]
+        if kind is not None:
+            where.append("i.kind = ?")
+            args.append(kind)
+        if not include_retracted:
+            where.append("i.retracted = 0")
+        if cursor is not None:
+            where.append("i.item_no < ?")
+            args.append(decode_cursor("item", cursor))
+        rows = await self._db.execute_fetchall(
+            "SELECT i.item_no, e.hash, g.key, e.seq, i.ts, i.tlp, i.retracted, i.doc, i.kind "
+            "FROM items i JOIN entries e ON e.entry_no = i.entry_no "
+            "JOIN origins g ON g.origin_id = i.origin_id "
+            f"{'WHERE ' + ' AND '.join(where) if where else ''} "
+            "ORDER BY i.item_no DESC LIMIT ?", (*args, limit + 1))
+        items = []
+        for r in rows[:limit]:
+            item = observation_dict(r[1].hex(), PublicKey(r[2]).text, r[3], r[4], r[5],
+                                    bool(r[6]), json.loads(r[7]))
+            item["kind"] = r[8]
+            items.append(item)
+        nxt = encode_cursor("item", rows[limit - 1][0]) if len(rows) > limit else None
+        return Page(items, nxt)
+
+
+def _entry_key(entry_id: str) -> bytes | None:
+    if not isinstance(entry_id, str) or len(entry_id) != 64:
+        return None
+    try:
+        return bytes.fromhex(entry_id)
+    except ValueError:
+        return None

@@ -1,0 +1,231 @@
+"""The ledger's SQLite schema and its forward migrations (docs/parts/ledger.md §Schema).
+
+The database holds two kinds of tables:
+
+- the *ledger proper* (``origins``, ``entries``, ``forks``): every entry of every
+  trusted origin, as the exact bytes that were signed, plus each origin's head and
+  the fork proofs. These tables are the truth; everything in them can be re-checked
+  from the bytes alone (``Ledger.verify``).
+- the *query tables* (``observations``, ``sightings``, ``retractions``, ``items``):
+  decoded payloads this node may read, for the local API. They are derived data,
+  written in the same transaction as the entry they come from.
+
+Invariants:
+- ``schema_version`` holds one row per migration applied, in order; the schema's
+  version is its largest ``version``. A database whose version is larger than
+  :data:`SCHEMA_VERSION` was written by a newer Entraide and is never opened, so an
+  old build cannot misread or damage it.
+- Migrations only move forward; each runs in one transaction together with the row
+  that records it, so a crash leaves the schema at one version or the next.
+- ``entries`` has at most one row per ``(origin_id, seq)`` and its seqs per origin are
+  exactly ``1..origins.head_seq`` (the ledger inserts only in chain order).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.errors import StorageError
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "migrate", "schema_version"]
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One forward step: ``apply`` runs inside a transaction on a plain sqlite3 connection."""
+
+    version: int
+    description: str
+    apply: Callable[[sqlite3.Connection], None]
+
+
+_V1 = """
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
+
+-- One row per author. origin_id is a small local surrogate so that the big tables and
+-- their indexes carry 1-2 bytes instead of a 32-byte key.
+CREATE TABLE origins (
+    origin_id INTEGER PRIMARY KEY,
+    key       BLOB NOT NULL UNIQUE CHECK (length(key) = 32),
+    head_seq  INTEGER NOT NULL DEFAULT 0 CHECK (head_seq >= 0),
+    head_hash BLOB CHECK (head_hash IS NULL OR length(head_hash) = 32),
+    forked    INTEGER NOT NULL DEFAULT 0 CHECK (forked IN (0, 1))
+);
+
+-- The ledger proper: the exact signed bytes. entry_no is the local insertion order
+-- (export order, and the key the query tables point at). A rowid table on purpose:
+-- rows carry ~300 B to 260 KiB of raw bytes, too big for a WITHOUT ROWID b-tree.
+CREATE TABLE entries (
+    entry_no  INTEGER PRIMARY KEY,
+    origin_id INTEGER NOT NULL REFERENCES origins (origin_id),
+    seq       INTEGER NOT NULL CHECK (seq >= 1),
+    hash      BLOB NOT NULL CHECK (length(hash) = 32),
+    readable  INTEGER NOT NULL CHECK (readable IN (0, 1)),
+    raw       BLOB NOT NULL,
+    UNIQUE (origin_id, seq)
+);
+CREATE UNIQUE INDEX entries_by_hash ON entries (hash);
+
+-- Equivocation evidence: ForkProof.encode() bytes, kept after an admin clears the fork.
+CREATE TABLE forks (
+    origin_id   INTEGER NOT NULL REFERENCES origins (origin_id),
+    seq         INTEGER NOT NULL,
+    proof       BLOB NOT NULL,
+    detected_ms INTEGER NOT NULL,
+    cleared_ms  INTEGER,
+    PRIMARY KEY (origin_id, seq)
+);
+
+-- Query tables. Secondary indexes of a rowid table end with the rowid, so every
+-- "filter = ? ORDER BY obs_no" below is one index range scan (keyset paging).
+CREATE TABLE observations (
+    obs_no     INTEGER PRIMARY KEY,
+    entry_no   INTEGER NOT NULL UNIQUE REFERENCES entries (entry_no),
+    origin_id  INTEGER NOT NULL REFERENCES origins (origin_id),
+    ts         INTEGER NOT NULL,
+    tlp        TEXT NOT NULL,
+    type       TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen  INTEGER NOT NULL,
+    retracted  INTEGER NOT NULL DEFAULT 0,
+    doc        TEXT NOT NULL
+);
+CREATE INDEX observations_by_indicator ON observations (type, value);
+CREATE INDEX observations_by_origin ON observations (origin_id);
+CREATE INDEX observations_by_ts ON observations (ts);
+CREATE INDEX observations_by_tlp ON observations (tlp);
+
+CREATE TABLE sightings (
+    sighting_no INTEGER PRIMARY KEY,
+    entry_no    INTEGER NOT NULL UNIQUE REFERENCES entries (entry_no),
+    origin_id   INTEGER NOT NULL REFERENCES origins (origin_id),
+    ts          INTEGER NOT NULL,
+    tlp         TEXT NOT NULL,
+    target      BLOB NOT NULL,
+    retracted   INTEGER NOT NULL DEFAULT 0,
+    doc         TEXT NOT NULL
+);
+CREATE INDEX sightings_by_target ON sightings (target);
+
+-- A retraction is recorded whatever it names. applied = 1 when it flagged an item of
+-- its own origin (a retraction of another origin's entry is void).
+CREATE TABLE retractions (
+    entry_no  INTEGER PRIMARY KEY REFERENCES entries (entry_no),
+    origin_id INTEGER NOT NULL REFERENCES origins (origin_id),
+    target    BLOB NOT NULL,
+    applied   INTEGER NOT NULL,
+    doc       TEXT NOT NULL
+);
+CREATE INDEX retractions_by_target ON retractions (target);
+
+-- Everything else a node may read: alerts, rules, STIX objects, by kind.
+CREATE TABLE items (
+    item_no   INTEGER PRIMARY KEY,
+    entry_no  INTEGER NOT NULL UNIQUE REFERENCES entries (entry_no),
+    kind      TEXT NOT NULL,
+    origin_id INTEGER NOT NULL REFERENCES origins (origin_id),
+    ts        INTEGER NOT NULL,
+    tlp       TEXT NOT NULL,
+    retracted INTEGER NOT NULL DEFAULT 0,
+    doc       TEXT NOT NULL
+);
+CREATE INDEX items_by_kind ON items (kind);
+"""
+
+
+def _v1(conn: sqlite3.Connection) -> None:
+    for statement in _V1.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "ledger, forks and query tables", _v1),
+)
+"""Every migration, in order; the last one's version is :data:`SCHEMA_VERSION`."""
+
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version    INTEGER PRIMARY KEY,
+    applied_ms INTEGER NOT NULL,
+    software   TEXT NOT NULL
+)"""
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The database's schema version; 0 for an empty database.
+
+    Raises:
+        StorageError: the file holds tables but no version table (not a ledger).
+    """
+    has_table = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    ).fetchone()
+    if has_table is None:
+        if conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None:
+            raise StorageError("not an Entraide ledger: the database has no schema_version table")
+        return 0
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(
+    conn: sqlite3.Connection,
+    *,
+    now_ms: int,
+    software: str,
+    migrations: tuple[Migration, ...] | None = None,
+) -> int:
+    """Bring the database up to the newest schema; return the version it is at now.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``); each migration runs
+    in its own ``BEGIN IMMEDIATE`` transaction together with its version row.
+
+    Raises:
+        StorageError: the database was written by a newer Entraide (its version is above
+            the last migration's), is not a ledger, or a migration failed (the failed
+            step is rolled back; earlier steps stay applied).
+    """
+    steps = MIGRATIONS if migrations is None else migrations
+    newest = steps[-1].version
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = schema_version(conn)
+            if current == 0:
+                conn.execute(_VERSION_TABLE)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if current > newest:
+            raise StorageError(
+                f"the ledger has schema version {current}, written by a newer Entraide; "
+                f"this build reads versions up to {newest}: upgrade Entraide to open it"
+            )
+        for step in steps:
+            if step.version <= current:
+                continue
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                step.apply(conn)
+                conn.execute(
+                    "INSERT INTO schema_version (version, applied_ms, software) VALUES (?, ?, ?)",
+                    (step.version, now_ms, software),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            current = step.version
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot migrate the ledger schema: {exc}") from exc
+    return current
