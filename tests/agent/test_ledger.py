@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from agent import schema
 from agent.errors import StorageError
-from agent.ledger import MAX_APPEND_BATCH, Ledger, OwnDraft
+from agent.ledger import MAX_APPEND_BATCH, OwnDraft
 from protocol.entries import TLP, check_successor, verify_entry
 from protocol.envelope import open_envelope
 from protocol.errors import EncodingError, OversizeError, PayloadError
@@ -48,7 +49,8 @@ async def test_open_refuses_a_ledger_written_by_a_newer_version(db_path: Path) -
         await open_ledger(db_path, ME)
     # The refusal leaves the lock free and the file untouched.
     conn = sqlite3.connect(db_path)
-    assert conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] == schema.SCHEMA_VERSION + 1
+    newest = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+    assert newest == schema.SCHEMA_VERSION + 1
     conn.close()
 
 
@@ -132,7 +134,7 @@ async def test_append_own_chains_entries_in_order(db_path: Path) -> None:
     assert [e.seq for e in entries] == [1, 2, 3, 4]
     assert all(e.origin == ME.public_key for e in entries)
     check_successor(None, entries[0])
-    for before, after in zip(entries, entries[1:], strict=False):
+    for before, after in itertools.pairwise(entries):
         check_successor((before.seq, before.hash), after)
     assert [decode_payload(e.body).value for e in first] == [ip(0), ip(1), ip(2)]  # type: ignore[union-attr]
     assert entries[0].ts == 1_800_000_000_000
@@ -216,7 +218,8 @@ async def test_append_own_concurrent_batches_never_share_a_seq(db_path: Path) ->
 
 async def test_append_own_survives_caller_cancellation(db_path: Path) -> None:
     async with await open_ledger(db_path, ME) as ledger:
-        task = asyncio.ensure_future(ledger.append_own([draft() for _ in range(50)]))
+        pending = [draft() for _ in range(50)]
+        task = asyncio.create_task(ledger.append_own(pending))
         await asyncio.sleep(0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
