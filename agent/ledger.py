@@ -1129,6 +1129,9 @@ class Ledger:
             conn = await aiosqlite.connect(self._path, isolation_level=None)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open the ledger {self._path}: {exc}") from exc
+        # An edited file may hold TEXT where a BLOB belongs: read it as bytes, let the
+        # checks report it, rather than fail on decoding.
+        conn.text_factory = bytes
         try:
             await self._fetch("PRAGMA query_only = ON", (), conn)
             await self._fetch("BEGIN", (), conn)
@@ -1218,10 +1221,8 @@ class Ledger:
                     key = PublicKey(key_raw)
                     head, problem, count = await self._verify_origin(snap, origin_id, key)
                     total += count
-                    if problem is None and (head or (0, None)) != (head_seq, head_hash):
-                        seq = 0 if head is None else head[0]
-                        problem = VerifyProblem(key, seq, f"the chain ends at seq {seq} but "
-                                                f"the recorded head is seq {head_seq}")
+                    if problem is None:
+                        problem = _check_head(key, head, head_seq, head_hash)
                     if problem is not None:
                         problems.append(problem)
                 for key_raw, seq, proof in await self._fetch(
@@ -1229,6 +1230,8 @@ class Ledger:
                         "USING (origin_id)", (), snap):
                     proofs += 1
                     try:
+                        if not isinstance(proof, bytes):
+                            raise EncodingError("not stored as bytes")
                         decoded = decode_fork_proof(proof)
                         if decoded.origin.raw != key_raw or decoded.seq != seq:
                             raise ChainError("proof does not match its row")
@@ -1361,6 +1364,8 @@ class Ledger:
                         await flush()
                 elif kind == b"F":
                     proofs_seen += 1
+                    if pending:
+                        await flush()  # entries stored before the proof, as in the source
                     try:
                         proof = decode_fork_proof(data)
                     except EntraideError as exc:
@@ -1440,6 +1445,8 @@ def _check_chain(key: PublicKey, rows: list[Any],
     """Verify consecutive stored entries of one origin (runs in a worker thread)."""
     count = 0
     for seq, stored_hash, raw in rows:
+        if not isinstance(raw, bytes):
+            return head, VerifyProblem(key, seq, "entry is not stored as bytes"), count
         try:
             entry = verify_entry(raw)
         except EntraideError as exc:
@@ -1457,6 +1464,17 @@ def _check_chain(key: PublicKey, rows: list[Any],
         head = (entry.seq, entry.hash)
         count += 1
     return head, None, count
+
+
+def _check_head(key: PublicKey, head: Head | None, head_seq: int,
+                head_hash: bytes | None) -> VerifyProblem | None:
+    seq, last = (0, None) if head is None else head
+    if seq != head_seq:
+        return VerifyProblem(key, seq, f"the chain ends at seq {seq} but the recorded head "
+                             f"is seq {head_seq}")
+    if last != head_hash:
+        return VerifyProblem(key, seq, "the last entry is not the recorded head")
+    return None
 
 
 def _verify_all(raws: list[bytes]) -> list[VerifiedEntry | str]:
