@@ -200,6 +200,9 @@ class QueryReader:
         self._db = db
         self._origin_id_of = origin_id_of
 
+    async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        return list(await self._db.execute_fetchall(sql, args))
+
     async def list_observations(
         self,
         *,
@@ -263,14 +266,14 @@ class QueryReader:
             args.append(decode_cursor("observation", cursor))
         sql = (f"SELECT {_OBS_COLUMNS} {'WHERE ' + ' AND '.join(where) if where else ''} "
                f"ORDER BY o.obs_no {'DESC' if newest_first else 'ASC'} LIMIT ?")
-        rows = await self._db.execute_fetchall(sql, (*args, limit + 1))
+        rows = await self._rows(sql, (*args, limit + 1))
         items = [_observation_row(r) for r in rows[:limit]]
         nxt = encode_cursor("observation", rows[limit - 1][0]) if len(rows) > limit else None
         return Page(items, nxt)
 
     async def stream_position(self) -> str:
         """The cursor of the newest observation: start a stream here to see only new ones."""
-        rows = await self._db.execute_fetchall("SELECT max(obs_no) FROM observations")
+        rows = await self._rows("SELECT max(obs_no) FROM observations")
         return encode_cursor("observation", int(rows[0][0] or 0))
 
     async def get_observation(self, entry_id: str) -> dict[str, Any] | None:
@@ -278,12 +281,12 @@ class QueryReader:
         key = _entry_key(entry_id)
         if key is None:
             return None
-        rows = await self._db.execute_fetchall(
+        rows = await self._rows(
             f"SELECT {_OBS_COLUMNS} WHERE e.hash = ?", (key,))
         if not rows:
             return None
         result = _observation_row(rows[0])
-        count = await self._db.execute_fetchall(
+        count = await self._rows(
             "SELECT count(*) FROM sightings WHERE target = ? AND retracted = 0", (key,))
         result["sightings"] = int(count[0][0])
         return result
@@ -301,10 +304,10 @@ class QueryReader:
         """
         type, value = _indicator(type, value)
         live = "" if include_retracted else " AND o.retracted = 0"
-        agg = await self._db.execute_fetchall(
+        agg = await self._rows(
             "SELECT count(*), min(o.first_seen), max(o.last_seen) FROM observations o "
             f"WHERE o.type = ? AND o.value = ?{live}", (type, value))
-        origins = await self._db.execute_fetchall(
+        origins = await self._rows(
             "SELECT g.key, min(o.obs_no) AS first FROM observations o "
             "JOIN origins g ON g.origin_id = o.origin_id "
             f"WHERE o.type = ? AND o.value = ?{live} GROUP BY g.key ORDER BY first", (type, value))
@@ -326,7 +329,8 @@ class QueryReader:
                              include_retracted: bool = False) -> Page:
         """Sightings, newest first, optionally of one entry id."""
         limit = _limit(limit)
-        where, args = [], []  # type: ignore[var-annotated]
+        where: list[str] = []
+        args: list[Any] = []
         if of is not None:
             key = _entry_key(of)
             if key is None:
@@ -338,7 +342,7 @@ class QueryReader:
         if cursor is not None:
             where.append("s.sighting_no < ?")
             args.append(decode_cursor("sighting", cursor))
-        rows = await self._db.execute_fetchall(
+        rows = await self._rows(
             "SELECT s.sighting_no, e.hash, g.key, e.seq, s.ts, s.tlp, s.retracted, s.doc "
             "FROM sightings s JOIN entries e ON e.entry_no = s.entry_no "
             "JOIN origins g ON g.origin_id = s.origin_id "
@@ -353,7 +357,8 @@ class QueryReader:
                          cursor: str | None = None, include_retracted: bool = False) -> Page:
         """Alerts, rules and STIX objects, newest first; each dict carries its ``kind``."""
         limit = _limit(limit)
-        where, args = [], []  # type: ignore[var-annotated]
+        where: list[str] = []
+        args: list[Any] = []
         if kind is not None:
             where.append("i.kind = ?")
             args.append(kind)
@@ -362,7 +367,7 @@ class QueryReader:
         if cursor is not None:
             where.append("i.item_no < ?")
             args.append(decode_cursor("item", cursor))
-        rows = await self._db.execute_fetchall(
+        rows = await self._rows(
             "SELECT i.item_no, e.hash, g.key, e.seq, i.ts, i.tlp, i.retracted, i.doc, i.kind "
             "FROM items i JOIN entries e ON e.entry_no = i.entry_no "
             "JOIN origins g ON g.origin_id = i.origin_id "

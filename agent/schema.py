@@ -23,13 +23,24 @@ Invariants:
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent.errors import StorageError
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "migrate", "schema_version"]
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Migration",
+    "lock_ledger",
+    "migrate",
+    "prepare_file",
+    "schema_version",
+]
 
 
 @dataclass(frozen=True)
@@ -229,3 +240,58 @@ def migrate(
     except sqlite3.Error as exc:
         raise StorageError(f"cannot migrate the ledger schema: {exc}") from exc
     return current
+
+
+def lock_ledger(path: Path) -> int:
+    """Take the ledger's exclusive lock and return its fd (close it to release).
+
+    One process per ledger: row numbers and heads are kept in memory by the writer.
+    The lock is ``flock`` on ``<path>.lock``, released by the kernel if the process dies.
+
+    Raises:
+        StorageError: the lock file cannot be created, or another process holds it.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StorageError(f"cannot create the ledger lock {path}.lock: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise StorageError(f"the ledger {path} is in use by another process") from exc
+    return fd
+
+
+def prepare_file(path: Path, *, owner: bytes, now_ms: int, software: str) -> None:
+    """Put the database at ``path`` in WAL mode, migrate it and check its owner.
+
+    Runs on a short-lived connection (in a worker thread). A new file is created with
+    mode 0600. ``owner`` is the node's raw public key, recorded at creation: a ledger
+    holds one node's own chain, and another identity appending to it would fork it.
+
+    Raises:
+        StorageError: see :func:`migrate`; also WAL refused, or another owner.
+    """
+    created = not path.exists()
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot open the ledger {path}: {exc}") from exc
+    try:
+        if created:
+            os.chmod(path, 0o600)
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise StorageError(f"the ledger {path} cannot use WAL mode (got {mode})")
+        migrate(conn, now_ms=now_ms, software=software)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'node_key'").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('node_key', ?)", (owner,))
+        elif row[0] != owner:
+            raise StorageError(f"the ledger {path} belongs to another node identity")
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot open the ledger {path}: {exc}") from exc
+    finally:
+        conn.close()
