@@ -2,18 +2,18 @@
 
 This module knows WebSockets and sessions, not gossip: it runs the handshake under a
 deadline, turns WebSocket messages into session frames (and WebSocket failures into
-typed errors), keeps a bounded outbox drained by one writer task per link, and keeps
-the registry that enforces one live session per pair of nodes
-(docs/parts/transport.md, "Session uniqueness").
+typed errors), runs one writer task per link that pulls messages from the gossip
+engine's bounded per-peer queues, and keeps the registry that enforces one live
+session per pair of nodes (docs/parts/transport.md, "Session uniqueness").
 
 Invariants:
 - Nothing but binary messages of at most ``MAX_FRAME_BYTES`` is accepted; a text
   message, an oversize message or a frame the session rejects ends the link with a
   reason.
-- A link's writer is the only coroutine that calls ``ws.send_bytes`` after the
-  handshake, so a slow peer's socket blocks only that writer; the outbox is bounded
-  and a link whose outbox stays full is closed (``TOO_SLOW``) rather than allowed to
-  hold memory.
+- A link's writer is the only coroutine that sends session frames after the
+  handshake, and it awaits each send: a slow peer's socket blocks only that writer,
+  and what it has not pulled yet stays in the engine's bounded queues (which turn
+  pushes into announcements when full).
 - The registry holds at most one *active* link per peer key. When a second link with
   the same peer completes its handshake, :func:`protocol.session.simultaneous_dial_winner`
   picks the survivor (same answer on both nodes); when both links were dialled by the
@@ -41,10 +41,12 @@ from protocol.session import (
     Event,
     HandshakeComplete,
     Session,
+    SessionState,
     simultaneous_dial_winner,
 )
 
 __all__ = [
+    "IdleTimeout",
     "LinkRegistry",
     "PeerLink",
     "TransportClosed",
@@ -77,6 +79,10 @@ class TransportClosed(Exception):
     """The WebSocket closed (cleanly or not); carries a short description."""
 
 
+class IdleTimeout(TransportClosed):
+    """Nothing at all (not even a WebSocket ping) came from the peer for too long."""
+
+
 async def receive_frame(ws: WebSocketLike, timeout: float | None = None) -> bytes:
     """The next binary message from ``ws``.
 
@@ -89,7 +95,7 @@ async def receive_frame(ws: WebSocketLike, timeout: float | None = None) -> byte
     try:
         msg = await ws.receive(timeout)
     except TimeoutError as exc:
-        raise TransportClosed("idle timeout") from exc
+        raise IdleTimeout(f"nothing received for {timeout:g}s") from exc
     except (aiohttp.ClientError, OSError, RuntimeError) as exc:
         raise TransportClosed(f"receive failed: {exc!r}") from exc
     if msg.type is WSMsgType.BINARY:
@@ -143,7 +149,7 @@ async def run_handshake(ws: WebSocketLike, session: Session, timeout: float) -> 
 
 @dataclass
 class LinkStats:
-    """Per-link byte and frame counts (the replicator aggregates them per peer)."""
+    """Per-link WebSocket counts (ciphertext frames and bytes, as on the wire)."""
 
     frames_in: int = 0
     frames_out: int = 0
@@ -151,15 +157,19 @@ class LinkStats:
     bytes_out: int = 0
 
 
-_CLOSE = object()
+PullFn = Callable[[int], list[bytes]]
+"""Return the next application messages for this link, about ``budget`` bytes at most
+(at least one message when any is queued); [] when nothing is queued."""
 
 
 @dataclass(eq=False)
 class PeerLink:
     """One connection with one peer, from accepted/dialled to closed.
 
-    ``outbox`` holds application messages (plaintext) for the writer; the writer
-    encrypts them with ``session.send`` in order, so frame order equals queue order.
+    After the handshake the replicator sets ``pull`` and starts the writer. The writer
+    sleeps until :meth:`wake`, then pulls messages (``pull``) and sends them one by
+    one, awaiting each send: a peer that reads slowly stalls this writer only, and the
+    messages not pulled yet stay in the engine's bounded per-peer queues.
     """
 
     ws: WebSocketLike
@@ -167,31 +177,24 @@ class PeerLink:
     outbound: bool
     name: str = "?"
     peer: PublicKey | None = None
-    max_outbox: int = 1024
+    pull_budget: int = 256 * 1024
     id: int = field(default_factory=lambda: next(_link_ids))
-    last_seen: float = 0.0
+    started_at: float = 0.0
     established_at: float = 0.0
+    last_seen: float = 0.0
     close_reason: CloseReason | None = None
     close_message: str = ""
     remote_reason: CloseReason | None = None
+    remote_message: str = ""
     stats: LinkStats = field(default_factory=LinkStats)
-    on_sent: Callable[[int], None] | None = None
+    pull: PullFn | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
-    _outbox: asyncio.Queue[object] = field(init=False)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _writer: asyncio.Task[None] | None = field(default=None, init=False)
-
-    def __post_init__(self) -> None:
-        # +1 so the close marker always fits behind a full queue of messages.
-        self._outbox = asyncio.Queue(self.max_outbox + 1)
 
     @property
     def direction(self) -> str:
         return "out" if self.outbound else "in"
-
-    @property
-    def outbox_free(self) -> int:
-        """How many more messages the outbox takes now."""
-        return max(0, self.max_outbox - self._outbox.qsize())
 
     def __repr__(self) -> str:
         return f"PeerLink(#{self.id} {self.direction} {self.name})"
@@ -199,40 +202,36 @@ class PeerLink:
     # --- writer ----------------------------------------------------------------------
 
     def start_writer(self) -> None:
-        """Start the writer task (after the handshake)."""
+        """Start the writer task (after the handshake, once ``pull`` is set)."""
         self._writer = asyncio.create_task(self._write_loop(), name=f"peer-writer:{self.name}")
+        self._wake.set()
 
-    def enqueue(self, message: bytes) -> bool:
-        """Queue one application message; False when the outbox is full or closing."""
-        if self.close_reason is not None or self._outbox.qsize() >= self.max_outbox:
-            return False
-        self._outbox.put_nowait(message)
-        return True
+    def wake(self) -> None:
+        """Tell the writer that messages may be waiting."""
+        self._wake.set()
 
     async def _write_loop(self) -> None:
         ws, session = self.ws, self.session
         try:
-            while True:
-                item = await self._outbox.get()
-                if item is _CLOSE:
-                    break
-                assert isinstance(item, bytes)
-                frame = session.send(item)
-                await _send_raw(ws, frame)
-                self.stats.frames_out += 1
-                self.stats.bytes_out += len(frame)
-                if self.on_sent is not None:
-                    self.on_sent(len(frame))
-            reason = self.close_reason or CloseReason.NORMAL
-            final = session.close(reason, self.close_message)
+            while self.close_reason is None:
+                await self._wake.wait()
+                self._wake.clear()
+                while self.close_reason is None and self.pull is not None:
+                    messages = self.pull(self.pull_budget)
+                    if not messages:
+                        break
+                    for message in messages:
+                        if session.state is not SessionState.ESTABLISHED:
+                            break  # the peer's final frame came in: only close() is left
+                        frame = session.send(message)
+                        await _send_raw(ws, frame)
+                        self.stats.frames_out += 1
+                        self.stats.bytes_out += len(frame)
+            final = session.close(self.close_reason or CloseReason.NORMAL, self.close_message)
             if final is not None:
                 await _send_raw(ws, final)
         except TransportClosed:
             pass
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a bug here must end the link, not leave it half-alive
-            log.exception("%r: writer failed", self)
         finally:
             # The reader learns that the link is over from the socket closing.
             with contextlib.suppress(Exception):
@@ -240,45 +239,41 @@ class PeerLink:
                                CloseReason.SHUTDOWN else WSCloseCode.OK)
 
     def request_close(self, reason: CloseReason, message: str = "") -> None:
-        """Ask the writer to send what is queued, then the final frame, then close.
-
-        The first reason given wins. If the writer is not running, the socket is closed
-        directly (in a task).
-        """
+        """Ask the writer to finish the message in flight, send the final frame with
+        ``reason`` and close the socket. The first reason given wins. Without a running
+        writer (handshake not done) the socket is closed directly."""
         if self.close_reason is not None:
             return
         self.close_reason = reason
         self.close_message = message
         if self._writer is not None and not self._writer.done():
-            self._outbox.put_nowait(_CLOSE)
+            self._wake.set()
         else:
             _spawn_close(self.ws)
 
-    def abort(self) -> None:
-        """Drop the connection at once, without a final frame (misbehaving peer,
-        forced shutdown, or a test that simulates a crash)."""
+    def abort(self, reason: CloseReason = CloseReason.PROTOCOL_ERROR) -> None:
+        """Drop the TCP connection at once, without a final frame (a misbehaving peer,
+        or a test simulating a crash)."""
         if self.close_reason is None:
-            self.close_reason = CloseReason.PROTOCOL_ERROR
+            self.close_reason = reason
         if self._writer is not None:
             self._writer.cancel()
         _abort_transport(self.ws)
 
     async def finish(self, grace: float) -> None:
-        """Wait up to ``grace`` seconds for the writer to end, then cancel it; close the
-        socket. Never raises (except ``CancelledError``)."""
+        """End the link: let the writer flush its final frame for up to ``grace``
+        seconds (when a close was requested), then cancel it and close the socket.
+        Never raises but ``CancelledError``."""
         writer = self._writer
         if writer is not None:
-            if not writer.done() and self.close_reason is None:
-                # The reader ended (the peer went away): nothing more to flush.
+            if self.close_reason is None:
+                writer.cancel()  # the peer went away: nothing left to flush
+            done, _ = await asyncio.wait({writer}, timeout=grace)
+            if not done:
                 writer.cancel()
-            try:
-                await asyncio.wait_for(asyncio.shield(writer), grace)
-            except (TimeoutError, asyncio.CancelledError):
-                writer.cancel()
-                with contextlib.suppress(BaseException):
-                    await writer
-            except Exception:
-                pass
+                await asyncio.wait({writer})
+            if not writer.cancelled() and writer.exception() is not None:
+                log.error("%r: writer failed", self, exc_info=writer.exception())
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.ws.close(), grace)
         self.closed.set()
