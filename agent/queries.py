@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -88,6 +89,31 @@ def decode_cursor(kind: str, text: str) -> int:
     if tag != _TAGS[kind] or row >= 1 << 62:
         raise InvalidCursorError(f"invalid cursor for the {kind} list")
     return int(row)
+
+
+_TIME_CURSOR = struct.Struct(">cqQ")
+
+
+def encode_time_cursor(ts: int, row: int) -> str:
+    """The cursor after (ts, obs_no) in an observation list ordered by time."""
+    return b64url_encode(_TIME_CURSOR.pack(b"t", ts, row))
+
+
+def decode_time_cursor(text: str) -> tuple[int, int]:
+    """(ts, obs_no) inside a cursor from :func:`encode_time_cursor`.
+
+    Raises:
+        InvalidCursorError: not such a cursor.
+    """
+    if not isinstance(text, str) or len(text) != 23:
+        raise InvalidCursorError("invalid cursor for a list ordered by time")
+    try:
+        tag, ts, row = _TIME_CURSOR.unpack(b64url_decode(text))
+    except (KeyFormatError, struct.error) as exc:
+        raise InvalidCursorError("invalid cursor") from exc
+    if tag != b"t" or row >= 1 << 62:
+        raise InvalidCursorError("invalid cursor for a list ordered by time")
+    return int(ts), int(row)
 
 
 def format_ms(ms: int) -> str:
@@ -166,8 +192,14 @@ _OBS_COLUMNS = ("o.obs_no, e.hash, g.key, e.seq, o.ts, o.tlp, o.retracted, o.doc
 _ALL_TYPES = tuple(t.value for t in IndicatorType)
 
 
+@functools.lru_cache(maxsize=4096)
+def key_text(raw: bytes) -> str:
+    """``ed25519:...`` text of a stored origin key (checked once, then cached)."""
+    return PublicKey(raw).text
+
+
 def _observation_row(row: Sequence[Any]) -> dict[str, Any]:
-    return observation_dict(row[1].hex(), PublicKey(row[2]).text, row[3], row[4], row[5],
+    return observation_dict(row[1].hex(), key_text(row[2]), row[3], row[4], row[5],
                             bool(row[6]), json.loads(row[7]))
 
 
@@ -219,6 +251,12 @@ class QueryReader:
     ) -> Page:
         """One page of observations, newest first unless ``newest_first`` is False.
 
+        Rows come in arrival order (``obs_no``), except newest first with ``since`` or
+        ``until``: then by the entry's ``ts`` (ties in arrival order), so a time window
+        is one index range scan however old it is. Either way the cursor is a keyset
+        position: paging sees every row that existed when it started exactly once. A
+        cursor is only valid for the same ordering.
+
         ``value`` is normalised for ``type``; without ``type`` it is matched as given
         against every type.
 
@@ -261,14 +299,25 @@ class QueryReader:
             args.append(until)
         if not include_retracted:
             where.append("o.retracted = 0")
-        if cursor is not None:
+        by_time = newest_first and (since is not None or until is not None)
+        if cursor is not None and by_time:
+            at_ts, at_no = decode_time_cursor(cursor)
+            where.append("o.ts <= ? AND (o.ts < ? OR o.obs_no < ?)")
+            args += [at_ts, at_ts, at_no]
+        elif cursor is not None:
             where.append("o.obs_no < ?" if newest_first else "o.obs_no > ?")
             args.append(decode_cursor("observation", cursor))
+        order = ("o.ts DESC, o.obs_no DESC" if by_time
+                 else f"o.obs_no {'DESC' if newest_first else 'ASC'}")
         sql = (f"SELECT {_OBS_COLUMNS} {'WHERE ' + ' AND '.join(where) if where else ''} "
-               f"ORDER BY o.obs_no {'DESC' if newest_first else 'ASC'} LIMIT ?")
+               f"ORDER BY {order} LIMIT ?")
         rows = await self._rows(sql, (*args, limit + 1))
         items = [_observation_row(r) for r in rows[:limit]]
-        nxt = encode_cursor("observation", rows[limit - 1][0]) if len(rows) > limit else None
+        nxt = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            nxt = (encode_time_cursor(last[4], last[0]) if by_time
+                   else encode_cursor("observation", last[0]))
         return Page(items, nxt)
 
     async def stream_position(self) -> str:
@@ -319,7 +368,7 @@ class QueryReader:
             "value": value,
             "observations": page.items,
             "count": int(count),
-            "origins": [PublicKey(r[0]).text for r in origins],
+            "origins": [key_text(r[0]) for r in origins],
             "first_seen": None if first is None else format_ms(first),
             "last_seen": None if last is None else format_ms(last),
         }
@@ -348,7 +397,7 @@ class QueryReader:
             "JOIN origins g ON g.origin_id = s.origin_id "
             f"{'WHERE ' + ' AND '.join(where) if where else ''} "
             "ORDER BY s.sighting_no DESC LIMIT ?", (*args, limit + 1))
-        items = [observation_dict(r[1].hex(), PublicKey(r[2]).text, r[3], r[4], r[5],
+        items = [observation_dict(r[1].hex(), key_text(r[2]), r[3], r[4], r[5],
                                   bool(r[6]), json.loads(r[7])) for r in rows[:limit]]
         nxt = encode_cursor("sighting", rows[limit - 1][0]) if len(rows) > limit else None
         return Page(items, nxt)
@@ -375,7 +424,7 @@ class QueryReader:
             "ORDER BY i.item_no DESC LIMIT ?", (*args, limit + 1))
         items = []
         for r in rows[:limit]:
-            item = observation_dict(r[1].hex(), PublicKey(r[2]).text, r[3], r[4], r[5],
+            item = observation_dict(r[1].hex(), key_text(r[2]), r[3], r[4], r[5],
                                     bool(r[6]), json.loads(r[7]))
             item["kind"] = r[8]
             items.append(item)
