@@ -37,12 +37,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import aiohttp
 from aiohttp import web
 
 from agent.dialer import PEER_PATH, Dialer, DialTarget, peer_endpoint
+from agent.metrics import MetricFamily
 from agent.peering import (
     IdleTimeout,
     LinkRegistry,
@@ -186,6 +187,11 @@ class PeerStatus:
     synced: bool
     sessions: int
     last_close: str | None
+
+    @property
+    def last_seen_ms(self) -> int | None:
+        """``last_seen`` in ms since the epoch (the node's PeerStatus shape)."""
+        return None if self.last_seen is None else int(self.last_seen * 1000)
 
 
 @dataclass(frozen=True)
@@ -363,6 +369,7 @@ class Replicator:
         self._catchup_started = 0.0
         self._catchup_stored = 0
         self._refusal_log = _RateLimitedLog(60.0, clock)
+        self._publish_backlog: list[VerifiedEntry] = []
 
     # --- trust -----------------------------------------------------------------------
 
@@ -610,8 +617,8 @@ class Replicator:
             self._cut(link, CloseReason.INTERNAL_ERROR, "internal error")
             return link.peer is not None
         finally:
-            if self._registry.discard(link):
-                self._detach(link)
+            self._detach(link)
+            self._registry.discard(link)
             await link.finish(self.transport.close_grace)
             if link.peer is not None:
                 self._closed(link)
@@ -637,7 +644,8 @@ class Replicator:
                      link.name, link.direction)
             return
         if loser is not None:
-            self._detach(loser)
+            loser.pull = None  # no longer the registry's link for this peer
+            self._engine_remove(peer)
             loser.request_close(CloseReason.DUPLICATE_SESSION, "another session is kept")
             log.info("peer %s: duplicate session (%s) closed, keeping the new one",
                      link.name, loser.direction)
@@ -651,17 +659,20 @@ class Replicator:
         self._after_engine()
 
     def _detach(self, link: PeerLink) -> None:
-        """Stop feeding the engine from ``link`` and forget the peer in the engine."""
+        """Stop feeding the engine from ``link``; if it was its peer's active link, the
+        peer leaves the engine (its WANTs go elsewhere)."""
         link.pull = None
-        if link.peer is None or self._engine is None:
-            return
-        if self._registry.active(link.peer) is link:
+        if link.peer is not None and self._registry.active(link.peer) is link:
             self._registry.discard(link)
-        if link.peer in self._engine.peers and self._registry.active(link.peer) is None:
-            with contextlib.suppress(LocalProtocolError):
-                _fold(self._state(link.peer).past, self._engine.peer_stats(link.peer))
-            self._engine.remove_peer(link.peer)
-            self._after_engine()
+            self._engine_remove(link.peer)
+
+    def _engine_remove(self, peer: PublicKey) -> None:
+        if self._engine is None or peer not in self._engine.peers:
+            return
+        with contextlib.suppress(LocalProtocolError):
+            _fold(self._state(peer).past, self._engine.peer_stats(peer))
+        self._engine.remove_peer(peer)
+        self._after_engine()
 
     def _cut(self, link: PeerLink, reason: CloseReason, message: str) -> None:
         """End ``link`` now: detach it and close it with ``reason``."""
@@ -890,22 +901,53 @@ class Replicator:
         except EntraideError as exc:
             log.error("storing a fork proof failed: %s", exc)
 
-    async def publish(self, entries: Iterable[VerifiedEntry]) -> None:
-        """Gossip entries this node just appended to its ledger (in seq order)."""
+    def publish(self, entries: Iterable[VerifiedEntry]) -> None:
+        """Gossip entries this node just appended to its ledger (durably committed).
+
+        Synchronous (the node calls it from its commit callback). Entries are taken in
+        seq order; if an earlier append has not been published yet, the entries in
+        between are read back from the ledger first (in a task), so the engine always
+        sees this node's log in order.
+        """
         if self._engine is None or not self._running:
             return
-        for entry in sorted(entries, key=lambda e: e.seq):
+        ordered = sorted(entries, key=lambda e: e.seq)
+        if self._publish_backlog:
+            self._publish_backlog.extend(ordered)
+            return
+        for i, entry in enumerate(ordered):
             try:
                 self._engine.publish(entry, self._clock())
             except LocalProtocolError:
-                # An earlier append's publish has not run yet: send what lies between.
-                head = self._engine.vector().get(entry.origin.key_id, (0, b""))[0]
-                async with contextlib.aclosing(self.ledger.read_range(
-                        entry.origin, head + 1, entry.seq - 1)) as chunks:
+                self._publish_backlog.extend(ordered[i:])
+                self._spawn(self._publish_gap(), name="replicator-publish")
+                break
+        self._after_engine()
+
+    async def _publish_gap(self) -> None:
+        """Feed the engine the own entries it has not seen, read back from the ledger."""
+        assert self._engine is not None
+        me = self.identity.public_key
+        try:
+            while self._publish_backlog:
+                head = self._engine.vector().get(me.key_id, (0, b""))[0]
+                target = max(e.seq for e in self._publish_backlog)
+                async with contextlib.aclosing(
+                        self.ledger.read_range(me, head + 1, target)) as chunks:
                     async for chunk in chunks:
                         for raw in chunk:
                             self._engine.publish(verify_entry(raw), self._clock())
-                self._engine.publish(entry, self._clock())
+                self._publish_backlog = [e for e in self._publish_backlog
+                                         if e.seq > self._engine.vector().get(
+                                             me.key_id, (0, b""))[0]]
+                if self._publish_backlog:
+                    # The ledger does not hold them (yet): anti-entropy will carry them.
+                    log.warning("own entries %d..%d not found in the ledger to publish",
+                                self._publish_backlog[0].seq, target)
+                    self._publish_backlog = []
+        except (EntraideError, LocalProtocolError) as exc:
+            log.error("publishing own entries failed (anti-entropy will carry them): %s", exc)
+            self._publish_backlog = []
         self._after_engine()
 
     async def _housekeeping(self) -> None:
@@ -965,27 +1007,40 @@ class Replicator:
         """Every link, in handshake or established (for tests and diagnostics)."""
         return self._registry.all_links()
 
-    def peer_status(self) -> list[PeerStatus]:
-        """One status per trusted peer, in trust-list order."""
-        now, wall = self._clock(), self._wall()
-        out = []
-        for key, peer in self._trusted.items():
+    @overload
+    def peer_status(self) -> list[PeerStatus]: ...
+
+    @overload
+    def peer_status(self, key: PublicKey) -> PeerStatus: ...
+
+    def peer_status(self, key: PublicKey | None = None) -> list[PeerStatus] | PeerStatus:
+        """One status per trusted peer in trust-list order, or the status of ``key``
+        (a not-connected status for a key never seen)."""
+        if key is not None:
+            peer = self._trusted.get(key)
             state = self._states.get(key)
-            link = self._registry.active(key)
-            eager = rtt = None
-            if link is not None and self._engine is not None and key in self._engine.peers:
-                eager = self._engine.is_eager(key)
-                rtt = self._engine.peer_stats(key).rtt
-            last_seen = state.last_seen if state is not None else None
-            out.append(PeerStatus(
-                name=peer.name, key=key, url=peer.url, connected=link is not None,
-                direction=link.direction if link is not None else None,
-                since=wall - (now - link.established_at) if link is not None else None,
-                last_seen=wall - (now - last_seen) if last_seen is not None else None,
-                rtt=rtt, eager=eager, synced=bool(state and state.synced and link),
-                sessions=state.sessions if state is not None else 0,
-                last_close=state.last_close if state is not None else None))
-        return out
+            name = peer.name if peer else (state.name if state else key.fingerprint)
+            return self._status(TrustedPeer(name, key, peer.url if peer else None))
+        return [self._status(peer) for peer in self._trusted.values()]
+
+    def _status(self, peer: TrustedPeer) -> PeerStatus:
+        now, wall = self._clock(), self._wall()
+        key = peer.key
+        state = self._states.get(key)
+        link = self._registry.active(key)
+        eager = rtt = None
+        if link is not None and self._engine is not None and key in self._engine.peers:
+            eager = self._engine.is_eager(key)
+            rtt = self._engine.peer_stats(key).rtt
+        last_seen = state.last_seen if state is not None else None
+        return PeerStatus(
+            name=peer.name, key=key, url=peer.url, connected=link is not None,
+            direction=link.direction if link is not None else None,
+            since=wall - (now - link.established_at) if link is not None else None,
+            last_seen=wall - (now - last_seen) if last_seen is not None else None,
+            rtt=rtt, eager=eager, synced=bool(state and state.synced and link),
+            sessions=state.sessions if state is not None else 0,
+            last_close=state.last_close if state is not None else None)
 
     @property
     def counters(self) -> dict[str, PeerCounters]:
@@ -1014,3 +1069,58 @@ class Replicator:
                 errors=dict(state.errors), closes=dict(state.closes))
         return out
 
+    def metric_families(self) -> list[MetricFamily]:
+        """Prometheus families for ``GET /metrics`` (labels bounded by peers × kinds)."""
+        fam: dict[str, MetricFamily] = {}
+
+        def add(name: str, help: str, kind: str, labels: tuple[str, ...],
+                values: dict[tuple[str, ...], float]) -> None:
+            family = fam.get(name)
+            if family is None:
+                family = fam[name] = MetricFamily(name, help, kind, labels, {})
+            family.samples.update(values)
+
+        for name, c in self.counters.items():
+            for direction, frames, sizes in (("in", c.frames_in, c.bytes_in),
+                                             ("out", c.frames_out, c.bytes_out)):
+                add("entraide_peer_messages_total", "Gossip messages by peer, direction, kind.",
+                    "counter", ("peer", "direction", "kind"),
+                    {(name, direction, k): float(v) for k, v in frames.items()})
+                add("entraide_peer_message_bytes_total",
+                    "Gossip message bytes (plaintext) by peer, direction, kind.", "counter",
+                    ("peer", "direction", "kind"),
+                    {(name, direction, k): float(v) for k, v in sizes.items()})
+            add("entraide_peer_wire_bytes_total", "WebSocket bytes (encrypted) by peer.",
+                "counter", ("peer", "direction"),
+                {(name, "in"): float(c.wire_bytes_in), (name, "out"): float(c.wire_bytes_out)})
+            add("entraide_peer_entries_total", "Entry copies received from / sent to a peer.",
+                "counter", ("peer", "direction"),
+                {(name, "in"): float(c.entries_in), (name, "out"): float(c.entries_out)})
+            add("entraide_peer_duplicate_entries_total",
+                "Entry copies received that were already held.", "counter", ("peer",),
+                {(name,): float(c.duplicates)})
+            add("entraide_peer_sessions_total", "Sessions established with a peer.",
+                "counter", ("peer",), {(name,): float(c.sessions)})
+            add("entraide_peer_errors_total", "Peer errors and misbehaviour by reason.",
+                "counter", ("peer", "reason"),
+                {(name, r): float(v) for r, v in c.errors.items()})
+            add("entraide_peer_disconnects_total", "Sessions ended, by close reason.",
+                "counter", ("peer", "reason"),
+                {(name, r): float(v) for r, v in c.closes.items()})
+        rtts = {(s.name,): s.rtt for s in self.peer_status() if s.rtt is not None}
+        add("entraide_peer_rtt_seconds", "Last PING round-trip time.", "gauge", ("peer",),
+            {k: float(v) for k, v in rtts.items()})
+        add("entraide_peer_handshake_failures_total",
+            "Inbound or outbound handshakes that failed (refused: untrusted or bad signature).",
+            "counter", ("reason",),
+            {(r,): float(v) for r, v in self.handshake_failures.items()})
+        add("entraide_replication_backlog_entries",
+            "Entries known to exist that the ledger does not hold yet (catch-up).", "gauge",
+            (), {(): float(self.backlog())})
+        add("entraide_replication_stored_entries_total",
+            "Entries received from peers and stored.", "counter", (),
+            {(): float(self.stored_total)})
+        add("entraide_replication_pending_entries",
+            "Entries between the engine and the ledger (verify/store pipeline).", "gauge",
+            (), {(): float(self._pending_entries)})
+        return list(fam.values())

@@ -179,7 +179,7 @@ class Node:
                                    head=self.db.head(self.key), tag=tag)
             result = await self.db.ingest(entries)
             assert result.stored == len(entries), result
-            await self.repl.publish(entries)
+            self.repl.publish(entries)
             out.extend(entries)
         return out
 
