@@ -518,7 +518,9 @@ class Ledger:
                 if waiting is not None:
                     tally.duplicates += 1
                 else:
-                    kept, dropped = self._ahead.hold(entry, records.get(entry.hash, _UNDECODED))
+                    # Held without its decoded payload (decoded again on release), so
+                    # the buffer's memory is bounded by the entries' bytes alone.
+                    kept, dropped = self._ahead.hold(entry, _UNDECODED)
                     tally.buffered += kept
                     tally.dropped += dropped
                 continue
@@ -677,6 +679,7 @@ class Ledger:
         origin_id = self._origin_id_of(origin)
         if origin_id is None or to_seq < from_seq:
             return
+        max_entries = max(1, min(max_entries, 4096))
         seq = max(from_seq, 1)
         while seq <= to_seq:
             rows = await self._fetch(
@@ -792,13 +795,15 @@ class Ledger:
     def subscribe(self, maxsize: int = 1024) -> Subscription:
         """Follow new readable observations, in commit order (bounded; see Subscription).
 
+        ``maxsize`` is clamped to 1..65536 (a queue of 0 would be unbounded).
+
         Raises:
             StorageError: too many subscribers, or the ledger is closed.
         """
         self._check_open()
         if len(self._subscribers) >= MAX_SUBSCRIBERS:
             raise StorageError(f"at most {MAX_SUBSCRIBERS} stream subscribers")
-        sub = Subscription(maxsize, self._subscribers.discard)
+        sub = Subscription(max(1, min(maxsize, 65536)), self._subscribers.discard)
         self._subscribers.add(sub)
         return sub
 

@@ -56,12 +56,16 @@ class OwnDraft:
 
 @dataclass(frozen=True)
 class BufferLimits:
-    """Caps on entries held ahead of a gap (per origin, and over all origins)."""
+    """Caps on entries held ahead of a gap (per origin, and over all origins).
+
+    Bytes are the entries' encodings; in memory a held entry takes about twice that
+    (its raw bytes and its decoded body), so the defaults bound the buffer near 64 MiB.
+    """
 
     per_origin_entries: int = 4096
-    per_origin_bytes: int = 16 << 20
+    per_origin_bytes: int = 8 << 20
     total_entries: int = 16384
-    total_bytes: int = 64 << 20
+    total_bytes: int = 32 << 20
 
 
 @dataclass(frozen=True)
