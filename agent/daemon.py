@@ -1,0 +1,154 @@
+"""``entraide run``: the daemon, with its two listeners.
+
+Start-up order: node (config, key, ledger, replication), then the peer listener,
+then the local API listener; the node is reported ready only when both listen. Any
+failure (bad config, missing or wrongly sealed key, port in use, ledger in use) is
+one line on stderr and exit status 1.
+
+Shutdown on SIGTERM or SIGINT, in this order, so nothing acknowledged is lost:
+1. the API listener stops accepting; requests in flight finish (their entries are
+   committed before they are acknowledged);
+2. the node stops: queued submissions are committed, peer sessions closed with a
+   "shutdown" reason, the ledger closed;
+3. the peer listener is torn down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from agent.api import create_app
+from agent.config import LogConfig, load_node_config
+from agent.datadir import DataDir, passphrase_from_env
+from agent.errors import ConfigError
+from agent.node import Node
+from agent.transport import Replicator, replication_factory, start_peer_listener
+
+__all__ = ["JsonFormatter", "configure_logging", "run_command", "serve"]
+
+log = logging.getLogger("entraide.daemon")
+SHUTDOWN_TIMEOUT_S = 10.0
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message (and exc when any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
+
+
+def configure_logging(config: LogConfig, fmt: str | None = None, level: str | None = None) -> None:
+    """Log to stderr as text (default) or JSON lines; the CLI flags win over the file."""
+    handler = logging.StreamHandler(sys.stderr)
+    if (fmt or config.format) == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel((level or config.level).upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+async def serve(data_dir: DataDir, *, passphrase: bytes | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Run the node until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None).
+
+    Raises:
+        ConfigError: bad config, a port in use.
+        EntraideError: the node cannot start (key, passphrase, ledger).
+    """
+    stop = stop if stop is not None else _signal_event()
+    node = Node(data_dir, passphrase=passphrase, replication=replication_factory())
+    await node.start()
+    peer_runner: web.AppRunner | None = None
+    api_runner: web.AppRunner | None = None
+    try:
+        config = node.config
+        replicator = node.replication
+        assert isinstance(replicator, Replicator)
+        peer_runner, peer_port = await _listen(
+            "peer", lambda: start_peer_listener(replicator, config.peer.host, config.peer.port),
+            config.peer.host, config.peer.port)
+        api_runner = web.AppRunner(create_app(node), handle_signals=False, access_log=None,
+                                   shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        await api_runner.setup()
+        site = web.TCPSite(api_runner, config.api.host, config.api.port)
+        await _listen("API", lambda: _start_site(site), config.api.host, config.api.port)
+        log.info("node %s ready: API on http://%s:%d, peers on %s:%d (card URL %s)",
+                 config.name, config.api.host, config.api.port, config.peer.host, peer_port,
+                 config.peer_url)
+        print(f"entraide: node {config.name} running (API http://{config.api.host}:"
+              f"{config.api.port}, peer listener {config.peer.host}:{peer_port})",
+              file=sys.stderr, flush=True)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        if api_runner is not None:
+            await api_runner.cleanup()
+        await node.stop()
+        if peer_runner is not None:
+            await peer_runner.cleanup()
+        log.info("stopped")
+
+
+async def _start_site(site: web.TCPSite) -> tuple[None, int]:
+    await site.start()
+    return None, 0
+
+
+async def _listen(what: str, start: Any, host: str, port: int) -> Any:
+    try:
+        return await start()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"cannot listen on {host}:{port} for the {what} listener: "
+                          f"{reason}") from exc
+
+
+def _signal_event() -> asyncio.Event:
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, event.set)
+    return event
+
+
+def run_command(argv: list[str], data_dir: Path) -> int:
+    """``entraide run [--passphrase-env VAR] [--log-format text|json] [--log-level L]``."""
+    parser = argparse.ArgumentParser(prog="entraide run", description="Run the node.")
+    parser.add_argument("--passphrase-env", metavar="VAR",
+                        help="environment variable holding the key passphrase "
+                             "(default: ENTRAIDE_PASSPHRASE, when the key is sealed)")
+    parser.add_argument("--log-format", choices=("text", "json"), help="default: from config")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    args = parser.parse_args(argv)
+    dd = DataDir(data_dir)
+    dd.require_node()
+    config = load_node_config(dd)
+    configure_logging(config.log, args.log_format, args.log_level)
+    passphrase = passphrase_from_env(args.passphrase_env) if args.passphrase_env else None
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(dd, passphrase=passphrase))
+    return 0

@@ -1,0 +1,165 @@
+"""``entraide demo``: a local federation of five jurisdictions, end to end.
+
+Five real ``entraide run`` processes (FED, QC, ON, AB, BC) on loopback, each with
+its own temporary data dir, set up exactly as operators would: ``init``, exchange of
+peer cards, ``token create``. Every node trusts every other as an author, but only
+some links are dialled, so entries must be relayed:
+
+    BC ── AB ── ON ── FED ── QC
+                       └─────┘ (no direct link from QC to ON, AB or BC)
+
+The demo submits a handful of realistic observations (one AMBER to a subset, one
+retraction), shows who received what, when, and who could read what, verifies
+every ledger, and exits 0 (or stays up with ``--keep``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import signal
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from agent.client_cli import render_table
+from agent.localfed import LocalFederation, wait_for
+
+__all__ = ["demo_command", "run_demo"]
+
+NODES = [("FED", "Gouvernement du Canada"), ("QC", "Québec"), ("ON", "Ontario"),
+         ("AB", "Alberta"), ("BC", "British Columbia")]
+# Who dials whom: not all directly connected, so entries are relayed.
+LINKS = [("QC", "FED"), ("FED", "ON"), ("ON", "AB"), ("AB", "BC")]
+SYNC_TIMEOUT_S = 60.0
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+SUBMISSIONS: list[tuple[str, dict[str, Any]]] = [
+    ("QC", {"type": "ipv4-addr", "value": "203.0.113.7", "tlp": "GREEN", "confidence": 85,
+            "severity": "high", "tags": ["ransomware", "c2"],
+            "description": {"fr": "Serveur de commande et contrôle LockBit observé",
+                            "en": "LockBit command-and-control server"}}),
+    ("FED", {"type": "cve", "value": "cve-2026-21345", "tlp": "CLEAR", "confidence": 100,
+             "severity": "critical", "tags": ["exploited"],
+             "description": {"en": "Actively exploited in provincial health networks"}}),
+    ("ON", {"type": "domain-name", "value": "Login-Secure-Ontario.EXAMPLE", "tlp": "AMBER",
+            "audience": ["FED", "QC"], "confidence": 70, "severity": "medium",
+            "tags": ["phishing"], "description": {"en": "Credential phishing kit"}}),
+    ("AB", {"type": "file:sha256",
+            "value": "A3F1" + "0" * 56 + "BEEF", "tlp": "GREEN", "confidence": 60,
+            "severity": "high", "tags": ["wiper"]}),
+    ("BC", {"type": "url", "value": "HTTPS://cdn.example.net/payload.ps1", "tlp": "GREEN",
+            "confidence": 50, "severity": "medium", "tags": ["loader"]}),
+]
+
+
+def run_demo(keep: bool = False, root: Path | None = None) -> int:
+    own_root = root is None
+    root = Path(tempfile.mkdtemp(prefix="entraide-demo-")) if root is None else root
+    fed = LocalFederation(root, NODES, LINKS)
+    nodes = fed.nodes
+    by_name = {n.name: n for n in nodes}
+    try:
+        _say(f"Setting up five nodes in {root} (init, peer cards, tokens):")
+        fed.set_up(on_node=lambda n: _say(
+            f"  {n.name:<4} {n.jurisdiction:<24} fingerprint {n.fingerprint}"))
+        _say("Links dialled: " + ", ".join(f"{a}→{b}" for a, b in LINKS)
+             + " (every node trusts every other as an author)")
+        fed.start()
+        _say("All five nodes are up.\n")
+
+        submitted: list[tuple[str, dict[str, Any], str, float]] = []
+        for author, body in SUBMISSIONS:
+            result = by_name[author].call("POST", "/api/v1/observations", body)
+            submitted.append((author, body, result["id"], time.monotonic()))
+            _say(f"{author} shared {body['tlp']:<6} {body['type']} {body['value']}")
+        retracted = submitted[-1]
+        by_name[retracted[0]].call("POST", f"/api/v1/observations/{retracted[2]}/retract",
+                                   {"reason": "false positive: a CDN shared by many tenants"})
+        _say(f"{retracted[0]} retracted its {retracted[1]['type']} observation\n")
+
+        total = len(SUBMISSIONS) + 1  # the observations and the retraction
+        arrival: dict[tuple[str, str], float] = {}
+        complete: dict[str, float] = {}
+        t_first = submitted[0][3]
+
+        def poll() -> bool:
+            # Who can read what, and how long after its submission it became readable.
+            for _author, _body, entry_id, t0 in submitted:
+                for node in nodes:
+                    if (node.name, entry_id) not in arrival and node.visible(entry_id):
+                        arrival[(node.name, entry_id)] = time.monotonic() - t0
+            for node in nodes:
+                if node.name not in complete and node.entries() >= total:
+                    complete[node.name] = time.monotonic() - t_first
+            return len(complete) == len(nodes)
+
+        wait_for(poll, SYNC_TIMEOUT_S, "every ledger to hold every entry")
+        rows = []
+        for author, body, entry_id, _t0 in submitted:
+            cells = []
+            for node in nodes:
+                seen = arrival.get((node.name, entry_id))
+                if node.name == author:
+                    cells.append("author")
+                elif seen is None:
+                    cells.append("sealed")  # replicated and verified, not in the audience
+                else:
+                    cells.append(f"{seen * 1000:.0f} ms")
+            rows.append([f"{author}: {body['tlp']} {body['type']}", *cells])
+        _say("Readable where, and how long after submission (polled every 20 ms):")
+        _say(render_table(["observation", *[n.name for n in nodes]], rows))
+        _say("'sealed': the entry is in that ledger, signature and chain verified, "
+             "but encrypted for others.\n")
+
+        timing_rows = []
+        for node in nodes:
+            status = node.call("GET", "/api/v1/status")
+            listed = node.call("GET", "/api/v1/observations?limit=100")["observations"]
+            listed_r = node.call("GET", "/api/v1/observations?limit=100&include_retracted=true")
+            verify = node.call("GET", "/api/v1/ledger/verify")
+            connected = sorted(p["name"] for p in status["peers"] if p["connected"])
+            timing_rows.append([node.name, f"{complete[node.name] * 1000:.0f} ms",
+                                str(status["ledger"]["entries"]), str(len(listed)),
+                                str(len(listed_r["observations"]) - len(listed)),
+                                ",".join(connected), "ok" if verify.get("ok") else "BROKEN"])
+        _say(render_table(["node", "complete after", "entries", "listed", "retracted",
+                           "connected to",
+                           "ledger verify"], timing_rows))
+        indicator = urllib.parse.quote("203.0.113.7", safe="")
+        agg = by_name["BC"].call("GET", f"/api/v1/indicators/ipv4-addr/{indicator}")
+        _say(f"\nBC looks up 203.0.113.7: reported by {', '.join(agg['origins'])}, "
+             f"first seen {agg['first_seen']}")
+        broken = [r[0] for r in timing_rows if r[-1] != "ok"]
+        if broken:
+            _say(f"ledger verification FAILED on {', '.join(broken)}")
+            return 1
+        if keep:
+            _say("\nThe federation keeps running (Ctrl-C to stop):")
+            for node in nodes:
+                _say(f"  {node.name:<4} {node.api}  token {node.token}  "
+                     f"data {node.data_dir}")
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.pause()
+        return 0
+    finally:
+        fed.stop()
+        if own_root and not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def demo_command(argv: list[str], data_dir: Path) -> int:
+    """``entraide demo [--keep]`` (``--data-dir`` is ignored: the demo makes its own)."""
+    parser = argparse.ArgumentParser(prog="entraide demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the federation running; print each node's API URL and token")
+    parser.add_argument("--dir", type=Path, help="put the five data dirs here (kept)")
+    args = parser.parse_args(argv)
+    return run_demo(keep=args.keep, root=args.dir)
