@@ -88,7 +88,7 @@ from agent.node import (
 )
 from agent.openapi import Operation, openapi_document
 from agent.queries import InvalidCursorError
-from agent.tokens import Scope
+from agent.tokens import Scope, TokenRecord
 from protocol.errors import (
     EncodingError,
     EntraideError,
@@ -103,6 +103,7 @@ __all__ = ["OPENAPI", "ROUTES", "ApiSettings", "create_app", "error_body"]
 log = logging.getLogger(__name__)
 
 _OPENAPI_TEXT = web.AppKey("openapi_text", str)
+TOKEN = web.RequestKey("token", TokenRecord)
 _CLOCK = web.AppKey("clock", Callable[[], float])  # type: ignore[arg-type]
 STREAM_PATH = "/api/v1/stream"
 
@@ -208,7 +209,7 @@ def _authenticate(request: web.Request, scope: Scope) -> None:
     if not record.scope.allows(scope):
         raise ScopeError(f"this needs a token with the {scope} scope; this one has "
                          f"{record.scope}")
-    request["token"] = record
+    request[TOKEN] = record
 
 
 def _guard(op: Operation) -> Callable[[web.Request], Any]:

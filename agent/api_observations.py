@@ -66,12 +66,15 @@ async def post_observations(request: web.Request) -> web.Response:
 
 def _submission(item: ObservationSubmit, tlp: TLP | None,
                 audience: tuple[str, ...] | None) -> Submission:
+    """The item's own TLP and audience, else the batch's defaults (an audience default
+    applies only to items whose TLP is encrypted)."""
     given = item.model_fields_set
-    return Submission(
-        item.payload(),
-        item.tlp if "tlp" in given or tlp is None else tlp,
-        item.audience if "audience" in given or audience is None else audience,
-    )
+    item_tlp = item.tlp if "tlp" in given or tlp is None else tlp
+    if "audience" in given or audience is None or not item_tlp.encrypted:
+        item_audience = item.audience
+    else:
+        item_audience = audience
+    return Submission(item.payload(), item_tlp, item_audience)
 
 
 def created_observation(node: Node, entry: VerifiedEntry,

@@ -17,8 +17,9 @@ Invariants:
   submission is acknowledged only after that durable commit.
 - The trust list in memory is the last valid ``peers.toml``: changes made through the
   API are written atomically (data-dir lock, temporary file, rename) and applied at
-  once; changes made by hand or by the CLI are noticed by polling the file's stamp.
-  An invalid file is logged and ignored (the previous list stays in force).
+  once; changes made by hand or by the CLI are noticed by polling the file's stamp
+  and applied once it has been stable for one poll interval. An invalid file is
+  logged and ignored (the previous list stays in force).
 - Audience names resolve against the trust list *and* this node's own name; this node
   is always a recipient of its own encrypted entries, so it can read them back.
 """
@@ -45,7 +46,7 @@ from agent.config import (
     edit_trust_list,
     load_node_config,
 )
-from agent.datadir import DataDir, passphrase_from_env
+from agent.datadir import DataDir, FileStamp, file_stamp, passphrase_from_env
 from agent.errors import ConfigError, StorageError, UntrustedPeerError
 from agent.ledger import (
     MAX_APPEND_BATCH,
@@ -392,6 +393,8 @@ class Node:
         self._config = await asyncio.to_thread(load_node_config, data_dir)
         self._identity = await asyncio.to_thread(self._load_identity)
         me = self._identity.public_key
+        # Stamp first, list second: a change between the two is seen again, not missed.
+        initial_stamp = await asyncio.to_thread(file_stamp, data_dir.peers_path)
         self._watcher = await asyncio.to_thread(
             TrustListWatcher, data_dir, own_key=me, own_name=self._config.name)
         self._trust = self._watcher.current
@@ -404,7 +407,7 @@ class Node:
         if self._replication_factory is not None:
             self._replication = self._replication_factory(self)
         await self._replication.start()
-        self._spawn(self._watch_trust(), "entraide-trust-watch")
+        self._spawn(self._watch_trust(initial_stamp), "entraide-trust-watch")
         log.info("node %s started (%s), %d peers in the trust list",
                  self._config.name, me.fingerprint, len(self._trust))
 
@@ -797,11 +800,27 @@ class Node:
             log.exception("replication did not take the new trust list")
         log.info("trust list now has %d peers (%s)", len(new), source)
 
-    async def _watch_trust(self) -> None:
+    async def _watch_trust(self, initial: FileStamp | None) -> None:
+        """Poll peers.toml; apply a change once the file has kept the same stamp for one
+        interval, so an editor's in-place rewrite (truncate, then write) is never read
+        half-way as an empty trust list."""
         watcher = self._watcher
         assert watcher is not None
+        path = self.data_dir.peers_path
+        settled = seen = initial
         while True:
             await asyncio.sleep(self._trust_poll_interval)
+            try:
+                stamp = await asyncio.to_thread(file_stamp, path)
+            except OSError as exc:
+                log.error("cannot stat %s: %s", path, exc)
+                continue
+            if stamp != seen:
+                seen = stamp  # still changing: look again next time
+                continue
+            if stamp == settled:
+                continue
+            settled = stamp
             async with self._trust_lock:
                 try:
                     new = await asyncio.to_thread(watcher.poll)
