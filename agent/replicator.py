@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -130,28 +131,37 @@ class TransportParams:
     """How often a callable trust source is re-read."""
 
 
+_CONFIG_TO_PARAMS: tuple[tuple[str, str, float | None], ...] = (
+    # (NodeConfig.gossip field, GossipParams field, scale: ms → s, or None to keep ints)
+    ("fanout", "eager_fanout", None),
+    ("lazy_delay_ms", "lazy_delay", 1e-3),
+    ("anti_entropy_interval_ms", "anti_entropy_interval", 1e-3),
+    ("max_batch_entries", "want_batch", None),
+    ("max_batch_entries", "serve_batch", None),
+    ("max_pending_per_peer", "reorder_limit", None),
+    ("max_send_queue", "control_queue", None),
+)
+
+
 def gossip_params(value: object | None) -> GossipParams:
     """Engine parameters from a ``GossipParams``, a ``NodeConfig.gossip`` table, or None.
 
-    The config table's names map as: ``fanout`` → ``eager_fanout``, ``lazy_delay_ms``,
-    ``anti_entropy_interval_ms`` → seconds, ``max_batch_entries`` → ``want_batch`` and
-    ``serve_batch``, ``max_pending_per_peer`` → ``reorder_limit``, ``max_send_queue`` →
-    ``control_queue``.
+    Config names map as: ``lazy_delay_ms`` and ``anti_entropy_interval_ms`` → seconds,
+    ``max_batch_entries`` → ``want_batch`` and ``serve_batch``, ``max_pending_per_peer``
+    → ``reorder_limit``, ``max_send_queue`` → ``control_queue``, ``fanout`` →
+    ``eager_fanout`` (when the engine has that knob). Others keep the engine defaults.
     """
     if value is None:
         return GossipParams()
     if isinstance(value, GossipParams):
         return value
-    get = getattr
-    return GossipParams(
-        eager_fanout=get(value, "fanout"),
-        lazy_delay=get(value, "lazy_delay_ms") / 1000,
-        anti_entropy_interval=get(value, "anti_entropy_interval_ms") / 1000,
-        want_batch=get(value, "max_batch_entries"),
-        serve_batch=get(value, "max_batch_entries"),
-        reorder_limit=get(value, "max_pending_per_peer"),
-        control_queue=get(value, "max_send_queue"),
-    )
+    known = {f.name for f in dataclasses.fields(GossipParams)}
+    kwargs: dict[str, Any] = {}
+    for source, target, scale in _CONFIG_TO_PARAMS:
+        if target in known and hasattr(value, source):
+            raw = getattr(value, source)
+            kwargs[target] = raw * scale if scale is not None else raw
+    return GossipParams(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -446,8 +456,9 @@ class Replicator:
                 with contextlib.suppress(EntraideError):
                     forks.append(decode_fork_proof(record.proof))
         self._engine = GossipEngine(
-            self.params, seed=self._randbytes(32), heads=self.ledger.version_vector(),
-            forks=forks, trusted=[*self._trusted, self.identity.public_key])
+            self.identity.public_key, self.params, seed=self._randbytes(32),
+            heads=self.ledger.version_vector(), forks=forks,
+            trusted=[*self._trusted, self.identity.public_key])
         self._executor = concurrent.futures.ThreadPoolExecutor(
             self.transport.verify_workers, thread_name_prefix="entraide-verify")
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(

@@ -343,7 +343,7 @@ async def test_replication_factory_builds_a_replicator_for_a_node(tmp_path: Path
                            config=SimpleNamespace(gossip=GossipConfig()))
     repl = replication_factory(FAST_TRANSPORT)(node)  # type: ignore[arg-type]
     assert isinstance(repl, Replicator)
-    assert repl.params.eager_fanout == 3 and repl.params.anti_entropy_interval == 2.0
+    assert repl.params.anti_entropy_interval == 2.0 and repl.params.lazy_delay == 0.05
 
 
 def test_make_entries_chain() -> None:
