@@ -20,7 +20,7 @@ import msgpack
 
 from protocol.errors import EncodingError, OversizeError
 
-__all__ = ["Limits", "decode", "encode"]
+__all__ = ["Limits", "decode", "encode", "pack_trusted"]
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
     except Exception as exc:  # msgpack raises a few odd types on hostile input
         raise EncodingError(f"not msgpack: {type(exc).__name__}") from exc
     _check_depth_and_types(value, 0, limits.max_depth)
-    if encode(value) != bytes(data):
+    if _packb(value) != bytes(data):
         raise EncodingError("not the canonical encoding of its value")
     return value
 
@@ -106,6 +106,12 @@ def _no_duplicate_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
 
 
 def _check_depth_and_types(value: Any, depth: int, max_depth: int) -> None:
+    """Reject what msgpack can decode but the canonical subset forbids.
+
+    With floats gone and map keys strictly sorted here, re-packing the decoded value
+    as is reproduces the input exactly when (and only when) every header and integer
+    used its shortest form: that is the final check in :func:`decode`.
+    """
     if depth > max_depth:
         raise EncodingError("nested too deeply")
     if isinstance(value, float):
@@ -114,8 +120,27 @@ def _check_depth_and_types(value: Any, depth: int, max_depth: int) -> None:
         for item in value:
             _check_depth_and_types(item, depth + 1, max_depth)
     elif isinstance(value, dict):
-        for item in value.values():
+        previous: bytes | None = None
+        for key, item in value.items():
+            encoded = key.encode("utf-8")
+            if previous is not None and encoded <= previous:
+                raise EncodingError("map keys are not sorted")
+            previous = encoded
             _check_depth_and_types(item, depth + 1, max_depth)
+
+
+def _packb(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def pack_trusted(value: Any) -> bytes:
+    """Encode a value the caller built from canonical parts only: no maps, no floats,
+    no out-of-range integers (e.g. the fixed-order arrays of an entry).
+
+    Skips :func:`encode`'s walk, which dominates the cost of signing an entry; the
+    bytes are identical to ``encode(value)`` for such values.
+    """
+    return msgpack.packb(value, use_bin_type=True)
 
 
 _INT_MIN = -(1 << 63)

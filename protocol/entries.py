@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from protocol.encoding import Limits, decode, encode
+from protocol.encoding import Limits, decode, encode, pack_trusted
 from protocol.errors import ChainError, EncodingError, KeyFormatError
 from protocol.keys import KEY_ID_BYTES, Identity, PublicKey
 
@@ -192,8 +192,9 @@ def sign_entry(
     tlp = TLP(tlp)
     _check_fields(seq, prev, now_ms, tlp, audience, body)
     fields = _signed_fields(identity.public_key.raw, seq, prev, now_ms, tlp, audience, body)
-    sig = identity.sign(ENTRY_SIG_LABEL + encode(fields))
-    raw = encode([*fields, sig])
+    # Every field was checked above: no maps, floats or out-of-range integers.
+    sig = identity.sign(ENTRY_SIG_LABEL + pack_trusted(fields))
+    raw = pack_trusted([*fields, sig])
     if len(raw) > MAX_ENTRY_BYTES:
         raise EncodingError(f"entry over {MAX_ENTRY_BYTES} bytes")
     return VerifiedEntry(ENTRY_VERSION, identity.public_key, seq, prev, now_ms, tlp, audience,
@@ -218,10 +219,7 @@ def verify_entry(raw: bytes) -> VerifiedEntry:
         raise EncodingError(f"unknown entry version {v!r}")
     if not isinstance(origin_raw, bytes):
         raise EncodingError("origin is a byte string")
-    try:
-        origin = PublicKey(origin_raw)
-    except KeyFormatError as exc:
-        raise EncodingError(f"bad origin key: {exc}") from exc
+    origin = _origin_key(origin_raw)
     if not _is_int(seq) or not _is_int(ts):
         raise EncodingError("seq and ts are integers")
     if prev is not None and not isinstance(prev, bytes):
@@ -236,10 +234,29 @@ def verify_entry(raw: bytes) -> VerifiedEntry:
         raise EncodingError("body and a 64-byte sig are byte strings")
     _check_fields(seq, prev, ts, tlp, audience, body)
     fields = _signed_fields(origin_raw, seq, prev, ts, tlp, audience, body)
-    signed = ENTRY_SIG_LABEL + encode(fields)
+    signed = ENTRY_SIG_LABEL + pack_trusted(fields)
     origin.verify(signed, sig)
     return VerifiedEntry(v, origin, seq, prev, ts, tlp, audience, body, sig, raw,
                          entry_hash(raw), _VERIFY_TOKEN)
+
+
+# Origins are few (the federation's members) and checking a key's point costs as much
+# as verifying a signature, so checked keys are kept; bounded against hostile input.
+_KEY_CACHE: dict[bytes, PublicKey] = {}
+_KEY_CACHE_MAX = 4096
+
+
+def _origin_key(raw: bytes) -> PublicKey:
+    key = _KEY_CACHE.get(raw)
+    if key is None:
+        try:
+            key = PublicKey(raw)
+        except KeyFormatError as exc:
+            raise EncodingError(f"bad origin key: {exc}") from exc
+        if len(_KEY_CACHE) >= _KEY_CACHE_MAX:
+            _KEY_CACHE.clear()
+        _KEY_CACHE[raw] = key
+    return key
 
 
 def _is_int(value: object) -> bool:
