@@ -104,7 +104,7 @@ log = logging.getLogger(__name__)
 
 _OPENAPI_TEXT = web.AppKey("openapi_text", str)
 TOKEN = web.RequestKey("token", TokenRecord)
-_CLOCK = web.AppKey("clock", Callable[[], float])  # type: ignore[arg-type]
+_CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 STREAM_PATH = "/api/v1/stream"
 
 
@@ -296,11 +296,11 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except EntraideError as exc:
         for cls, status_code, code in _ERRORS:
             if isinstance(exc, cls):
-                headers = ({"WWW-Authenticate": 'Bearer realm="entraide"'}
-                           if status_code == 401 else None)
+                challenge = ({"WWW-Authenticate": 'Bearer realm="entraide"'}
+                             if status_code == 401 else None)
                 if status_code >= 500:
                     log.error("request %s %s failed: %s", request.method, request.path, exc)
-                return _error(status_code, code, str(exc), headers)
+                return _error(status_code, code, str(exc), challenge)
         log.exception("unexpected error on %s %s", request.method, request.path)
         return _error(500, "internal", f"{type(exc).__name__}: {exc}")
     except Exception:

@@ -20,7 +20,7 @@ import bisect
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -101,7 +101,7 @@ class _Metric:
         self.labelnames = tuple(labelnames)
         self._lock = threading.Lock()
 
-    def _key(self, labels: Sequence[str], store: dict[LabelValues, object]) -> LabelValues:
+    def _key(self, labels: Sequence[str], store: Mapping[LabelValues, object]) -> LabelValues:
         if len(labels) != len(self.labelnames):
             raise ValueError(f"{self.name} takes labels {self.labelnames}, got {labels!r}")
         key = tuple(str(v) for v in labels)
@@ -130,7 +130,7 @@ class Counter(_Metric):
         if amount < 0:
             raise ValueError("a counter only goes up")
         with self._lock:
-            key = self._key(labels, self._values)  # type: ignore[arg-type]
+            key = self._key(labels, self._values)
             self._values[key] = self._values.get(key, 0.0) + amount
 
     def value(self, labels: Sequence[str] = ()) -> float:
@@ -156,11 +156,11 @@ class Gauge(_Metric):
 
     def set(self, value: float, labels: Sequence[str] = ()) -> None:
         with self._lock:
-            self._values[self._key(labels, self._values)] = float(value)  # type: ignore[arg-type]
+            self._values[self._key(labels, self._values)] = float(value)
 
     def inc(self, amount: float = 1.0, labels: Sequence[str] = ()) -> None:
         with self._lock:
-            key = self._key(labels, self._values)  # type: ignore[arg-type]
+            key = self._key(labels, self._values)
             self._values[key] = self._values.get(key, 0.0) + amount
 
     def dec(self, amount: float = 1.0, labels: Sequence[str] = ()) -> None:
@@ -194,7 +194,7 @@ class Histogram(_Metric):
 
     def observe(self, value: float, labels: Sequence[str] = ()) -> None:
         with self._lock:
-            key = self._key(labels, self._series)  # type: ignore[arg-type]
+            key = self._key(labels, self._series)
             series = self._series.get(key)
             if series is None:
                 series = ([0] * (len(self.buckets) + 1), [0.0])
@@ -242,7 +242,7 @@ class Registry:
             return metric
         if type(existing) is not type(metric) or existing.labelnames != metric.labelnames:
             raise ValueError(f"metric {metric.name} registered twice, differently")
-        return existing  # type: ignore[return-value]
+        return existing
 
     def counter(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Counter:
         return self._register(Counter(name, help, labelnames))

@@ -852,7 +852,7 @@ class Node:
             ]
         families.append(MetricFamily("entraide_trust_peers", "Peers in the trust list.",
                                      "gauge", (), {(): len(self._trust)}))
-        connected = {}
+        connected: dict[tuple[str, ...], float] = {}
         for peer in self._trust:
             connected[(peer.name,)] = 1.0 if self._peer_status(peer.key).connected else 0.0
         families.append(MetricFamily("entraide_peer_connected",

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from agent.tokens import Scope
 
@@ -98,7 +98,7 @@ def openapi_document(operations: Sequence[Operation], *, title: str, version: st
 
     from agent.api_models import ErrorBody  # the one error shape every route shares
 
-    wanted: list[tuple[type[BaseModel], Any]] = [(ErrorBody, "serialization")]
+    wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorBody, "serialization")]
     for op in operations:
         wanted += [(m, "validation") for m in op.body]
         wanted += [(m, "serialization") for m in op.response]
@@ -107,7 +107,7 @@ def openapi_document(operations: Sequence[Operation], *, title: str, version: st
     unique = list(dict.fromkeys(wanted))
     refs, schema = models_json_schema(unique, ref_template="#/components/schemas/{model}")
 
-    def ref(model: type[BaseModel], mode: str) -> dict[str, Any]:
+    def ref(model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, Any]:
         return dict(refs[(model, mode)])
 
     defs: dict[str, Any] = schema.get("$defs", {})
