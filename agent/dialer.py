@@ -67,7 +67,7 @@ class Backoff:
     def next_delay(self) -> float:
         """The delay before the next attempt; each call counts one failed attempt."""
         # 2**n overflows floats long after it passes the cap; clamp n first.
-        ceiling = min(self.cap, self.initial * (2 ** min(self.attempts, 62)))
+        ceiling: float = min(self.cap, self.initial * float(2 ** min(self.attempts, 62)))
         self.attempts += 1
         fraction = int.from_bytes(self._randbytes(4), "big") / 2**32
         return ceiling / 2 + fraction * ceiling / 2

@@ -104,12 +104,14 @@ async def receive_frame(ws: WebSocketLike, timeout: float | None = None) -> byte
     if msg.type is WSMsgType.TEXT:
         raise RemoteProtocolError("text WebSocket message (peers speak binary frames only)")
     if msg.type is WSMsgType.ERROR:
-        exc = msg.data if isinstance(msg.data, BaseException) else ws.exception()
-        if isinstance(exc, aiohttp.WebSocketError) and exc.code == WSCloseCode.MESSAGE_TOO_BIG:
-            raise FrameTooLargeError(f"WebSocket message over {MAX_FRAME_BYTES} bytes") from exc
-        if isinstance(exc, aiohttp.WebSocketError) and exc.code == WSCloseCode.PROTOCOL_ERROR:
-            raise RemoteProtocolError(f"WebSocket protocol error: {exc}") from exc
-        raise TransportClosed(f"WebSocket error: {exc!r}") from exc
+        error = msg.data if isinstance(msg.data, BaseException) else ws.exception()
+        if isinstance(error, aiohttp.WebSocketError):
+            if error.code == WSCloseCode.MESSAGE_TOO_BIG:
+                raise FrameTooLargeError(
+                    f"WebSocket message over {MAX_FRAME_BYTES} bytes") from error
+            if error.code == WSCloseCode.PROTOCOL_ERROR:
+                raise RemoteProtocolError(f"WebSocket protocol error: {error}") from error
+        raise TransportClosed(f"WebSocket error: {error!r}") from error
     raise TransportClosed(f"WebSocket {msg.type.name.lower()}")
 
 

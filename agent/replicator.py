@@ -116,9 +116,9 @@ class TransportParams:
     """Inbound connections allowed in their handshake at once; more get HTTP 503."""
     close_grace: float = 2.0
     """How long a closing link may take to flush its final frame."""
-    ingest_max_entries: int = 16384
+    ingest_max_entries: int = 8192
     """Entries handed by the engine and not yet stored, before readers pause."""
-    ingest_max_bytes: int = 64 << 20
+    ingest_max_bytes: int = 32 << 20
     verify_workers: int = 2
     """Threads verifying signatures (PyNaCl releases the GIL while it verifies)."""
     verify_ahead: int = 4

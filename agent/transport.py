@@ -84,7 +84,7 @@ async def start_peer_listener(replicator: Replicator, host: str, port: int,
         await runner.cleanup()
         raise
     bound = port
-    server = site._server
-    if server is not None and getattr(server, "sockets", None):
-        bound = server.sockets[0].getsockname()[1]
+    for address in runner.addresses:  # (host, port, ...) of each bound socket
+        bound = int(address[1])
+        break
     return runner, bound

@@ -15,9 +15,9 @@ from agent.dialer import DialTarget
 from agent.peering import TransportClosed, receive_frame, run_handshake
 from agent.replicator import Replicator, TransportParams, TrustedPeer
 from agent.transport import replication_factory, start_peer_listener
-from protocol.entries import TLP
+from protocol.entries import TLP, sign_entry
 from protocol.keys import Identity
-from protocol.messages import Entries, Ping, encode_message
+from protocol.messages import Entries, Ping, Want, WantRange, encode_message
 from protocol.session import CloseReason, MessageReceived, Session, SessionClosed
 from tests.agent.nodes import FAST_TRANSPORT, Federation, Node, make_entries, wait_for
 
@@ -278,6 +278,44 @@ async def test_replicator_answers_ping_and_clean_close(
     assert a.repl.counters["EVIL"].frames_in.get("PING") == 1
     assert a.repl.counters["EVIL"].frames_out.get("PONG", 0) <= 1
     assert not a.repl.counters["EVIL"].errors
+
+
+async def test_replicator_slow_peer_blocks_only_its_own_writer(
+        victim: tuple[Federation, Identity]) -> None:
+    fed, evil = victim
+    a, b = fed.nodes
+    # 160 entries of 100 KiB: far more than the loopback socket buffers hold.
+    head = a.db.head(a.key)
+    seq, prev = (0, None) if head is None else head
+    big = []
+    for i in range(160):
+        entry = sign_entry(a.identity, seq=seq + 1, prev=prev, now_ms=1_700_000_000_000 + i,
+                           tlp=TLP.CLEAR, audience=None, body=bytes([i]) * (100 << 10))
+        big.append(entry)
+        seq, prev = entry.seq, entry.hash
+    for i in range(0, len(big), 40):
+        await a.db.ingest(big[i:i + 40])
+    a.repl.publish(big)
+    await wait_for(lambda: b.head_seq(a.key) == seq, timeout=60, what="B has the big log")
+    http, ws, session = await _evil_session(a, evil)
+    async with http:
+        await wait_for(lambda: evil.public_key in a.repl.connected(), what="evil attached")
+        # Ask for all of it, then never read again.
+        want = Want((WantRange(a.key.key_id, 1, seq),))
+        await ws.send_bytes(session.send(encode_message(want)))  # type: ignore[attr-defined]
+        await wait_for(lambda: a.repl.counters["EVIL"].wire_bytes_out > (1 << 20),
+                       what="A sending to the stalled peer")
+        stuck = a.repl.counters["EVIL"].wire_bytes_out
+        # Live traffic to B is unaffected while EVIL's writer is blocked.
+        await a.write(5)
+        await wait_for(lambda: b.head_seq(a.key) == seq + 5, what="B still served")
+        assert a.repl.counters["EVIL"].wire_bytes_out < 160 * (100 << 10)
+        assert stuck < 160 * (100 << 10)
+        # What waits for EVIL is bounded by the engine's reply queue, not the WANT.
+        engine = a.repl.engine
+        assert engine is not None
+        limit = engine.params.reply_queue_bytes + 2 * engine.params.frame_bytes + (1 << 20)
+        assert engine.queued_bytes(evil.public_key) <= limit
 
 
 async def test_replicator_handshake_timeout_drops_silent_connection(tmp_path: Path) -> None:
