@@ -705,7 +705,7 @@ class Replicator:
         if link.remote_message and theirs:
             what += f" ({link.remote_message})"
         _bump(state.closes, theirs or ours or "connection_lost")
-        if link.close_reason is not CloseReason.DUPLICATE_SESSION:
+        if CloseReason.DUPLICATE_SESSION not in (link.close_reason, link.remote_reason):
             state.last_close = what
             log.info("peer %s disconnected (%s) after %.1fs", link.name, what,
                      self._clock() - link.established_at)
