@@ -33,7 +33,9 @@ from protocol.payloads import Note, Observation, Sighting, UtcDatetime
 __all__ = [
     "MAX_BATCH",
     "MAX_PAGE",
+    "ROUTING_FIELDS",
     "BatchCreated",
+    "BatchRouting",
     "ErrorBody",
     "ErrorDetail",
     "ForkOut",
@@ -51,6 +53,7 @@ __all__ = [
     "PeerRemoved",
     "RetractRequest",
     "RetractionCreated",
+    "Routing",
     "SightingCreated",
     "SightingSubmit",
     "StatusOut",
@@ -101,10 +104,22 @@ class ObservationSubmit(Observation):
     tlp: TlpLabel = TLP.GREEN
     audience: Audience | None = None
 
-    def payload(self) -> Observation:
-        """The payload alone (already validated: no second validation)."""
-        return Observation.model_construct(
-            **{name: getattr(self, name) for name in Observation.model_fields})
+
+class Routing(_In):
+    """The fields of an ObservationSubmit that are not the payload's (fast path)."""
+
+    tlp: TlpLabel = TLP.GREEN
+    audience: Audience | None = None
+
+
+class BatchRouting(_In):
+    """The fields of an ObservationBatch besides its items (fast path)."""
+
+    tlp: TlpLabel | None = None
+    audience: Audience | None = None
+
+
+ROUTING_FIELDS = ("tlp", "audience")
 
 
 class ObservationBatch(_In):

@@ -15,13 +15,17 @@ import pytest
 from agent.api import OPENAPI, ROUTES, create_app
 from agent.api_models import (
     BatchCreated,
+    BatchRouting,
     IndicatorOut,
+    ObservationBatch,
     ObservationList,
     ObservationOut,
+    ObservationSubmit,
     PeerList,
     PeerOut,
     PeerRemoved,
     RetractionCreated,
+    Routing,
     SightingCreated,
     StatusOut,
     VerifyOut,
@@ -306,6 +310,23 @@ async def test_metrics_parse_as_prometheus_text(api: Api) -> None:
 
 
 # --- the document and the scopes -------------------------------------------------------
+
+
+def test_submit_fast_path_validates_exactly_the_documented_fields() -> None:
+    # POST /observations validates with Observation + Routing (fast) but documents
+    # ObservationSubmit and ObservationBatch: they must declare the same fields.
+    assert set(ObservationSubmit.model_fields) == (set(Observation.model_fields)
+                                                   | set(Routing.model_fields))
+    for name, info in Routing.model_fields.items():
+        assert repr(info) == repr(ObservationSubmit.model_fields[name]), name
+    for name, info in Observation.model_fields.items():
+        assert repr(info) == repr(ObservationSubmit.model_fields[name]), name
+    assert set(ObservationBatch.model_fields) == {"observations"} | set(BatchRouting.model_fields)
+    for name, info in BatchRouting.model_fields.items():
+        assert repr(info) == repr(ObservationBatch.model_fields[name]), name
+    assert ObservationBatch.model_config == BatchRouting.model_config
+    assert ObservationSubmit.model_config["extra"] == Routing.model_config["extra"] == "forbid"
+
 
 
 async def test_openapi_covers_every_registered_route(api: Api) -> None:
