@@ -82,6 +82,7 @@ from agent.metrics import CONTENT_TYPE
 from agent.node import (
     AlreadyRetractedError,
     Node,
+    NodeStoppingError,
     NotOwnEntryError,
     UnknownAudienceError,
     UnknownEntryError,
@@ -130,6 +131,7 @@ async def openapi(request: web.Request) -> web.Response:
 # --- the route table ------------------------------------------------------------------
 
 _BAD_BODY = (400, 413, 422)
+_WRITE = (*_BAD_BODY, 503)  # 503: the node is shutting down
 
 ROUTES: tuple[Operation, ...] = (
     Operation("GET", "/api/v1/health", health, "getHealth", "Liveness check", None, "node",
@@ -140,7 +142,7 @@ ROUTES: tuple[Operation, ...] = (
     Operation("POST", "/api/v1/observations", post_observations, "submitObservations",
               "Share one observation, or a batch of up to 1,000", Scope.WRITE, "observations",
               status=201, body=(ObservationSubmit, ObservationBatch),
-              response=(ObservationOut, BatchCreated), errors=_BAD_BODY,
+              response=(ObservationOut, BatchCreated), errors=_WRITE,
               description="One observation answers with the observation as stored; a batch "
                           "({\"observations\": [...]}) answers with the ids in the order "
                           "given. Acknowledged entries are durable. The whole request is "
@@ -156,11 +158,11 @@ ROUTES: tuple[Operation, ...] = (
               "retractObservation", "Retract one of this node's own observations",
               Scope.WRITE, "observations", status=201, body=(RetractRequest,),
               body_required=False, response=(RetractionCreated,),
-              errors=(*_BAD_BODY, 404, 409)),
+              errors=(*_WRITE, 404, 409)),
     Operation("POST", "/api/v1/sightings", post_sighting, "submitSighting",
               "Report a sighting of an existing observation", Scope.WRITE, "observations",
               status=201, body=(SightingSubmit,), response=(SightingCreated,),
-              errors=(*_BAD_BODY, 404)),
+              errors=(*_WRITE, 404)),
     Operation("GET", "/api/v1/indicators/{type}/{value:.+}", get_indicator, "getIndicator",
               "Everything known about one indicator, across jurisdictions", Scope.READ,
               "observations", response=(IndicatorOut,), errors=(422,),
@@ -247,6 +249,7 @@ _ERRORS: tuple[tuple[type[BaseException], int, str], ...] = (
     (UnknownPeerError, 404, "not_found"),
     (UnknownTokenError, 404, "not_found"),
     (ConfigError, 422, "invalid"),
+    (NodeStoppingError, 503, "unavailable"),
     (StorageError, 500, "storage_error"),
 )
 

@@ -29,7 +29,7 @@ from agent.api_models import (
     SightingSubmit,
     time_ms,
 )
-from agent.node import Node, Submission
+from agent.node import Node, Submission, UnknownAudienceError
 from protocol.entries import VerifiedEntry
 from protocol.payloads import Observation
 
@@ -144,12 +144,18 @@ def filters_of(node: Node, query: Any) -> dict[str, Any]:
     """The ledger filters of an ObservationQuery or StreamQuery.
 
     Raises:
-        UnknownAudienceError: ``origin`` is neither a peer, this node nor a key (422).
+        ApiError: ``origin`` is neither a peer, this node nor a key (422).
     """
+    origin = None
+    if query.origin is not None:
+        try:
+            origin = node.key_of(query.origin)
+        except UnknownAudienceError as exc:
+            raise ApiError(422, "unknown_origin", str(exc)) from exc
     return {
         "type": None if query.type is None else query.type.value,
         "value": query.value,
-        "origin": None if query.origin is None else node.key_of(query.origin),
+        "origin": origin,
         "tlp": None if query.tlp is None else query.tlp.value,
         "since": time_ms(query.since),
         "until": time_ms(query.until),

@@ -70,6 +70,7 @@ __all__ = [
     "MAX_QUEUED_ENTRIES",
     "AlreadyRetractedError",
     "Node",
+    "NodeStoppingError",
     "NotOwnEntryError",
     "NullReplication",
     "PeerStatus",
@@ -102,6 +103,10 @@ class NotOwnEntryError(EntraideError):
 
 class AlreadyRetractedError(EntraideError):
     """The entry was already retracted."""
+
+
+class NodeStoppingError(StorageError):
+    """The node is shutting down (or not started): nothing more is accepted."""
 
 
 class UnknownAudienceError(UntrustedPeerError, ValueError):
@@ -220,7 +225,7 @@ class _GroupCommitter:
                 lambda: self._closing or self._queued + len(drafts) <= self._max_queued
                 or self._queued == 0)
         if self._closing:
-            raise StorageError("the node is shutting down")
+            raise NodeStoppingError("the node is shutting down")
         future: asyncio.Future[list[VerifiedEntry]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(drafts, future))
         self._queued += len(drafts)
@@ -864,7 +869,7 @@ class Node:
 
 def _started(value: _T | None) -> _T:
     if value is None:
-        raise StorageError("the node is not started")
+        raise NodeStoppingError("the node is not started")
     return value
 
 

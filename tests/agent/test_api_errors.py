@@ -288,3 +288,16 @@ async def test_unknown_route_and_method_answer_in_the_error_shape(api: Api) -> N
                                   "/api/v1/indicators/ipv4-addr/192.0.2.1?x=1"])
 async def test_bad_indicator_lookup_is_422(api: Api, path: str) -> None:
     await expect(api, 422, "GET", path, scope="read")
+
+
+async def test_unknown_origin_filter_is_422_unknown_origin(api: Api) -> None:
+    await expect(api, 422, "GET", "/api/v1/observations?origin=ATLANTIS", code="unknown_origin",
+                 scope="read")
+
+
+async def test_submit_while_the_node_is_stopping_is_503(tmp_path: Path) -> None:
+    async with running_api(tmp_path) as api:
+        await api.node.stop()
+        status, body = await api.call("POST", "/api/v1/observations", scope="write",
+                                      json_body=obs())
+        assert status == 503 and body["error"]["code"] == "unavailable"
