@@ -48,7 +48,7 @@ async def test_replicator_two_nodes_replicate_both_ways(pair: Federation) -> Non
     assert counters.frames_out.get("ENTRIES", 0) >= 1
     assert counters.bytes_in.get("ENTRIES", 0) > 0 and counters.wire_bytes_in > 0
     status = a.repl.peer_status(b.key)
-    assert status.connected and status.last_seen is not None and status.sessions == 1
+    assert status.connected and status.last_seen is not None and status.sessions >= 1
     assert [s.name for s in a.repl.peer_status()] == [b.name]
 
 
