@@ -1,0 +1,991 @@
+"""The replication engine: tree broadcast, lazy announcements, anti-entropy, forks. Sans-I/O.
+
+Shape (as aioquic): the agent's transport feeds ``receive(peer, data, now)`` with
+each whole message a session delivers, drains ``next_event()``, sends what
+``data_to_send(peer, now, max_bytes)`` returns, and re-arms one timer from
+``get_timer()`` that calls ``handle_timer(now)``. ``now`` is monotonic seconds.
+Storage stays in the agent: the engine asks it to verify and store entries
+(:class:`EntriesReceived` → :meth:`GossipEngine.entries_stored`) and to read them
+(:class:`EntriesRequested` → :meth:`GossipEngine.send_entries`).
+
+Replication rules (docs/parts/gossip.md):
+- A new entry (published here, or stored from a push or a small repair) is pushed
+  at once to the eager peers, our neighbours in the broadcast tree
+  (protocol.tree), and announced (IHAVE, batched for ``lazy_delay``) to the others.
+- An announced entry still missing ``ihave_timeout`` later is requested (WANT),
+  preferably from its announcer. A push of nothing but duplicates from a peer that
+  is not a tree neighbour earns it a PRUNE.
+- Every ``anti_entropy_interval`` (jittered), and at once for a new peer, one peer
+  gets our version-vector digest; on a mismatch the full vectors are exchanged and
+  each side WANTs exactly the ranges it lacks, in windows of ``want_window``
+  entries per peer.
+- A fork proof (reported by the agent or received) goes to every peer at once;
+  the origin is then ignored.
+
+Invariants:
+- Every queue is bounded: per-peer control messages, eager pushes (over
+  ``eager_queue_bytes`` a peer gets IHAVE instead), replies (requested from the
+  agent only while under ``reply_queue_bytes``), the reorder buffer, WANTs served.
+- ``receive`` either processes a whole message or raises ``RemoteProtocolError``
+  without changing any state but counters.
+- The engine draws no randomness of its own: choices come from a seeded :class:`Prng`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+
+from protocol.entries import ForkProof, VerifiedEntry, decode_fork_proof, entry_hash
+from protocol.errors import EntraideError, LocalProtocolError, RemoteProtocolError
+from protocol.gossip_types import (
+    EntriesReceived,
+    EntriesRequested,
+    ForkDetected,
+    GossipEvent,
+    GossipParams,
+    PeerMisbehaved,
+    PeerStats,
+    PeerSynced,
+)
+from protocol.keys import KEY_ID_BYTES, PublicKey
+from protocol.messages import (
+    HEAD_BYTES,
+    MAX_FORKED,
+    MAX_IHAVE,
+    MAX_WANT_RANGES,
+    PING_TOKEN_BYTES,
+    Announcement,
+    Beacon,
+    Entries,
+    Fork,
+    Graft,
+    Have,
+    IHave,
+    Message,
+    Ping,
+    Pong,
+    Prune,
+    VectorItem,
+    Want,
+    WantRange,
+    decode_message,
+    encode_message,
+    message_kind,
+    peek_entry,
+)
+from protocol.peer_state import Counters, Frame, PeerState
+from protocol.prng import Prng
+from protocol.tree import BroadcastTree
+from protocol.vector import (
+    Buffered,
+    Handed,
+    OriginLog,
+    OutstandingWant,
+    subtract_ranges,
+    vector_digest,
+)
+
+__all__ = [
+    "EntriesReceived",
+    "EntriesRequested",
+    "ForkDetected",
+    "GossipEngine",
+    "GossipEvent",
+    "GossipParams",
+    "PeerMisbehaved",
+    "PeerStats",
+    "PeerSynced",
+]
+
+_SERVE_INFLIGHT = 2
+_STEP_CAP = 64
+_PRUNE = encode_message(Prune())
+
+
+class _Item:
+    """An entry handed to the agent in a batch, and where it came from."""
+
+    __slots__ = ("check", "hash", "live", "log", "peer", "seq")
+
+    def __init__(self, log: OriginLog, seq: int, digest: bytes, live: bool, peer: PublicKey,
+                 check: bool) -> None:
+        self.log, self.seq, self.hash, self.live, self.peer, self.check = (
+            log, seq, digest, live, peer, check)
+
+
+def key_id(origin: bytes) -> bytes:
+    """``PublicKey(origin).key_id`` without building (and point-checking) the key."""
+    return hashlib.blake2b(origin, digest_size=32).digest()[:KEY_ID_BYTES]
+
+
+class GossipEngine:
+    """Replicates every entry of every trusted origin among connected peers.
+
+    One engine per node. All methods are synchronous and never block; none does
+    I/O. After any call, drain :meth:`next_event`, send :meth:`data_to_send` for the
+    peers and re-arm the timer from :meth:`get_timer`.
+    """
+
+    def __init__(
+        self,
+        local: PublicKey,
+        params: GossipParams | None = None,
+        *,
+        seed: bytes,
+        heads: Mapping[PublicKey, tuple[int, bytes]] | None = None,
+        forks: Iterable[ForkProof] = (),
+        trusted: Iterable[PublicKey] | None = None,
+    ) -> None:
+        """Start from the ledger's state.
+
+        Args:
+            local: this node's key (it places the node in the broadcast tree).
+            params: tunables (defaults if None).
+            seed: seeds every random choice (peer for anti-entropy, jitter, tokens).
+            heads: the ledger's head ``(seq, hash)`` for each origin it holds.
+            forks: fork proofs the ledger holds; those origins are ignored.
+            trusted: origins whose entries are replicated; None accepts any origin
+                (the agent still checks trust before storing).
+
+        Raises:
+            LocalProtocolError: more origins than ``params.max_origins``.
+        """
+        self.params = params or GossipParams()
+        self.local = local
+        self._rng = Prng(seed)
+        self._tree = BroadcastTree(local.key_id, self.params.beacon_interval)
+        self._origins: dict[bytes, OriginLog] = {}
+        self._kid_of: dict[bytes, bytes] = {}
+        self._trusted = None if trusted is None else frozenset(k.key_id for k in trusted)
+        self._peers: dict[PublicKey, PeerState] = {}
+        self._events: deque[GossipEvent] = deque()
+        self._timers: list[tuple[float, int, str, object]] = []
+        self._scheduled: dict[tuple[str, object], float] = {}
+        self._tick = itertools.count()
+        self._batch_ids = itertools.count(1)
+        self._request_ids = itertools.count(1)
+        self._batches: dict[int, dict[bytes, _Item]] = {}
+        self._handing: list[tuple[_Item, bytes]] = []
+        self._lagging: set[OriginLog] = set()
+        self._buffer_bytes = 0
+        self._forks: dict[bytes, bytes] = {}
+        self._digest: bytes | None = None
+        self._totals = Counters()
+        self._now = 0.0
+        for key, (seq, digest) in (heads or {}).items():
+            log = self._log(key.key_id, create=True, force=True)
+            if log is None:
+                raise LocalProtocolError("more origins than GossipParams.max_origins")
+            log.set_key(key)
+            self._advance(log, seq, digest)
+        for proof in forks:
+            self._mark_forked(proof)
+
+    # --- peers -------------------------------------------------------------------------
+
+    @property
+    def peers(self) -> list[PublicKey]:
+        """Connected peers, in the order they were added."""
+        return list(self._peers)
+
+    def add_peer(self, peer: PublicKey, now: float) -> None:
+        """A session with ``peer`` is up: start replicating with it (catch-up at once).
+
+        Raises:
+            LocalProtocolError: the peer is already added, or is this node.
+        """
+        self._now = now
+        if peer in self._peers or peer == self.local:
+            raise LocalProtocolError(f"cannot add peer {peer.fingerprint}")
+        p = self._peers[peer] = PeerState(peer)
+        self._control(p, Have(self.digest()))
+        self._tree_out(self._tree.add_peer(peer, now))
+        if ("ae", None) not in self._scheduled:
+            self._schedule(now + self._jitter(self.params.anti_entropy_interval), "ae", None)
+        if self.params.ping_interval > 0:
+            self._schedule(now + self.params.ping_interval, "ping", peer)
+        self._flush(now)
+
+    def remove_peer(self, peer: PublicKey) -> None:
+        """The session with ``peer`` ended: its WANTs are retried elsewhere. No-op if unknown."""
+        p = self._peers.pop(peer, None)
+        if p is None:
+            return
+        for log, want in p.wants:
+            if want in log.wants:
+                log.wants.remove(want)
+            self._lagging.add(log)
+        for log in self._origins.values():
+            if log.announcer == peer:
+                log.announcer = None
+            log.probing.pop(peer, None)
+        self._tree_out(self._tree.remove_peer(peer, self._now))
+        self._schedule(self._now, "flush", None)
+
+    def is_eager(self, peer: PublicKey) -> bool:
+        """Whether new entries are pushed to ``peer`` (a tree neighbour) or announced."""
+        return self._tree.eager(peer)
+
+    @property
+    def tree(self) -> BroadcastTree:
+        """This node's view of the broadcast tree (read only)."""
+        return self._tree
+
+    def set_trusted(self, origins: Iterable[PublicKey] | None, now: float) -> None:
+        """Replicate only ``origins`` from now on (None: any). Others are kept, ignored."""
+        self._now = now
+        self._trusted = None if origins is None else frozenset(k.key_id for k in origins)
+        for log in self._origins.values():
+            log.trusted = self._trusted is None or log.kid in self._trusted
+            if not log.trusted:
+                self._drop_pending(log)
+        self._digest = None
+
+    # --- the sans-I/O loop -------------------------------------------------------------
+
+    def receive(self, peer: PublicKey, data: bytes, now: float) -> None:
+        """Process one whole message from ``peer``.
+
+        Raises:
+            RemoteProtocolError: the message does not decode or breaks the protocol
+                (entries that are not entries, an invalid fork proof). End the
+                session; the engine's state is unchanged but for counters.
+            LocalProtocolError: ``peer`` was not added.
+        """
+        p = self._peer(peer)
+        self._now = now
+        kind = message_kind(data)
+        name = kind.name if kind is not None else "INVALID"
+        _bump(p.counters.frames_in, self._totals.frames_in, name, 1)
+        _bump(p.counters.bytes_in, self._totals.bytes_in, name, len(data))
+        try:
+            msg = decode_message(data)
+        except EntraideError as exc:
+            raise RemoteProtocolError(f"undecodable gossip message: {exc}") from exc
+        self._dispatch(p, msg, now)
+        self._flush(now)
+
+    def next_event(self) -> GossipEvent | None:
+        """The next event for the agent, or None."""
+        return self._events.popleft() if self._events else None
+
+    def data_to_send(self, peer: PublicKey, now: float,
+                     max_bytes: int | None = None) -> list[bytes]:
+        """Messages for ``peer``, most urgent first, up to about ``max_bytes``.
+
+        Control messages come first, then eager pushes, then replies to WANTs, so a
+        catch-up never delays live traffic. Give ``max_bytes`` as the room in the
+        transport's buffer: what stays here is what backpressure acts on. Returns []
+        for an unknown peer.
+        """
+        p = self._peers.get(peer)
+        if p is None:
+            return []
+        self._now = now
+        if p.ihave_due is not None and p.ihave_due <= now:
+            self._flush_ihave(p)
+        frames = p.take(max_bytes, self.params.frame_bytes)
+        for frame in frames:
+            self._count_out(p, frame)
+        self._serve(p)
+        return [frame.data for frame in frames]
+
+    def frames_to_send(self, now: float) -> list[tuple[PublicKey, bytes]]:
+        """Everything queued, for every peer: ``[(peer, message), ...]``."""
+        return [(key, data) for key in list(self._peers)
+                for data in self.data_to_send(key, now)]
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` should next be called, or None."""
+        while self._timers:
+            at, _, kind, key = self._timers[0]
+            if self._scheduled.get((kind, key)) == at:
+                return at
+            heapq.heappop(self._timers)
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        """Run every timer due at ``now``."""
+        self._now = now
+        while self._timers and self._timers[0][0] <= now:
+            at, _, kind, key = heapq.heappop(self._timers)
+            if self._scheduled.get((kind, key)) != at:
+                continue
+            del self._scheduled[(kind, key)]
+            self._on_timer(kind, key, now)
+        self._flush(now)
+
+    # --- the agent's reports -----------------------------------------------------------
+
+    def publish(self, entry: VerifiedEntry, now: float) -> None:
+        """The ledger stored a new entry written here: push it to the federation.
+
+        Raises:
+            LocalProtocolError: ``entry`` does not follow the origin's head.
+        """
+        self._now = now
+        log = self._log(entry.origin.key_id, create=True, force=True)
+        if log is None or not log.active or entry.seq <= log.seq:
+            return
+        if entry.seq != log.seq + 1:
+            raise LocalProtocolError(f"published seq {entry.seq} after head {log.seq}")
+        log.set_key(entry.origin)
+        self._advance(log, entry.seq, entry.hash)
+        self._forward(log, entry.seq, entry.raw, live=True, source=None)
+        self._flush(now)
+
+    def entries_stored(
+        self,
+        batch: int | None,
+        stored: Sequence[VerifiedEntry],
+        now: float,
+        *,
+        duplicates: int = 0,
+        invalid: Sequence[bytes] = (),
+        forks: Sequence[ForkProof] = (),
+    ) -> None:
+        """Report what the ledger did with an :class:`EntriesReceived` batch.
+
+        Args:
+            batch: the event's ``batch``; None for entries stored by other means,
+                which are then announced, not pushed.
+            stored: the entries newly stored, in the order stored.
+            duplicates: how many were already in the ledger.
+            invalid: raws that failed verification; their senders are reported with
+                :class:`PeerMisbehaved`.
+            forks: fork proofs the ledger found (as :meth:`fork_detected`).
+
+        Entries of the batch neither stored nor duplicates are forgotten and will be
+        requested again.
+
+        Raises:
+            LocalProtocolError: a stored entry skips past the origin's head.
+        """
+        self._now = now
+        items = self._batches.pop(batch, {}) if batch is not None else {}
+        stored_hashes: set[bytes] = set()
+        for entry in stored:
+            stored_hashes.add(entry.hash)
+            log = self._log(self._kid(entry.origin.raw), create=True, force=True)
+            if log is None or not log.active or entry.seq <= log.seq:
+                continue
+            if entry.seq != log.seq + 1:
+                raise LocalProtocolError(f"stored seq {entry.seq} after head {log.seq}")
+            if log.origin is None:
+                log.set_key(entry.origin)
+            self._advance(log, entry.seq, entry.hash)
+            item = items.get(entry.hash)
+            self._forward(log, entry.seq, entry.raw, live=item is not None and item.live,
+                          source=item.peer if item is not None else None)
+        culprits: dict[PublicKey, int] = {}
+        for raw in invalid:
+            item = items.get(entry_hash(raw))
+            if item is not None:
+                culprits[item.peer] = culprits.get(item.peer, 0) + 1
+        for culprit, count in culprits.items():
+            self._events.append(PeerMisbehaved(culprit, f"{count} entries failed verification"))
+        for digest, item in items.items():
+            handed = item.log.handed.get(item.seq)
+            if (digest not in stored_hashes and not item.check and handed is not None
+                    and handed.hash == digest and handed.batch == batch):
+                self._rollback(item.log, item.seq)
+        if duplicates:
+            self._totals.duplicates += duplicates
+        for proof in forks:
+            self._on_fork(proof, None)
+        self._flush(now)
+
+    def fork_detected(self, proof: ForkProof, now: float) -> None:
+        """The ledger found a fork: gossip the proof to every peer, ignore the origin."""
+        self._now = now
+        self._on_fork(proof, None)
+        self._flush(now)
+
+    def send_entries(self, peer: PublicKey, raws: Sequence[bytes], *,
+                     request: int | None = None) -> None:
+        """Queue entries read from the ledger for ``peer``: the answer to
+        :class:`EntriesRequested` ``request``. A no-op if the peer is gone."""
+        p = self._peers.get(peer)
+        if p is None:
+            return
+        if request is not None:
+            asked = p.requests.pop(request, None)
+            if asked is not None and raws:
+                kid, first, last = asked
+                if first + len(raws) <= last:
+                    p.serving.appendleft((kid, first + len(raws), last))
+        p.queue_replies(list(raws), self.params.frame_bytes)
+        self._serve(p)
+
+    # --- inspection --------------------------------------------------------------------
+
+    def digest(self) -> bytes:
+        """The digest of our version vector and forked origins, as sent in HAVE."""
+        if self._digest is None:
+            items = [(log.kid, log.seq, log.hash) for log in self._vector_logs()]
+            self._digest = vector_digest(items, sorted(self._forks))
+        return self._digest
+
+    def vector(self) -> dict[bytes, tuple[int, bytes]]:
+        """Origin key id → ledger head ``(seq, hash)``, for every replicated origin."""
+        return {log.kid: (log.seq, log.hash) for log in self._vector_logs()}
+
+    def forked(self) -> frozenset[bytes]:
+        """Key ids of the origins known to have forked."""
+        return frozenset(self._forks)
+
+    def backlog(self) -> int:
+        """Entries known to exist that the ledger does not hold yet (catch-up progress)."""
+        return sum(max(0, log.known - log.seq) for log in self._origins.values() if log.active)
+
+    def peer_stats(self, peer: PublicKey) -> PeerStats:
+        """Counters of a connected peer.
+
+        Raises:
+            LocalProtocolError: unknown peer.
+        """
+        p = self._peer(peer)
+        return p.counters.snapshot(p.rtt)
+
+    def totals(self) -> PeerStats:
+        """Counters summed over every peer since the engine started."""
+        return self._totals.snapshot(None)
+
+    def queued_bytes(self, peer: PublicKey) -> int:
+        """Bytes waiting to be sent to ``peer`` (0 if unknown)."""
+        p = self._peers.get(peer)
+        return p.queued_bytes() if p is not None else 0
+
+    # --- receiving ---------------------------------------------------------------------
+
+    def _dispatch(self, p: PeerState, msg: Message, now: float) -> None:
+        if isinstance(msg, Entries):
+            self._on_entries(p, msg, now)
+        elif isinstance(msg, IHave):
+            self._on_ihave(p, msg, now)
+        elif isinstance(msg, Want):
+            self._on_want(p, msg)
+        elif isinstance(msg, Have):
+            self._on_have(p, msg, now)
+        elif isinstance(msg, Beacon):
+            self._tree_out(self._tree.on_beacon(p.key, msg, now))
+        elif isinstance(msg, Graft):
+            self._tree.on_graft(p.key)
+        elif isinstance(msg, Prune):
+            self._tree.on_prune(p.key)
+        elif isinstance(msg, Fork):
+            try:
+                proof = decode_fork_proof(msg.proof)
+            except EntraideError as exc:
+                raise RemoteProtocolError(f"invalid fork proof: {exc}") from exc
+            self._on_fork(proof, p)
+        elif isinstance(msg, Ping):
+            self._control(p, Pong(msg.token))
+        elif isinstance(msg, Pong) and p.ping_token is not None and msg.token == p.ping_token:
+            p.rtt = now - p.ping_sent
+            p.ping_token = None
+
+    def _on_entries(self, p: PeerState, msg: Entries, now: float) -> None:
+        # Check every header before touching any state: one bad entry rejects the message.
+        headers = []
+        for raw in msg.raws:
+            try:
+                header = peek_entry(raw)
+            except EntraideError as exc:
+                raise RemoteProtocolError(f"ENTRIES holds a non-entry: {exc}") from exc
+            headers.append((self._kid(header.origin), header))
+        payload = sum(len(raw) for raw in msg.raws)
+        for c in (p.counters, self._totals):
+            c.entries_in += len(msg.raws)
+            c.payload_in += payload
+        new = dups = 0
+        for raw, (kid, header) in zip(msg.raws, headers, strict=True):
+            log = self._log(kid, create=True)
+            if (log is None or not log.active
+                    or (log.origin is not None and log.origin != header.origin)):
+                self._drop(p)  # untrusted, forked, over the cap, or a key id collision
+                continue
+            if log.origin is None:
+                log.origin = header.origin  # checked by the agent's verification
+            p.tell(kid, header.seq)
+            digest = entry_hash(raw)
+            live = msg.push or self._live_want(log, header.seq)
+            self._extend_want(log, p.key, header.seq, now)
+            verdict = self._classify(log, header.seq, header.prev, digest, raw, p, live, now)
+            dups += verdict == "dup"
+            new += verdict == "new"
+            self._lagging.add(log)
+        if dups:
+            p.counters.duplicates += dups
+            self._totals.duplicates += dups
+        if msg.push and dups and not new and not self._tree.eager(p.key):
+            # Pushed to us by a peer that is not our tree neighbour: a stale view of
+            # the tree (a PRUNE or beacon went missing). Tell it to stop.
+            self._control(p, _PRUNE)
+
+    def _classify(self, log: OriginLog, seq: int, prev: bytes | None, digest: bytes,
+                  raw: bytes, p: PeerState, live: bool, now: float) -> str:
+        """Decide the fate of one incoming entry: "dup", "new", "check" or "drop"."""
+        if seq <= log.top_seq:
+            if log.hash_at(seq) == digest or digest in log.checked:
+                return "dup"
+            # Not the entry we hold (or no longer remember): the ledger decides
+            # whether it is a duplicate or fork evidence.
+            log.remember_checked(digest, self.params.recent_window)
+            self._hand(log, seq, digest, raw, live=False, peer=p.key, check=True)
+            return "check"
+        held = log.buffer.get(seq)
+        if held is not None:
+            return "dup" if held.hash == digest else "drop"
+        if seq == log.top_seq + 1:
+            if prev == (log.top_hash if log.top_seq else None):
+                self._hand(log, seq, digest, raw, live=live, peer=p.key, check=False)
+                self._release(log)
+                return "new"
+            # It does not chain onto what we hold: ask the sender for its version of
+            # our last entry, which is either ours (the sender lies) or fork evidence.
+            self._probe(log, p, log.top_seq, now)
+            self._drop(p)
+            return "drop"
+        if log.note_known(seq, now + self.params.ihave_timeout, now, _STEP_CAP):
+            self._schedule_step(log)
+        if (seq > log.seq + self.params.reorder_limit
+                or self._buffer_bytes + len(raw) > self.params.reorder_bytes):
+            self._drop(p)
+            return "drop"
+        log.buffer[seq] = Buffered(raw, digest, prev, p.key, live)
+        self._buffer_bytes += len(raw)
+        return "new"
+
+    def _on_ihave(self, p: PeerState, msg: IHave, now: float) -> None:
+        for item in msg.items:
+            log = self._log(item.origin, create=True)
+            if log is None or not log.active:
+                continue
+            p.tell(item.origin, item.seq)
+            if log.note_known(item.seq, now + self.params.ihave_timeout, now, _STEP_CAP):
+                log.announcer = p.key
+                self._lagging.add(log)
+                self._schedule_step(log)
+
+    def _on_want(self, p: PeerState, msg: Want) -> None:
+        for rng in msg.ranges:
+            log = self._origins.get(rng.origin)
+            if log is None or not log.active or log.seq == 0:
+                continue
+            p.tell(rng.origin, rng.from_seq - 1)
+            last = min(rng.to_seq, log.seq)
+            if rng.from_seq > last:
+                continue
+            if len(p.serving) >= self.params.serve_queue:
+                self._drop(p)
+                continue
+            # Small ranges are live repairs: serve them before any bulk catch-up.
+            if last - rng.from_seq < self.params.graft_max_gap:
+                p.serving.appendleft((rng.origin, rng.from_seq, last))
+            else:
+                p.serving.append((rng.origin, rng.from_seq, last))
+
+    def _on_have(self, p: PeerState, msg: Have, now: float) -> None:
+        mine = self.digest()
+        if msg.vector is None:
+            if msg.digest == mine:
+                self._synced(p, mine)
+            else:
+                self._send_vector(p)
+            return
+        theirs: dict[bytes, int] = {}
+        for item in msg.vector:
+            theirs[item.origin] = item.seq
+            log = self._log(item.origin, create=True)
+            if log is None or not log.active:
+                continue
+            p.tell(item.origin, item.seq)
+            if item.seq > log.seq:
+                if log.note_known(item.seq, now, now, _STEP_CAP):
+                    self._lagging.add(log)
+            else:
+                ours = log.hash_at(item.seq)
+                if ours is not None and ours[:HEAD_BYTES] != item.head:
+                    self._probe(log, p, item.seq, now)
+        their_forks = set(msg.forked)
+        for kid, proof in self._forks.items():
+            if kid not in their_forks and kid not in p.forks_sent:
+                p.forks_sent.add(kid)
+                self._control(p, Fork(proof))
+        lacks = bool(their_forks - self._forks.keys()) or any(
+            log.seq > theirs.get(log.kid, 0) for log in self._vector_logs())
+        if lacks and p.last_full_sent != mine:
+            self._send_vector(p)
+        if msg.digest == mine:
+            self._synced(p, mine)
+
+    def _synced(self, p: PeerState, digest: bytes) -> None:
+        if p.synced_digest != digest:
+            p.synced_digest = digest
+            self._events.append(PeerSynced(p.key))
+
+    def _send_vector(self, p: PeerState) -> None:
+        mine = self.digest()
+        p.last_full_sent = mine
+        vector = tuple(VectorItem(log.kid, log.seq, log.hash[:HEAD_BYTES])
+                       for log in self._vector_logs())
+        self._control(p, Have(mine, vector, tuple(sorted(self._forks)[:MAX_FORKED])))
+
+    # --- forks -------------------------------------------------------------------------
+
+    def _on_fork(self, proof: ForkProof, source: PeerState | None) -> None:
+        kid = proof.origin.key_id
+        if self._trusted is not None and kid not in self._trusted:
+            return
+        if kid in self._forks:
+            if source is not None:
+                source.forks_sent.add(kid)
+            return
+        if not self._mark_forked(proof):
+            return
+        data = self._forks[kid]
+        for p in self._peers.values():
+            p.forks_sent.add(kid)
+            if p is not source:
+                self._control(p, Fork(data))
+        if source is not None:
+            self._events.append(ForkDetected(proof, source.key))
+
+    def _mark_forked(self, proof: ForkProof) -> bool:
+        kid = proof.origin.key_id
+        log = self._log(kid, create=True, force=True)
+        if log is None or len(self._forks) >= MAX_FORKED:
+            return False
+        self._forks[kid] = proof.encode()
+        log.set_key(proof.origin)
+        log.forked = True
+        self._drop_pending(log)
+        self._digest = None
+        return True
+
+    def _drop_pending(self, log: OriginLog) -> None:
+        for held in log.buffer.values():
+            self._buffer_bytes -= len(held.raw)
+        log.buffer.clear()
+        log.handed.clear()
+        log.wants.clear()
+        log.steps.clear()
+        log.top_seq, log.top_hash = log.seq, log.hash
+        self._lagging.discard(log)
+
+    # --- handing entries to the agent --------------------------------------------------
+
+    def _hand(self, log: OriginLog, seq: int, digest: bytes, raw: bytes, *, live: bool,
+              peer: PublicKey, check: bool) -> None:
+        self._handing.append((_Item(log, seq, digest, live, peer, check), raw))
+        if not check:
+            log.top_seq, log.top_hash = seq, digest
+            log.handed[seq] = Handed(digest, 0, live)
+            log.known = max(log.known, seq)
+
+    def _release(self, log: OriginLog) -> None:
+        """Hand the buffered entries that now follow the chain."""
+        while (held := log.buffer.pop(log.top_seq + 1, None)) is not None:
+            self._buffer_bytes -= len(held.raw)
+            if held.prev != (log.top_hash if log.top_seq else None):
+                peer = self._peers.get(held.peer)
+                if peer is not None:
+                    self._probe(log, peer, log.top_seq, self._now)
+                return
+            self._hand(log, log.top_seq + 1, held.hash, held.raw, live=held.live,
+                       peer=held.peer, check=False)
+
+    def _rollback(self, log: OriginLog, seq: int) -> None:
+        """Entry ``seq`` was handed but not stored: forget it and all handed after it."""
+        for s in [s for s in log.handed if s >= seq]:
+            del log.handed[s]
+        log.top_seq, log.top_hash = seq - 1, log.hash_at(seq - 1) or b""
+        if log.top_seq <= log.seq:
+            log.top_seq, log.top_hash = log.seq, log.hash
+        self._lagging.add(log)
+
+    def _advance(self, log: OriginLog, seq: int, digest: bytes) -> None:
+        """The ledger's head for ``log`` is now ``(seq, digest)``."""
+        log.seq, log.hash = seq, digest
+        log.remember(seq, digest, self.params.recent_window)
+        handed = log.handed.pop(seq, None)
+        if handed is not None and handed.hash != digest:
+            # The ledger stored another entry than the one handed: whatever was
+            # handed after it chains onto the wrong one.
+            self._rollback(log, seq + 1)
+        elif log.top_seq < seq:
+            log.top_seq, log.top_hash = seq, digest
+        held = log.buffer.pop(seq, None)
+        if held is not None:
+            self._buffer_bytes -= len(held.raw)
+        log.known = max(log.known, seq)
+        self._digest = None
+        self._release(log)
+
+    # --- forwarding --------------------------------------------------------------------
+
+    def _forward(self, log: OriginLog, seq: int, raw: bytes, *, live: bool,
+                 source: PublicKey | None) -> None:
+        """Push a newly stored entry to tree neighbours, announce it to the others."""
+        kid = log.kid
+        for p in self._peers.values():
+            if p.key == source or p.known(kid) >= seq:
+                continue
+            if live and self._tree.eager(p.key):
+                if p.push_bytes + len(raw) <= self.params.eager_queue_bytes:
+                    p.push.append(raw)
+                    p.push_bytes += len(raw)
+                    p.sent[kid] = seq
+                    continue
+                p.counters.backpressured += 1
+                self._totals.backpressured += 1
+            if seq > p.ihave.get(kid, 0):
+                p.ihave[kid] = seq
+            if p.ihave_due is None:
+                p.ihave_due = self._now + self.params.lazy_delay
+                self._schedule(p.ihave_due, "ihave", p.key)
+
+    def _flush_ihave(self, p: PeerState) -> None:
+        items = [Announcement(kid, seq) for kid, seq in p.ihave.items() if p.known(kid) < seq]
+        p.ihave.clear()
+        p.ihave_due = None
+        for a in items:
+            p.sent[a.origin] = a.seq
+        for i in range(0, len(items), MAX_IHAVE):
+            self._control(p, IHave(tuple(items[i:i + MAX_IHAVE])))
+
+    # --- requesting --------------------------------------------------------------------
+
+    @staticmethod
+    def _live_want(log: OriginLog, seq: int) -> bool:
+        return any(w.live and w.from_seq <= seq <= w.to_seq for w in log.wants)
+
+    def _extend_want(self, log: OriginLog, peer: PublicKey, seq: int, now: float) -> None:
+        for w in log.wants:
+            if w.peer == peer and w.from_seq <= seq <= w.to_seq:
+                w.deadline = now + self.params.want_timeout
+
+    def _probe(self, log: OriginLog, p: PeerState, seq: int, now: float) -> None:
+        """Ask ``p`` for its entry ``seq`` of ``log``: ours differs or is contradicted."""
+        if seq >= 1 and log.probing.get(p.key, 0.0) <= now:
+            log.probing[p.key] = now + self.params.want_timeout
+            p.want_out.append((log.kid, seq, seq))
+
+    def _room(self, p: PeerState) -> int:
+        """Entries we may still request from ``p`` (its window minus what is in flight)."""
+        outstanding = 0
+        kept = []
+        for log, w in p.wants:
+            left = w.to_seq - max(w.from_seq, log.top_seq + 1) + 1
+            if left > 0 and w in log.wants:
+                outstanding += left
+                kept.append((log, w))
+        p.wants = kept
+        return self.params.want_window - outstanding
+
+    def _schedule_wants(self, log: OriginLog, now: float) -> None:
+        """Request the missing entries of ``log`` that may be requested now."""
+        log.update_eligible(now)
+        self._schedule_step(log)
+        lo = log.top_seq + 1
+        log.wants = [w for w in log.wants if w.to_seq >= lo]
+        hi = min(log.eligible, log.known, log.seq + self.params.reorder_limit)
+        if lo > hi or not log.active:
+            return
+        taken = [(w.from_seq, w.to_seq) for w in log.wants] + [(s, s) for s in log.buffer]
+        live = log.known - log.top_seq <= self.params.graft_max_gap
+        for a, b in subtract_ranges(lo, hi, taken):
+            while a <= b:
+                p = self._pick_source(log, a)
+                if p is None:
+                    return
+                n = min(b - a + 1, self.params.want_batch, self._room(p), p.told[log.kid] - a + 1)
+                want = OutstandingWant(p.key, a, a + n - 1, now + self.params.want_timeout, live)
+                log.wants.append(want)
+                p.wants.append((log, want))
+                p.want_out.append((log.kid, a, a + n - 1))
+                self._schedule(want.deadline, "want_timeout", log.kid, earliest=True)
+                a += n
+
+    def _pick_source(self, log: OriginLog, seq: int) -> PeerState | None:
+        candidates = [p for p in self._peers.values()
+                      if p.told.get(log.kid, 0) >= seq and self._room(p) > 0]
+        if not candidates:
+            return None
+        for p in candidates:
+            if p.key == log.announcer:
+                return p
+        return self._rng.choice(candidates)
+
+    def _expire_wants(self, log: OriginLog, now: float) -> None:
+        kept = []
+        for w in log.wants:
+            if w.deadline > now:
+                kept.append(w)
+                continue
+            p = self._peers.get(w.peer)
+            if p is not None:
+                p.counters.want_timeouts += 1
+            self._totals.want_timeouts += 1
+        log.wants = kept
+        if kept:
+            self._schedule(min(w.deadline for w in kept), "want_timeout", log.kid)
+        self._lagging.add(log)
+
+    # --- serving -----------------------------------------------------------------------
+
+    def _serve(self, p: PeerState) -> None:
+        """Ask the agent for the next entries ``p`` wants, while its reply queue has room."""
+        while (p.serving and len(p.requests) < _SERVE_INFLIGHT
+               and p.reply_bytes < self.params.reply_queue_bytes):
+            kid, first, last = p.serving.popleft()
+            log = self._origins.get(kid)
+            key = log.public_key() if log is not None and log.active else None
+            if key is None:
+                continue
+            end = min(last, first + self.params.serve_batch - 1)
+            if end < last:
+                p.serving.appendleft((kid, end + 1, last))
+            rid = next(self._request_ids)
+            p.requests[rid] = (kid, first, end)
+            self._events.append(EntriesRequested(p.key, key, first, end,
+                                                 self.params.serve_bytes, rid))
+
+    # --- bookkeeping -------------------------------------------------------------------
+
+    def _flush(self, now: float) -> None:
+        """End of every entry point: hand entries to the agent, schedule and queue WANTs."""
+        if self._handing:
+            batch = next(self._batch_ids)
+            items: dict[bytes, _Item] = {}
+            for item, _ in self._handing:
+                items.setdefault(item.hash, item)
+                handed = item.log.handed.get(item.seq)
+                if not item.check and handed is not None and handed.hash == item.hash:
+                    handed.batch = batch
+            self._batches[batch] = items
+            raws = tuple(raw for _, raw in self._handing)
+            self._events.append(EntriesReceived(self._handing[0][0].peer, raws, batch))
+            self._handing = []
+        for log in list(self._lagging):
+            if not log.active or (log.known <= log.top_seq and not log.wants):
+                self._lagging.discard(log)
+            else:
+                self._schedule_wants(log, now)
+        for p in self._peers.values():
+            if p.want_out:
+                ranges = [WantRange(*r) for r in p.want_out]
+                p.want_out = []
+                for i in range(0, len(ranges), MAX_WANT_RANGES):
+                    self._control(p, Want(tuple(ranges[i:i + MAX_WANT_RANGES])))
+            if p.serving:
+                self._serve(p)
+        self._schedule(self._tree.next_timer(), "tree", None)
+
+    def _on_timer(self, kind: str, key: object, now: float) -> None:
+        if kind == "ae":
+            if self._peers:
+                p = self._rng.choice(list(self._peers.values()))
+                self._control(p, Have(self.digest()))
+            self._schedule(now + self._jitter(self.params.anti_entropy_interval), "ae", None)
+        elif kind == "tree":
+            self._tree_out(self._tree.on_timer(now))
+        elif kind == "ihave":
+            p = self._peers.get(key)  # type: ignore[call-overload]
+            if p is not None and p.ihave_due is not None:
+                self._flush_ihave(p)
+        elif kind == "step":
+            log = self._origins.get(key)  # type: ignore[call-overload]
+            if log is not None:
+                self._lagging.add(log)
+        elif kind == "want_timeout":
+            log = self._origins.get(key)  # type: ignore[call-overload]
+            if log is not None:
+                self._expire_wants(log, now)
+        elif kind == "ping":
+            p = self._peers.get(key)  # type: ignore[call-overload]
+            if p is not None:
+                p.ping_token = self._rng.randbytes(PING_TOKEN_BYTES)
+                p.ping_sent = now
+                self._control(p, Ping(p.ping_token))
+                self._schedule(now + self.params.ping_interval, "ping", p.key)
+        # "flush": nothing more; handle_timer's _flush does the work.
+
+    def _schedule(self, at: float, kind: str, key: object, *, earliest: bool = False) -> None:
+        """Arm timer ``(kind, key)`` at ``at``; with ``earliest``, only if that is sooner."""
+        current = self._scheduled.get((kind, key))
+        if current is not None and (current <= at if earliest else current == at):
+            return
+        self._scheduled[(kind, key)] = at
+        heapq.heappush(self._timers, (at, next(self._tick), kind, key))
+
+    def _schedule_step(self, log: OriginLog) -> None:
+        at = log.next_step()
+        if at is not None:
+            self._schedule(at, "step", log.kid, earliest=True)
+
+    def _jitter(self, interval: float) -> float:
+        return interval * self._rng.uniform(0.5, 1.5)
+
+    def _peer(self, peer: PublicKey) -> PeerState:
+        p = self._peers.get(peer)
+        if p is None:
+            raise LocalProtocolError(f"unknown peer {peer.fingerprint}")
+        return p
+
+    def _kid(self, origin: bytes) -> bytes:
+        kid = self._kid_of.get(origin)
+        if kid is None:
+            kid = key_id(origin)
+            if len(self._kid_of) < 2 * self.params.max_origins:
+                self._kid_of[origin] = kid
+        return kid
+
+    def _log(self, kid: bytes, *, create: bool, force: bool = False) -> OriginLog | None:
+        """The state of origin ``kid``; created if allowed (trusted, under the cap)."""
+        log = self._origins.get(kid)
+        if log is not None or not create:
+            return log
+        if not force and self._trusted is not None and kid not in self._trusted:
+            return None
+        if len(self._origins) >= self.params.max_origins:
+            return None
+        log = self._origins[kid] = OriginLog(kid)
+        log.trusted = self._trusted is None or kid in self._trusted
+        return log
+
+    def _vector_logs(self) -> list[OriginLog]:
+        return sorted((log for log in self._origins.values() if log.active and log.seq > 0),
+                      key=lambda log: log.kid)
+
+    def _tree_out(self, messages: list[tuple[PublicKey, Message]]) -> None:
+        for peer, msg in messages:
+            p = self._peers.get(peer)
+            if p is not None:
+                self._control(p, msg)
+
+    def _drop(self, p: PeerState) -> None:
+        p.counters.dropped += 1
+        self._totals.dropped += 1
+
+    def _control(self, p: PeerState, msg: Message | bytes) -> None:
+        if not p.queue_control(msg, self.params.control_queue):
+            self._drop(p)
+
+    def _count_out(self, p: PeerState, frame: Frame) -> None:
+        _bump(p.counters.frames_out, self._totals.frames_out, frame.kind, 1)
+        _bump(p.counters.bytes_out, self._totals.bytes_out, frame.kind, len(frame.data))
+        if frame.entries:
+            for c in (p.counters, self._totals):
+                c.entries_out += frame.entries
+                c.payload_out += frame.payload
+
+
+def _bump(mine: dict[str, int], total: dict[str, int], key: str, n: int) -> None:
+    mine[key] = mine.get(key, 0) + n
+    total[key] = total.get(key, 0) + n
