@@ -170,7 +170,8 @@ class GossipEngine:
         self._request_ids = itertools.count(1)
         self._batches: dict[int, dict[bytes, _Item]] = {}
         self._handing: list[tuple[_Item, bytes]] = []
-        self._lagging: set[OriginLog] = set()
+        # Origins that may miss entries; a dict for a replayable (insertion) order.
+        self._lagging: dict[OriginLog, None] = {}
         self._buffer_bytes = 0
         self._forks: dict[bytes, bytes] = {}
         self._digest: bytes | None = None
@@ -218,7 +219,7 @@ class GossipEngine:
         for log, want in p.wants:
             if want in log.wants:
                 log.wants.remove(want)
-            self._lagging.add(log)
+            self._lagging[log] = None
         for log in self._origins.values():
             if log.announcer == peer:
                 log.announcer = None
@@ -518,7 +519,7 @@ class GossipEngine:
             verdict = self._classify(log, header.seq, header.prev, digest, raw, p, live, now)
             dups += verdict == "dup"
             new += verdict == "new"
-            self._lagging.add(log)
+            self._lagging[log] = None
         if dups:
             p.counters.duplicates += dups
             self._totals.duplicates += dups
@@ -569,7 +570,7 @@ class GossipEngine:
             p.tell(item.origin, item.seq)
             if log.note_known(item.seq, now + self.params.ihave_timeout, now, _STEP_CAP):
                 log.announcer = p.key
-                self._lagging.add(log)
+                self._lagging[log] = None
                 self._schedule_step(log)
 
     def _on_want(self, p: PeerState, msg: Want) -> None:
@@ -606,8 +607,9 @@ class GossipEngine:
                 continue
             p.tell(item.origin, item.seq)
             if item.seq > log.seq:
+                log.swept = max(log.swept, item.seq)
                 if log.note_known(item.seq, now, now, _STEP_CAP):
-                    self._lagging.add(log)
+                    self._lagging[log] = None
             else:
                 ours = log.hash_at(item.seq)
                 if ours is not None and ours[:HEAD_BYTES] != item.head:
@@ -676,7 +678,7 @@ class GossipEngine:
         log.wants.clear()
         log.steps.clear()
         log.top_seq, log.top_hash = log.seq, log.hash
-        self._lagging.discard(log)
+        self._lagging.pop(log, None)
 
     # --- handing entries to the agent --------------------------------------------------
 
@@ -707,7 +709,7 @@ class GossipEngine:
         log.top_seq, log.top_hash = seq - 1, log.hash_at(seq - 1) or b""
         if log.top_seq <= log.seq:
             log.top_seq, log.top_hash = log.seq, log.hash
-        self._lagging.add(log)
+        self._lagging[log] = None
 
     def _advance(self, log: OriginLog, seq: int, digest: bytes) -> None:
         """The ledger's head for ``log`` is now ``(seq, digest)``."""
@@ -798,8 +800,13 @@ class GossipEngine:
         if lo > hi or not log.active:
             return
         taken = [(w.from_seq, w.to_seq) for w in log.wants] + [(s, s) for s in log.buffer]
-        live = log.known - log.top_seq <= self.params.graft_max_gap
+        small = log.known - log.top_seq <= self.params.graft_max_gap
         for a, b in subtract_ranges(lo, hi, taken):
+            # A small gap behind a push or an announcement is a live repair: its
+            # entries go on eagerly down the tree. What anti-entropy found is bulk:
+            # announced only, so the neighbours that run their own exchange do not
+            # receive it twice.
+            live = small and a > log.swept
             while a <= b:
                 p = self._pick_source(log, a)
                 if p is None:
@@ -835,7 +842,7 @@ class GossipEngine:
         log.wants = kept
         if kept:
             self._schedule(min(w.deadline for w in kept), "want_timeout", log.kid)
-        self._lagging.add(log)
+        self._lagging[log] = None
 
     # --- serving -----------------------------------------------------------------------
 
@@ -874,7 +881,7 @@ class GossipEngine:
             self._handing = []
         for log in list(self._lagging):
             if not log.active or (log.known <= log.top_seq and not log.wants):
-                self._lagging.discard(log)
+                self._lagging.pop(log, None)
             else:
                 self._schedule_wants(log, now)
         for p in self._peers.values():
@@ -902,7 +909,7 @@ class GossipEngine:
         elif kind == "step":
             log = self._origins.get(key)  # type: ignore[call-overload]
             if log is not None:
-                self._lagging.add(log)
+                self._lagging[log] = None
         elif kind == "want_timeout":
             log = self._origins.get(key)  # type: ignore[call-overload]
             if log is not None:

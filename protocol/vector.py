@@ -76,6 +76,8 @@ class OriginLog:
     top_hash: bytes = b""
     known: int = 0
     eligible: int = 0
+    swept: int = 0
+    """Highest seq learnt from an anti-entropy vector: gaps up to it are bulk repairs."""
     forked: bool = False
     trusted: bool = True
     recent: dict[int, bytes] = field(default_factory=dict)
