@@ -71,6 +71,7 @@ from agent.errors import (
     AuthError,
     ConfigError,
     DuplicatePeerError,
+    InvalidCursorError,
     NodeExistsError,
     ScopeError,
     StorageError,
@@ -88,7 +89,6 @@ from agent.node import (
     UnknownEntryError,
 )
 from agent.openapi import Operation, openapi_document
-from agent.queries import InvalidCursorError
 from agent.tokens import Scope, TokenRecord
 from protocol.errors import (
     EncodingError,

@@ -29,7 +29,8 @@ from agent.api_models import (
     SightingSubmit,
     time_ms,
 )
-from agent.node import Node, Submission, UnknownAudienceError
+from agent.errors import UnknownAudienceError
+from agent.node import Node, Submission
 from protocol.entries import VerifiedEntry
 from protocol.payloads import Observation
 

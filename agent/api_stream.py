@@ -37,8 +37,9 @@ from aiohttp import web
 from agent.api_common import API_SETTINGS, NODE, STATE, ApiError, dumps, parse_query
 from agent.api_models import MAX_PAGE, StreamQuery
 from agent.api_observations import filters_of
+from agent.errors import InvalidCursorError
 from agent.ledger import ObservationEvent, Subscription
-from agent.queries import InvalidCursorError, decode_cursor, encode_cursor
+from agent.queries import decode_cursor, encode_cursor
 from protocol.indicators import normalise_indicator
 
 __all__ = ["parse_position", "stream"]

@@ -13,10 +13,19 @@ the HTTP API maps these classes to statuses (noted on the right)::
     │   ├── UnknownPeerError              no trust-list entry by that name            404
     │   └── UnknownTokenError             no API token by that name                   404
     ├── StorageError                      the ledger database failed (I/O, corruption) 500
+    │   └── NodeStoppingError             the node is shutting down or not started     503
     ├── UntrustedPeerError                a key or name that is not in the trust list  403/422
+    │   └── UnknownAudienceError          an audience or origin name not in the list,
+    │                                     or an audience that does not fit the TLP     422
+    ├── UnknownEntryError                 no entry by that id that this node can read 404
+    ├── NotOwnEntryError                  retracting another origin's entry            403
+    ├── AlreadyRetractedError             retracting an entry twice                    409
     ├── AuthError                         no bearer token, or an unknown one           401
     │   └── ScopeError                    a known token without the scope needed       403
     └── NodeNotRunningError               the CLI could not reach the node's local API
+
+    EncodingError (protocol/errors.py)
+    └── InvalidCursorError                a list cursor this node did not hand out     400
 
 ``ConfigError`` and its children keep ``ValueError`` as a second base (bad input);
 the ``Unknown*`` ones also derive from ``LookupError``.
@@ -24,16 +33,22 @@ the ``Unknown*`` ones also derive from ``LookupError``.
 
 from __future__ import annotations
 
-from protocol.errors import EntraideError
+from protocol.errors import EncodingError, EntraideError
 
 __all__ = [
+    "AlreadyRetractedError",
     "AuthError",
     "ConfigError",
     "DuplicatePeerError",
+    "InvalidCursorError",
     "NodeExistsError",
     "NodeNotRunningError",
+    "NodeStoppingError",
+    "NotOwnEntryError",
     "ScopeError",
     "StorageError",
+    "UnknownAudienceError",
+    "UnknownEntryError",
     "UnknownPeerError",
     "UnknownTokenError",
     "UntrustedPeerError",
@@ -81,3 +96,28 @@ class ScopeError(AuthError):
 
 class NodeNotRunningError(EntraideError):
     """The command needs the running node, and its local API did not answer."""
+
+
+class NodeStoppingError(StorageError):
+    """The node is shutting down (or not started): nothing more is accepted."""
+
+
+class UnknownAudienceError(UntrustedPeerError, ValueError):
+    """An audience (or origin) name that is neither in the trust list nor this node's name,
+    or an audience that does not fit the TLP (RED without one, CLEAR/GREEN with one)."""
+
+
+class UnknownEntryError(EntraideError, LookupError):
+    """No entry with that id that this node can read (unknown, or not addressed to it)."""
+
+
+class NotOwnEntryError(EntraideError):
+    """The entry belongs to another origin: only its author may retract it."""
+
+
+class AlreadyRetractedError(EntraideError):
+    """The entry was already retracted."""
+
+
+class InvalidCursorError(EncodingError):
+    """A list cursor this node did not hand out (bad text, size, tag or range)."""

@@ -54,7 +54,6 @@ from agent.ledger_types import (
     Subscription,
     VerifyProblem,
     VerifyReport,
-    vector_digest,
 )
 from agent.queries import (
     IndexRecord,
@@ -97,7 +96,6 @@ __all__ = [
     "Subscription",
     "VerifyProblem",
     "VerifyReport",
-    "vector_digest",
 ]
 
 MAX_APPEND_BATCH = 10_000
@@ -660,9 +658,6 @@ class Ledger:
         return {s.key: (s.head_seq, s.head_hash) for s in self._origins.values()
                 if s.head_hash is not None}
 
-    def vector_digest(self) -> bytes:
-        """:func:`vector_digest` of :meth:`version_vector`."""
-        return vector_digest(self.version_vector())
 
     def head(self, origin: PublicKey) -> Head | None:
         state = self._origins.get(origin.raw)

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.encoding import encode
 from protocol.entries import TLP, ForkProof, VerifiedEntry
 from protocol.keys import PublicKey
 from protocol.payloads import Payload
@@ -32,7 +30,6 @@ __all__ = [
     "Subscription",
     "VerifyProblem",
     "VerifyReport",
-    "vector_digest",
 ]
 
 Head = tuple[int, bytes]
@@ -235,8 +232,3 @@ class Subscription:
             raise StopAsyncIteration
         return event
 
-
-def vector_digest(vector: dict[PublicKey, Head]) -> bytes:
-    """BLAKE2b-256 of ``encode([[origin, seq, head hash], ...])`` sorted by origin bytes."""
-    rows = sorted([key.raw, seq, head] for key, (seq, head) in vector.items())
-    return hashlib.blake2b(encode(rows), digest_size=32).digest()

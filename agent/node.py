@@ -47,7 +47,15 @@ from agent.config import (
     load_node_config,
 )
 from agent.datadir import DataDir, FileStamp, file_stamp, passphrase_from_env
-from agent.errors import ConfigError, StorageError, UntrustedPeerError
+from agent.errors import (
+    AlreadyRetractedError,
+    ConfigError,
+    NodeStoppingError,
+    NotOwnEntryError,
+    StorageError,
+    UnknownAudienceError,
+    UnknownEntryError,
+)
 from agent.ledger import (
     MAX_APPEND_BATCH,
     Ledger,
@@ -68,17 +76,12 @@ from protocol.payloads import Observation, Payload, Retraction, Sighting
 __all__ = [
     "ENV_PASSPHRASE",
     "MAX_QUEUED_ENTRIES",
-    "AlreadyRetractedError",
     "Node",
-    "NodeStoppingError",
-    "NotOwnEntryError",
     "NullReplication",
     "PeerStatus",
     "Replication",
     "ReplicationFactory",
     "Submission",
-    "UnknownAudienceError",
-    "UnknownEntryError",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,30 +91,6 @@ ENV_PASSPHRASE = "ENTRAIDE_PASSPHRASE"
 MAX_QUEUED_ENTRIES = 4 * MAX_APPEND_BATCH
 """Own entries waiting for the committer before submitters are made to wait."""
 DEFAULT_TRUST_POLL = 1.0
-
-
-# --- errors (agent-side; kept here until agent/errors.py takes them) ----------------
-
-
-class UnknownEntryError(EntraideError, LookupError):
-    """No entry with that id that this node can read (unknown, or not addressed to it)."""
-
-
-class NotOwnEntryError(EntraideError):
-    """The entry belongs to another origin: only its author may retract it."""
-
-
-class AlreadyRetractedError(EntraideError):
-    """The entry was already retracted."""
-
-
-class NodeStoppingError(StorageError):
-    """The node is shutting down (or not started): nothing more is accepted."""
-
-
-class UnknownAudienceError(UntrustedPeerError, ValueError):
-    """An audience (or origin) name that is neither in the trust list nor this node's name,
-    or an audience that does not fit the TLP (RED without one, CLEAR/GREEN with one)."""
 
 
 # --- replication interface ------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Any
 
 import aiosqlite
 
+from agent.errors import InvalidCursorError
 from protocol.entries import TLP
 from protocol.errors import EncodingError, KeyFormatError, PayloadError
 from protocol.indicators import IndicatorType, normalise_indicator
@@ -39,7 +40,6 @@ __all__ = [
     "DEFAULT_PAGE",
     "MAX_PAGE",
     "IndexRecord",
-    "InvalidCursorError",
     "Page",
     "QueryReader",
     "build_record",
@@ -54,10 +54,6 @@ MAX_INDICATOR_OBSERVATIONS = 1000
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
-
-
-class InvalidCursorError(EncodingError):
-    """A paging cursor or stream position that this node did not issue (or for another list)."""
 
 
 # --- cursors ----------------------------------------------------------------------

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from pathlib import Path
 
 import pytest
 
 from agent.errors import StorageError
-from agent.ledger import Ledger, vector_digest
-from protocol.encoding import encode
+from agent.ledger import Ledger
 from protocol.entries import TLP, detect_fork, sign_entry
 from protocol.payloads import encode_payload
 from tests.agent._ledger_helpers import (
@@ -45,27 +43,6 @@ async def test_version_vector_lists_each_origin_head(ledger: Ledger) -> None:
     await ledger.ingest(alice)
     assert ledger.version_vector() == {ME.public_key: head_of(own),
                                        ALICE.public_key: head_of(alice)}
-
-
-def test_vector_digest_is_blake2b_of_the_sorted_canonical_vector() -> None:
-    a, b = ALICE.public_key, BOB.public_key
-    vector = {a: (3, b"\x01" * 32), b: (9, b"\x02" * 32)}
-    rows = sorted([[k.raw, s, h] for k, (s, h) in vector.items()])
-    expected = hashlib.blake2b(encode(rows), digest_size=32).digest()
-    assert vector_digest(vector) == expected
-    assert vector_digest(dict(reversed(vector.items()))) == expected
-    assert vector_digest({a: (3, b"\x01" * 32), b: (10, b"\x02" * 32)}) != expected
-    assert vector_digest({}) == hashlib.blake2b(encode([]), digest_size=32).digest()
-
-
-async def test_vector_digest_follows_the_ledger(ledger: Ledger) -> None:
-    empty = ledger.vector_digest()
-    await ledger.ingest(chain(ALICE, 2))
-    one = ledger.vector_digest()
-    assert one != empty
-    assert one == vector_digest(ledger.version_vector())
-    await ledger.ingest(chain(ALICE, 2))  # duplicates change nothing
-    assert ledger.vector_digest() == one
 
 
 async def test_read_range_yields_bounded_chunks_in_order(ledger: Ledger) -> None:

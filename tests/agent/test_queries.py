@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.errors import InvalidCursorError
 from agent.ledger import Ledger, OwnDraft
-from agent.queries import InvalidCursorError, decode_cursor, encode_cursor, format_ms
+from agent.queries import decode_cursor, encode_cursor, format_ms
 from protocol.entries import TLP
 from protocol.errors import EncodingError, PayloadError
 from protocol.payloads import (
