@@ -89,6 +89,7 @@ from agent.node import (
     UnknownEntryError,
 )
 from agent.openapi import Operation, openapi_document
+from agent.taxii import TAXII_PREFIX, TAXII_ROUTES, taxii_app
 from agent.tokens import Scope, TokenRecord
 from protocol.errors import (
     EncodingError,
@@ -190,6 +191,7 @@ ROUTES: tuple[Operation, ...] = (
               "node", media_type="text/plain"),
     Operation("GET", "/api/v1/openapi.json", openapi, "getOpenApi",
               "This API's OpenAPI document", None, "node"),
+    *TAXII_ROUTES,
 )
 
 OPENAPI: dict[str, Any] = openapi_document(
@@ -359,7 +361,10 @@ def create_app(node: Node, *, clock: Callable[[], float] = time.perf_counter,
     app[STATE] = ApiState.create(node.metrics)
     app[_OPENAPI_TEXT] = dumps(OPENAPI)
     for op in ROUTES:
+        if op.path.startswith(TAXII_PREFIX):
+            continue  # served by the TAXII sub-app: its own auth, errors and media types
         app.router.add_route(op.method, op.path, _guard(op), name=op.operation_id)
+    app.add_subapp(TAXII_PREFIX, taxii_app())
     if manage_node:
         app.cleanup_ctx.append(_node_context)
     app.on_shutdown.append(_shutdown)

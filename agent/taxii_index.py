@@ -1,0 +1,514 @@
+"""The TAXII index: every STIX object this node serves, in the order it was added.
+
+The ledger's query tables say what this node can read; this module renders each
+readable entry as its STIX object (protocol/stix.py) once, in ledger insertion order,
+and keeps the result in a derived SQLite file beside the ledger
+(``<ledger>.taxii.sqlite3``), with what TAXII filters on: id, type, version and the
+date it was added. It reads the ledger's tables through its own read-only connection
+(``observations``, ``sightings``, ``retractions``, ``items``, joined to ``entries``
+and ``origins``) and never writes them.
+
+Invariants:
+- ``row`` follows the ledger's ``entry_no`` (an origin's identity object comes just
+  before its first object), and ``added_us`` (date_added, µs) strictly increases with
+  ``row``: ``added_us = max(min(entry ts, now), previous + 1)``. So ``added_after`` and
+  ``next`` (a row) are both exact keyset positions: an object indexed later always
+  sorts after every object a client has already seen, however many arrive at once.
+- The index is derived data: it is rebuilt from the ledger when its schema changes or
+  the ledger it was built from is not the one beside it (checked by the hash of the
+  last entry it indexed).
+- ``in_all``/``in_own`` mark the first row of each (id, version) in the collection of
+  everything readable / of this node's own entries: an identical version seen again
+  (re-posted, or the same object from two origins) is stored but never served twice.
+- One lock serialises all use of the two connections; every query runs in a worker
+  thread, so the event loop never waits on SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.errors import StorageError
+from protocol.entries import TLP, verify_entry
+from protocol.errors import EntraideError
+from protocol.keys import PublicKey
+from protocol.payloads import Alert, Observation, Rule, Sighting, StixObject
+from protocol.stix import (
+    EntryRef,
+    entry_stix_id,
+    format_ms,
+    identity_to_stix,
+    parse_timestamp,
+    payload_to_stix,
+    revoke,
+    version_of,
+)
+
+__all__ = ["INDEX_SCHEMA", "Collection", "IndexPage", "IndexRow", "TaxiiIndex", "VersionFilter"]
+
+INDEX_SCHEMA = 1
+SYNC_CHUNK = 2000
+_SQL_PARAMS = 400
+_STATUS_KEEP_US = 7 * 24 * 3600 * 1_000_000
+_MAX_STATUSES = 100_000
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE objects (
+    row          INTEGER PRIMARY KEY,
+    entry_no     INTEGER NOT NULL,
+    entry_hash   BLOB,
+    added_us     INTEGER NOT NULL UNIQUE,
+    stix_id      TEXT NOT NULL,
+    stix_type    TEXT NOT NULL,
+    version      TEXT NOT NULL,
+    version_us   INTEGER NOT NULL,
+    spec_version TEXT NOT NULL,
+    in_all       INTEGER NOT NULL,
+    in_own       INTEGER NOT NULL,
+    json         TEXT NOT NULL
+);
+CREATE INDEX objects_by_id ON objects (stix_id, version_us);
+CREATE INDEX objects_by_type ON objects (stix_type, row);
+CREATE INDEX objects_by_entry ON objects (entry_hash) WHERE entry_hash IS NOT NULL;
+CREATE TABLE identities (origin TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE statuses (id TEXT PRIMARY KEY, created_us INTEGER NOT NULL, json TEXT NOT NULL);
+CREATE INDEX statuses_by_age ON statuses (created_us);
+"""
+
+# The next SYNC_CHUNK readable entries after a position, in insertion order. Each arm is
+# limited on its own so a chunk is four short index range scans, not a sort of the rest.
+_LEDGER_CHUNK = " UNION ALL ".join(
+    f"SELECT * FROM (SELECT t.entry_no, {kind}, e.hash, g.key, e.seq, {ts}, {tlp}, {doc}, "
+    f"{target} FROM {table} t JOIN entries e ON e.entry_no = t.entry_no "
+    f"JOIN origins g ON g.origin_id = t.origin_id WHERE t.entry_no > :after{extra} "
+    f"ORDER BY t.entry_no LIMIT :limit)"
+    for table, kind, ts, tlp, doc, target, extra in (
+        ("observations", "'observation'", "t.ts", "t.tlp", "t.doc", "NULL", ""),
+        ("sightings", "'sighting'", "t.ts", "t.tlp", "t.doc", "t.target", ""),
+        ("retractions", "'retraction'", "NULL", "NULL", "e.raw", "t.target",
+         " AND t.applied = 1"),
+        ("items", "t.kind", "t.ts", "t.tlp", "t.doc", "NULL", ""),
+    )
+) + " ORDER BY 1 LIMIT :limit"
+
+
+class Collection(StrEnum):
+    """The two collections: everything this node can read, and its own entries."""
+
+    ALL = "in_all"
+    OWN = "in_own"
+
+
+@dataclass(frozen=True)
+class VersionFilter:
+    """``match[version]``: any of last / first / all / exact versions (µs)."""
+
+    last: bool = True
+    first: bool = False
+    all: bool = False
+    exact: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    """One served object version."""
+
+    row: int
+    added_us: int
+    stix_id: str
+    version: str
+    json: str
+
+
+@dataclass(frozen=True)
+class IndexPage:
+    rows: list[IndexRow]
+    more: bool
+
+
+OriginInfo = Callable[[str], tuple[str | None, str | None]]
+"""origin key text → (display name, jurisdiction), from the trust list."""
+
+
+@dataclass
+class _Pending:
+    """A rendered object waiting to be written in the current sync chunk."""
+
+    entry_no: int
+    entry_hash: bytes | None
+    ts_ms: int
+    obj: dict[str, Any]
+    own: bool
+    identity: str | None = None  # the origin, for an origin's identity object
+
+
+class TaxiiIndex:
+    """The index file of one node. Build with :meth:`open`; close with :meth:`close`.
+
+    Args:
+        path: the index file (created 0600).
+        ledger_path: the node's ledger, read through a read-only connection.
+        own_key: this node's key (its entries form the read-write collection).
+        origin_info: names for identity objects.
+        clock: seconds since the epoch (date_added is never later than it).
+    """
+
+    def __init__(self, path: Path, ledger_path: Path, own_key: PublicKey,
+                 origin_info: OriginInfo, clock: Callable[[], float]) -> None:
+        self.path = path
+        self._ledger_path = ledger_path
+        self._own = own_key.text
+        self._origin_info = origin_info
+        self._clock = clock
+        self._db: sqlite3.Connection | None = None
+        self._ledger: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._synced = 0
+        self._last_added = 0
+        self._identities: set[str] = set()
+
+    @classmethod
+    async def open(cls, path: Path, ledger_path: Path, own_key: PublicKey,
+                   origin_info: OriginInfo, clock: Callable[[], float]) -> TaxiiIndex:
+        """Open (creating or rebuilding as needed) the index.
+
+        Raises:
+            StorageError: a file cannot be opened.
+        """
+        index = cls(path, ledger_path, own_key, origin_info, clock)
+        await asyncio.to_thread(index._open)
+        return index
+
+    def _open(self) -> None:
+        try:
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            self._db = sqlite3.connect(self.path, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._ledger = sqlite3.connect(f"file:{self._ledger_path}?mode=ro", uri=True,
+                                           isolation_level=None, check_same_thread=False)
+            self._ledger.execute("PRAGMA query_only = ON")
+            if not self._current():
+                self._rebuild()
+            meta = dict(self._db.execute("SELECT key, value FROM meta"))
+            self._synced = int(meta["synced"])
+            self._last_added = int(meta["last_added"])
+            self._identities = {r[0] for r in self._db.execute("SELECT origin FROM identities")}
+        except sqlite3.Error as exc:
+            self._close()
+            raise StorageError(f"cannot open the TAXII index {self.path}: {exc}") from exc
+
+    def _current(self) -> bool:
+        """True when the file is an index of this schema, of this node, built from this
+        ledger (the entry it last indexed is still there, with the same hash)."""
+        assert self._db is not None and self._ledger is not None
+        try:
+            meta = dict(self._db.execute("SELECT key, value FROM meta"))
+        except sqlite3.Error:
+            return False
+        if meta.get("schema") != INDEX_SCHEMA or meta.get("node") != self._own:
+            return False
+        synced = int(meta.get("synced", 0))
+        if synced == 0:
+            return True
+        row = self._ledger.execute("SELECT hash FROM entries WHERE entry_no = ?",
+                                   (synced,)).fetchone()
+        return row is not None and row[0] == meta.get("synced_hash")
+
+    def _rebuild(self) -> None:
+        assert self._db is not None
+        db = self._db
+        tables = [r[0] for r in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")]
+        # executescript commits first, so the script is its own transaction. A crash
+        # before the meta rows below leaves no schema row: the next open rebuilds again.
+        db.executescript("BEGIN IMMEDIATE;" + "".join(f"DROP TABLE IF EXISTS {t};" for t in tables)
+                         + _SCHEMA + "COMMIT;")
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
+            ("schema", INDEX_SCHEMA), ("node", self._own), ("synced", 0),
+            ("synced_hash", None), ("last_added", 0)])
+        db.execute("COMMIT")
+
+    async def close(self) -> None:
+        async with self._lock:
+            await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        for conn in (self._db, self._ledger):
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+        self._db = self._ledger = None
+
+    async def _run(self, func: Callable[..., T], *args: Any) -> T:
+        async with self._lock:
+            if self._db is None:
+                raise StorageError("the TAXII index is closed")
+            try:
+                return await asyncio.to_thread(func, *args)
+            except sqlite3.Error as exc:
+                raise StorageError(f"TAXII index: {exc}") from exc
+
+    # -- keeping up with the ledger
+
+    async def sync(self) -> int:
+        """Index every readable entry the ledger has committed since the last sync.
+
+        Returns the number of object rows added.
+
+        Raises:
+            StorageError: a database error (the index is left as it was).
+        """
+        return await self._run(self._sync_all)
+
+    def _sync_all(self) -> int:
+        assert self._ledger is not None
+        head = self._ledger.execute("SELECT max(entry_no) FROM entries").fetchone()[0] or 0
+        added = 0
+        while self._synced < head:
+            chunk = self._ledger.execute(_LEDGER_CHUNK, {"after": self._synced,
+                                                         "limit": SYNC_CHUNK}).fetchall()
+            if not chunk:
+                # Only unreadable entries up to the head: nothing to index there.
+                last = self._ledger.execute(
+                    "SELECT hash FROM entries WHERE entry_no = ?", (head,)).fetchone()
+                self._commit([], head, last[0] if last else None)
+                break
+            pending = self._render(chunk)
+            last_no = chunk[-1][0] if len(chunk) == SYNC_CHUNK else head
+            last = self._ledger.execute(
+                "SELECT hash FROM entries WHERE entry_no = ?", (last_no,)).fetchone()
+            added += self._commit(pending, last_no, last[0] if last else None)
+        return added
+
+    def _render(self, chunk: Sequence[Sequence[Any]]) -> list[_Pending]:
+        """The objects of a chunk of ledger rows, with identities first where new."""
+        out: list[_Pending] = []
+        by_entry: dict[bytes, dict[str, Any]] = {}
+        for entry_no, kind, entry_hash, key, seq, ts, tlp, doc, target in chunk:
+            origin = _key_text(key)
+            own = origin == self._own
+            if kind == "retraction":
+                obj = self._revoked(doc, target, by_entry)
+                if obj is None:
+                    continue
+                ts = parse_timestamp(obj["modified"]) // 1000
+            else:
+                ref = EntryRef(entry_hash.hex(), origin, seq, ts, TLP(tlp))
+                obj = self._object(kind, json.loads(doc), ref, target, by_entry)
+                if obj is None:
+                    continue
+            if origin not in self._identities:
+                name, jurisdiction = self._origin_info(origin)
+                out.append(_Pending(entry_no, None, ts,
+                                    identity_to_stix(origin, name, jurisdiction=jurisdiction),
+                                    own, identity=origin))
+                self._identities.add(origin)
+            by_entry[bytes(entry_hash) if kind != "retraction" else bytes(target)] = obj
+            out.append(_Pending(entry_no, bytes(entry_hash) if kind != "retraction"
+                                else bytes(target), ts, obj, own))
+        return out
+
+    def _object(self, kind: str, fields: dict[str, Any], ref: EntryRef, target: bytes | None,
+                by_entry: dict[bytes, dict[str, Any]]) -> dict[str, Any] | None:
+        model = _MODELS.get(kind)
+        if model is None:
+            return None
+        payload = model.model_validate({**fields, "kind": kind})
+        target_ref = None
+        if target is not None:
+            sighted = by_entry.get(bytes(target)) or self._latest_of_entry(bytes(target))
+            target_ref = sighted["id"] if sighted else entry_stix_id("indicator", target.hex())
+        return payload_to_stix(payload, ref, target_ref=target_ref)
+
+    def _revoked(self, raw: bytes, target: bytes,
+                 by_entry: dict[bytes, dict[str, Any]]) -> dict[str, Any] | None:
+        try:
+            ts = verify_entry(raw).ts
+        except EntraideError:
+            return None  # the ledger's verify reports damaged entries; serve what is sound
+        current = by_entry.get(bytes(target)) or self._latest_of_entry(bytes(target))
+        return None if current is None else revoke(current, ts)
+
+    def _latest_of_entry(self, entry_hash: bytes) -> dict[str, Any] | None:
+        assert self._db is not None
+        row = self._db.execute(
+            "SELECT json FROM objects WHERE entry_hash = ? ORDER BY row DESC LIMIT 1",
+            (entry_hash,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def _commit(self, pending: list[_Pending], synced: int, synced_hash: bytes | None) -> int:
+        assert self._db is not None
+        db = self._db
+        seen = self._known_versions([(p.obj["id"], _version_us(p)) for p in pending])
+        now_us = int(self._clock() * 1_000_000)
+        last_added = self._last_added
+        rows = []
+        for p in pending:
+            stix_id, version_us = p.obj["id"], _version_us(p)
+            in_all, in_own = seen.get((stix_id, version_us), (False, False))
+            last_added = max(min(p.ts_ms * 1000, now_us), last_added + 1)
+            rows.append((p.entry_no, p.entry_hash, last_added, stix_id, p.obj["type"],
+                         version_of(p.obj) or format_ms(p.ts_ms), version_us,
+                         p.obj.get("spec_version", "2.1"), int(not in_all),
+                         int(p.own and not in_own), _dumps(p.obj)))
+            seen[(stix_id, version_us)] = (True, in_own or p.own)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO objects (entry_no, entry_hash, added_us, stix_id, stix_type, "
+                "version, version_us, spec_version, in_all, in_own, json) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            db.executemany("INSERT OR IGNORE INTO identities (origin) VALUES (?)",
+                           [(p.identity,) for p in pending if p.identity is not None])
+            db.executemany("UPDATE meta SET value = ? WHERE key = ?", [
+                (synced, "synced"), (synced_hash, "synced_hash"), (last_added, "last_added")])
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            self._identities = {r[0] for r in db.execute("SELECT origin FROM identities")}
+            raise
+        self._synced, self._last_added = synced, last_added
+        return len(rows)
+
+    def _known_versions(self, keys: Iterable[tuple[str, int]]
+                        ) -> dict[tuple[str, int], tuple[bool, bool]]:
+        """(id, version) → (in the all collection, in the own collection), for those stored."""
+        assert self._db is not None
+        wanted = {k for k in keys}
+        ids = sorted({k[0] for k in wanted})
+        found: dict[tuple[str, int], tuple[bool, bool]] = {}
+        for i in range(0, len(ids), _SQL_PARAMS):
+            part = ids[i:i + _SQL_PARAMS]
+            for stix_id, version_us, own in self._db.execute(
+                    f"SELECT stix_id, version_us, max(in_own) FROM objects WHERE stix_id IN "
+                    f"({','.join('?' * len(part))}) GROUP BY stix_id, version_us", part):
+                found[(stix_id, version_us)] = (True, bool(own))
+        return found
+
+    # -- reading
+
+    async def page(self, collection: Collection, *, after_row: int = 0,
+                   added_after_us: int | None = None, limit: int = 100,
+                   ids: Sequence[str] = (), types: Sequence[str] = (),
+                   versions: VersionFilter | None = None,
+                   spec_versions: Sequence[str] = ()) -> IndexPage:
+        """Objects of a collection after a position, oldest added first (see module doc)."""
+        return await self._run(self._page, collection, after_row, added_after_us, limit,
+                               tuple(ids), tuple(types), versions or VersionFilter(),
+                               tuple(spec_versions))
+
+    def _page(self, collection: Collection, after_row: int, added_after_us: int | None,
+              limit: int, ids: tuple[str, ...], types: tuple[str, ...],
+              versions: VersionFilter, spec_versions: tuple[str, ...]) -> IndexPage:
+        assert self._db is not None
+        if spec_versions and "2.1" not in spec_versions:
+            return IndexPage([], False)  # everything served is STIX 2.1
+        if added_after_us is not None:
+            at = self._db.execute(
+                "SELECT row FROM objects WHERE added_us <= ? ORDER BY added_us DESC LIMIT 1",
+                (added_after_us,)).fetchone()
+            after_row = max(after_row, at[0] if at else 0)
+        col = collection.value
+        where = [f"a.{col} = 1", "a.row > ?"]
+        args: list[Any] = [after_row]
+        if ids:
+            where.append(f"a.stix_id IN ({','.join('?' * len(ids))})")
+            args += ids
+        if types:
+            where.append(f"a.stix_type IN ({','.join('?' * len(types))})")
+            args += types
+        if not versions.all:
+            either = []
+            for keyword, agg in (("last", "max"), ("first", "min")):
+                if getattr(versions, keyword):
+                    either.append(f"a.version_us = (SELECT {agg}(b.version_us) FROM objects b "
+                                  f"WHERE b.stix_id = a.stix_id AND b.{col} = 1)")
+            if versions.exact:
+                either.append(f"a.version_us IN ({','.join('?' * len(versions.exact))})")
+                args += versions.exact
+            where.append("(" + " OR ".join(either) + ")")
+        rows = self._db.execute(
+            f"SELECT a.row, a.added_us, a.stix_id, a.version, a.json FROM objects a "
+            f"WHERE {' AND '.join(where)} ORDER BY a.row LIMIT ?", (*args, limit + 1)
+        ).fetchall()
+        return IndexPage([IndexRow(*r) for r in rows[:limit]], len(rows) > limit)
+
+    async def contains(self, collection: Collection, stix_id: str) -> bool:
+        """True when the collection holds any version of ``stix_id``."""
+        return await self._run(self._contains, collection, stix_id)
+
+    def _contains(self, collection: Collection, stix_id: str) -> bool:
+        assert self._db is not None
+        return self._db.execute(
+            f"SELECT 1 FROM objects WHERE stix_id = ? AND {collection.value} = 1 LIMIT 1",
+            (stix_id,)).fetchone() is not None
+
+    async def present(self, collection: Collection,
+                      keys: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Which (id, version µs) pairs the collection already holds."""
+        return await self._run(self._present, collection, list(keys))
+
+    def _present(self, collection: Collection,
+                 keys: list[tuple[str, int]]) -> set[tuple[str, int]]:
+        found = self._known_versions(keys)
+        index = 1 if collection is Collection.OWN else 0
+        return {k for k in keys if found.get(k, (False, False))[index]}
+
+    # -- status resources
+
+    async def save_status(self, status_id: str, document: dict[str, Any]) -> None:
+        """Keep a status resource (at least 24 h, TAXII 2.1 §4.3; here 7 days)."""
+        await self._run(self._save_status, status_id, _dumps(document))
+
+    def _save_status(self, status_id: str, text: str) -> None:
+        assert self._db is not None
+        now_us = int(self._clock() * 1_000_000)
+        self._db.execute("DELETE FROM statuses WHERE created_us < ?", (now_us - _STATUS_KEEP_US,))
+        self._db.execute(
+            "DELETE FROM statuses WHERE id IN (SELECT id FROM statuses ORDER BY created_us "
+            "DESC LIMIT -1 OFFSET ?)", (_MAX_STATUSES - 1,))
+        self._db.execute("INSERT OR REPLACE INTO statuses (id, created_us, json) VALUES (?, ?, ?)",
+                         (status_id, now_us, text))
+
+    async def status(self, status_id: str) -> dict[str, Any] | None:
+        return await self._run(self._status, status_id)
+
+    def _status(self, status_id: str) -> dict[str, Any] | None:
+        assert self._db is not None
+        row = self._db.execute("SELECT json FROM statuses WHERE id = ?", (status_id,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+
+_MODELS: dict[str, type[Observation | Sighting | Rule | Alert | StixObject]] = {
+    "observation": Observation, "sighting": Sighting, "rule": Rule, "alert": Alert,
+    "stix": StixObject,
+}
+
+
+def _version_us(p: _Pending) -> int:
+    version = version_of(p.obj)
+    return parse_timestamp(version) if version else p.ts_ms * 1000
+
+
+def _key_text(raw: bytes) -> str:
+    return PublicKey(bytes(raw)).text
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
