@@ -639,7 +639,7 @@ def _observation(obj: dict[str, Any], kind: IndicatorType, raw_value: str,
     if valid_until is not None:
         fields["valid_until"] = valid_until
     first_seen = ours.get("first_seen") if ours else obj.get("valid_from")
-    if first_seen is not None and kind is not IndicatorType.CVE:
+    if first_seen is not None:
         fields["first_seen"] = first_seen
     for key in ("last_seen", "severity"):
         if key in ours:

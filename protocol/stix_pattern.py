@@ -57,7 +57,8 @@ _KEYWORDS = frozenset({
 })
 _WORD_OPS = frozenset({"LIKE", "MATCHES", "ISSUBSET", "ISSUPERSET"})
 _OBJECT_TYPE = re.compile(r"(?:x-)?[a-z0-9][a-z0-9-]*[a-z0-9]|[a-z0-9]", re.ASCII)
-_PROPERTY = re.compile(r"[a-z0-9_]{1,250}", re.ASCII)
+# Dictionary keys (hashes.MD5) may be upper case; property names proper are lower case.
+_PROPERTY = re.compile(r"[A-Za-z0-9_]{1,250}", re.ASCII)
 
 
 @dataclass(frozen=True)
