@@ -421,6 +421,22 @@ _ID = re.compile(
     r"([a-z0-9][a-z0-9-]{1,248}[a-z0-9])--[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
     r"[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}", re.ASCII)
 _PROPERTY_NAME = re.compile(r"[a-z0-9_]{3,250}", re.ASCII)
+_MILLIS = re.compile(r"T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3,}Z$", re.ASCII)
+# Required properties of the STIX 2.1 types, beyond the common ones.
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "attack-pattern": ("name",), "campaign": ("name",), "course-of-action": ("name",),
+    "grouping": ("context", "object_refs"), "identity": ("name",), "incident": ("name",),
+    "infrastructure": ("name",), "intrusion-set": ("name",), "malware": ("is_family",),
+    "malware-analysis": ("product",), "note": ("content", "object_refs"),
+    "observed-data": ("first_observed", "last_observed", "number_observed"),
+    "opinion": ("opinion", "object_refs"), "report": ("name", "published", "object_refs"),
+    "threat-actor": ("name",), "tool": ("name",), "vulnerability": ("name",),
+    "ipv4-addr": ("value",), "ipv6-addr": ("value",), "domain-name": ("value",),
+    "url": ("value",), "email-addr": ("value",), "mac-addr": ("value",),
+    "autonomous-system": ("number",), "mutex": ("name",), "directory": ("path",),
+    "software": ("name",), "windows-registry-key": (), "language-content": (
+        "object_ref", "contents"),
+}
 _CVE_NAME = re.compile(r"CVE-[0-9]{4}-[0-9]{4,19}", re.ASCII | re.IGNORECASE)
 
 
@@ -450,11 +466,18 @@ def check_stix_object(obj: object) -> dict[str, Any]:
         if not _PROPERTY_NAME.fullmatch(key) and key != "id":
             raise PayloadError(f"property name {key[:60]!r} is not 3-250 of a-z, 0-9, '_'")
     if stix_type not in SCO_TYPES:
-        parse_timestamp(obj.get("created"), "created")
-        if stix_type != "marking-definition":
-            modified = parse_timestamp(obj.get("modified"), "modified")
-            if modified < parse_timestamp(obj["created"], "created"):
-                raise PayloadError("modified is earlier than created")
+        stamps = ("created",) if stix_type == "marking-definition" else ("created", "modified")
+        for key in stamps:
+            parse_timestamp(obj.get(key), key)
+            if not _MILLIS.search(obj[key]):
+                raise PayloadError(f"{key} must be precise to the millisecond (e.g. "
+                                   f"2024-01-01T00:00:00.000Z), as STIX 2.1 requires")
+        if len(stamps) == 2 and (parse_timestamp(obj["modified"])
+                                 < parse_timestamp(obj["created"])):
+            raise PayloadError("modified is earlier than created")
+    for key in _REQUIRED.get(stix_type, ()):
+        if key not in obj:
+            raise PayloadError(f"a {stix_type} needs '{key}' (STIX 2.1)")
     for key, value in obj.items():
         if key.endswith("_ref"):
             _check_ref(value, key)

@@ -35,6 +35,7 @@ from protocol.stix import (
 )
 from protocol.stix_pattern import indicator_of, parse_pattern, pattern_for
 
+T0 = "2024-01-01T00:00:00.000Z"
 REF = EntryRef("ab" * 32, "ed25519:" + "Q" * 43, 7, 1_767_323_045_123, TLP.AMBER)
 VALUES = {
     IndicatorType.IPV4_ADDR: "203.0.113.0/24",
@@ -195,9 +196,9 @@ def test_identity_is_valid_and_the_same_for_the_same_key() -> None:
 
 
 def test_carried_stix_object_is_served_unchanged() -> None:
-    malware = {"type": "malware", "spec_version": "2.1", "created": "2024-01-01T00:00:00Z",
+    malware = {"type": "malware", "spec_version": "2.1", "created": "2024-01-01T00:00:00.000Z",
                "id": "malware--0c7b5b88-8ff7-4a4d-aa9d-feb398cd0061", "name": "X",
-               "modified": "2024-01-01T00:00:00Z", "is_family": True, "x_score": 1.5}
+               "modified": "2024-01-01T00:00:00.000Z", "is_family": True, "x_score": 1.5}
     assert payload_to_stix(StixObject.from_object(malware), REF) == malware
 
 
@@ -270,7 +271,7 @@ def test_import_keeps_a_posted_indicators_id_and_versions() -> None:
 def test_import_carries_what_observations_do_not_model() -> None:
     complex_pattern = {"type": "indicator", "spec_version": "2.1",
                        "id": "indicator--0c7b5b88-8ff7-4a4d-aa9d-feb398cd0062",
-                       "created": "2024-01-01T00:00:00Z", "modified": "2024-01-01T00:00:00Z",
+                       "created": T0, "modified": T0,
                        "pattern": "[ipv4-addr:value = '1.2.3.4'] OR [ipv4-addr:value = '5.6.7.8']",
                        "pattern_type": "stix", "valid_from": "2024-01-01T00:00:00Z"}
     yara = {**complex_pattern, "id": "indicator--0c7b5b88-8ff7-4a4d-aa9d-feb398cd0063",
@@ -278,8 +279,8 @@ def test_import_carries_what_observations_do_not_model() -> None:
     octal = {**complex_pattern, "pattern": "[ipv4-addr:value = '010.0.0.1']"}
     report = {"type": "report", "spec_version": "2.1", "name": "R",
               "id": "report--0c7b5b88-8ff7-4a4d-aa9d-feb398cd0064",
-              "created": "2024-01-01T00:00:00Z", "modified": "2024-01-01T00:00:00Z",
-              "published": "2024-01-01T00:00:00Z", "object_refs": [complex_pattern["id"]]}
+              "created": T0, "modified": T0,
+              "published": "2024-01-01T00:00:00.000Z", "object_refs": [complex_pattern["id"]]}
     for obj in (complex_pattern, yara, octal, report):
         imported = import_object(obj)
         assert isinstance(imported.payload, StixObject)
@@ -288,7 +289,9 @@ def test_import_carries_what_observations_do_not_model() -> None:
 
 @pytest.mark.parametrize(("change", "why"), [
     ({"created": None}, "created must be a STIX timestamp"),
-    ({"modified": "2023-01-01T00:00:00Z"}, "modified is earlier than created"),
+    ({"modified": "2023-01-01T00:00:00.000Z"}, "modified is earlier than created"),
+    ({"modified": "2024-01-01T00:00:01Z"}, "precise to the millisecond"),
+    ({"type": "malware", "id": "malware--0c7b5b88-8ff7-4a4d-aa9d-feb398cd0061"}, "is_family"),
     ({"pattern": "[ipv4-addr:value = '1.2.3.4'"}, "invalid STIX pattern"),
     ({"pattern": "[not a pattern]"}, "invalid STIX pattern"),
     ({"valid_until": "2023-01-01T00:00:00Z"}, "valid_until must be later"),
@@ -305,7 +308,7 @@ def test_import_carries_what_observations_do_not_model() -> None:
 def test_import_refuses_invalid_objects_with_a_reason(change: dict[str, Any], why: str) -> None:
     obj: dict[str, Any] = {"type": "indicator", "spec_version": "2.1",
                            "id": "indicator--0c7b5b88-8ff7-4a4d-aa9d-feb398cd0061",
-                           "created": "2024-01-01T00:00:00Z", "modified": "2024-01-01T00:00:00Z",
+                           "created": T0, "modified": T0,
                            "pattern": "[ipv4-addr:value = '1.2.3.4']", "pattern_type": "stix",
                            "valid_from": "2024-01-01T00:00:00Z"}
     for key, value in change.items():
