@@ -33,7 +33,6 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import itertools
 from collections import deque
@@ -51,7 +50,7 @@ from protocol.gossip_types import (
     PeerStats,
     PeerSynced,
 )
-from protocol.keys import KEY_ID_BYTES, PublicKey
+from protocol.keys import PublicKey
 from protocol.messages import (
     HEAD_BYTES,
     MAX_FORKED,
@@ -77,17 +76,11 @@ from protocol.messages import (
     message_kind,
     peek_entry,
 )
+from protocol.origins import STEP_CAP, OriginLog, OriginTable
 from protocol.peer_state import Counters, Frame, PeerState
 from protocol.prng import Prng
+from protocol.pull import Puller
 from protocol.tree import BroadcastTree
-from protocol.vector import (
-    Buffered,
-    Handed,
-    OriginLog,
-    OutstandingWant,
-    subtract_ranges,
-    vector_digest,
-)
 
 __all__ = [
     "EntriesReceived",
@@ -102,24 +95,7 @@ __all__ = [
 ]
 
 _SERVE_INFLIGHT = 2
-_STEP_CAP = 64
 _PRUNE = encode_message(Prune())
-
-
-class _Item:
-    """An entry handed to the agent in a batch, and where it came from."""
-
-    __slots__ = ("check", "hash", "live", "log", "peer", "seq")
-
-    def __init__(self, log: OriginLog, seq: int, digest: bytes, live: bool, peer: PublicKey,
-                 check: bool) -> None:
-        self.log, self.seq, self.hash, self.live, self.peer, self.check = (
-            log, seq, digest, live, peer, check)
-
-
-def key_id(origin: bytes) -> bytes:
-    """``PublicKey(origin).key_id`` without building (and point-checking) the key."""
-    return hashlib.blake2b(origin, digest_size=32).digest()[:KEY_ID_BYTES]
 
 
 class GossipEngine:
@@ -158,33 +134,27 @@ class GossipEngine:
         self.local = local
         self._rng = Prng(seed)
         self._tree = BroadcastTree(local.key_id, self.params.beacon_interval)
-        self._origins: dict[bytes, OriginLog] = {}
-        self._kid_of: dict[bytes, bytes] = {}
-        self._trusted = None if trusted is None else frozenset(k.key_id for k in trusted)
+        self._table = OriginTable(
+            self.params, None if trusted is None else frozenset(k.key_id for k in trusted))
         self._peers: dict[PublicKey, PeerState] = {}
         self._events: deque[GossipEvent] = deque()
         self._timers: list[tuple[float, int, str, object]] = []
         self._scheduled: dict[tuple[str, object], float] = {}
         self._tick = itertools.count()
-        self._batch_ids = itertools.count(1)
         self._request_ids = itertools.count(1)
-        self._batches: dict[int, dict[bytes, _Item]] = {}
-        self._handing: list[tuple[_Item, bytes]] = []
-        # Origins that may miss entries; a dict for a replayable (insertion) order.
-        self._lagging: dict[OriginLog, None] = {}
-        self._buffer_bytes = 0
-        self._forks: dict[bytes, bytes] = {}
-        self._digest: bytes | None = None
         self._totals = Counters()
         self._now = 0.0
+        self._pull = Puller(self.params, self._table, self._peers, self._rng,
+                            lambda at, kind, key: self._schedule(at, kind, key, earliest=True),
+                            self._totals)
         for key, (seq, digest) in (heads or {}).items():
-            log = self._log(key.key_id, create=True, force=True)
+            log = self._table.get(key.key_id, create=True, force=True)
             if log is None:
                 raise LocalProtocolError("more origins than GossipParams.max_origins")
             log.set_key(key)
-            self._advance(log, seq, digest)
+            self._table.advance(log, seq, digest)
         for proof in forks:
-            self._mark_forked(proof)
+            self._table.mark_forked(proof)
 
     # --- peers -------------------------------------------------------------------------
 
@@ -216,14 +186,7 @@ class GossipEngine:
         p = self._peers.pop(peer, None)
         if p is None:
             return
-        for log, want in p.wants:
-            if want in log.wants:
-                log.wants.remove(want)
-            self._lagging[log] = None
-        for log in self._origins.values():
-            if log.announcer == peer:
-                log.announcer = None
-            log.probing.pop(peer, None)
+        self._pull.forget_peer(p)
         self._tree_out(self._tree.remove_peer(peer, self._now))
         self._schedule(self._now, "flush", None)
 
@@ -239,12 +202,7 @@ class GossipEngine:
     def set_trusted(self, origins: Iterable[PublicKey] | None, now: float) -> None:
         """Replicate only ``origins`` from now on (None: any). Others are kept, ignored."""
         self._now = now
-        self._trusted = None if origins is None else frozenset(k.key_id for k in origins)
-        for log in self._origins.values():
-            log.trusted = self._trusted is None or log.kid in self._trusted
-            if not log.trusted:
-                self._drop_pending(log)
-        self._digest = None
+        self._table.set_trusted(None if origins is None else frozenset(k.key_id for k in origins))
 
     # --- the sans-I/O loop -------------------------------------------------------------
 
@@ -329,13 +287,13 @@ class GossipEngine:
             LocalProtocolError: ``entry`` does not follow the origin's head.
         """
         self._now = now
-        log = self._log(entry.origin.key_id, create=True, force=True)
+        log = self._table.get(entry.origin.key_id, create=True, force=True)
         if log is None or not log.active or entry.seq <= log.seq:
             return
         if entry.seq != log.seq + 1:
             raise LocalProtocolError(f"published seq {entry.seq} after head {log.seq}")
         log.set_key(entry.origin)
-        self._advance(log, entry.seq, entry.hash)
+        self._table.advance(log, entry.seq, entry.hash)
         self._forward(log, entry.seq, entry.raw, live=True, source=None)
         self._flush(now)
 
@@ -367,33 +325,12 @@ class GossipEngine:
             LocalProtocolError: a stored entry skips past the origin's head.
         """
         self._now = now
-        items = self._batches.pop(batch, {}) if batch is not None else {}
-        stored_hashes: set[bytes] = set()
-        for entry in stored:
-            stored_hashes.add(entry.hash)
-            log = self._log(self._kid(entry.origin.raw), create=True, force=True)
-            if log is None or not log.active or entry.seq <= log.seq:
-                continue
-            if entry.seq != log.seq + 1:
-                raise LocalProtocolError(f"stored seq {entry.seq} after head {log.seq}")
-            if log.origin is None:
-                log.set_key(entry.origin)
-            self._advance(log, entry.seq, entry.hash)
-            item = items.get(entry.hash)
+        advanced, culprits = self._table.settle(batch, stored, invalid)
+        for log, entry, item in advanced:
             self._forward(log, entry.seq, entry.raw, live=item is not None and item.live,
                           source=item.peer if item is not None else None)
-        culprits: dict[PublicKey, int] = {}
-        for raw in invalid:
-            item = items.get(entry_hash(raw))
-            if item is not None:
-                culprits[item.peer] = culprits.get(item.peer, 0) + 1
         for culprit, count in culprits.items():
             self._events.append(PeerMisbehaved(culprit, f"{count} entries failed verification"))
-        for digest, item in items.items():
-            handed = item.log.handed.get(item.seq)
-            if (digest not in stored_hashes and not item.check and handed is not None
-                    and handed.hash == digest and handed.batch == batch):
-                self._rollback(item.log, item.seq)
         if duplicates:
             self._totals.duplicates += duplicates
         for proof in forks:
@@ -426,22 +363,24 @@ class GossipEngine:
 
     def digest(self) -> bytes:
         """The digest of our version vector and forked origins, as sent in HAVE."""
-        if self._digest is None:
-            items = [(log.kid, log.seq, log.hash) for log in self._vector_logs()]
-            self._digest = vector_digest(items, sorted(self._forks))
-        return self._digest
+        return self._table.digest()
 
     def vector(self) -> dict[bytes, tuple[int, bytes]]:
         """Origin key id → ledger head ``(seq, hash)``, for every replicated origin."""
-        return {log.kid: (log.seq, log.hash) for log in self._vector_logs()}
+        return {log.kid: (log.seq, log.hash) for log in self._table.vector_logs()}
 
     def forked(self) -> frozenset[bytes]:
         """Key ids of the origins known to have forked."""
-        return frozenset(self._forks)
+        return frozenset(self._table.forks)
 
     def backlog(self) -> int:
         """Entries known to exist that the ledger does not hold yet (catch-up progress)."""
-        return sum(max(0, log.known - log.seq) for log in self._origins.values() if log.active)
+        return self._table.backlog()
+
+    def wants_in_flight(self) -> list[tuple[PublicKey, bytes, int, int]]:
+        """Requests sent and not yet fulfilled: (peer, origin key id, from_seq, to_seq)."""
+        return [(w.peer, log.kid, w.from_seq, w.to_seq)
+                for log in self._table.logs.values() for w in log.wants]
 
     def peer_stats(self, peer: PublicKey) -> PeerStats:
         """Counters of a connected peer.
@@ -498,14 +437,14 @@ class GossipEngine:
                 header = peek_entry(raw)
             except EntraideError as exc:
                 raise RemoteProtocolError(f"ENTRIES holds a non-entry: {exc}") from exc
-            headers.append((self._kid(header.origin), header))
+            headers.append((self._table.kid(header.origin), header))
         payload = sum(len(raw) for raw in msg.raws)
         for c in (p.counters, self._totals):
             c.entries_in += len(msg.raws)
             c.payload_in += payload
         new = dups = 0
         for raw, (kid, header) in zip(msg.raws, headers, strict=True):
-            log = self._log(kid, create=True)
+            log = self._table.get(kid, create=True)
             if (log is None or not log.active
                     or (log.origin is not None and log.origin != header.origin)):
                 self._drop(p)  # untrusted, forked, over the cap, or a key id collision
@@ -514,12 +453,15 @@ class GossipEngine:
                 log.origin = header.origin  # checked by the agent's verification
             p.tell(kid, header.seq)
             digest = entry_hash(raw)
-            live = msg.push or self._live_want(log, header.seq)
-            self._extend_want(log, p.key, header.seq, now)
-            verdict = self._classify(log, header.seq, header.prev, digest, raw, p, live, now)
+            live = msg.push or self._pull.live(log, header.seq)
+            self._pull.progress(log, p.key, header.seq, now)
+            verdict = self._table.classify(log, header.seq, header.prev, digest, raw, p.key,
+                                           live, now)
+            self._pull.step(log)
             dups += verdict == "dup"
             new += verdict == "new"
-            self._lagging[log] = None
+            if verdict == "drop":
+                self._drop(p)
         if dups:
             p.counters.duplicates += dups
             self._totals.duplicates += dups
@@ -528,54 +470,20 @@ class GossipEngine:
             # the tree (a PRUNE or beacon went missing). Tell it to stop.
             self._control(p, _PRUNE)
 
-    def _classify(self, log: OriginLog, seq: int, prev: bytes | None, digest: bytes,
-                  raw: bytes, p: PeerState, live: bool, now: float) -> str:
-        """Decide the fate of one incoming entry: "dup", "new", "check" or "drop"."""
-        if seq <= log.top_seq:
-            if log.hash_at(seq) == digest or digest in log.checked:
-                return "dup"
-            # Not the entry we hold (or no longer remember): the ledger decides
-            # whether it is a duplicate or fork evidence.
-            log.remember_checked(digest, self.params.recent_window)
-            self._hand(log, seq, digest, raw, live=False, peer=p.key, check=True)
-            return "check"
-        held = log.buffer.get(seq)
-        if held is not None:
-            return "dup" if held.hash == digest else "drop"
-        if seq == log.top_seq + 1:
-            if prev == (log.top_hash if log.top_seq else None):
-                self._hand(log, seq, digest, raw, live=live, peer=p.key, check=False)
-                self._release(log)
-                return "new"
-            # It does not chain onto what we hold: ask the sender for its version of
-            # our last entry, which is either ours (the sender lies) or fork evidence.
-            self._probe(log, p, log.top_seq, now)
-            self._drop(p)
-            return "drop"
-        if log.note_known(seq, now + self.params.ihave_timeout, now, _STEP_CAP):
-            self._schedule_step(log)
-        if (seq > log.seq + self.params.reorder_limit
-                or self._buffer_bytes + len(raw) > self.params.reorder_bytes):
-            self._drop(p)
-            return "drop"
-        log.buffer[seq] = Buffered(raw, digest, prev, p.key, live)
-        self._buffer_bytes += len(raw)
-        return "new"
-
     def _on_ihave(self, p: PeerState, msg: IHave, now: float) -> None:
         for item in msg.items:
-            log = self._log(item.origin, create=True)
+            log = self._table.get(item.origin, create=True)
             if log is None or not log.active:
                 continue
             p.tell(item.origin, item.seq)
-            if log.note_known(item.seq, now + self.params.ihave_timeout, now, _STEP_CAP):
+            if log.note_known(item.seq, now + self.params.ihave_timeout, now, STEP_CAP):
                 log.announcer = p.key
-                self._lagging[log] = None
-                self._schedule_step(log)
+                self._table.lagging[log] = None
+                self._pull.step(log)
 
     def _on_want(self, p: PeerState, msg: Want) -> None:
         for rng in msg.ranges:
-            log = self._origins.get(rng.origin)
+            log = self._table.logs.get(rng.origin)
             if log is None or not log.active or log.seq == 0:
                 continue
             p.tell(rng.origin, rng.from_seq - 1)
@@ -602,25 +510,28 @@ class GossipEngine:
         theirs: dict[bytes, int] = {}
         for item in msg.vector:
             theirs[item.origin] = item.seq
-            log = self._log(item.origin, create=True)
+            log = self._table.get(item.origin, create=True)
             if log is None or not log.active:
                 continue
             p.tell(item.origin, item.seq)
             if item.seq > log.seq:
+                # Wait for the eager copy like after an announcement: the newest
+                # entries in a vector are often still on their way down the tree.
                 log.swept = max(log.swept, item.seq)
-                if log.note_known(item.seq, now, now, _STEP_CAP):
-                    self._lagging[log] = None
+                if log.note_known(item.seq, now + self.params.ihave_timeout, now, STEP_CAP):
+                    self._table.lagging[log] = None
+                    self._pull.step(log)
             else:
                 ours = log.hash_at(item.seq)
                 if ours is not None and ours[:HEAD_BYTES] != item.head:
-                    self._probe(log, p, item.seq, now)
+                    self._pull.probe(log, p, item.seq, now)
         their_forks = set(msg.forked)
-        for kid, proof in self._forks.items():
+        for kid, proof in self._table.forks.items():
             if kid not in their_forks and kid not in p.forks_sent:
                 p.forks_sent.add(kid)
                 self._control(p, Fork(proof))
-        lacks = bool(their_forks - self._forks.keys()) or any(
-            log.seq > theirs.get(log.kid, 0) for log in self._vector_logs())
+        lacks = bool(their_forks - self._table.forks.keys()) or any(
+            log.seq > theirs.get(log.kid, 0) for log in self._table.vector_logs())
         if lacks and p.last_full_sent != mine:
             self._send_vector(p)
         if msg.digest == mine:
@@ -635,99 +546,28 @@ class GossipEngine:
         mine = self.digest()
         p.last_full_sent = mine
         vector = tuple(VectorItem(log.kid, log.seq, log.hash[:HEAD_BYTES])
-                       for log in self._vector_logs())
-        self._control(p, Have(mine, vector, tuple(sorted(self._forks)[:MAX_FORKED])))
+                       for log in self._table.vector_logs())
+        self._control(p, Have(mine, vector, tuple(sorted(self._table.forks)[:MAX_FORKED])))
 
     # --- forks -------------------------------------------------------------------------
 
     def _on_fork(self, proof: ForkProof, source: PeerState | None) -> None:
         kid = proof.origin.key_id
-        if self._trusted is not None and kid not in self._trusted:
+        if self._table.trusted is not None and kid not in self._table.trusted:
             return
-        if kid in self._forks:
+        if kid in self._table.forks:
             if source is not None:
                 source.forks_sent.add(kid)
             return
-        if not self._mark_forked(proof):
+        if not self._table.mark_forked(proof):
             return
-        data = self._forks[kid]
+        data = self._table.forks[kid]
         for p in self._peers.values():
             p.forks_sent.add(kid)
             if p is not source:
                 self._control(p, Fork(data))
         if source is not None:
             self._events.append(ForkDetected(proof, source.key))
-
-    def _mark_forked(self, proof: ForkProof) -> bool:
-        kid = proof.origin.key_id
-        log = self._log(kid, create=True, force=True)
-        if log is None or len(self._forks) >= MAX_FORKED:
-            return False
-        self._forks[kid] = proof.encode()
-        log.set_key(proof.origin)
-        log.forked = True
-        self._drop_pending(log)
-        self._digest = None
-        return True
-
-    def _drop_pending(self, log: OriginLog) -> None:
-        for held in log.buffer.values():
-            self._buffer_bytes -= len(held.raw)
-        log.buffer.clear()
-        log.handed.clear()
-        log.wants.clear()
-        log.steps.clear()
-        log.top_seq, log.top_hash = log.seq, log.hash
-        self._lagging.pop(log, None)
-
-    # --- handing entries to the agent --------------------------------------------------
-
-    def _hand(self, log: OriginLog, seq: int, digest: bytes, raw: bytes, *, live: bool,
-              peer: PublicKey, check: bool) -> None:
-        self._handing.append((_Item(log, seq, digest, live, peer, check), raw))
-        if not check:
-            log.top_seq, log.top_hash = seq, digest
-            log.handed[seq] = Handed(digest, 0, live)
-            log.known = max(log.known, seq)
-
-    def _release(self, log: OriginLog) -> None:
-        """Hand the buffered entries that now follow the chain."""
-        while (held := log.buffer.pop(log.top_seq + 1, None)) is not None:
-            self._buffer_bytes -= len(held.raw)
-            if held.prev != (log.top_hash if log.top_seq else None):
-                peer = self._peers.get(held.peer)
-                if peer is not None:
-                    self._probe(log, peer, log.top_seq, self._now)
-                return
-            self._hand(log, log.top_seq + 1, held.hash, held.raw, live=held.live,
-                       peer=held.peer, check=False)
-
-    def _rollback(self, log: OriginLog, seq: int) -> None:
-        """Entry ``seq`` was handed but not stored: forget it and all handed after it."""
-        for s in [s for s in log.handed if s >= seq]:
-            del log.handed[s]
-        log.top_seq, log.top_hash = seq - 1, log.hash_at(seq - 1) or b""
-        if log.top_seq <= log.seq:
-            log.top_seq, log.top_hash = log.seq, log.hash
-        self._lagging[log] = None
-
-    def _advance(self, log: OriginLog, seq: int, digest: bytes) -> None:
-        """The ledger's head for ``log`` is now ``(seq, digest)``."""
-        log.seq, log.hash = seq, digest
-        log.remember(seq, digest, self.params.recent_window)
-        handed = log.handed.pop(seq, None)
-        if handed is not None and handed.hash != digest:
-            # The ledger stored another entry than the one handed: whatever was
-            # handed after it chains onto the wrong one.
-            self._rollback(log, seq + 1)
-        elif log.top_seq < seq:
-            log.top_seq, log.top_hash = seq, digest
-        held = log.buffer.pop(seq, None)
-        if held is not None:
-            self._buffer_bytes -= len(held.raw)
-        log.known = max(log.known, seq)
-        self._digest = None
-        self._release(log)
 
     # --- forwarding --------------------------------------------------------------------
 
@@ -763,87 +603,6 @@ class GossipEngine:
 
     # --- requesting --------------------------------------------------------------------
 
-    @staticmethod
-    def _live_want(log: OriginLog, seq: int) -> bool:
-        return any(w.live and w.from_seq <= seq <= w.to_seq for w in log.wants)
-
-    def _extend_want(self, log: OriginLog, peer: PublicKey, seq: int, now: float) -> None:
-        for w in log.wants:
-            if w.peer == peer and w.from_seq <= seq <= w.to_seq:
-                w.deadline = now + self.params.want_timeout
-
-    def _probe(self, log: OriginLog, p: PeerState, seq: int, now: float) -> None:
-        """Ask ``p`` for its entry ``seq`` of ``log``: ours differs or is contradicted."""
-        if seq >= 1 and log.probing.get(p.key, 0.0) <= now:
-            log.probing[p.key] = now + self.params.want_timeout
-            p.want_out.append((log.kid, seq, seq))
-
-    def _room(self, p: PeerState) -> int:
-        """Entries we may still request from ``p`` (its window minus what is in flight)."""
-        outstanding = 0
-        kept = []
-        for log, w in p.wants:
-            left = w.to_seq - max(w.from_seq, log.top_seq + 1) + 1
-            if left > 0 and w in log.wants:
-                outstanding += left
-                kept.append((log, w))
-        p.wants = kept
-        return self.params.want_window - outstanding
-
-    def _schedule_wants(self, log: OriginLog, now: float) -> None:
-        """Request the missing entries of ``log`` that may be requested now."""
-        log.update_eligible(now)
-        self._schedule_step(log)
-        lo = log.top_seq + 1
-        log.wants = [w for w in log.wants if w.to_seq >= lo]
-        hi = min(log.eligible, log.known, log.seq + self.params.reorder_limit)
-        if lo > hi or not log.active:
-            return
-        taken = [(w.from_seq, w.to_seq) for w in log.wants] + [(s, s) for s in log.buffer]
-        small = log.known - log.top_seq <= self.params.graft_max_gap
-        for a, b in subtract_ranges(lo, hi, taken):
-            # A small gap behind a push or an announcement is a live repair: its
-            # entries go on eagerly down the tree. What anti-entropy found is bulk:
-            # announced only, so the neighbours that run their own exchange do not
-            # receive it twice.
-            live = small and a > log.swept
-            while a <= b:
-                p = self._pick_source(log, a)
-                if p is None:
-                    return
-                n = min(b - a + 1, self.params.want_batch, self._room(p), p.told[log.kid] - a + 1)
-                want = OutstandingWant(p.key, a, a + n - 1, now + self.params.want_timeout, live)
-                log.wants.append(want)
-                p.wants.append((log, want))
-                p.want_out.append((log.kid, a, a + n - 1))
-                self._schedule(want.deadline, "want_timeout", log.kid, earliest=True)
-                a += n
-
-    def _pick_source(self, log: OriginLog, seq: int) -> PeerState | None:
-        candidates = [p for p in self._peers.values()
-                      if p.told.get(log.kid, 0) >= seq and self._room(p) > 0]
-        if not candidates:
-            return None
-        for p in candidates:
-            if p.key == log.announcer:
-                return p
-        return self._rng.choice(candidates)
-
-    def _expire_wants(self, log: OriginLog, now: float) -> None:
-        kept = []
-        for w in log.wants:
-            if w.deadline > now:
-                kept.append(w)
-                continue
-            p = self._peers.get(w.peer)
-            if p is not None:
-                p.counters.want_timeouts += 1
-            self._totals.want_timeouts += 1
-        log.wants = kept
-        if kept:
-            self._schedule(min(w.deadline for w in kept), "want_timeout", log.kid)
-        self._lagging[log] = None
-
     # --- serving -----------------------------------------------------------------------
 
     def _serve(self, p: PeerState) -> None:
@@ -851,7 +610,7 @@ class GossipEngine:
         while (p.serving and len(p.requests) < _SERVE_INFLIGHT
                and p.reply_bytes < self.params.reply_queue_bytes):
             kid, first, last = p.serving.popleft()
-            log = self._origins.get(kid)
+            log = self._table.logs.get(kid)
             key = log.public_key() if log is not None and log.active else None
             if key is None:
                 continue
@@ -867,23 +626,20 @@ class GossipEngine:
 
     def _flush(self, now: float) -> None:
         """End of every entry point: hand entries to the agent, schedule and queue WANTs."""
-        if self._handing:
-            batch = next(self._batch_ids)
-            items: dict[bytes, _Item] = {}
-            for item, _ in self._handing:
-                items.setdefault(item.hash, item)
-                handed = item.log.handed.get(item.seq)
-                if not item.check and handed is not None and handed.hash == item.hash:
-                    handed.batch = batch
-            self._batches[batch] = items
-            raws = tuple(raw for _, raw in self._handing)
-            self._events.append(EntriesReceived(self._handing[0][0].peer, raws, batch))
-            self._handing = []
-        for log in list(self._lagging):
+        event = self._table.take_batch()
+        if event is not None:
+            self._events.append(event)
+        for log, peer, seq in self._table.conflicts:
+            p = self._peers.get(peer)
+            if p is not None:
+                self._pull.probe(log, p, seq, now)
+        self._table.conflicts.clear()
+        lagging = self._table.lagging
+        for log in list(lagging):
             if not log.active or (log.known <= log.top_seq and not log.wants):
-                self._lagging.pop(log, None)
+                lagging.pop(log, None)
             else:
-                self._schedule_wants(log, now)
+                self._pull.request(log, now)
         for p in self._peers.values():
             if p.want_out:
                 ranges = [WantRange(*r) for r in p.want_out]
@@ -895,32 +651,26 @@ class GossipEngine:
         self._schedule(self._tree.next_timer(), "tree", None)
 
     def _on_timer(self, kind: str, key: object, now: float) -> None:
+        """Run timer ``kind``; ``key`` is a peer's key, an origin's key id, or None."""
+        p = self._peers.get(key) if isinstance(key, PublicKey) else None
+        log = self._table.logs.get(key) if isinstance(key, bytes) else None
         if kind == "ae":
             if self._peers:
-                p = self._rng.choice(list(self._peers.values()))
-                self._control(p, Have(self.digest()))
+                self._control(self._rng.choice(list(self._peers.values())), Have(self.digest()))
             self._schedule(now + self._jitter(self.params.anti_entropy_interval), "ae", None)
         elif kind == "tree":
             self._tree_out(self._tree.on_timer(now))
-        elif kind == "ihave":
-            p = self._peers.get(key)  # type: ignore[call-overload]
-            if p is not None and p.ihave_due is not None:
-                self._flush_ihave(p)
-        elif kind == "step":
-            log = self._origins.get(key)  # type: ignore[call-overload]
-            if log is not None:
-                self._lagging[log] = None
-        elif kind == "want_timeout":
-            log = self._origins.get(key)  # type: ignore[call-overload]
-            if log is not None:
-                self._expire_wants(log, now)
-        elif kind == "ping":
-            p = self._peers.get(key)  # type: ignore[call-overload]
-            if p is not None:
-                p.ping_token = self._rng.randbytes(PING_TOKEN_BYTES)
-                p.ping_sent = now
-                self._control(p, Ping(p.ping_token))
-                self._schedule(now + self.params.ping_interval, "ping", p.key)
+        elif kind == "ihave" and p is not None and p.ihave_due is not None:
+            self._flush_ihave(p)
+        elif kind == "step" and log is not None:
+            self._table.lagging[log] = None
+        elif kind == "want_timeout" and log is not None:
+            self._pull.expire(log, now)
+        elif kind == "ping" and p is not None:
+            p.ping_token = self._rng.randbytes(PING_TOKEN_BYTES)
+            p.ping_sent = now
+            self._control(p, Ping(p.ping_token))
+            self._schedule(now + self.params.ping_interval, "ping", p.key)
         # "flush": nothing more; handle_timer's _flush does the work.
 
     def _schedule(self, at: float, kind: str, key: object, *, earliest: bool = False) -> None:
@@ -931,11 +681,6 @@ class GossipEngine:
         self._scheduled[(kind, key)] = at
         heapq.heappush(self._timers, (at, next(self._tick), kind, key))
 
-    def _schedule_step(self, log: OriginLog) -> None:
-        at = log.next_step()
-        if at is not None:
-            self._schedule(at, "step", log.kid, earliest=True)
-
     def _jitter(self, interval: float) -> float:
         return interval * self._rng.uniform(0.5, 1.5)
 
@@ -944,31 +689,6 @@ class GossipEngine:
         if p is None:
             raise LocalProtocolError(f"unknown peer {peer.fingerprint}")
         return p
-
-    def _kid(self, origin: bytes) -> bytes:
-        kid = self._kid_of.get(origin)
-        if kid is None:
-            kid = key_id(origin)
-            if len(self._kid_of) < 2 * self.params.max_origins:
-                self._kid_of[origin] = kid
-        return kid
-
-    def _log(self, kid: bytes, *, create: bool, force: bool = False) -> OriginLog | None:
-        """The state of origin ``kid``; created if allowed (trusted, under the cap)."""
-        log = self._origins.get(kid)
-        if log is not None or not create:
-            return log
-        if not force and self._trusted is not None and kid not in self._trusted:
-            return None
-        if len(self._origins) >= self.params.max_origins:
-            return None
-        log = self._origins[kid] = OriginLog(kid)
-        log.trusted = self._trusted is None or kid in self._trusted
-        return log
-
-    def _vector_logs(self) -> list[OriginLog]:
-        return sorted((log for log in self._origins.values() if log.active and log.seq > 0),
-                      key=lambda log: log.kid)
 
     def _tree_out(self, messages: list[tuple[PublicKey, Message]]) -> None:
         for peer, msg in messages:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from protocol.gossip_types import PeerStats
 from protocol.keys import PublicKey
 from protocol.messages import MAX_BATCH, Entries, Kind, Message, encode_message, message_kind
-from protocol.vector import OriginLog, OutstandingWant
+from protocol.origins import OriginLog, OutstandingWant
 
 __all__ = ["Counters", "Frame", "PeerState", "entries_frame"]
 

@@ -287,7 +287,9 @@ def test_engine_anti_entropy_wants_exactly_the_missing_ranges() -> None:
                            for k, (seq, h) in theirs.heads().items()),
                           key=lambda item: item.origin))
     node.send(P1, Have(b"\x00" * 16, vector, ()), 1)
-    wants = only(node.out(P1, 1), Want)
+    assert not only(node.out(P1, 1), Want)  # the newest may still be on their way
+    node.tick(1 + PARAMS.ihave_timeout)
+    wants = only(node.out(P1, 2), Want)
     ranges = sorted((r.origin, r.from_seq, r.to_seq) for w in wants for r in w.ranges)  # type: ignore[attr-defined]
     assert ranges == sorted([(KID, 5, 10), (ident(20).public_key.key_id, 1, 3)])
 
@@ -310,7 +312,8 @@ def test_engine_want_window_bounds_what_is_in_flight_per_peer() -> None:
     node = Node(params=params)
     connect(node, P1)
     node.send(P1, Have(b"\x00" * 16, (VectorItem(KID, 40, CHAIN[39].hash[:16]),), ()), 1)
-    asked = [r for w in only(node.out(P1, 1), Want) for r in w.ranges]  # type: ignore[attr-defined]
+    node.tick(1 + params.ihave_timeout)
+    asked = [r for w in only(node.out(P1, 1.5), Want) for r in w.ranges]  # type: ignore[attr-defined]
     assert sum(r.to_seq - r.from_seq + 1 for r in asked) == 20
     assert all(r.to_seq - r.from_seq < 8 for r in asked)
     node.send(P1, reply(*CHAIN[:8]), 2)  # the first range arrives: room for 8 more
@@ -324,10 +327,11 @@ def test_engine_retries_a_stalled_want_with_another_peer() -> None:
     have = Have(b"\x00" * 16, (VectorItem(KID, 3, CHAIN[2].hash[:16]),), ())
     node.send(P1, have, 1)
     node.send(P2, have, 1)
-    first = [p for p in (P1, P2) if only(node.out(p, 1), Want)]
+    node.tick(1.5)
+    first = [p for p in (P1, P2) if only(node.out(p, 1.5), Want)]
     assert len(first) == 1
-    node.tick(1 + PARAMS.want_timeout)
-    again = [p for p in (P1, P2) if only(node.out(p, 1 + PARAMS.want_timeout), Want)]
+    node.tick(1.5 + PARAMS.want_timeout)
+    again = [p for p in (P1, P2) if only(node.out(p, 1.5 + PARAMS.want_timeout), Want)]
     assert len(again) == 1
     assert node.engine.totals().want_timeouts == 1
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.vector import OriginLog, subtract_ranges, vector_digest
+from protocol.origins import OriginLog, subtract_ranges, vector_digest
 
 
 @pytest.mark.parametrize(("lo", "hi", "taken", "left"), [
