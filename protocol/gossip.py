@@ -374,8 +374,13 @@ class GossipEngine:
         return frozenset(self._table.forks)
 
     def backlog(self) -> int:
-        """Entries known to exist that the ledger does not hold yet (catch-up progress)."""
-        return self._table.backlog()
+        """Entries connected peers hold and the ledger does not (catch-up progress)."""
+        best: dict[bytes, int] = {}
+        for p in self._peers.values():
+            for kid, seq in p.told.items():
+                best[kid] = max(best.get(kid, 0), seq)
+        return sum(max(0, best.get(log.kid, 0) - log.seq)
+                   for log in self._table.logs.values() if log.active)
 
     def wants_in_flight(self) -> list[tuple[PublicKey, bytes, int, int]]:
         """Requests sent and not yet fulfilled: (peer, origin key id, from_seq, to_seq)."""

@@ -278,9 +278,6 @@ class OriginTable:
             self._digest = vector_digest(items, sorted(self.forks))
         return self._digest
 
-    def backlog(self) -> int:
-        return sum(max(0, log.known - log.seq) for log in self.logs.values() if log.active)
-
     # --- forks ----------------------------------------------------------------------
 
     def mark_forked(self, proof: ForkProof) -> bool:

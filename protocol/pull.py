@@ -9,8 +9,9 @@ Rules (docs/parts/gossip.md, "Requests"):
   ``want_window`` entries requested and not received. Nothing is requested more
   than ``reorder_limit`` past the ledger's head, so the reorder buffer cannot
   overflow from our own requests.
-- A request that makes no progress for ``want_timeout`` is dropped and the range
-  requested again, from any peer that holds it.
+- A request that makes no progress for ``want_timeout`` is dropped, its peer's
+  claim cut to what we hold, and the range requested again from any peer that still
+  claims it.
 - A small gap behind a push or an announcement is a *live* repair: its entries are
   forwarded eagerly once stored. What anti-entropy found is bulk: announced only.
 """
@@ -128,6 +129,11 @@ class Puller:
             p = self.peers.get(w.peer)
             if p is not None:
                 p.counters.want_timeouts += 1
+                # It did not deliver what it claimed: believe no more than we hold,
+                # so a peer that announces entries it never sends is not asked forever.
+                cut = max(w.from_seq - 1, log.top_seq)
+                if p.told.get(log.kid, 0) > cut:
+                    p.told[log.kid] = cut
             self.totals.want_timeouts += 1
         log.wants = kept
         if kept:

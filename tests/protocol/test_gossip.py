@@ -609,3 +609,18 @@ def test_tree_falls_back_to_itself_when_the_root_goes_silent() -> None:
     assert node.engine.tree.is_root
     node.send(P1, Beacon(b"\x00" * 8, 2, 0), 22)
     assert not node.engine.tree.is_root
+
+
+def test_engine_stops_asking_a_peer_that_claims_entries_it_never_sends() -> None:
+    node = Node()
+    connect(node, P1)
+    node.send(P1, IHave((Announcement(KID, 1_000_000),)), 1)
+    assert node.engine.backlog() == 1_000_000
+    t = 1.0
+    asked = 0
+    for _ in range(6):
+        t += PARAMS.want_timeout
+        node.tick(t)
+        asked += len(only(node.out(P1, t), Want))
+    assert asked == 1  # asked once, then its claim no longer counts
+    assert node.engine.backlog() == 0
