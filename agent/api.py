@@ -80,6 +80,7 @@ from agent.errors import (
     UntrustedPeerError,
 )
 from agent.metrics import CONTENT_TYPE
+from agent.misp import MISP_ROUTES
 from agent.node import (
     AlreadyRetractedError,
     Node,
@@ -191,6 +192,7 @@ ROUTES: tuple[Operation, ...] = (
               "node", media_type="text/plain"),
     Operation("GET", "/api/v1/openapi.json", openapi, "getOpenApi",
               "This API's OpenAPI document", None, "node"),
+    *MISP_ROUTES,
     *TAXII_ROUTES,
 )
 

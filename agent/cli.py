@@ -61,6 +61,10 @@ EXTERNAL_COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "re-check every signature and hash chain of the ledger",
     ),
     ("demo",): ("agent.demo:demo_command", "run a local federation, end to end"),
+    ("import", "misp"): ("agent.misp_cli:import_misp_command",
+                         "share a MISP event's indicators via the running node"),
+    ("export", "misp"): ("agent.misp_cli:export_misp_command",
+                         "write observations as MISP event JSON"),
 }
 """Command words → (``module:function``, help). The lead wires the real functions."""
 
