@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -357,6 +358,11 @@ def parse_pattern(text: str) -> Pattern:
         raise _error("a pattern is a string")
     if len(text) > MAX_PATTERN_CHARS:
         raise _error(f"it is over {MAX_PATTERN_CHARS} characters")
+    return _parse(text)
+
+
+@functools.lru_cache(maxsize=1024)  # an import checks, then maps, the same pattern
+def _parse(text: str) -> Pattern:
     return _Parser(text).pattern()
 
 
