@@ -155,8 +155,10 @@ class PeerListenerConfig(_Model):
 class GossipConfig(_Model):
     """Replication tuning (docs/protocol.md, "Gossip")."""
 
-    fanout: int = Field(3, ge=1, le=64)
-    """Peers an entry is pushed to eagerly; the rest get a lazy IHAVE."""
+    beacon_interval_ms: int = Field(5000, ge=100, le=3_600_000)
+    """How often the broadcast tree's root announces a round (docs/protocol.md §8)."""
+    ihave_timeout_ms: int = Field(300, ge=10, le=60_000)
+    """How long an announced entry may be missing before it is requested."""
     lazy_delay_ms: int = Field(50, ge=0, le=60_000)
     anti_entropy_interval_ms: int = Field(2000, ge=50, le=3_600_000)
     max_batch_entries: int = Field(256, ge=1, le=4096)

@@ -133,7 +133,8 @@ class TransportParams:
 
 _CONFIG_TO_PARAMS: tuple[tuple[str, str, float | None], ...] = (
     # (NodeConfig.gossip field, GossipParams field, scale: ms → s, or None to keep ints)
-    ("fanout", "eager_fanout", None),
+    ("beacon_interval_ms", "beacon_interval", 1e-3),
+    ("ihave_timeout_ms", "ihave_timeout", 1e-3),
     ("lazy_delay_ms", "lazy_delay", 1e-3),
     ("anti_entropy_interval_ms", "anti_entropy_interval", 1e-3),
     ("max_batch_entries", "want_batch", None),
@@ -148,8 +149,8 @@ def gossip_params(value: object | None) -> GossipParams:
 
     Config names map as: ``lazy_delay_ms`` and ``anti_entropy_interval_ms`` → seconds,
     ``max_batch_entries`` → ``want_batch`` and ``serve_batch``, ``max_pending_per_peer``
-    → ``reorder_limit``, ``max_send_queue`` → ``control_queue``, ``fanout`` →
-    ``eager_fanout`` (when the engine has that knob). Others keep the engine defaults.
+    → ``reorder_limit``, ``max_send_queue`` → ``control_queue``, ``beacon_interval_ms`` and
+    ``ihave_timeout_ms`` → seconds. Others keep the engine defaults.
     """
     if value is None:
         return GossipParams()

@@ -59,7 +59,7 @@ def test_node_config_defaults_follow_design() -> None:
     config = NodeConfig(name="QC")
     assert (config.api.host, config.api.port) == ("127.0.0.1", 8470)
     assert (config.peer.host, config.peer.port, config.peer.public_url) == ("0.0.0.0", 8471, None)
-    assert config.gossip.fanout == 3
+    assert config.gossip.beacon_interval_ms == 5000
     assert config.gossip.lazy_delay_ms == 50
     assert config.gossip.anti_entropy_interval_ms == 2000
     assert config.gossip.max_batch_entries == 256
@@ -85,8 +85,8 @@ def test_node_config_round_trips_through_file(data_dir: DataDir) -> None:
         ('name = "QC"\ncolour = "blue"\n', "colour: unknown setting"),
         ('name = "QC"\n[api]\nport = "8470"\n', "api.port"),
         ('name = "QC"\n[api]\nport = 0\n', "api.port"),
-        ('name = "QC"\n[gossip]\nfanout = true\n', "gossip.fanout"),
-        ('name = "QC"\n[gossip]\nfanout = 1.5\n', "gossip.fanout"),
+        ('name = "QC"\n[gossip]\nbeacon_interval_ms = true\n', "gossip.beacon_interval_ms"),
+        ('name = "QC"\n[gossip]\nbeacon_interval_ms = 1.5\n', "gossip.beacon_interval_ms"),
         ('name = "Q C"\n', "bad peer name"),
         ('name = "QC"\n[peer]\npublic_url = "ftp://x"\n', "peer.public_url"),
         ('name = "QC"\n[log]\nformat = "xml"\n', "log.format"),
