@@ -317,8 +317,8 @@ class TrustList:
     """An immutable, checked trust list. Edits return a new list.
 
     Raises (on construction):
-        DuplicatePeerError: two entries share a name (ignoring case) or a key, or an
-            entry is this node (``own_key`` / ``own_name``).
+        DuplicatePeerError: two entries share a name (ignoring case), a key or a key
+            id, or an entry is this node (``own_key`` / ``own_name``).
         ConfigError: more than :data:`MAX_PEERS` entries.
     """
 
@@ -336,6 +336,9 @@ class TrustList:
         by_name: dict[str, PeerEntry] = {}
         folded: dict[str, str] = {}
         by_key: dict[PublicKey, PeerEntry] = {}
+        # Audiences and the gossip wire name members by 8-byte key id: two keys with
+        # one id (2^-64 by chance, or crafted) would make a recipient ambiguous.
+        by_key_id: dict[bytes, str] = {} if own_key is None else {own_key.key_id: "this node"}
         for entry in peers:
             if own_key is not None and entry.key == own_key:
                 raise DuplicatePeerError(
@@ -355,6 +358,12 @@ class TrustList:
                 raise DuplicatePeerError(
                     f"key of peer {entry.name!r} is already trusted as {by_key[entry.key].name!r}"
                 )
+            if entry.key.key_id in by_key_id:
+                raise DuplicatePeerError(
+                    f"key of peer {entry.name!r} has the same key id as "
+                    f"{by_key_id[entry.key.key_id]!r}; one of them must change keys"
+                )
+            by_key_id[entry.key.key_id] = entry.name
             folded[entry.name.casefold()] = entry.name
             by_name[entry.name] = entry
             by_key[entry.key] = entry

@@ -312,3 +312,12 @@ def test_create_node_can_be_rerun_after_a_partial_init_and_keeps_peers(tmp_path:
     assert load_node_config(d).name == "QC"
     assert [p.name for p in load_trust_list(d)] == ["ON"]
     assert d.key_is_sealed()
+
+
+def test_trust_list_refuses_two_keys_with_one_key_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    TrustList([_entry("ON", 1), _entry("FED", 2)])  # distinct ids: fine
+    monkeypatch.setattr(PublicKey, "key_id", property(lambda self: b"\x00" * 8))
+    with pytest.raises(DuplicatePeerError, match="same key id"):
+        TrustList([_entry("ON", 1), _entry("FED", 2)])
+    with pytest.raises(DuplicatePeerError, match="this node"):
+        TrustList([_entry("ON", 1)], own_key=_key(3))
