@@ -1,0 +1,1 @@
+"""Entraide benchmarks: ``scripts/bench [SCENARIO ...] [--quick]`` (docs/benchmarks.md)."""

@@ -1,0 +1,110 @@
+"""ingest: a fresh node replicates entries of many origins from a peer over the real
+transport (WebSocket, handshake, secretstream, gossip engine, verify pool, ledger).
+
+Setup (not timed): ``ORIGINS`` author identities sign chains of CLEAR observations;
+they are stored directly in the ledger of node SRC; both SRC and DST trust every
+origin as an author. Both run as ``entraide run`` processes (one core each).
+Timed: from the API call that gives DST the card of SRC (DST dials at once) until
+DST's ledger holds every entry, polled every 50 ms on DST's status endpoint.
+Denominator: raw Ed25519 verifications per second on one core, measured just before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from bench.common import Context, Result, verify_rate
+from bench.fed import (
+    Client,
+    LocalFederation,
+    add_origins,
+    connect,
+    fill_ledger,
+    identity,
+    metric,
+    metrics,
+    new_federation,
+    open_ledger,
+    sign_chain,
+    wait_until,
+)
+from protocol.entries import VerifiedEntry
+from protocol.keys import PublicKey
+
+
+def make_entries(origins: int, total: int, tag: str
+                 ) -> tuple[list[tuple[str, PublicKey]], list[VerifiedEntry]]:
+    """``total`` entries, ``total // origins`` per origin, interleaved in chunks."""
+    idents = [identity(f"{tag}-origin-{i}") for i in range(origins)]
+    per = total // origins
+    chains = [sign_chain(ident, per, tag=tag, value=lambda s, i=i: _value(i, s))
+              for i, ident in enumerate(idents)]
+    entries = [e for chain in chains for e in chain]
+    names = [(f"{tag.upper()}{i:02d}", ident.public_key) for i, ident in enumerate(idents)]
+    return names, entries
+
+
+def _value(origin: int, seq: int) -> str:
+    n = origin * 1_000_003 + seq
+    return f"{11 + n % 200}.{(n >> 8) & 255}.{n & 255}.{1 + (n >> 16) % 250}"
+
+
+async def timed_sync(dst_client: Client, src: object, target: int, timeout: float
+                     ) -> tuple[float, int]:
+    """Connect DST to SRC now; seconds until DST holds ``target`` entries, and how many
+    status polls it took."""
+    polls = 0
+
+    async def done() -> bool:
+        nonlocal polls
+        polls += 1
+        status = await dst_client.request("GET", "/api/v1/status")
+        return bool(status["ledger"]["entries"] >= target)
+
+    t0 = time.perf_counter()
+    await connect(dst_client, src)  # type: ignore[arg-type]
+    t1 = await wait_until(done, timeout=timeout, what=f"{target} entries replicated")
+    return t1 - t0, polls
+
+
+async def _fill(fed: LocalFederation, name: str, entries: list[VerifiedEntry]) -> None:
+    async with open_ledger(fed[name]) as ledger:
+        await fill_ledger(ledger, entries)
+
+
+def run(ctx: Context) -> Result:
+    origins = 5 if ctx.quick else 20
+    total = 5_000 if ctx.quick else 50_000
+    result = Result("ingest", params={
+        "origins": origins, "entries": total,
+        "nodes": "SRC and DST, each an entraide run process; DST empty, dials SRC"})
+    verifies = verify_rate(0.3 if ctx.quick else 1.0)
+    result.add("verify_per_s", "baseline: raw Ed25519 verify, 1 core", verifies, "ops/s")
+    names, entries = make_entries(origins, total, "ing")
+    raw_bytes = sum(len(e.raw) for e in entries)
+    result.params["entry_bytes_mean"] = round(raw_bytes / len(entries), 1)
+    fed = new_federation(ctx.tempdir("ingest"), ["SRC", "DST"])
+    for node in fed.nodes:
+        add_origins(node, names)
+    asyncio.run(_fill(fed, "SRC", entries))
+    ctx.log(f"ingest: {total} entries of {origins} origins in SRC; replicating into DST")
+    with fed:
+        fed.start()
+
+        async def measure() -> None:
+            async with Client(fed["DST"]) as client:
+                seconds, _ = await timed_sync(client, fed["SRC"], total,
+                                              timeout=60 if ctx.quick else 300)
+                parsed = await metrics(client)
+            rate = total / seconds
+            result.add("entries_per_s", "verified and stored", rate, "entries/s")
+            result.add("vs_verify", "ingest / raw verify rate (1 core)", rate / verifies,
+                       "ratio", op=">=", target=0.6, note="stretch >= 1.0 with both cores")
+            copies = metric(parsed, "entraide_peer_entries_total", direction="in")
+            result.add("copies_per_entry", "entry copies received per entry", copies / total,
+                       "copies")
+            result.add("seconds", "time to hold every entry", seconds, "s")
+
+        asyncio.run(measure())
+    return result

@@ -1,0 +1,178 @@
+"""query: reads from a node whose ledger holds a million observations.
+
+Setup (not timed): ``ORIGINS`` author identities each sign a chain of CLEAR IPv4
+observations (signing runs in a helper process, on the other core, while this
+process stores the previous chain with the ledger's batched ``ingest``, the path
+replicated entries take). Every indicator value is observed by ``SHARING`` origins.
+Then the node runs as an ``entraide run`` process and 32 concurrent aiohttp clients
+(this process, the other core) ask it:
+- indicator lookups ``GET /api/v1/indicators/ipv4-addr/{value}`` (every value known);
+- filtered lists ``GET /api/v1/observations`` (by type+value; by origin; by a narrow
+  time window; by TLP), 50 per page.
+Latency is per request, as the clients see it. Peak RSS is the node process's VmHWM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import random
+import time
+from typing import Any
+
+import msgpack
+
+from bench.common import Context, Result, percentile, rss_peak_mb
+from bench.fed import Client, FedNode, add_origins, identity, new_federation, open_ledger
+from protocol.entries import TLP, VerifiedEntry, sign_entry
+from protocol.payloads import Observation, encode_payload
+
+ORIGINS = 10
+SHARING = 4
+CLIENTS = 32
+TS0 = 1_760_000_000_000
+_PREFIX: bytes | None = None
+
+
+def _value(index: int) -> str:
+    return f"{11 + index % 200}.{(index >> 8) & 255}.{index & 255}.{1 + (index >> 16) % 250}"
+
+
+def _body(value: str) -> bytes:
+    """A canonical observation payload, built from a template: ``value`` is the last
+    key in canonical (sorted) order, so the bytes are the prefix plus its encoding."""
+    global _PREFIX
+    if _PREFIX is None:
+        sample = encode_payload(_observation("192.0.2.1"))
+        tail = msgpack.packb("value") + msgpack.packb("192.0.2.1")
+        assert sample.endswith(tail)
+        _PREFIX = sample[:-len(msgpack.packb("192.0.2.1"))]
+    return _PREFIX + msgpack.packb(value)
+
+
+def _observation(value: str) -> Observation:
+    return Observation(type="ipv4-addr", value=value, confidence=75, severity="high",
+                       tags=("bench", "query"))
+
+
+def _sign_origin(args: tuple[int, int, int]) -> list[VerifiedEntry]:
+    """Origin ``o``'s whole chain of ``count`` observations (runs in a helper process)."""
+    o, count, distinct = args
+    ident = identity(f"query-origin-{o}")
+    prev = None
+    out = []
+    offset = o * (distinct // ORIGINS) * (ORIGINS // SHARING)
+    for seq in range(1, count + 1):
+        body = _body(_value((offset + seq) % distinct))
+        entry = sign_entry(ident, seq=seq, prev=prev, now_ms=TS0 + seq, tlp=TLP.CLEAR,
+                           audience=None, body=body)
+        out.append(entry)
+        prev = entry.hash
+    return out
+
+
+async def build_ledger(node: FedNode, total: int, distinct: int, log: Any) -> float:
+    """Fill the stopped node's ledger; returns entries/s of the whole build."""
+    per = total // ORIGINS
+    assert _body("198.51.100.9") == encode_payload(_observation("198.51.100.9"))
+    start = time.perf_counter()
+    done = 0
+    ctx = multiprocessing.get_context("spawn")
+    async with open_ledger(node) as ledger:
+        with ctx.Pool(1) as pool:
+            chains = pool.imap(_sign_origin, [(o, per, distinct) for o in range(ORIGINS)])
+            loop = asyncio.get_running_loop()
+            it = iter(chains)
+            while True:
+                chain = await loop.run_in_executor(None, next, it, None)
+                if chain is None:
+                    break
+                for at in range(0, len(chain), 10_000):
+                    chunk = chain[at:at + 10_000]
+                    result = await ledger.ingest(chunk)
+                    if result.stored != len(chunk):
+                        raise RuntimeError(f"stored {result.stored} of {len(chunk)}")
+                done += len(chain)
+                log(f"query: ledger holds {done:,} observations "
+                    f"({done / (time.perf_counter() - start):,.0f}/s)")
+    return done / (time.perf_counter() - start)
+
+
+async def _load(client: Client, paths: list[str]) -> tuple[float, list[float]]:
+    queue = iter(paths)
+    latencies: list[float] = []
+
+    async def worker() -> None:
+        for path in queue:
+            t0 = time.perf_counter()
+            await client.request("GET", path, expect=200)
+            latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CLIENTS)))
+    return time.perf_counter() - t0, latencies
+
+
+async def _measure(node: FedNode, lookups: int, lists: int, distinct: int, per: int,
+                   result: Result) -> None:
+    rng = random.Random(5)
+    async with Client(node, concurrency=CLIENTS) as client:
+        sample = await client.request(
+            "GET", f"/api/v1/indicators/ipv4-addr/{_value(rng.randrange(distinct))}")
+        result.params["observations_per_indicator"] = len(sample["observations"])
+        await _load(client, [f"/api/v1/indicators/ipv4-addr/{_value(rng.randrange(distinct))}"
+                             for _ in range(200)])  # warm-up
+        paths = [f"/api/v1/indicators/ipv4-addr/{_value(rng.randrange(distinct))}"
+                 for _ in range(lookups)]
+        seconds, lat = await _load(client, paths)
+        result.add("lookup_p50_ms", f"indicator lookup p50 ({CLIENTS} clients)",
+                   percentile(lat, 0.5) * 1000, "ms")
+        result.add("lookup_p99_ms", f"indicator lookup p99 ({CLIENTS} clients)",
+                   percentile(lat, 0.99) * 1000, "ms", op="<=", target=10)
+        result.add("lookup_per_s", "indicator lookups/s", lookups / seconds, "req/s")
+
+        def window() -> str:
+            t = TS0 + rng.randrange(1, per)
+            since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t / 1000))
+            until = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t / 1000 + 1))
+            return f"/api/v1/observations?since={since}Z&until={until}Z&limit=50"
+
+        kinds = [
+            lambda: f"/api/v1/observations?type=ipv4-addr&value={_value(rng.randrange(distinct))}",
+            lambda: f"/api/v1/observations?origin=QO{rng.randrange(ORIGINS):02d}&limit=50",
+            window,
+            lambda: "/api/v1/observations?tlp=CLEAR&type=ipv4-addr&limit=50",
+        ]
+        paths = [kinds[i % len(kinds)]() for i in range(lists)]
+        seconds, lat = await _load(client, paths)
+        result.add("list_p50_ms", f"filtered list p50 ({CLIENTS} clients)",
+                   percentile(lat, 0.5) * 1000, "ms")
+        result.add("list_p99_ms", f"filtered list p99 ({CLIENTS} clients)",
+                   percentile(lat, 0.99) * 1000, "ms")
+        result.add("list_per_s", "filtered lists/s", lists / seconds, "req/s")
+
+
+def run(ctx: Context) -> Result:
+    total = 20_000 if ctx.quick else 1_000_000
+    distinct = total // SHARING
+    lookups = 1_000 if ctx.quick else 10_000
+    lists = 400 if ctx.quick else 4_000
+    result = Result("query", params={"observations": total, "origins": ORIGINS,
+                                     "distinct_values": distinct, "clients": CLIENTS,
+                                     "lookups": lookups, "lists": lists})
+    fed = new_federation(ctx.tempdir("query"), ["Q"])
+    node = fed["Q"]
+    add_origins(node, [(f"QO{o:02d}", identity(f"query-origin-{o}").public_key)
+                       for o in range(ORIGINS)])
+    rate = asyncio.run(build_ledger(node, total, distinct, ctx.log))
+    result.add("build_per_s", "ledger build (sign elsewhere + ingest)", rate, "entries/s")
+    size = sum(f.stat().st_size for f in node.data_dir.glob("ledger.sqlite3*"))
+    result.params["ledger_mb"] = round(size / 2**20, 1)
+    with fed:
+        fed.start()
+        assert node.process is not None
+        asyncio.run(_measure(node, lookups, lists, distinct, total // ORIGINS, result))
+        peak, current = rss_peak_mb(node.process.pid)
+    result.add("rss_peak_mb", "node peak RSS", peak, "MiB", op="<=", target=300)
+    result.params["rss_now_mb"] = round(current, 1)
+    return result

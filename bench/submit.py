@@ -1,0 +1,107 @@
+"""submit: observations through the HTTP API of a real ``entraide run`` process.
+
+The node is its own process; the client (aiohttp, this process) runs on the other
+core. Part one posts batches of 500 (``{"observations": [...]}``) from
+``BATCH_CLIENTS`` concurrent clients; part two posts single observations from 16
+concurrent clients. Each observation is GREEN (signed, stored, indexed, acknowledged
+after a durable commit). Latency is per HTTP request as the client sees it.
+Denominator: raw Ed25519 signatures per second on one core, measured just before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any
+
+from bench.common import Context, Result, percentile, sign_rate
+from bench.fed import Client, FedNode, ipv4, new_federation
+
+BATCH = 500
+BATCH_CLIENTS = 2
+SINGLE_CLIENTS = 16
+
+
+def _observation(i: int) -> dict[str, Any]:
+    return {"type": "ipv4-addr", "value": ipv4(i), "tlp": "GREEN", "confidence": 80,
+            "severity": "high", "tags": ["bench", "submit"],
+            "description": {"en": "benchmark observation", "fr": "observation de banc d'essai"}}
+
+
+async def _run_clients(clients: int, jobs: list[Any], send: Any) -> tuple[float, list[float]]:
+    """Run ``send(job)`` for every job from ``clients`` workers; (seconds, latencies)."""
+    queue = iter(jobs)
+    latencies: list[float] = []
+
+    async def worker() -> None:
+        for job in queue:
+            t0 = time.perf_counter()
+            await send(job)
+            latencies.append(time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return time.perf_counter() - start, latencies
+
+
+async def _measure(node: FedNode, batched_total: int, single_total: int,
+                   result: Result) -> None:
+    counter = itertools.count(1)
+    async with Client(node, concurrency=SINGLE_CLIENTS + 4) as client:
+        async def post_batch(size: int) -> None:
+            body = {"observations": [_observation(next(counter)) for _ in range(size)]}
+            reply = await client.request("POST", "/api/v1/observations", body, expect=201)
+            assert len(reply["ids"]) == size
+
+        async def post_one(_: int) -> None:
+            reply = await client.request("POST", "/api/v1/observations",
+                                         _observation(next(counter)), expect=201)
+            assert len(reply["id"]) == 64
+
+        # Warm up both paths (connections, caches, first-call imports).
+        await _run_clients(BATCH_CLIENTS, [BATCH] * 2, post_batch)
+        await _run_clients(SINGLE_CLIENTS, [1] * 64, post_one)
+
+        batches = [BATCH] * (batched_total // BATCH)
+        seconds, lat = await _run_clients(BATCH_CLIENTS, batches, post_batch)
+        n = sum(batches)
+        result.add("batched_per_s", f"batched ({BATCH}/request, {BATCH_CLIENTS} clients)",
+                   n / seconds, "obs/s", op=">=", target=10_000)
+        result.add("batched_p50_ms", "batched: request latency p50",
+                   percentile(lat, 0.5) * 1000, "ms")
+        result.add("batched_p99_ms", "batched: request latency p99",
+                   percentile(lat, 0.99) * 1000, "ms")
+        batched_rate = n / seconds
+
+        seconds, lat = await _run_clients(SINGLE_CLIENTS, [1] * single_total, post_one)
+        result.add("single_per_s", f"single ({SINGLE_CLIENTS} concurrent clients)",
+                   single_total / seconds, "obs/s")
+        result.add("single_p50_ms", "single: latency p50", percentile(lat, 0.5) * 1000, "ms")
+        result.add("single_p99_ms", "single: latency p99", percentile(lat, 0.99) * 1000, "ms")
+        status = await client.request("GET", "/api/v1/status")
+        expected = next(counter) - 1
+        if status["ledger"]["entries"] != expected:
+            raise RuntimeError(f"ledger holds {status['ledger']['entries']}, sent {expected}")
+    result.params["batched_rate"] = batched_rate
+
+
+def run(ctx: Context) -> Result:
+    batched_total = 2_000 if ctx.quick else 20_000
+    single_total = 400 if ctx.quick else 20_000
+    result = Result("submit", params={
+        "batched_total": batched_total, "batch": BATCH, "batch_clients": BATCH_CLIENTS,
+        "single_total": single_total, "single_clients": SINGLE_CLIENTS, "tlp": "GREEN",
+        "node": "entraide run process; client in the bench process (the other core)"})
+    signs = sign_rate(0.3 if ctx.quick else 1.0)
+    result.add("sign_per_s", "baseline: raw Ed25519 sign, 1 core", signs, "ops/s")
+    fed = new_federation(ctx.tempdir("submit"), ["SUB"])
+    node = fed["SUB"]
+    ctx.log("submit: node set up, starting")
+    with fed:
+        fed.start()
+        asyncio.run(_measure(node, batched_total, single_total, result))
+    batched = result.params.pop("batched_rate")
+    result.add("batched_vs_sign", "batched / raw sign rate", batched / signs, "ratio",
+               op=">=", target=0.15)
+    return result
