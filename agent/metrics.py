@@ -113,25 +113,12 @@ class _Metric:
         raise NotImplementedError
 
 
-_MetricT = TypeVar("_MetricT", bound=_Metric)
-
-
-class Counter(_Metric):
-    """A monotonically increasing count (names end in ``_total``)."""
-
-    kind = "counter"
+class _Scalar(_Metric):
+    """One float per label set (counters and gauges)."""
 
     def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
         super().__init__(name, help, labelnames)
         self._values: dict[LabelValues, float] = {}
-
-    def inc(self, amount: float = 1.0, labels: Sequence[str] = ()) -> None:
-        """Add ``amount`` (>= 0) to the series of ``labels``."""
-        if amount < 0:
-            raise ValueError("a counter only goes up")
-        with self._lock:
-            key = self._key(labels, self._values)
-            self._values[key] = self._values.get(key, 0.0) + amount
 
     def value(self, labels: Sequence[str] = ()) -> float:
         return self._values.get(tuple(labels), 0.0)
@@ -145,14 +132,27 @@ class Counter(_Metric):
                 for k, v in items]
 
 
-class Gauge(_Metric):
+_MetricT = TypeVar("_MetricT", bound=_Metric)
+
+
+class Counter(_Scalar):
+    """A monotonically increasing count (names end in ``_total``)."""
+
+    kind = "counter"
+
+    def inc(self, amount: float = 1.0, labels: Sequence[str] = ()) -> None:
+        """Add ``amount`` (>= 0) to the series of ``labels``."""
+        if amount < 0:
+            raise ValueError("a counter only goes up")
+        with self._lock:
+            key = self._key(labels, self._values)
+            self._values[key] = self._values.get(key, 0.0) + amount
+
+
+class Gauge(_Scalar):
     """A value that goes up and down."""
 
     kind = "gauge"
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help, labelnames)
-        self._values: dict[LabelValues, float] = {}
 
     def set(self, value: float, labels: Sequence[str] = ()) -> None:
         with self._lock:
@@ -165,17 +165,6 @@ class Gauge(_Metric):
 
     def dec(self, amount: float = 1.0, labels: Sequence[str] = ()) -> None:
         self.inc(-amount, labels)
-
-    def value(self, labels: Sequence[str] = ()) -> float:
-        return self._values.get(tuple(labels), 0.0)
-
-    def render(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        if not items and not self.labelnames:
-            items = [((), 0.0)]
-        return [f"{self.name}{_labels_text(self.labelnames, k)} {_format_value(v)}"
-                for k, v in items]
 
 
 class Histogram(_Metric):
