@@ -276,6 +276,8 @@ def _validation_code(exc: ValidationError) -> str:
     field = str(first["loc"][-1]) if first["loc"] else ""
     if first["type"] == "extra_forbidden":
         return "unknown_field"
+    if first["type"] == "missing":
+        return "missing_field"
     if field in ("tlp", "confidence", "audience"):
         return f"invalid_{field}"
     if field in ("value", "type"):

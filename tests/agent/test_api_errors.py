@@ -73,7 +73,7 @@ _BAD_OBSERVATIONS: list[tuple[str, Any, int, str | None]] = [
     ("bad IPv4", obs("999.1.1.1"), 422, "invalid_indicator"),
     ("bad hash", obs("abc", type="file:sha256"), 422, "invalid_indicator"),
     ("unknown indicator type", obs("x", type="mac-address"), 422, "invalid_indicator"),
-    ("missing value", {"type": "ipv4-addr"}, 422, None),
+    ("missing value", {"type": "ipv4-addr"}, 422, "missing_field"),
     ("unknown TLP", obs(tlp="PURPLE"), 422, "invalid_tlp"),
     ("TLP wrongly typed", obs(tlp=3), 422, "invalid_tlp"),
     ("TLP null", obs(tlp=None), 422, "invalid_tlp"),
