@@ -20,7 +20,8 @@ Replication rules (docs/parts/gossip.md):
   each side WANTs exactly the ranges it lacks, in windows of ``want_window``
   entries per peer.
 - A fork proof (reported by the agent or received) goes to every peer at once;
-  the origin is then ignored.
+  the origin is then ignored until an admin clears the fork (:meth:`clear_fork`);
+  the conflict cleared does not quarantine the origin again.
 
 Invariants:
 - Every queue is bounded: per-peer control messages, eager pushes (over
@@ -114,6 +115,7 @@ class GossipEngine:
         seed: bytes,
         heads: Mapping[PublicKey, tuple[int, bytes]] | None = None,
         forks: Iterable[ForkProof] = (),
+        cleared: Iterable[tuple[PublicKey, int]] = (),
         trusted: Iterable[PublicKey] | None = None,
     ) -> None:
         """Start from the ledger's state.
@@ -123,7 +125,9 @@ class GossipEngine:
             params: tunables (defaults if None).
             seed: seeds every random choice (peer for anti-entropy, jitter, tokens).
             heads: the ledger's head ``(seq, hash)`` for each origin it holds.
-            forks: fork proofs the ledger holds; those origins are ignored.
+            forks: fork proofs the ledger holds, not cleared; those origins are ignored.
+            cleared: ``(origin, seq)`` of the forks an admin cleared: the same
+                conflicts seen again do not quarantine their origins.
             trusted: origins whose entries are replicated; None accepts any origin
                 (the agent still checks trust before storing).
 
@@ -153,6 +157,8 @@ class GossipEngine:
                 raise LocalProtocolError("more origins than GossipParams.max_origins")
             log.set_key(key)
             self._table.advance(log, seq, digest)
+        for origin, seq in cleared:
+            self._table.note_cleared(origin.key_id, seq)
         for proof in forks:
             self._table.mark_forked(proof)
 
@@ -343,6 +349,47 @@ class GossipEngine:
         self._on_fork(proof, None)
         self._flush(now)
 
+    def clear_fork(self, origin: PublicKey, head: tuple[int, bytes] | None, now: float, *,
+                   seqs: Iterable[int] = ()) -> bool:
+        """An admin cleared ``origin``'s fork in the ledger: replicate it again.
+
+        The origin's entries are accepted and requested again from ``head`` on: every
+        peer gets a HAVE probe, so the vectors that follow show what each one holds.
+        The conflict of the proof the engine held, and those at ``seqs``, are
+        remembered as cleared: a FORK for them (peers that have not cleared it keep
+        sending theirs) is ignored, as the ledger ignores it; a fork at another seq
+        quarantines the origin again.
+
+        Args:
+            origin: the origin whose fork was cleared.
+            head: the ledger's head ``(seq, hash)`` for ``origin`` now; None if it
+                holds no entry of it.
+            now: monotonic seconds.
+            seqs: further seqs of this origin's conflicts the ledger cleared (it may
+                hold proofs the engine never saw, e.g. imported ones).
+
+        Returns:
+            True if the origin was marked forked here; False changes nothing but the
+            conflicts remembered as cleared.
+
+        Raises:
+            LocalProtocolError: ``head`` is not a seq >= 1 and a 32-byte hash.
+        """
+        if head is not None and (head[0] < 1 or len(head[1]) != 32):
+            raise LocalProtocolError(f"bad head for {origin.fingerprint}: seq {head[0]}")
+        self._now = now
+        kid = origin.key_id
+        for seq in seqs:
+            self._table.note_cleared(kid, seq)
+        if not self._table.clear_fork(kid, head):
+            return False
+        probe = Have(self.digest())
+        for p in self._peers.values():
+            p.forks_sent.discard(kid)
+            self._control(p, probe)
+        self._flush(now)
+        return True
+
     def send_entries(self, peer: PublicKey, raws: Sequence[bytes], *,
                      request: int | None = None) -> None:
         """Queue entries read from the ledger for ``peer``: the answer to
@@ -370,7 +417,7 @@ class GossipEngine:
         return {log.kid: (log.seq, log.hash) for log in self._table.vector_logs()}
 
     def forked(self) -> frozenset[bytes]:
-        """Key ids of the origins known to have forked."""
+        """Key ids of the origins known to have forked (and not cleared)."""
         return frozenset(self._table.forks)
 
     def backlog(self) -> int:

@@ -20,6 +20,8 @@ Invariants:
   head and ``reorder_bytes`` in all; it is released in order as the chain reaches it.
 - ``eligible <= known``: the part of what is known to exist that may be requested
   now (announced entries wait ``ihave_timeout`` for the eager copy first).
+- A conflict an admin cleared (``cleared``: key id and seq) never marks its origin
+  forked again, as in the ledger; a fork at another seq does.
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ __all__ = ["Buffered", "Handed", "Item", "OriginLog", "OriginTable", "Outstandin
            "key_id", "subtract_ranges", "vector_digest"]
 
 STEP_CAP = 64
+MAX_CLEARED = 4096
+"""Cleared conflicts remembered (oldest forgotten first; each one is an admin action)."""
 
 DIGEST_PERSON = b"entraide-vv1"
 
@@ -222,6 +226,8 @@ class OriginTable:
         self.trusted = trusted
         self.logs: dict[bytes, OriginLog] = {}
         self.forks: dict[bytes, bytes] = {}  # key id -> ForkProof.encode()
+        self.fork_seqs: dict[bytes, int] = {}  # key id -> the seq of its proof
+        self.cleared: dict[tuple[bytes, int], None] = {}  # conflicts an admin cleared
         self.buffer_bytes = 0
         # Origins that may miss entries; a dict for a replayable (insertion) order.
         self.lagging: dict[OriginLog, None] = {}
@@ -281,15 +287,54 @@ class OriginTable:
     # --- forks ----------------------------------------------------------------------
 
     def mark_forked(self, proof: ForkProof) -> bool:
-        """Record a fork proof and stop replicating its origin; False if no room."""
+        """Record a fork proof and stop replicating its origin; False if no room, or if
+        an admin already cleared that conflict (same origin and seq)."""
         kid = proof.origin.key_id
+        if (kid, proof.seq) in self.cleared:
+            return False
         log = self.get(kid, create=True, force=True)
         if log is None or (kid not in self.forks and len(self.forks) >= MAX_FORKED):
             return False
         self.forks[kid] = proof.encode()
+        self.fork_seqs[kid] = proof.seq
         log.set_key(proof.origin)
         log.forked = True
         self.drop_pending(log)
+        self._digest = None
+        return True
+
+    def note_cleared(self, kid: bytes, seq: int) -> None:
+        """Remember that an admin cleared the conflict of origin ``kid`` at ``seq``."""
+        self.cleared[(kid, seq)] = None
+        while len(self.cleared) > MAX_CLEARED:
+            del self.cleared[next(iter(self.cleared))]
+
+    def clear_fork(self, kid: bytes, head: tuple[int, bytes] | None) -> bool:
+        """Replicate a forked origin again from the ledger's ``head`` (None: no entry).
+
+        Its conflict is remembered as cleared; what the engine believed beyond the
+        head (peers' claims, pending requests) is forgotten, to be learnt again.
+        Returns False when the origin was not marked forked (nothing changes).
+        """
+        log = self.logs.get(kid)
+        data = self.forks.pop(kid, None)
+        seq = self.fork_seqs.pop(kid, None)
+        if log is None or data is None:
+            return False
+        if seq is not None:
+            self.note_cleared(kid, seq)
+        log.forked = False
+        head_seq, head_hash = head or (0, b"")
+        if (head_seq, head_hash) != (log.seq, log.hash):
+            log.recent = {s: h for s, h in log.recent.items() if s < head_seq}
+            log.seq, log.hash = head_seq, head_hash
+            if head_seq:
+                log.remember(head_seq, head_hash, self.params.recent_window)
+        self.drop_pending(log)
+        log.known = log.eligible = log.swept = head_seq
+        log.announcer = None
+        log.probing.clear()
+        self.lagging[log] = None
         self._digest = None
         return True
 

@@ -105,6 +105,8 @@ class Ledger:
     def __init__(self) -> None:
         self.logs: dict[PublicKey, list[VerifiedEntry]] = {}
         self.forks: dict[PublicKey, ForkProof] = {}
+        self.cleared: set[tuple[PublicKey, int]] = set()
+        """Conflicts an admin cleared: seen again, they quarantine nothing."""
 
     def heads(self) -> dict[PublicKey, tuple[int, bytes]]:
         return {k: (len(v), v[-1].hash) for k, v in self.logs.items() if v}
@@ -118,6 +120,8 @@ class Ledger:
             held = log[entry.seq - 1]
             if held.hash == entry.hash:
                 return "dup"
+            if (entry.origin, entry.seq) in self.cleared:
+                return "refused"
             proof = detect_fork(held, entry)
             assert proof is not None
             self.forks[entry.origin] = proof
@@ -128,6 +132,21 @@ class Ledger:
             return "gap"
         log.append(entry)
         return "stored"
+
+    def add_proof(self, proof: ForkProof) -> bool:
+        """A fork proof from gossip: quarantine its origin unless that conflict was cleared."""
+        if (proof.origin, proof.seq) in self.cleared:
+            return False
+        self.forks.setdefault(proof.origin, proof)
+        return True
+
+    def clear_fork(self, origin: PublicKey) -> bool:
+        """An admin lifts the quarantine; the conflict is remembered as cleared."""
+        proof = self.forks.pop(origin, None)
+        if proof is None:
+            return False
+        self.cleared.add((origin, proof.seq))
+        return True
 
     def read(self, origin: PublicKey, first: int, last: int, max_bytes: int) -> list[bytes]:
         log = self.logs.get(origin, [])
@@ -283,7 +302,8 @@ class Simulation:
         seed = self.seed + b"/engine/" + bytes([node.index % 256, node.index // 256,
                                                   node.restarts % 256])
         node.engine = GossipEngine(node.key, self.params, seed=seed, heads=node.ledger.heads(),
-                                   forks=node.ledger.forks.values())
+                                   forks=node.ledger.forks.values(),
+                                   cleared=node.ledger.cleared)
 
     def _reachable(self, a: int, b: int) -> bool:
         return (self.nodes[a].up and self.nodes[b].up
@@ -364,6 +384,14 @@ class Simulation:
         node.engine.publish(entry, self.now)
         self._pump(node)
 
+    def clear_fork(self, i: int, origin: PublicKey) -> None:
+        """Node ``i``'s admin clears ``origin``'s fork: ledger first, then the engine."""
+        node = self.nodes[i]
+        node.ledger.clear_fork(origin)
+        if node.engine is not None:
+            node.engine.clear_fork(origin, node.ledger.heads().get(origin), self.now)
+            self._pump(node)
+
     def _pump(self, node: SimNode) -> None:
         engine = node.engine
         if engine is None:
@@ -376,7 +404,7 @@ class Simulation:
                                         event.max_bytes)
                 engine.send_entries(event.peer, raws, request=event.request)
             elif isinstance(event, ForkDetected):
-                node.ledger.forks.setdefault(event.proof.origin, event.proof)
+                node.ledger.add_proof(event.proof)
             elif isinstance(event, PeerMisbehaved):
                 node.misbehaved.append(event.reason)
                 peer = self.by_key[event.peer]

@@ -489,6 +489,107 @@ def test_engine_sends_known_forks_to_a_peer_whose_vector_lacks_them() -> None:
     assert only(node.out(P1, 1), Fork) == [Fork(fork().encode())]
 
 
+def twin_at(seq: int) -> VerifiedEntry:
+    """Another entry of AUTHOR at ``seq``, chained onto CHAIN (a fork at ``seq``)."""
+    prev = CHAIN[seq - 2].hash if seq > 1 else None
+    return make_chain(AUTHOR, 1, start=seq, prev=prev, tag=b"twin")[0]
+
+
+def forked_then_cleared(node: Node, held_seq: int, now: float) -> bool:
+    """Push CHAIN[:held_seq] from P1, fork the origin at seq 1, then clear it as the
+    agent does (ledger first, then the engine with the ledger's head)."""
+    node.send(P1, push(*CHAIN[:held_seq]), now)
+    node.engine.fork_detected(fork(), now)
+    node.ledger.forks[AUTHOR.public_key] = fork()
+    node.out(P1, now)
+    node.out(P2, now)
+    del node.ledger.forks[AUTHOR.public_key]
+    return node.engine.clear_fork(AUTHOR.public_key, node.ledger.heads()[AUTHOR.public_key],
+                                  now)
+
+
+def test_engine_clear_fork_accepts_and_requests_the_origin_again() -> None:
+    node = Node()
+    connect(node, P1, P2)
+    node.send(P1, push(*CHAIN[:3]), 1)
+    node.engine.fork_detected(fork(), 2)
+    node.send(P1, push(CHAIN[3]), 2)
+    node.send(P1, IHave((Announcement(KID, 8),)), 2)
+    node.tick(3)
+    assert held(node) == 3 and not only(node.out(P1, 3), Want)  # quarantined
+    before = len(node.of(EntriesReceived))
+    assert node.engine.clear_fork(AUTHOR.public_key, (3, CHAIN[2].hash), 4)
+    assert KID not in node.engine.forked()
+    assert node.engine.vector()[KID] == (3, CHAIN[2].hash)
+    for peer in (P1, P2):  # every peer is asked what it holds now
+        assert only(node.out(peer, 4), Have) == [Have(node.engine.digest())]
+    node.send(P1, Have(b"\x00" * 16, (VectorItem(KID, 10, CHAIN[9].hash[:HEAD_BYTES]),), ()), 5)
+    node.tick(5 + PARAMS.ihave_timeout)
+    assert only(node.out(P1, 6), Want) == [Want((WantRange(KID, 4, 10),))]
+    node.send(P1, reply(*CHAIN[3:10]), 6)
+    assert held(node) == 10 and len(node.of(EntriesReceived)) > before
+    node.send(P2, push(CHAIN[10]), 7)  # pushes are taken again too
+    assert held(node) == 11
+
+
+def test_engine_clear_fork_ignores_the_same_conflict_arriving_again() -> None:
+    node = Node()
+    connect(node, P1, P2)
+    assert forked_then_cleared(node, 3, 1)
+    node.send(P2, Fork(fork().encode()), 2)  # a peer that has not cleared it
+    other = detect_fork(CHAIN[0], make_chain(AUTHOR, 1, tag=b"third")[0])
+    assert other is not None
+    node.send(P2, Fork(other.encode()), 2)  # another pair, same seq: same conflict
+    assert KID not in node.engine.forked() and not node.of(ForkDetected)
+    assert not only(node.out(P1, 2), Fork)
+    node.send(P1, push(CHAIN[3]), 3)
+    assert held(node) == 4
+    # A fork at another seq quarantines the origin again.
+    later = detect_fork(CHAIN[1], twin_at(2))
+    assert later is not None
+    node.send(P2, Fork(later.encode()), 4)
+    assert KID in node.engine.forked()
+    assert [e.peer for e in node.of(ForkDetected)] == [P2.public_key]
+    assert only(node.out(P1, 4), Fork) == [Fork(later.encode())]
+
+
+def test_engine_clear_fork_digest_matches_a_node_that_never_forked() -> None:
+    node = Node()
+    connect(node, P1)
+    forked_then_cleared(node, 5, 1)
+    clean = Node(P3)
+    clean.engine.entries_stored(None, CHAIN[:5], 1)
+    assert node.engine.digest() == clean.engine.digest()
+
+
+def test_engine_starts_with_cleared_conflicts_from_the_ledger() -> None:
+    node = Node(cleared=[(AUTHOR.public_key, 1)])
+    connect(node, P1, P2)
+    node.send(P1, Fork(fork().encode()), 1)
+    assert KID not in node.engine.forked()
+    assert not node.of(ForkDetected) and not only(node.out(P2, 1), Fork)
+
+
+def test_engine_clear_fork_of_an_origin_not_forked_changes_nothing() -> None:
+    node = Node()
+    connect(node, P1)
+    node.send(P1, push(*CHAIN[:2]), 1)
+    digest = node.engine.digest()
+    assert not node.engine.clear_fork(AUTHOR.public_key, (2, CHAIN[1].hash), 2, seqs=[1])
+    assert node.engine.digest() == digest and not only(node.out(P1, 2), Have)
+    # The seqs given are remembered as cleared all the same.
+    node.send(P1, Fork(fork().encode()), 3)
+    assert KID not in node.engine.forked()
+
+
+@pytest.mark.parametrize("head", [(0, bytes(32)), (1, b"short")])
+def test_engine_clear_fork_refuses_a_bad_head(head: tuple[int, bytes]) -> None:
+    node = Node(forks=[fork()])
+    with pytest.raises(LocalProtocolError):
+        node.engine.clear_fork(AUTHOR.public_key, head, 1)
+    assert KID in node.engine.forked()
+
+
 # --- trust, timers, counters -------------------------------------------------------------
 
 

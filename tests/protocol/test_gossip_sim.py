@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from protocol.entries import detect_fork
 from protocol.gossip import GossipParams
 from protocol.keys import PublicKey
 from tests.protocol.sim import LinkModel, Simulation, make_chain, make_identity, run_propagation
@@ -169,6 +170,48 @@ def test_sim_forked_origin_is_known_to_every_node() -> None:
                for n in sim.nodes)
     # The honest origin is untouched everywhere.
     assert {len(n.ledger.logs[sim.nodes[20].key]) for n in sim.nodes} == {5}
+
+
+def test_sim_cleared_fork_replicates_the_origin_again() -> None:
+    sim = Simulation(N, seed=b"clear")
+    sim.start()
+    rogue = sim.nodes[7].identity
+    chain = make_chain(rogue, 8, body_bytes=100)
+    for k, entry in enumerate(chain[:3]):
+        sim.at(1 + 0.05 * k, lambda e=entry: sim.publish(7, e))
+    sim.run_until(3)
+    # A conflict at seq 3 reaches node 33 (say, from an old backup of the key).
+    twin = make_chain(rogue, 1, start=3, prev=chain[1].hash, body_bytes=100, tag=b"twin")[0]
+    proof = detect_fork(chain[2], twin)
+    assert proof is not None
+    node33 = sim.nodes[33]
+    assert node33.ledger.add_proof(proof) and node33.engine is not None
+    node33.engine.fork_detected(proof, sim.now)
+    sim.run_until_converged(sim.now + 30, check=lambda: all(
+        rogue.public_key in n.ledger.forks for n in sim.nodes))
+    assert all(rogue.public_key.key_id in n.engine.forked() for n in sim.nodes if n.engine)
+    # Half the admins clear it; sessions then drop and come back, so the nodes that
+    # have not cleared it offer the proof again to those that have, who must not
+    # take it again. Then the other half clear it.
+    order = list(range(N))
+    sim.rng.shuffle(order)
+    for i in order[:N // 2]:
+        sim.clear_fork(i, rogue.public_key)
+    sim.partition([range(0, N, 2), range(1, N, 2)])
+    sim.run_until(sim.now + 1)
+    sim.heal()
+    sim.run_until(sim.now + 5)
+    cleared = [sim.nodes[i].engine for i in order[:N // 2]]
+    assert all(e is not None and rogue.public_key.key_id not in e.forked() for e in cleared)
+    for i in order[N // 2:]:
+        sim.clear_fork(i, rogue.public_key)
+    for k, entry in enumerate(chain[3:]):
+        sim.at(sim.now + 0.05 * k, lambda e=entry: sim.publish(7, e))
+    end = sim.run_until_converged(sim.now + 60)
+    assert sim.converged(), f"not converged at {end}"
+    assert {len(n.ledger.logs[rogue.public_key]) for n in sim.nodes} == {8}
+    assert not any(n.ledger.forks for n in sim.nodes)
+    assert not any(n.engine.forked() for n in sim.nodes if n.engine)
 
 
 def _inject(sim: Simulation, i: int, entry) -> None:
