@@ -18,6 +18,7 @@ the HTTP API maps these classes to statuses (noted on the right)::
     │   └── UnknownAudienceError          an audience or origin name not in the list,
     │                                     or an audience that does not fit the TLP     422
     ├── UnknownEntryError                 no entry by that id that this node can read 404
+    ├── UnknownForkError                  no fork recorded for that origin            404
     ├── NotOwnEntryError                  retracting another origin's entry            403
     ├── AlreadyRetractedError             retracting an entry twice                    409
     ├── AuthError                         no bearer token, or an unknown one           401
@@ -49,6 +50,7 @@ __all__ = [
     "StorageError",
     "UnknownAudienceError",
     "UnknownEntryError",
+    "UnknownForkError",
     "UnknownPeerError",
     "UnknownTokenError",
     "UntrustedPeerError",
@@ -109,6 +111,10 @@ class UnknownAudienceError(UntrustedPeerError, ValueError):
 
 class UnknownEntryError(EntraideError, LookupError):
     """No entry with that id that this node can read (unknown, or not addressed to it)."""
+
+
+class UnknownForkError(EntraideError, LookupError):
+    """The ledger holds no fork proof for that origin (or the name is not a peer's)."""
 
 
 class NotOwnEntryError(EntraideError):

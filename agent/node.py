@@ -55,9 +55,11 @@ from agent.errors import (
     StorageError,
     UnknownAudienceError,
     UnknownEntryError,
+    UnknownForkError,
 )
 from agent.ledger import (
     MAX_APPEND_BATCH,
+    ForkRecord,
     Ledger,
     LedgerCounts,
     OwnDraft,
@@ -70,7 +72,7 @@ from agent.queries import format_ms
 from agent.tokens import TokenStore
 from protocol.entries import TLP, VerifiedEntry
 from protocol.errors import EntraideError, OversizeError
-from protocol.keys import Identity, PublicKey
+from protocol.keys import Identity, PublicKey, b64url_encode
 from protocol.payloads import Observation, Payload, Retraction, Sighting
 
 __all__ = [
@@ -120,6 +122,9 @@ class Replication(Protocol):
 
     def peer_status(self, key: PublicKey) -> PeerStatus: ...
 
+    async def clear_fork(self, origin: PublicKey) -> None:
+        """An admin cleared ``origin``'s fork in the ledger: replicate it again."""
+
     def metric_families(self) -> Iterable[MetricFamily]:
         """Replication metrics (entries in/out, bytes, duplicates, errors, per peer)."""
 
@@ -144,6 +149,9 @@ class NullReplication:
 
     def peer_status(self, key: PublicKey) -> PeerStatus:
         return PeerStatus()
+
+    async def clear_fork(self, origin: PublicKey) -> None:
+        return None
 
     def metric_families(self) -> Iterable[MetricFamily]:
         return ()
@@ -710,6 +718,48 @@ class Node:
                 "cleared": None if f.cleared_ms is None else format_ms(f.cleared_ms),
             } for f in forks],
         }
+
+    # -- forks
+
+    def fork_json(self, record: ForkRecord) -> dict[str, Any]:
+        """A fork record as the API shows it; ``proof`` (base64url) verifies alone."""
+        return {
+            "origin": record.origin.text,
+            "origin_name": self.name_of(record.origin),
+            "seq": record.seq,
+            "detected": format_ms(record.detected_ms),
+            "cleared": None if record.cleared_ms is None else format_ms(record.cleared_ms),
+            "proof": b64url_encode(record.proof),
+        }
+
+    async def forks(self) -> list[dict[str, Any]]:
+        """Every fork the ledger recorded, oldest first (:meth:`fork_json`)."""
+        return [self.fork_json(r) for r in await self.ledger.forks()]
+
+    async def clear_fork(self, origin: PublicKey) -> dict[str, Any]:
+        """Lift ``origin``'s quarantine after a fork (an admin's decision): the ledger
+        accepts its entries again, then replication requests them from the head on.
+        The proofs stay as evidence; the same conflict seen again quarantines nothing.
+        Idempotent.
+
+        Returns:
+            The origin's latest fork record (:meth:`fork_json`), now cleared.
+
+        Raises:
+            UnknownForkError: the ledger holds no fork proof for ``origin``.
+            StorageError: the ledger write failed (nothing changed).
+        """
+        if not any(r.origin == origin for r in await self.ledger.forks()):
+            raise UnknownForkError(f"no fork recorded for origin {origin.text}")
+        if await self.ledger.clear_fork(origin):
+            log.warning("fork of origin %s (%s) cleared by an admin: its entries are "
+                        "accepted again", self.name_of(origin) or "?", origin.text)
+        try:
+            await self._replication.clear_fork(origin)
+        except Exception:
+            log.exception("replication did not take the cleared fork")
+        records = [r for r in await self.ledger.forks() if r.origin == origin]
+        return self.fork_json(records[-1])
 
     # -- the trust list
 

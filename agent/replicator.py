@@ -452,13 +452,16 @@ class Replicator:
         if self._running:
             return
         forks: list[ForkProof] = []
+        cleared: list[tuple[PublicKey, int]] = []
         for record in await self.ledger.forks():
-            if record.cleared_ms is None:
-                with contextlib.suppress(EntraideError):
-                    forks.append(decode_fork_proof(record.proof))
+            if record.cleared_ms is not None:
+                cleared.append((record.origin, record.seq))
+                continue
+            with contextlib.suppress(EntraideError):
+                forks.append(decode_fork_proof(record.proof))
         self._engine = GossipEngine(
             self.identity.public_key, self.params, seed=self._randbytes(32),
-            heads=self.ledger.version_vector(), forks=forks,
+            heads=self.ledger.version_vector(), forks=forks, cleared=cleared,
             trusted=[*self._trusted, self.identity.public_key])
         self._executor = concurrent.futures.ThreadPoolExecutor(
             self.transport.verify_workers, thread_name_prefix="entraide-verify")
@@ -912,6 +915,25 @@ class Replicator:
             await self.ledger.ingest_fork_proof(proof)
         except EntraideError as exc:
             log.error("storing a fork proof failed: %s", exc)
+
+    async def clear_fork(self, origin: PublicKey) -> None:
+        """An admin cleared ``origin``'s fork in the ledger: the engine replicates it
+        again from the ledger's head, and ignores the cleared conflicts if peers that
+        have not cleared them gossip them again. A no-op before :meth:`start`.
+
+        Raises:
+            StorageError: the ledger could not be read.
+        """
+        if self._engine is None or not self._running:
+            return
+        seqs = [r.seq for r in await self.ledger.forks()
+                if r.origin == origin and r.cleared_ms is not None]
+        if self._engine is None:
+            return
+        # Read the head after the await: it is the ledger's state as the engine resumes.
+        head = self.ledger.version_vector().get(origin)
+        self._engine.clear_fork(origin, head, self._clock(), seqs=seqs)
+        self._after_engine()
 
     def publish(self, entries: Iterable[VerifiedEntry]) -> None:
         """Gossip entries this node just appended to its ledger (durably committed).

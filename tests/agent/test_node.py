@@ -20,7 +20,13 @@ from agent.config import (
     load_trust_list,
 )
 from agent.datadir import DataDir, atomic_write
-from agent.errors import ConfigError, DuplicatePeerError, StorageError, UnknownPeerError
+from agent.errors import (
+    ConfigError,
+    DuplicatePeerError,
+    StorageError,
+    UnknownForkError,
+    UnknownPeerError,
+)
 from agent.ledger import OwnDraft
 from agent.metrics import MetricFamily, parse_text
 from agent.node import (
@@ -55,6 +61,7 @@ class FakeReplication:
         self.started = self.stopped = False
         self.published: list[VerifiedEntry] = []
         self.trust_updates: list[TrustList] = []
+        self.cleared: list[PublicKey] = []
 
     async def start(self) -> None:
         self.started = True
@@ -70,6 +77,9 @@ class FakeReplication:
 
     def peer_status(self, key: PublicKey) -> PeerStatus:
         return PeerStatus(connected=key == identity("ON").public_key, last_seen_ms=86_400_000)
+
+    async def clear_fork(self, origin: PublicKey) -> None:
+        self.cleared.append(origin)
 
     def metric_families(self) -> Iterable[MetricFamily]:
         return [MetricFamily("entraide_replication_entries_in_total", "Entries received.",
@@ -292,6 +302,31 @@ async def test_peers_added_and_removed_are_persisted_and_applied(data_dir: DataD
         # A removed peer's entries are refused from now on.
         result = await node.ledger.ingest([_signed_by_on(node)])
         assert (result.stored, result.refused) == (0, 1)
+
+
+async def test_node_clear_fork_lifts_the_quarantine_in_ledger_and_replication(
+        data_dir: DataDir) -> None:
+    fakes: list[FakeReplication] = []
+
+    def factory(node: Node) -> Replication:
+        fakes.append(FakeReplication(node))
+        return fakes[-1]
+
+    on = identity("ON").public_key
+    async with Node.open(data_dir, replication=factory) as node:
+        with pytest.raises(UnknownForkError):
+            await node.clear_fork(on)
+        first = await _remote_entry(node)
+        twin = sign_entry(identity("ON"), seq=1, prev=None, now_ms=first.ts + 1, tlp=TLP.GREEN,
+                          audience=None, body=encode_payload(observation(98)))
+        assert (await node.ledger.ingest([twin])).forks == 1
+        [listed] = await node.forks()
+        assert listed["origin_name"] == "ON" and listed["cleared"] is None
+        record = await node.clear_fork(on)
+        assert record["seq"] == 1 and record["cleared"] is not None
+        assert record["proof"] == listed["proof"]
+        assert not node.ledger.is_forked(on) and fakes[0].cleared == [on]
+        assert (await node.ledger.ingest([_signed_by_on(node)])).stored == 1
 
 
 async def test_trust_list_changes_on_disk_are_picked_up(data_dir: DataDir) -> None:
