@@ -25,7 +25,16 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from agent import __version__
-from agent.api_admin import add_peer, get_peer, list_peers, remove_peer, status, verify_ledger
+from agent.api_admin import (
+    add_peer,
+    clear_fork,
+    get_peer,
+    list_forks,
+    list_peers,
+    remove_peer,
+    status,
+    verify_ledger,
+)
 from agent.api_common import (
     API_SETTINGS,
     MAX_BODY_BYTES,
@@ -39,6 +48,8 @@ from agent.api_common import (
 )
 from agent.api_models import (
     BatchCreated,
+    ForkList,
+    ForkRecordOut,
     Health,
     IndicatorOut,
     ObservationBatch,
@@ -75,6 +86,7 @@ from agent.errors import (
     NodeExistsError,
     ScopeError,
     StorageError,
+    UnknownForkError,
     UnknownPeerError,
     UnknownTokenError,
     UntrustedPeerError,
@@ -185,6 +197,16 @@ ROUTES: tuple[Operation, ...] = (
     Operation("DELETE", "/api/v1/peers/{name}", remove_peer, "removePeer",
               "Stop trusting a peer (applied live, persisted to peers.toml)", Scope.ADMIN,
               "peers", response=(PeerRemoved,), errors=(404,)),
+    Operation("GET", "/api/v1/forks", list_forks, "listForks",
+              "Every fork recorded (two entries one origin signed with one seq), with proof",
+              Scope.ADMIN, "node", response=(ForkList,)),
+    Operation("POST", "/api/v1/forks/{origin}/clear", clear_fork, "clearFork",
+              "Lift a forked origin's quarantine: its entries are accepted again",
+              Scope.ADMIN, "node", response=(ForkRecordOut,), errors=(404,),
+              description="`origin` is a peer name or a key (`ed25519:...`). The proofs "
+                          "stay as evidence and the same conflict seen again quarantines "
+                          "nothing; a fork at another seq quarantines the origin again. "
+                          "Answers with the origin's latest fork record; idempotent."),
     Operation("GET", "/api/v1/ledger/verify", verify_ledger, "verifyLedger",
               "Re-check every signature and hash chain of the ledger", Scope.ADMIN, "node",
               response=(VerifyOut,)),
@@ -239,6 +261,7 @@ _ERRORS: tuple[tuple[type[BaseException], int, str], ...] = (
     (ScopeError, 403, "insufficient_scope"),
     (AuthError, 401, "unauthorized"),
     (UnknownEntryError, 404, "not_found"),
+    (UnknownForkError, 404, "not_found"),
     (NotOwnEntryError, 403, "not_own_entry"),
     (AlreadyRetractedError, 409, "already_retracted"),
     (UnknownAudienceError, 422, "unknown_audience"),

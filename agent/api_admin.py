@@ -1,8 +1,9 @@
-"""Local API handlers for the node itself: status, the trust list, ledger verification.
+"""Local API handlers for the node itself: status, the trust list, forks, ledger
+verification.
 
 Peer changes made here are written to ``peers.toml`` atomically (under the data-dir
 lock the CLI also takes) and applied at once: a removed peer's sessions end and its
-later entries are refused.
+later entries are refused. Clearing a fork lifts its origin's quarantine at once.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from aiohttp import web
 from agent.api_common import NODE, ApiError, json_response, read_json
 from agent.api_models import PeerAdd
 from agent.config import PeerEntry
-from agent.errors import ConfigError
+from agent.errors import ConfigError, UnknownAudienceError, UnknownForkError
 from protocol.cards import parse_card
 from protocol.errors import KeyFormatError
 
-__all__ = ["add_peer", "get_peer", "list_peers", "remove_peer", "status", "verify_ledger"]
+__all__ = ["add_peer", "clear_fork", "get_peer", "list_forks", "list_peers", "remove_peer",
+           "status", "verify_ledger"]
 
 
 async def status(request: web.Request) -> web.Response:
@@ -68,6 +70,23 @@ async def remove_peer(request: web.Request) -> web.Response:
     await node.remove_peer(name)
     shown["connected"] = False
     return json_response({"removed": shown})
+
+
+async def list_forks(request: web.Request) -> web.Response:
+    """GET /api/v1/forks: every fork recorded, oldest first, with its proof."""
+    return json_response({"forks": await request.app[NODE].forks()})
+
+
+async def clear_fork(request: web.Request) -> web.Response:
+    """POST /api/v1/forks/{origin}/clear: lift the origin's quarantine (peer name or key)."""
+    node = request.app[NODE]
+    text = request.match_info["origin"]
+    try:
+        origin = node.key_of(text)
+    except UnknownAudienceError as exc:
+        raise UnknownForkError(f"no fork recorded for {text[:70]!r} (not a peer name nor "
+                               "a key)") from exc
+    return json_response(await node.clear_fork(origin))
 
 
 async def verify_ledger(request: web.Request) -> web.Response:

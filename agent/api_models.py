@@ -38,7 +38,9 @@ __all__ = [
     "BatchRouting",
     "ErrorBody",
     "ErrorDetail",
+    "ForkList",
     "ForkOut",
+    "ForkRecordOut",
     "Health",
     "IndicatorOut",
     "LedgerCountsOut",
@@ -336,6 +338,16 @@ class ForkOut(_Out):
     seq: int
     detected: str
     cleared: str | None
+
+
+class ForkRecordOut(ForkOut):
+    proof: str
+    """``ForkProof.encode()`` in base64url: two entries signed by the origin with the
+    same seq (docs/protocol.md §3); anyone holding the origin's key can check it."""
+
+
+class ForkList(_Out):
+    forks: list[ForkRecordOut]
 
 
 class StatusOut(_Out):

@@ -60,6 +60,10 @@ EXTERNAL_COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "agent.client_cli:ledger_verify_command",
         "re-check every signature and hash chain of the ledger",
     ),
+    ("forks", "list"): ("agent.client_cli:forks_list_command",
+                        "show the forks recorded (origins that signed two entries at one seq)"),
+    ("forks", "clear"): ("agent.client_cli:forks_clear_command",
+                         "accept a forked origin's entries again (after talking to its admin)"),
     ("demo",): ("agent.demo:demo_command", "run a local federation, end to end"),
     ("import", "misp"): ("agent.misp_cli:import_misp_command",
                          "share a MISP event's indicators via the running node"),
@@ -68,7 +72,8 @@ EXTERNAL_COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
 }
 """Command words → (``module:function``, help). The lead wires the real functions."""
 
-_GROUP_HELP: dict[tuple[str, ...], str] = {("ledger",): "inspect the local ledger"}
+_GROUP_HELP: dict[tuple[str, ...], str] = {("ledger",): "inspect the local ledger",
+                                           ("forks",): "forked origins (via the running node)"}
 
 Handler = Callable[[argparse.Namespace, DataDir], int]
 

@@ -1,9 +1,13 @@
-"""CLI commands that talk to the running node's local API: submit, query; and verify.
+"""CLI commands that talk to the running node's local API: submit, query, forks; and
+verify.
 
 ``submit`` and ``query`` are thin HTTP clients of ``/api/v1``; they find the API from
 ``entraide.toml`` and authenticate with, in order: ``--token``, ``$ENTRAIDE_TOKEN``,
 or a token of their own kept in ``<data-dir>/cli.token`` (0600, created on first use;
 whoever can read the data dir can read ``node.key`` too, so this grants nothing new).
+
+``forks list`` and ``forks clear`` go through the API too: the running node holds the
+ledger's write lock, and clearing must reach its replication as well.
 
 ``ledger verify`` opens the ledger file directly (WAL lets it read beside a running
 daemon), so it also works when the node is stopped.
@@ -28,7 +32,8 @@ from agent.errors import ConfigError, NodeNotRunningError
 from agent.tokens import Scope, TokenStore
 from protocol.errors import EntraideError
 
-__all__ = ["ledger_verify_command", "query_command", "submit_command"]
+__all__ = ["forks_clear_command", "forks_list_command", "ledger_verify_command",
+           "query_command", "submit_command"]
 
 CLI_TOKEN_FILE = "cli.token"
 _TIMEOUT_S = 30.0
@@ -207,6 +212,49 @@ def render_table(header: list[str], rows: list[list[str]]) -> str:
         cells = [c.ljust(widths[i]) if i < len(widths) else c for i, c in enumerate(row)]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def forks_list_command(argv: list[str], data_dir: Path) -> int:
+    """``entraide forks list [--json]``: every fork the node recorded, oldest first."""
+    parser = argparse.ArgumentParser(
+        prog="entraide forks list",
+        description="Show the forks this node recorded: origins that signed two different "
+                    "entries with the same seq. A fork not cleared quarantines its origin.")
+    _common(parser)
+    args = parser.parse_args(argv)
+    base, token = _client(args, data_dir)
+    forks = call_api(base, token, "GET", "/api/v1/forks")["forks"]
+    if args.json:
+        print(json.dumps(forks))
+        return 0
+    print(render_table(["origin", "seq", "detected", "state", "key"], [
+        [f.get("origin_name") or "?", str(f["seq"]), f["detected"],
+         "quarantined" if f["cleared"] is None else f"cleared {f['cleared']}", f["origin"]]
+        for f in forks]))
+    if not forks:
+        print("(no forks)", file=sys.stderr)
+    return 0
+
+
+def forks_clear_command(argv: list[str], data_dir: Path) -> int:
+    """``entraide forks clear ORIGIN``: accept a forked origin's entries again."""
+    parser = argparse.ArgumentParser(
+        prog="entraide forks clear",
+        description="Lift a forked origin's quarantine, once its admin has explained the "
+                    "fork. The proof stays as evidence.")
+    parser.add_argument("origin", metavar="ORIGIN", help="peer name or ed25519:<key>")
+    _common(parser)
+    args = parser.parse_args(argv)
+    base, token = _client(args, data_dir)
+    record = call_api(base, token, "POST",
+                      f"/api/v1/forks/{urllib.parse.quote(args.origin, safe=':')}/clear")
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(f"cleared: {record.get('origin_name') or record['origin']} (fork at seq "
+              f"{record['seq']}, detected {record['detected']}); its entries are accepted "
+              "again")
+    return 0
 
 
 def ledger_verify_command(argv: list[str], data_dir: Path) -> int:
