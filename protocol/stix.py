@@ -27,18 +27,20 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
 from protocol.entries import TLP
 from protocol.errors import PayloadError
-from protocol.indicators import IndicatorType, normalise_indicator
+from protocol.indicators import MAX_INDICATOR_CHARS, IndicatorType
 from protocol.payloads import (
+    MAX_STIX_JSON_BYTES,
     MAX_TAG_CHARS,
     MAX_TAGS,
     Alert,
@@ -49,7 +51,7 @@ from protocol.payloads import (
     Sighting,
     StixObject,
 )
-from protocol.stix_pattern import indicator_of, parse_pattern, pattern_for
+from protocol.stix_pattern import indicator_of, parse_pattern, pattern_for, simple_indicator
 
 __all__ = [
     "EXTENSION_ID",
@@ -141,6 +143,7 @@ def identity_id(origin: str) -> str:
 # --- timestamps ----------------------------------------------------------------------
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _TIMESTAMP = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?Z", re.ASCII)
 
@@ -157,13 +160,15 @@ def parse_timestamp(text: object, what: str = "timestamp") -> int:
     if match is None:
         raise PayloadError(f"{what} must be a STIX timestamp like 2026-01-02T03:04:05.000Z")
     year, month, day, hour, minute, second, fraction = match.groups()
+    h, m, s = int(hour), int(minute), int(second)
     try:
-        moment = datetime(int(year), int(month), int(day), int(hour), int(minute),
-                          int(second), tzinfo=UTC)
+        if h > 23 or m > 59 or s > 59:
+            datetime(int(year), int(month), int(day), h, m, s)  # raises, saying what
+        days = date(int(year), int(month), int(day)).toordinal() - _EPOCH_ORDINAL
     except ValueError as exc:
         raise PayloadError(f"{what} is not a valid date and time ({exc})") from None
-    micros = int((fraction or ".0")[1:7].ljust(6, "0"))
-    return (moment - _EPOCH) // timedelta(microseconds=1) + micros
+    micros = int(fraction[1:7].ljust(6, "0")) if fraction else 0
+    return ((days * 24 + h) * 60 + m) * 60_000_000 + s * 1_000_000 + micros
 
 
 def format_us(us: int, *, taxii: bool = False) -> str:
@@ -459,21 +464,20 @@ def check_stix_object(obj: object) -> dict[str, Any]:
     Raises:
         PayloadError: the first problem found, as one clear sentence.
     """
-    StixObject.from_object(obj if isinstance(obj, Mapping) else {})  # basics, size, JSON
+    if not _plain_stix_basics(obj):
+        # The precise reason (or, rarely, a pass the quick check was too cautious for).
+        StixObject.from_object(obj if isinstance(obj, Mapping) else {})
     assert isinstance(obj, dict)
     stix_type = obj["type"]
     for key in obj:
-        if not _PROPERTY_NAME.fullmatch(key) and key != "id":
-            raise PayloadError(f"property name {key[:60]!r} is not 3-250 of a-z, 0-9, '_'")
+        if key not in _GOOD_NAMES:
+            if not _PROPERTY_NAME.fullmatch(key) and key != "id":
+                raise PayloadError(f"property name {key[:60]!r} is not 3-250 of a-z, 0-9, '_'")
+            if len(_GOOD_NAMES) < _MAX_GOOD_NAMES:
+                _GOOD_NAMES.add(key)
     if stix_type not in SCO_TYPES:
-        stamps = ("created",) if stix_type == "marking-definition" else ("created", "modified")
-        for key in stamps:
-            parse_timestamp(obj.get(key), key)
-            if not _MILLIS.search(obj[key]):
-                raise PayloadError(f"{key} must be precise to the millisecond (e.g. "
-                                   f"2024-01-01T00:00:00.000Z), as STIX 2.1 requires")
-        if len(stamps) == 2 and (parse_timestamp(obj["modified"])
-                                 < parse_timestamp(obj["created"])):
+        created = _millisecond_stamp(obj, "created")
+        if stix_type != "marking-definition" and _millisecond_stamp(obj, "modified") < created:
             raise PayloadError("modified is earlier than created")
     for key in _REQUIRED.get(stix_type, ()):
         if key not in obj:
@@ -488,7 +492,7 @@ def check_stix_object(obj: object) -> dict[str, Any]:
                 _check_ref(item, key)
     if "object_marking_refs" in obj:
         for item in obj["object_marking_refs"]:
-            _check_ref(item, "object_marking_refs", frozenset({"marking-definition"}))
+            _check_ref(item, "object_marking_refs", _MARKING)
     confidence = obj.get("confidence")
     if "confidence" in obj and (not isinstance(confidence, int) or isinstance(confidence, bool)
                                 or not 0 <= confidence <= 100):
@@ -506,6 +510,84 @@ def check_stix_object(obj: object) -> dict[str, Any]:
     return obj
 
 
+_MARKING = frozenset({"marking-definition"})
+# Property names already found well formed (most objects use the same few dozen).
+_GOOD_NAMES: set[str] = {"id"}
+_MAX_GOOD_NAMES = 4096
+# As protocol/payloads.py checks a carried object's type and id.
+_STIX_TYPE_NAME = re.compile(r"[a-z0-9-]{3,250}", re.ASCII)
+_UUID = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}",
+    re.ASCII)
+_SCALARS = (str, int, bool, type(None))
+_MAX_DEPTH = 64
+_INFINITY = float("inf")
+
+
+def _millisecond_stamp(obj: dict[str, Any], key: str) -> int:
+    value = parse_timestamp(obj.get(key), key)
+    if not _MILLIS.search(obj[key]):
+        raise PayloadError(f"{key} must be precise to the millisecond (e.g. "
+                           f"2024-01-01T00:00:00.000Z), as STIX 2.1 requires")
+    return value
+
+
+def _plain_stix_basics(obj: object) -> bool:
+    """True only when ``StixObject.from_object(obj)`` is sure to accept ``obj``.
+
+    That is: a dict of exactly the JSON types (str keys, finite floats, nested at most
+    64 levels), under ``MAX_STIX_JSON_BYTES`` as UTF-8 JSON, with a STIX type (not a
+    bundle), an id of that type and spec_version 2.1 (optional for observables): then
+    its canonical JSON parses back to itself, which is all the model checks beyond.
+    False means "ask ``StixObject``", never "invalid": this check may be cautious.
+    """
+    if type(obj) is not dict or not _plain(obj, 0):
+        return False
+    stix_type, stix_id = obj.get("type"), obj.get("id")
+    if (type(stix_type) is not str or not _STIX_TYPE_NAME.fullmatch(stix_type)
+            or stix_type == "bundle" or type(stix_id) is not str
+            or not stix_id.startswith(stix_type + "--")
+            or not _UUID.fullmatch(stix_id, len(stix_type) + 2)):
+        return False
+    if "spec_version" in obj:
+        if obj["spec_version"] != "2.1":
+            return False
+    elif stix_type not in SCO_TYPES:
+        return False
+    try:
+        size = len(json.dumps(obj, ensure_ascii=False, allow_nan=False,
+                              separators=(",", ":")).encode("utf-8"))
+    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError: a lone surrogate
+        return False
+    return size <= MAX_STIX_JSON_BYTES
+
+
+def _plain(value: dict[str, Any] | list[Any], depth: int) -> bool:
+    """True when a container holds only JSON types (str keys) and finite floats, with
+    nothing deeper than ``_MAX_DEPTH`` levels below the root (depth 0)."""
+    if depth >= _MAX_DEPTH:
+        return False
+    if type(value) is dict:
+        if not all(type(k) is str for k in value):
+            return False
+        items: Any = value.values()
+    else:
+        items = value
+    for item in items:
+        kind = type(item)
+        if kind in _SCALARS:
+            continue
+        if kind is float:
+            if item != item or item in (_INFINITY, -_INFINITY):
+                return False
+        elif kind is dict or kind is list:
+            if not _plain(item, depth + 1):
+                return False
+        else:
+            return False
+    return True
+
+
 def _no_check(obj: dict[str, Any]) -> None:
     return None
 
@@ -517,7 +599,7 @@ def _check_indicator(obj: dict[str, Any]) -> None:
     valid_from = parse_timestamp(obj.get("valid_from"), "valid_from")
     if "valid_until" in obj and parse_timestamp(obj["valid_until"], "valid_until") <= valid_from:
         raise PayloadError("valid_until must be later than valid_from")
-    if obj["pattern_type"] == "stix":
+    if obj["pattern_type"] == "stix" and simple_indicator(obj["pattern"]) is None:
         parse_pattern(obj["pattern"])
 
 
@@ -597,7 +679,7 @@ def import_object(obj: object) -> StixImport:
 def _indicator_observation(obj: dict[str, Any]) -> tuple[Observation, tuple[str, ...]] | None:
     if obj["pattern_type"] != "stix":
         return None
-    found = indicator_of(parse_pattern(obj["pattern"]))
+    found = simple_indicator(obj["pattern"]) or indicator_of(parse_pattern(obj["pattern"]))
     if found is None:
         return None
     kind, raw_value = found
@@ -621,19 +703,18 @@ def _vulnerability_observation(obj: dict[str, Any]
 def _observation(obj: dict[str, Any], kind: IndicatorType, raw_value: str,
                  kept: frozenset[str]) -> tuple[Observation, tuple[str, ...]] | None:
     """The observation of an indicator/vulnerability, or None when its value or fields
-    do not fit the model (it is then carried as a STIX object instead, losing nothing)."""
-    try:
-        value = normalise_indicator(kind, raw_value)
-    except PayloadError:
-        return None
+    do not fit the model (it is then carried as a STIX object instead, losing nothing).
+
+    The model normalises ``raw_value`` itself (normalising is idempotent, so that is the
+    observation of the normalised value); its canonical form must also fit the model.
+    """
     extensions = obj.get("extensions")
     ours = extensions.get(EXTENSION_ID) if isinstance(extensions, dict) else None
     ours = ours if isinstance(ours, dict) else {}
     dropped = [k for k in obj if k not in kept]
     if isinstance(extensions, dict) and set(extensions) - {EXTENSION_ID}:
         dropped.append("extensions")
-    if obj.get("name") not in (None, value, raw_value):
-        dropped.append("name")
+    name_at = len(dropped)  # "name" is reported here once the value is known
     markings = obj.get("object_marking_refs", [])
     if any(m not in _TLP_BY_MARKING for m in markings):
         dropped.append("object_marking_refs")
@@ -652,7 +733,7 @@ def _observation(obj: dict[str, Any], kind: IndicatorType, raw_value: str,
     if any(len(tag) > MAX_TAG_CHARS for tag in reserved) or len(labels) + 3 > MAX_TAGS:
         return None
     fields: dict[str, Any] = {
-        "type": kind.value, "value": value, "tags": [*labels, *reserved],
+        "type": kind.value, "value": raw_value, "tags": [*labels, *reserved],
         "references": references,
     }
     if "confidence" in obj:
@@ -673,6 +754,11 @@ def _observation(obj: dict[str, Any], kind: IndicatorType, raw_value: str,
         lang = "fr" if str(obj.get("lang", "")).lower().startswith("fr") else "en"
         fields["description"] = {lang: obj["description"]}
     try:
-        return Observation.model_validate(fields), tuple(dict.fromkeys(dropped))
+        observation = Observation.model_validate(fields)
     except ValidationError:
         return None  # carried as a STIX object instead, losing nothing
+    if len(observation.value) > MAX_INDICATOR_CHARS:
+        return None  # as above: the canonical form is longer than the model holds
+    if obj.get("name") not in (None, observation.value, raw_value):
+        dropped.insert(name_at, "name")
+    return observation, tuple(dict.fromkeys(dropped))

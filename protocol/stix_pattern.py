@@ -5,6 +5,8 @@ and returns its comparisons; ``pattern_for(type, value)`` writes the pattern of 
 Entraide indicator and ``indicator_of(pattern)`` reads one back when the pattern is
 exactly one equality on a path Entraide models (``[ipv4-addr:value = '...']``,
 ``[file:hashes.'SHA-256' = '...']``, ``[autonomous-system:number = 64500]`` ...).
+``simple_indicator(text)`` reads that form straight from the text, without the parser,
+when it is written exactly as ``pattern_for`` writes it (the common case on import).
 
 Invariants:
 - ``indicator_of(pattern_for(t, v)) == (t, v)`` for every canonical value ``v`` of a
@@ -13,6 +15,8 @@ Invariants:
 - The parser is bounded: at most ``MAX_PATTERN_CHARS`` characters and
   ``MAX_PATTERN_DEPTH`` levels of parentheses; it never recurses deeper.
 - Every refusal is a ``PayloadError`` whose message starts with "invalid STIX pattern".
+- ``simple_indicator(text)``, when not None, equals ``indicator_of(parse_pattern(text))``
+  (so the text is a valid pattern); None says nothing (use the parser).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ __all__ = [
     "parse_pattern",
     "pattern_for",
     "quote",
+    "simple_indicator",
 ]
 
 MAX_PATTERN_CHARS = 64 * 1024
@@ -430,3 +435,35 @@ def iter_object_types(pattern: Pattern) -> Iterator[str]:
         if c.object_type not in seen:
             seen.add(c.object_type)
             yield c.object_type
+
+
+# The exact texts pattern_for writes, with a value that needs no escape. Each is one
+# "[", object type, ":", path, "=", literal, "]" token sequence the parser accepts as a
+# simple pattern; anything else (other spacing, escapes, other paths) goes to the parser.
+_SIMPLE_VALUE = re.compile(
+    r"\[(ipv4-addr|ipv6-addr|domain-name|url|email-addr):value = '([^'\\]*)'\]", re.ASCII)
+_SIMPLE_HASH = re.compile(r"\[file:hashes\.'(MD5|SHA-1|SHA-256|SHA-512)' = '([0-9a-fA-F]+)'\]",
+                          re.ASCII)
+_HASH_DIGITS = {"MD5": 32, "SHA-1": 40, "SHA-256": 64, "SHA-512": 128}
+_SIMPLE_AS = re.compile(r"\[autonomous-system:number = ([0-9]{1,20})\]", re.ASCII)
+_HASH_KINDS = {name: kind for kind, name in _HASH_NAMES.items()}
+
+
+def simple_indicator(text: object) -> tuple[IndicatorType, str] | None:
+    """``indicator_of(parse_pattern(text))`` for a pattern written exactly in the form
+    :func:`pattern_for` writes (single spaces, a string value without escapes; a hash
+    as hex digits of its length); None for any other text, valid or not, which the
+    parser must then judge.
+    """
+    if not isinstance(text, str) or len(text) > MAX_PATTERN_CHARS:
+        return None
+    match = _SIMPLE_VALUE.fullmatch(text)
+    if match is not None:
+        return _VALUE_TYPES[match.group(1)], match.group(2)
+    match = _SIMPLE_HASH.fullmatch(text)
+    if match is not None and len(match.group(2)) == _HASH_DIGITS[match.group(1)]:
+        return _HASH_KINDS[match.group(1)], match.group(2)
+    match = _SIMPLE_AS.fullmatch(text)
+    if match is not None:
+        return IndicatorType.AUTONOMOUS_SYSTEM, f"AS{int(match.group(1))}"
+    return None

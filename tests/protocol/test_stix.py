@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import stix2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from stix2validator import ValidationOptions, validate_instance
 
 from protocol.entries import TLP
@@ -21,6 +23,7 @@ from protocol.stix import (
     TLP1_MARKINGS,
     TLP2_MARKINGS,
     EntryRef,
+    _plain_stix_basics,
     check_stix_object,
     entry_stix_id,
     format_ms,
@@ -33,7 +36,7 @@ from protocol.stix import (
     revoke,
     tlp_of_markings,
 )
-from protocol.stix_pattern import indicator_of, parse_pattern, pattern_for
+from protocol.stix_pattern import indicator_of, parse_pattern, pattern_for, simple_indicator
 
 T0 = "2024-01-01T00:00:00.000Z"
 REF = EntryRef("ab" * 32, "ed25519:" + "Q" * 43, 7, 1_767_323_045_123, TLP.AMBER)
@@ -325,3 +328,171 @@ def test_check_stix_object_accepts_observables_without_timestamps() -> None:
            "value": "1.2.3.4"}
     assert check_stix_object(sco) == sco
     assert isinstance(import_object(sco).payload, StixObject)
+
+
+# --- the quick paths agree with the complete checks -----------------------------------
+
+_UUID_TEXT = "0c7b5b88-8ff7-4a4d-aa9d-feb398cd0061"
+_JSON_SCALARS = (st.none() | st.booleans() | st.integers() | st.floats()
+                 | st.text(max_size=8) | st.sampled_from(["\ud800", "é", 1 << 70])
+                 | st.integers(0, 1).map(lambda n: 10**5000 + n))
+_ODD_VALUES = st.sampled_from([(1, 2), {1, 2}, b"x", frozenset(), object()])
+_JSON = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.text(max_size=4) | st.integers(0, 3), inner, max_size=3),
+    max_leaves=12)
+
+
+@st.composite
+def stix_like(draw: st.DrawFn) -> dict[Any, Any]:
+    """Objects near the STIX basics: good and bad types, ids, versions, values, depths."""
+    stix_type = draw(st.sampled_from(["indicator", "malware", "ipv4-addr", "bundle", "ab",
+                                      "x-thing", "Indicator", 7]))
+    obj: dict[Any, Any] = {"type": stix_type}
+    obj["id"] = draw(st.sampled_from([f"{stix_type}--{_UUID_TEXT}", f"{stix_type}--nope",
+                                      f"malware--{_UUID_TEXT}", f"{stix_type}--{_UUID_TEXT}"
+                                      .replace("-4a4d", "-4a4d-").upper()]))
+    version = draw(st.sampled_from(["2.1", "2.0", 2.1, None, "absent"]))
+    if version != "absent":
+        obj["spec_version"] = version
+    for key, value in draw(st.dictionaries(st.text(max_size=6) | st.integers(0, 2),
+                                           _JSON | _ODD_VALUES, max_size=4)).items():
+        obj.setdefault(key, value)
+    nesting = draw(st.sampled_from([0, 0, 63, 64, 65]))
+    if nesting:
+        deep: Any = "leaf"
+        for _ in range(nesting):
+            deep = [deep]
+        obj["x_deep"] = deep
+    if draw(st.booleans()):
+        obj["x_big"] = "é" * draw(st.sampled_from([1, 97_000, 98_400]))
+    return obj
+
+
+@settings(max_examples=400, deadline=None)
+@given(stix_like())
+def test_quick_basics_accept_only_what_stix_object_accepts(obj: dict[Any, Any]) -> None:
+    try:
+        StixObject.from_object(obj)
+    except PayloadError as exc:
+        assert not _plain_stix_basics(obj)
+        with pytest.raises(PayloadError) as refused:
+            check_stix_object(obj)
+        assert str(refused.value) == str(exc)  # the same precise reason as before
+    else:
+        # Cautious only where JSON text changes the value: tuples, keys that are not str.
+        assert _plain_stix_basics(obj) or not _json_as_is(obj)
+
+
+def _json_as_is(value: object) -> bool:
+    if isinstance(value, dict):
+        return all(type(k) is str and _json_as_is(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_json_as_is(v) for v in value)
+    return not isinstance(value, tuple)
+
+
+_SIMPLE_VALUES = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from([
+    "[{t}:value = '{v}']", "[file:hashes.'{h}' = '{v}']", "[file:hashes.{h} = '{v}']",
+    "[autonomous-system:number = {n}]", "[{t}:value  = '{v}']", "[{t}:value = '{v}'] ",
+    "[{t}:value = '{v}' OR {t}:value = 'x']", "[{t}:value = \"{v}\"]", "[{t}:name = '{v}']",
+    "[autonomous-system:number = {n}.5]", "[autonomous-system:number = -{n}]",
+]), st.sampled_from(["ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr", "file",
+                     "x-custom", "IPV4-ADDR"]),
+    st.sampled_from(["MD5", "SHA-1", "SHA-256", "SHA-512", "SHA256", "sha-256", "TLSH", "A-B"]),
+    _SIMPLE_VALUES, st.integers(0, 10**22))
+def test_simple_indicator_reads_patterns_as_the_parser_does(
+        form: str, stix_type: str, hash_name: str, value: str, number: int) -> None:
+    text = form.format(t=stix_type, h=hash_name, v=value, n=number)
+    quick = simple_indicator(text)
+    try:
+        parsed = indicator_of(parse_pattern(text))
+    except PayloadError:
+        assert quick is None
+    else:
+        assert quick is None or quick == parsed
+    if stix_type in ("ipv4-addr", "url") and form == "[{t}:value = '{v}']" and not (
+            {"'", "\\"} & set(value)):
+        assert quick is not None  # the quick path does take the common form
+
+
+_BASE_INDICATOR = {"type": "indicator", "spec_version": "2.1",
+                   "id": f"indicator--{_UUID_TEXT}", "created": T0, "modified": T0,
+                   "pattern": "[ipv4-addr:value = '198.51.100.7']", "pattern_type": "stix",
+                   "valid_from": "2024-01-01T00:00:00Z"}
+
+
+@st.composite
+def posted_objects(draw: st.DrawFn) -> dict[str, Any]:
+    """Indicators and vulnerabilities as tools post them, valid or not in many ways."""
+    obj = dict(_BASE_INDICATOR)
+    kind = draw(st.sampled_from(list(VALUES)))
+    if kind is IndicatorType.CVE:
+        obj = {k: v for k, v in obj.items() if not k.startswith(("pattern", "valid"))}
+        obj.update(type="vulnerability", id=f"vulnerability--{_UUID_TEXT}",
+                   name=draw(st.sampled_from([VALUES[kind], "cve-2021-44228", "CVE-21-1"])))
+    else:
+        value = draw(st.sampled_from([VALUES[kind], VALUES[kind].upper(), "", "x'y", "010.0.0.1",
+                                      " 192.0.2.1", "192.0.2.1/32", "EVIL.example."]))
+        obj["pattern"] = pattern_for(kind, VALUES[kind]) if draw(st.booleans()) else (
+            draw(st.sampled_from(["[ipv4-addr:value = '{}']", "[domain-name:value = '{}']",
+                                  "[url:value = '{}']", "[ipv4-addr:value='{}']",
+                                  "[file:hashes.MD5 = '{}']"])).format(value))
+    options: dict[str, Any] = {
+        "name": st.sampled_from(["evil", VALUES[kind], "é"]),
+        "modified": st.sampled_from(["2024-02-01T00:00:00.000Z", "2023-01-01T00:00:00.000Z",
+                                     "2024-01-01T00:00:00Z", "2024-01-01T00:00:00.123456Z"]),
+        "confidence": st.sampled_from([0, 55, 100, 101, True, "80"]),
+        "labels": st.sampled_from([["bench"], [], ["a", ""], ["stix-id:x", "ok"]]),
+        "description": st.sampled_from(["méchant", "two\nlines", ""]),
+        "lang": st.sampled_from(["fr", "en", "fr-CA"]),
+        "valid_until": st.sampled_from(["2030-01-01T00:00:00Z", "2020-01-01T00:00:00Z"]),
+        "object_marking_refs": st.sampled_from(
+            [[TLP2_MARKINGS[TLP.AMBER]], [next(iter(TLP1_MARKINGS))],
+             [f"identity--{_UUID_TEXT}"], []]),
+        "created_by_ref": st.sampled_from([f"identity--{_UUID_TEXT}", "someone"]),
+        "external_references": st.sampled_from(
+            [[{"source_name": "cve", "external_id": "CVE-2021-44228"}],
+             [{"source_name": "x", "url": "https://example.org/"}], [{"url": "x"}]]),
+        "indicator_types": st.sampled_from([["malicious-activity"]]),
+        "revoked": st.sampled_from([True, False, "no"]),
+        "x_score": st.sampled_from([1.5, 7]),
+    }
+    for key in draw(st.lists(st.sampled_from(sorted(options)), max_size=5, unique=True)):
+        obj[key] = draw(options[key])
+    return obj
+
+
+@settings(max_examples=300, deadline=None)
+@given(posted_objects())
+def test_every_object_the_quick_path_accepts_passes_stix2_validator(obj: dict[str, Any]) -> None:
+    quick = _plain_stix_basics(obj) and (obj["type"] != "indicator" or simple_indicator(
+        obj["pattern"]) is not None)
+    try:
+        imported = import_object(obj)
+    except PayloadError:
+        return
+    if not quick:
+        return  # judged by the complete checks, as before (e.g. the parser's patterns)
+    result = validate_instance(obj, ValidationOptions())
+    assert result.is_valid, [str(e) for e in result.errors]
+    stix2.parse(obj, allow_custom=True)  # x_ properties are custom, not errors
+    if isinstance(imported.payload, Observation):
+        assert imported.payload.model_dump() == Observation.model_validate(
+            imported.payload.model_dump()).model_dump()
+
+
+def test_the_common_posted_indicator_takes_the_quick_path() -> None:
+    obj = {**_BASE_INDICATOR, "labels": ["bench"], "confidence": 80, "name": "198.51.100.7"}
+    assert _plain_stix_basics(obj)
+    assert simple_indicator(obj["pattern"]) == (IndicatorType.IPV4_ADDR, "198.51.100.7")
+    for kind, value in VALUES.items():
+        if kind is not IndicatorType.CVE:
+            escaped = "'" in value or "\\" in value  # left to the parser
+            assert simple_indicator(pattern_for(kind, value)) == (None if escaped
+                                                                  else (kind, value))
