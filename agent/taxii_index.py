@@ -31,7 +31,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -41,7 +41,7 @@ from agent.errors import StorageError
 from protocol.entries import TLP, verify_entry
 from protocol.errors import EntraideError
 from protocol.keys import PublicKey
-from protocol.payloads import Alert, Observation, Rule, Sighting, StixObject
+from protocol.payloads import Alert, Observation, Payload, Rule, Sighting, StixObject
 from protocol.stix import (
     EntryRef,
     entry_stix_id,
@@ -60,6 +60,7 @@ SYNC_CHUNK = 2000
 _SQL_PARAMS = 400
 _STATUS_KEEP_US = 7 * 24 * 3600 * 1_000_000
 _MAX_STATUSES = 100_000
+_MAX_KEY_TEXTS = 10_000
 T = TypeVar("T")
 
 _SCHEMA = """
@@ -177,6 +178,7 @@ class TaxiiIndex:
         self._synced = 0
         self._last_added = 0
         self._identities: set[str] = set()
+        self._key_texts: dict[bytes, str] = {}
 
     @classmethod
     async def open(cls, path: Path, ledger_path: Path, own_key: PublicKey,
@@ -265,17 +267,22 @@ class TaxiiIndex:
 
     # -- keeping up with the ledger
 
-    async def sync(self) -> int:
+    async def sync(self, payloads: Mapping[bytes, Payload] | None = None) -> int:
         """Index every readable entry the ledger has committed since the last sync.
+
+        Args:
+            payloads: the decoded payloads of some of those entries, by entry hash (the
+                post path has them at hand: they need not be read back and validated
+                again). Each must be the payload the entry carries.
 
         Returns the number of object rows added.
 
         Raises:
             StorageError: a database error (the index is left as it was).
         """
-        return await self._run(self._sync_all)
+        return await self._run(self._sync_all, payloads or {})
 
-    def _sync_all(self) -> int:
+    def _sync_all(self, payloads: Mapping[bytes, Payload]) -> int:
         assert self._ledger is not None
         head = self._ledger.execute("SELECT max(entry_no) FROM entries").fetchone()[0] or 0
         added = 0
@@ -288,19 +295,20 @@ class TaxiiIndex:
                     "SELECT hash FROM entries WHERE entry_no = ?", (head,)).fetchone()
                 self._commit([], head, last[0] if last else None)
                 break
-            pending = self._render(chunk)
+            pending = self._render(chunk, payloads)
             last_no = chunk[-1][0] if len(chunk) == SYNC_CHUNK else head
             last = self._ledger.execute(
                 "SELECT hash FROM entries WHERE entry_no = ?", (last_no,)).fetchone()
             added += self._commit(pending, last_no, last[0] if last else None)
         return added
 
-    def _render(self, chunk: Sequence[Sequence[Any]]) -> list[_Pending]:
+    def _render(self, chunk: Sequence[Sequence[Any]],
+                payloads: Mapping[bytes, Payload]) -> list[_Pending]:
         """The objects of a chunk of ledger rows, with identities first where new."""
         out: list[_Pending] = []
         by_entry: dict[bytes, dict[str, Any]] = {}
         for entry_no, kind, entry_hash, key, seq, ts, tlp, doc, target in chunk:
-            origin = _key_text(key)
+            origin = self._key_text(bytes(key))
             own = origin == self._own
             if kind == "retraction":
                 obj = self._revoked(doc, target, by_entry)
@@ -309,7 +317,8 @@ class TaxiiIndex:
                 ts = parse_timestamp(obj["modified"]) // 1000
             else:
                 ref = EntryRef(entry_hash.hex(), origin, seq, ts, TLP(tlp))
-                obj = self._object(kind, json.loads(doc), ref, target, by_entry)
+                obj = self._object(kind, doc, ref, target, by_entry,
+                                   payloads.get(bytes(entry_hash)))
                 if obj is None:
                     continue
             if origin not in self._identities:
@@ -323,12 +332,14 @@ class TaxiiIndex:
                                 else bytes(target), ts, obj, own))
         return out
 
-    def _object(self, kind: str, fields: dict[str, Any], ref: EntryRef, target: bytes | None,
-                by_entry: dict[bytes, dict[str, Any]]) -> dict[str, Any] | None:
+    def _object(self, kind: str, doc: str, ref: EntryRef, target: bytes | None,
+                by_entry: dict[bytes, dict[str, Any]],
+                known: Payload | None) -> dict[str, Any] | None:
         model = _MODELS.get(kind)
         if model is None:
             return None
-        payload = model.model_validate({**fields, "kind": kind})
+        payload = known if isinstance(known, model) else model.model_validate(
+            {**json.loads(doc), "kind": kind})
         target_ref = None
         if target is not None:
             sighted = by_entry.get(bytes(target)) or self._latest_of_entry(bytes(target))
@@ -344,6 +355,15 @@ class TaxiiIndex:
         current = by_entry.get(bytes(target)) or self._latest_of_entry(bytes(target))
         return None if current is None else revoke(current, ts)
 
+    def _key_text(self, raw: bytes) -> str:
+        # PublicKey() converts the key to X25519 (~60 us); a federation has few origins.
+        text = self._key_texts.get(raw)
+        if text is None:
+            if len(self._key_texts) >= _MAX_KEY_TEXTS:
+                self._key_texts.clear()
+            text = self._key_texts[raw] = PublicKey(raw).text
+        return text
+
     def _latest_of_entry(self, entry_hash: bytes) -> dict[str, Any] | None:
         assert self._db is not None
         row = self._db.execute(
@@ -354,12 +374,12 @@ class TaxiiIndex:
     def _commit(self, pending: list[_Pending], synced: int, synced_hash: bytes | None) -> int:
         assert self._db is not None
         db = self._db
-        seen = self._known_versions([(p.obj["id"], _version_us(p)) for p in pending])
+        keys = [(p.obj["id"], _version_us(p)) for p in pending]
+        seen = self._known_versions(keys)
         now_us = int(self._clock() * 1_000_000)
         last_added = self._last_added
         rows = []
-        for p in pending:
-            stix_id, version_us = p.obj["id"], _version_us(p)
+        for p, (stix_id, version_us) in zip(pending, keys, strict=True):
             in_all, in_own = seen.get((stix_id, version_us), (False, False))
             last_added = max(min(p.ts_ms * 1000, now_us), last_added + 1)
             rows.append((p.entry_no, p.entry_hash, last_added, stix_id, p.obj["type"],
@@ -506,8 +526,6 @@ def _version_us(p: _Pending) -> int:
     return parse_timestamp(version) if version else p.ts_ms * 1000
 
 
-def _key_text(raw: bytes) -> str:
-    return PublicKey(bytes(raw)).text
 
 
 def _dumps(obj: Any) -> str:

@@ -30,7 +30,7 @@ from agent.taxii_http import TaxiiError
 from agent.taxii_index import Collection, TaxiiIndex
 from protocol.entries import TLP
 from protocol.errors import EntraideError, PayloadError
-from protocol.payloads import Observation
+from protocol.payloads import Observation, Payload
 from protocol.stix import format_ms, format_us, import_object, parse_timestamp
 
 __all__ = ["DEFAULT_TLP", "MAX_OBJECTS", "PostResult", "add_objects", "parse_envelope"]
@@ -134,6 +134,7 @@ async def add_objects(node: Node, index: TaxiiIndex, objects: Sequence[Any],
                 if key is not None:
                     seen.add(key)
                 fresh.append(item)
+        stored: dict[bytes, Payload] = {}
         for start in range(0, len(fresh), MAX_APPEND_BATCH):
             batch = fresh[start:start + MAX_APPEND_BATCH]
             try:
@@ -147,7 +148,10 @@ async def add_objects(node: Node, index: TaxiiIndex, objects: Sequence[Any],
                 note = f"entry {entry.id}" + (f"; {item.message}" if item.message else "")
                 outcome[item.position] = (True, _detail(
                     item.stix_id, item.version or format_ms(entry.ts), note))
-        await index.sync()
+                if item.submission is not None:
+                    stored[entry.hash] = item.submission.payload
+        # The index renders these entries from the payloads in hand, not read back.
+        await index.sync(stored)
     for position in range(len(objects)):
         ok, detail = outcome[position]
         (result.successes if ok else result.failures).append(detail)

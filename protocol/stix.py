@@ -26,6 +26,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -135,6 +136,7 @@ def entry_stix_id(stix_type: str, entry_id: str) -> str:
     return f"{stix_type}--{stix_uuid('entry:' + entry_id.lower())}"
 
 
+@functools.lru_cache(maxsize=1024)  # a federation has few origins; each object names one
 def identity_id(origin: str) -> str:
     """The STIX identity id of an origin (its ``ed25519:...`` key text)."""
     return f"identity--{stix_uuid('origin:' + origin)}"
@@ -174,11 +176,21 @@ def parse_timestamp(text: object, what: str = "timestamp") -> int:
 def format_us(us: int, *, taxii: bool = False) -> str:
     """Text of a µs timestamp: STIX form (milliseconds, or microseconds when finer) or,
     with ``taxii``, always six digits as TAXII 2.1 §2 requires."""
-    moment = _EPOCH + timedelta(microseconds=us)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    days, micros = divmod(us, 86_400_000_000)
+    try:
+        day = date.fromordinal(days + _EPOCH_ORDINAL)
+    except ValueError:
+        raise OverflowError("date value out of range") from None  # as datetime says
+    if day.year < 1000:  # strftime's own (platform's) rendering of such years
+        text = (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S")
+    else:
+        seconds, micros = divmod(micros, 1_000_000)
+        minutes, second = divmod(seconds, 60)
+        text = (f"{day.year}-{day.month:02d}-{day.day:02d}T"
+                f"{minutes // 60:02d}:{minutes % 60:02d}:{second:02d}")
     if taxii or us % 1000:
-        return f"{text}.{moment.microsecond:06d}Z"
-    return f"{text}.{moment.microsecond // 1000:03d}Z"
+        return f"{text}.{us % 1_000_000:06d}Z"
+    return f"{text}.{us % 1_000_000 // 1000:03d}Z"
 
 
 def format_ms(ms: int) -> str:

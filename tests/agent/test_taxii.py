@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +20,9 @@ import stix2
 from stix2validator import ValidationOptions, validate_instance
 from taxii2client.v21 import ApiRoot, Collection, Server, as_pages
 
-from agent.taxii import API_ROOT, COLLECTIONS, MAX_CONTENT_LENGTH
+from agent.taxii import API_ROOT, COLLECTIONS, MAX_CONTENT_LENGTH, _origin_info
+from agent.taxii_index import Collection as IndexCollection
+from agent.taxii_index import TaxiiIndex, VersionFilter
 from agent.taxii_post import MAX_OBJECTS
 from protocol.entries import TLP
 from protocol.payloads import Alert, Rule, StixObject
@@ -372,3 +375,33 @@ async def test_taxii_client_raises_on_a_wrong_scope(api: Api) -> None:
     reader._can_write = True
     with pytest.raises(requests.HTTPError, match="403"):
         await threaded(reader.add_objects, {"objects": [indicator(1)]})
+
+
+async def test_taxii_objects_indexed_at_post_time_equal_a_rebuild_from_the_ledger(
+        api: Api, tmp_path: Path) -> None:
+    local = collection(api, LOCAL_ID)
+    vulnerability = {"type": "vulnerability", "spec_version": "2.1", "name": "CVE-2021-44228",
+                     "id": "vulnerability--0c7b5b88-8ff7-4a4d-aa9d-feb398cd0066",
+                     "created": T0, "modified": T0, "description": "log4shell", "lang": "fr"}
+    malware = {"type": "malware", "spec_version": "2.1", "name": "X", "is_family": True,
+               "id": "malware--0c7b5b88-8ff7-4a4d-aa9d-feb398cd0061", "created": T0,
+               "modified": T0, "x_score": 1.5, "x_note": "é \u2028"}
+    posted = [indicator(n, confidence=n % 101, labels=["bench"], name=ip(n),
+                        valid_until="2030-01-01T00:00:00Z") for n in range(40)]
+    posted += [vulnerability, malware, indicator(99, pattern="[file:hashes.MD5 = 'x']"),
+               indicator(98, object_marking_refs=[TLP2_MARKINGS[TLP.AMBER]])]
+    status = await threaded(local.add_objects, {"objects": posted})
+    assert status.success_count == len(posted)
+    await api.submit({"observations": [obs(ip(500))]})  # a native one, rendered from the ledger
+    served = await threaded(read_all, collection(api, FED_ID, "read"), 1000, version="all")
+    node = api.node
+    rebuilt = await TaxiiIndex.open(tmp_path / "rebuilt.sqlite3",
+                                    node.config.ledger_path(node.data_dir), node.public_key,
+                                    _origin_info(node), node.clock)
+    try:
+        await rebuilt.sync()
+        page = await rebuilt.page(IndexCollection.ALL, limit=1000, versions=VersionFilter(all=True))
+    finally:
+        await rebuilt.close()
+    assert len(served) == len(posted) + 2  # and this node's identity, and the native one
+    assert served == [json.loads(row.json) for row in page.rows]
