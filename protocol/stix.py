@@ -62,6 +62,7 @@ __all__ = [
     "TLP1_MARKINGS",
     "TLP2_MARKINGS",
     "EntryRef",
+    "ObjectText",
     "StixImport",
     "check_stix_object",
     "entry_stix_id",
@@ -70,6 +71,8 @@ __all__ = [
     "identity_id",
     "identity_to_stix",
     "import_object",
+    "object_json",
+    "observation_text",
     "parse_timestamp",
     "payload_to_stix",
     "revoke",
@@ -324,6 +327,63 @@ def observation_to_stix(obs: Observation, ref: EntryRef) -> dict[str, Any]:
         valid_until=None if obs.valid_until is None else _dt(obs.valid_until),
         description=description)
     return _finish(obj, ref, extension)
+
+
+@dataclass(frozen=True)
+class ObjectText:
+    """The JSON text (:func:`object_json`) of an object derived from an entry not yet
+    signed, with the gaps its entry id and seq go in: :meth:`fill` completes it."""
+
+    parts: tuple[str, ...]
+    slots: tuple[str, ...]  # "id" or "seq", one per gap between parts
+
+    def fill(self, entry_id: str, seq: int) -> str:
+        """The text once the entry (64 hex id, seq) is known."""
+        out = [self.parts[0]]
+        for slot, part in zip(self.slots, self.parts[1:], strict=True):
+            out.append(entry_id if slot == "id" else str(seq))
+            out.append(part)
+        return "".join(out)
+
+
+def object_json(obj: Mapping[str, Any]) -> str:
+    """The text an object is served as: compact JSON, non-ASCII kept."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+_POSTED_SLOTS = ("id", "id", "seq")
+_MARKER = re.compile(r"[0-9a-f]{32}", re.ASCII)
+
+
+def observation_text(obs: Observation, origin: str, tlp: TLP, marker: str
+                     ) -> ObjectText | None:
+    """``object_json(observation_to_stix(obs, ref))`` for any entry ``ref`` of ``origin``
+    and ``tlp``, before the entry exists: so an observation posted as STIX is rendered
+    while it is checked, and only its entry id and seq are filled in once signed.
+
+    Args:
+        marker: 32 random hex digits, drawn by the caller for this call (or a batch of
+            calls): they stand for the entry id in the text.
+
+    Returns:
+        None when the object depends on more of its entry: an observation that does not
+        carry its STIX id and ``modified`` (reserved tags), an indicator without
+        ``first_seen`` (its ``valid_from`` is the entry time), or a text in which the
+        marker does not appear exactly where the entry does.
+    """
+    if not _MARKER.fullmatch(marker):
+        raise ValueError("the marker must be 32 lowercase hex digits")
+    kept, _ = _reserved(obs.tags)
+    if ("stix-id:" not in kept or "stix-modified:" not in kept
+            or (obs.type is not IndicatorType.CVE and obs.first_seen is None)):
+        return None
+    obj = observation_to_stix(obs, EntryRef(marker, origin, 0, 0, tlp))
+    obj["extensions"][EXTENSION_ID]["seq"] = marker + "s"
+    pieces = re.split(f'("{marker}s"|{marker})', object_json(obj))
+    slots = tuple("id" if piece == marker else "seq" for piece in pieces[1::2])
+    if slots != _POSTED_SLOTS:
+        return None  # the marker is in the content too: render it once signed
+    return ObjectText(tuple(pieces[0::2]), slots)
 
 
 def sighting_to_stix(sighting: Sighting, ref: EntryRef, target_ref: str) -> dict[str, Any]:

@@ -31,6 +31,8 @@ from protocol.stix import (
     identity_id,
     identity_to_stix,
     import_object,
+    object_json,
+    observation_text,
     parse_timestamp,
     payload_to_stix,
     revoke,
@@ -496,3 +498,33 @@ def test_the_common_posted_indicator_takes_the_quick_path() -> None:
             escaped = "'" in value or "\\" in value  # left to the parser
             assert simple_indicator(pattern_for(kind, value)) == (None if escaped
                                                                   else (kind, value))
+
+
+MARKER = "5f0c" * 8
+
+
+@pytest.mark.parametrize("kind", list(IndicatorType))
+def test_observation_text_filled_in_is_the_text_of_the_object(kind: IndicatorType) -> None:
+    posted = payload_to_stix(rich_observation(kind), REF)
+    assert posted is not None
+    obs = import_object(posted).payload
+    assert isinstance(obs, Observation)
+    text = observation_text(obs, REF.origin, REF.tlp, MARKER)
+    assert text is not None
+    for ref in (REF, EntryRef("cd" * 32, REF.origin, 123_456, 5, REF.tlp)):
+        assert text.fill(ref.id, ref.seq) == object_json(payload_to_stix(obs, ref) or {})
+
+
+def test_observation_text_is_none_when_the_object_needs_more_of_its_entry() -> None:
+    native = rich_observation(IndicatorType.URL)
+    assert observation_text(native, REF.origin, REF.tlp, MARKER) is None  # no STIX id
+    exported = payload_to_stix(native, REF)
+    assert exported is not None
+    posted = import_object({**exported, "labels": ["c2", MARKER]}).payload
+    assert isinstance(posted, Observation)
+    assert observation_text(posted, REF.origin, REF.tlp, MARKER) is None  # marker in content
+    assert observation_text(posted, REF.origin, REF.tlp, "ab" * 16) is not None
+    unseen = posted.model_copy(update={"first_seen": None})
+    assert observation_text(unseen, REF.origin, REF.tlp, "ab" * 16) is None  # valid_from = ts
+    with pytest.raises(ValueError):
+        observation_text(posted, REF.origin, REF.tlp, "not hex")
