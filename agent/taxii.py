@@ -48,7 +48,7 @@ from agent.taxii_http import (
     taxii_response,
 )
 from agent.taxii_index import Collection, IndexPage, TaxiiIndex, VersionFilter
-from agent.taxii_post import add_objects, parse_envelope
+from agent.taxii_post import Judge, add_objects, parse_envelope
 from agent.tokens import Scope, TokenRecord
 from protocol.errors import EntraideError
 from protocol.stix import format_us
@@ -103,11 +103,12 @@ _BY_KEY = {key: c for c in COLLECTIONS for key in (c.id, c.alias)}
 
 @dataclass
 class _State:
-    """Per-app state: the index (opened on first use) and the post lock."""
+    """Per-app state: the index (opened on first use), the post lock and the judge."""
 
     index: TaxiiIndex | None = None
     opening: asyncio.Lock = field(default_factory=asyncio.Lock)
     post_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    judge: Judge = field(default_factory=Judge)
 
 
 _STATE = web.AppKey("taxii_state", _State)
@@ -316,10 +317,11 @@ async def post_objects(request: web.Request) -> web.Response:
                                            f"post to the local collection")
     check_content_type(request)
     data = await _read_body(request)
-    objects = parse_envelope(data)
+    objects = await asyncio.to_thread(parse_envelope, data)
     node = _node(request)
     index = await _index(request, sync=False)
-    result = await add_objects(node, index, objects, request.app[_STATE].post_lock, node.clock)
+    state = request.app[_STATE]
+    result = await add_objects(node, index, objects, state.post_lock, node.clock, state.judge)
     document = result.document()
     await index.save_status(result.id, document)
     return taxii_response(document, status=202)
@@ -422,6 +424,7 @@ def taxii_app() -> web.Application:
 
 async def _close(app: web.Application) -> None:
     state = app[_STATE]
+    await state.judge.close()
     if state.index is not None:
         await state.index.close()
         state.index = None

@@ -47,13 +47,15 @@ from protocol.stix import (
     entry_stix_id,
     format_ms,
     identity_to_stix,
+    object_json,
     parse_timestamp,
     payload_to_stix,
     revoke,
     version_of,
 )
 
-__all__ = ["INDEX_SCHEMA", "Collection", "IndexPage", "IndexRow", "TaxiiIndex", "VersionFilter"]
+__all__ = ["INDEX_SCHEMA", "Collection", "IndexPage", "IndexRow", "KnownObject", "TaxiiIndex",
+           "VersionFilter"]
 
 INDEX_SCHEMA = 1
 SYNC_CHUNK = 2000
@@ -142,6 +144,19 @@ OriginInfo = Callable[[str], tuple[str | None, str | None]]
 """origin key text → (display name, jurisdiction), from the trust list."""
 
 
+@dataclass(frozen=True)
+class KnownObject:
+    """What the post path knows of an entry it has just stored: its payload and, when
+    it rendered the entry's object already, the object's text (``object_json``) with
+    its id, version and spec_version (``json`` None: the index renders it)."""
+
+    payload: Payload
+    json: str | None = None
+    stix_id: str = ""
+    version: str | None = None
+    spec_version: str = "2.1"
+
+
 @dataclass
 class _Pending:
     """A rendered object waiting to be written in the current sync chunk."""
@@ -149,9 +164,23 @@ class _Pending:
     entry_no: int
     entry_hash: bytes | None
     ts_ms: int
-    obj: dict[str, Any]
     own: bool
+    stix_id: str
+    stix_type: str
+    version: str | None
+    spec_version: str
+    json: str
     identity: str | None = None  # the origin, for an origin's identity object
+
+    @classmethod
+    def of(cls, entry_no: int, entry_hash: bytes | None, ts_ms: int, obj: dict[str, Any],
+           own: bool, identity: str | None = None) -> _Pending:
+        return cls(entry_no, entry_hash, ts_ms, own, obj["id"], obj["type"], version_of(obj),
+                   obj.get("spec_version", "2.1"), object_json(obj), identity)
+
+    @property
+    def version_us(self) -> int:
+        return parse_timestamp(self.version) if self.version else self.ts_ms * 1000
 
 
 class TaxiiIndex:
@@ -267,22 +296,22 @@ class TaxiiIndex:
 
     # -- keeping up with the ledger
 
-    async def sync(self, payloads: Mapping[bytes, Payload] | None = None) -> int:
+    async def sync(self, known: Mapping[bytes, KnownObject] | None = None) -> int:
         """Index every readable entry the ledger has committed since the last sync.
 
         Args:
-            payloads: the decoded payloads of some of those entries, by entry hash (the
-                post path has them at hand: they need not be read back and validated
-                again). Each must be the payload the entry carries.
+            known: what the post path knows of some of those entries, by entry hash:
+                their payloads (not read back and validated again) and maybe their
+                rendered objects. Each must be what that entry carries.
 
         Returns the number of object rows added.
 
         Raises:
             StorageError: a database error (the index is left as it was).
         """
-        return await self._run(self._sync_all, payloads or {})
+        return await self._run(self._sync_all, known or {})
 
-    def _sync_all(self, payloads: Mapping[bytes, Payload]) -> int:
+    def _sync_all(self, known: Mapping[bytes, KnownObject]) -> int:
         assert self._ledger is not None
         head = self._ledger.execute("SELECT max(entry_no) FROM entries").fetchone()[0] or 0
         added = 0
@@ -295,7 +324,7 @@ class TaxiiIndex:
                     "SELECT hash FROM entries WHERE entry_no = ?", (head,)).fetchone()
                 self._commit([], head, last[0] if last else None)
                 break
-            pending = self._render(chunk, payloads)
+            pending = self._render(chunk, known)
             last_no = chunk[-1][0] if len(chunk) == SYNC_CHUNK else head
             last = self._ledger.execute(
                 "SELECT hash FROM entries WHERE entry_no = ?", (last_no,)).fetchone()
@@ -303,57 +332,74 @@ class TaxiiIndex:
         return added
 
     def _render(self, chunk: Sequence[Sequence[Any]],
-                payloads: Mapping[bytes, Payload]) -> list[_Pending]:
+                known: Mapping[bytes, KnownObject]) -> list[_Pending]:
         """The objects of a chunk of ledger rows, with identities first where new."""
         out: list[_Pending] = []
-        by_entry: dict[bytes, dict[str, Any]] = {}
+        # Objects of this chunk by entry, for sightings and retractions of them (as
+        # text when it came rendered: parsed only if one is needed).
+        by_entry: dict[bytes, dict[str, Any] | str] = {}
         for entry_no, kind, entry_hash, key, seq, ts, tlp, doc, target in chunk:
             origin = self._key_text(bytes(key))
             own = origin == self._own
-            if kind == "retraction":
-                obj = self._revoked(doc, target, by_entry)
-                if obj is None:
-                    continue
-                ts = parse_timestamp(obj["modified"]) // 1000
+            given = known.get(bytes(entry_hash)) if kind != "retraction" else None
+            if given is not None and given.json is not None:
+                pending = _Pending(entry_no, bytes(entry_hash), ts, own, given.stix_id,
+                                   given.stix_id.partition("--")[0], given.version,
+                                   given.spec_version, given.json)
+                by_entry[bytes(entry_hash)] = given.json
             else:
-                ref = EntryRef(entry_hash.hex(), origin, seq, ts, TLP(tlp))
-                obj = self._object(kind, doc, ref, target, by_entry,
-                                   payloads.get(bytes(entry_hash)))
-                if obj is None:
-                    continue
+                if kind == "retraction":
+                    obj = self._revoked(doc, target, by_entry)
+                    if obj is None:
+                        continue
+                    ts = parse_timestamp(obj["modified"]) // 1000
+                else:
+                    ref = EntryRef(entry_hash.hex(), origin, seq, ts, TLP(tlp))
+                    obj = self._object(kind, doc, ref, target, by_entry,
+                                       None if given is None else given.payload)
+                    if obj is None:
+                        continue
+                subject = bytes(entry_hash) if kind != "retraction" else bytes(target)
+                pending = _Pending.of(entry_no, subject, ts, obj, own)
+                by_entry[subject] = obj
             if origin not in self._identities:
                 name, jurisdiction = self._origin_info(origin)
-                out.append(_Pending(entry_no, None, ts,
-                                    identity_to_stix(origin, name, jurisdiction=jurisdiction),
-                                    own, identity=origin))
+                out.append(_Pending.of(entry_no, None, ts, identity_to_stix(
+                    origin, name, jurisdiction=jurisdiction), own, identity=origin))
                 self._identities.add(origin)
-            by_entry[bytes(entry_hash) if kind != "retraction" else bytes(target)] = obj
-            out.append(_Pending(entry_no, bytes(entry_hash) if kind != "retraction"
-                                else bytes(target), ts, obj, own))
+            out.append(pending)
         return out
 
     def _object(self, kind: str, doc: str, ref: EntryRef, target: bytes | None,
-                by_entry: dict[bytes, dict[str, Any]],
-                known: Payload | None) -> dict[str, Any] | None:
+                by_entry: dict[bytes, dict[str, Any] | str],
+                payload: Payload | None) -> dict[str, Any] | None:
         model = _MODELS.get(kind)
         if model is None:
             return None
-        payload = known if isinstance(known, model) else model.model_validate(
-            {**json.loads(doc), "kind": kind})
+        if not isinstance(payload, model):
+            payload = model.model_validate({**json.loads(doc), "kind": kind})
         target_ref = None
         if target is not None:
-            sighted = by_entry.get(bytes(target)) or self._latest_of_entry(bytes(target))
+            sighted = self._object_of_entry(bytes(target), by_entry)
             target_ref = sighted["id"] if sighted else entry_stix_id("indicator", target.hex())
         return payload_to_stix(payload, ref, target_ref=target_ref)
 
     def _revoked(self, raw: bytes, target: bytes,
-                 by_entry: dict[bytes, dict[str, Any]]) -> dict[str, Any] | None:
+                 by_entry: dict[bytes, dict[str, Any] | str]) -> dict[str, Any] | None:
         try:
             ts = verify_entry(raw).ts
         except EntraideError:
             return None  # the ledger's verify reports damaged entries; serve what is sound
-        current = by_entry.get(bytes(target)) or self._latest_of_entry(bytes(target))
+        current = self._object_of_entry(bytes(target), by_entry)
         return None if current is None else revoke(current, ts)
+
+    def _object_of_entry(self, entry_hash: bytes, by_entry: dict[bytes, dict[str, Any] | str]
+                 ) -> dict[str, Any] | None:
+        """The latest object of an entry: from this chunk, else from the index."""
+        found = by_entry.get(entry_hash)
+        if isinstance(found, str):
+            found = by_entry[entry_hash] = dict(json.loads(found))
+        return found or self._latest_of_entry(entry_hash)
 
     def _key_text(self, raw: bytes) -> str:
         # PublicKey() converts the key to X25519 (~60 us); a federation has few origins.
@@ -374,7 +420,7 @@ class TaxiiIndex:
     def _commit(self, pending: list[_Pending], synced: int, synced_hash: bytes | None) -> int:
         assert self._db is not None
         db = self._db
-        keys = [(p.obj["id"], _version_us(p)) for p in pending]
+        keys = [(p.stix_id, p.version_us) for p in pending]
         seen = self._known_versions(keys)
         now_us = int(self._clock() * 1_000_000)
         last_added = self._last_added
@@ -382,10 +428,9 @@ class TaxiiIndex:
         for p, (stix_id, version_us) in zip(pending, keys, strict=True):
             in_all, in_own = seen.get((stix_id, version_us), (False, False))
             last_added = max(min(p.ts_ms * 1000, now_us), last_added + 1)
-            rows.append((p.entry_no, p.entry_hash, last_added, stix_id, p.obj["type"],
-                         version_of(p.obj) or format_ms(p.ts_ms), version_us,
-                         p.obj.get("spec_version", "2.1"), int(not in_all),
-                         int(p.own and not in_own), _dumps(p.obj)))
+            rows.append((p.entry_no, p.entry_hash, last_added, stix_id, p.stix_type,
+                         p.version or format_ms(p.ts_ms), version_us, p.spec_version,
+                         int(not in_all), int(p.own and not in_own), p.json))
             seen[(stix_id, version_us)] = (True, in_own or p.own)
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -519,11 +564,6 @@ _MODELS: dict[str, type[Observation | Sighting | Rule | Alert | StixObject]] = {
     "observation": Observation, "sighting": Sighting, "rule": Rule, "alert": Alert,
     "stix": StixObject,
 }
-
-
-def _version_us(p: _Pending) -> int:
-    version = version_of(p.obj)
-    return parse_timestamp(version) if version else p.ts_ms * 1000
 
 
 
