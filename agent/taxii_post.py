@@ -26,7 +26,10 @@ import contextlib
 import json
 import logging
 import multiprocessing
+import os
 import secrets
+import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -181,7 +184,8 @@ class Judge:
         if self._broken:
             return False
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_watch_parent, initargs=(os.getpid(),))
             self._ready = self._pool.submit(_warm_up)
             return False
         if self._ready is None or not self._ready.done():
@@ -210,6 +214,21 @@ class Judge:
         self._broken = True
         if pool is not None:
             await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
+
+
+def _watch_parent(parent: int) -> None:
+    """In the worker process: end it when the node is gone (even killed with -9, which
+    leaves the worker waiting for chunks that will never come)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_WATCH_INTERVAL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+_WATCH_INTERVAL_S = 0.5
 
 
 def _warm_up() -> None:

@@ -11,6 +11,9 @@ index equal to one rebuilt from the ledger.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +118,41 @@ async def test_judge_falls_back_to_the_thread_when_the_process_is_gone(tmp_path:
         assert not await judge.ready()  # and it is not used again
     finally:
         await judge.close()
+
+
+_HOLDER = """
+import asyncio, sys
+from agent.taxii_post import Judge
+
+async def main():
+    judge = Judge()
+    assert await judge.ready()
+    print(*judge._pool._processes, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def test_judge_process_ends_when_the_node_is_killed() -> None:
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER], stdout=subprocess.PIPE,
+                              cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert holder.stdout is not None
+        (worker,) = map(int, holder.stdout.readline().split())
+        assert _alive(worker)
+    finally:
+        holder.kill()  # as kill -9 would: no cleanup in the node
+        holder.wait()
+    deadline = time.monotonic() + 30
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
