@@ -98,7 +98,7 @@ class Puller:
             # it twice.
             live = small and a > log.swept
             while a <= b:
-                p = self._source(log, a)
+                p = self._source(log, a, b)
                 if p is None:
                     return
                 n = min(b - a + 1, self.params.want_batch, self.room(p), p.told[log.kid] - a + 1)
@@ -109,9 +109,16 @@ class Puller:
                 self.schedule(want.deadline, "want_timeout", log.kid)
                 a += n
 
-    def _source(self, log: OriginLog, seq: int) -> PeerState | None:
+    def _source(self, log: OriginLog, seq: int, last: int) -> PeerState | None:
+        # No silly windows: a peer whose window has room for less than half a full
+        # request (want_batch, or what is left of the range it holds) is asked again
+        # once more of its window is free. Without this, each small arrival frees a
+        # small room and the ranges stay small for good (catch-up of 20 origins ran
+        # at 76 entries per ENTRIES message instead of ~250: 3x the per-batch costs).
+        full = min(self.params.want_batch, self.params.want_window)
         candidates = [p for p in self.peers.values()
-                      if p.told.get(log.kid, 0) >= seq and self.room(p) > 0]
+                      if (told := p.told.get(log.kid, 0)) >= seq
+                      and 2 * self.room(p) >= min(full, min(last, told) - seq + 1)]
         if not candidates:
             return None
         for p in candidates:
