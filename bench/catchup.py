@@ -160,6 +160,10 @@ def run(ctx: Context) -> Result:
             copies = metric(parsed, "entraide_peer_entries_total", direction="in")
             result.add("copies_per_entry", "entry copies received per entry", copies / n,
                        "copies")
+            messages = metric(parsed, "entraide_peer_messages_total", direction="in",
+                              kind="ENTRIES")
+            result.add("entries_per_message", "entries per ENTRIES message",
+                       copies / max(1.0, messages), "entries")
             result.add("seconds", "time until in sync", seconds, "s")
         asyncio.run(catch_up())
     ctx.log("catchup: in-sync reconnect")

@@ -98,7 +98,8 @@ async def build_ledger(node: FedNode, total: int, distinct: int, log: Any) -> fl
     return done / (time.perf_counter() - start)
 
 
-async def _load(client: Client, paths: list[str]) -> tuple[float, list[float]]:
+async def _load(client: Client, paths: list[str], clients: int = CLIENTS
+                ) -> tuple[float, list[float]]:
     queue = iter(paths)
     latencies: list[float] = []
 
@@ -109,7 +110,7 @@ async def _load(client: Client, paths: list[str]) -> tuple[float, list[float]]:
             latencies.append(time.perf_counter() - t0)
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(CLIENTS)))
+    await asyncio.gather(*(worker() for _ in range(clients)))
     return time.perf_counter() - t0, latencies
 
 
@@ -122,6 +123,14 @@ async def _measure(node: FedNode, lookups: int, lists: int, distinct: int, per: 
         result.params["observations_per_indicator"] = len(sample["observations"])
         await _load(client, [f"/api/v1/indicators/ipv4-addr/{_value(rng.randrange(distinct))}"
                              for _ in range(200)])  # warm-up
+        # Service time: one client, one request at a time (no queueing in the node).
+        paths = [f"/api/v1/indicators/ipv4-addr/{_value(rng.randrange(distinct))}"
+                 for _ in range(lookups // 10)]
+        _, lat = await _load(client, paths, clients=1)
+        result.add("lookup_1_p50_ms", "indicator lookup p50 (1 client)",
+                   percentile(lat, 0.5) * 1000, "ms")
+        result.add("lookup_1_p99_ms", "indicator lookup p99 (1 client)",
+                   percentile(lat, 0.99) * 1000, "ms")
         paths = [f"/api/v1/indicators/ipv4-addr/{_value(rng.randrange(distinct))}"
                  for _ in range(lookups)]
         seconds, lat = await _load(client, paths)

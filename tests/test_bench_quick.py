@@ -1,0 +1,107 @@
+"""``scripts/bench --quick``: every scenario runs at tiny sizes and produces its figures.
+
+No timed assertions: the figures must exist and be numbers, the result file must be
+well formed; how good they are is docs/benchmarks.md's business.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import SCENARIOS
+from bench.common import Figure, Result, percentile, table
+
+REPO = Path(__file__).resolve().parent.parent
+
+FIGURES = {
+    "baseline": {"sign_per_s", "verify_per_s", "verify_2threads_per_s", "sqlite_insert_per_s"},
+    "submit": {"sign_per_s", "batched_per_s", "batched_p50_ms", "batched_p99_ms",
+               "single_per_s", "single_p50_ms", "single_p99_ms", "batched_vs_sign"},
+    "ingest": {"verify_per_s", "entries_per_s", "vs_verify", "copies_per_entry",
+               "entries_per_message", "seconds"},
+    "propagation": {"real_p50_ms", "real_p99_ms", "real_max_ms", "real_delivery_p50_ms",
+                    "real_copies", "real_control_ratio", "real_wire_control_ratio",
+                    "sim_p50_ms", "sim_p99_ms", "sim_max_ms", "sim_copies",
+                    "sim_control_ratio"},
+    "catchup": {"entries_per_s", "wire_ratio", "copies_per_entry", "entries_per_message",
+                "seconds", "reconnect_bytes", "reconnect_gossip_bytes", "handshake_bytes",
+                "reconnect_total_bytes", "reconnect_ms"},
+    "query": {"build_per_s", "lookup_1_p50_ms", "lookup_1_p99_ms", "lookup_p50_ms",
+              "lookup_p99_ms", "lookup_per_s", "list_p50_ms", "list_p99_ms", "list_per_s",
+              "rss_peak_mb"},
+}
+TARGETED = {
+    "baseline": set(),
+    "submit": {"batched_per_s", "batched_vs_sign"},
+    "ingest": {"vs_verify"},
+    "propagation": {"real_p99_ms", "real_copies", "real_control_ratio", "sim_p99_ms",
+                    "sim_copies", "sim_control_ratio"},
+    "catchup": {"entries_per_s", "wire_ratio", "reconnect_bytes"},
+    "query": {"lookup_p99_ms", "rss_peak_mb"},
+}
+"""The figures the issue sets a target for, per scenario."""
+
+
+@pytest.mark.slow
+def test_bench_quick_every_scenario_produces_its_figures(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    run = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out),
+                          "--workdir", str(tmp_path / "work")],
+                         cwd=REPO, capture_output=True, text=True, timeout=280)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (path,) = out.glob("*.json")
+    doc = json.loads(path.read_text())
+    assert doc["quick"] is True
+    assert doc["machine"]["cores"] >= 1 and doc["machine"]["python"]
+    assert [s["scenario"] for s in doc["scenarios"]] == list(SCENARIOS)
+    for scenario in doc["scenarios"]:
+        name = scenario["scenario"]
+        figures = {f["key"]: f for f in scenario["figures"]}
+        assert figures, name
+        for fig in figures.values():
+            assert isinstance(fig["value"], float) and math.isfinite(fig["value"]), fig
+            assert fig["value"] >= 0, fig
+            if fig["target"] is not None:
+                assert fig["ok"] in (True, False)
+        if name not in FIGURES:
+            continue  # another team's scenario: it ran and produced numbers
+        assert set(figures) == FIGURES[name], name
+        for key, fig in figures.items():
+            targeted = key in TARGETED[name]
+            assert (fig["target"] is not None) == targeted, fig
+            assert (fig["op"] is not None) == targeted, fig
+    for name in SCENARIOS:
+        assert f"| {name}" in run.stdout  # the table
+    # Every entry reached every node (the scenarios fail otherwise; copies are counted).
+    by_name = {s["scenario"]: {f["key"]: f["value"] for f in s["figures"]}
+               for s in doc["scenarios"]}
+    assert by_name["ingest"]["copies_per_entry"] >= 1.0
+    assert by_name["catchup"]["copies_per_entry"] >= 1.0
+    # Nothing was left behind in the work dir.
+    assert not any((tmp_path / "work").iterdir())
+
+
+def test_bench_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == 50.0
+    assert percentile(values, 0.99) == 99.0
+    assert percentile(values, 1.0) == 100.0
+    assert percentile([3.0], 0.99) == 3.0
+    assert math.isnan(percentile([], 0.5))
+
+
+def test_bench_figure_judges_its_target() -> None:
+    assert Figure("a", "a", 5.0, op=">=", target=4.0).ok is True
+    assert Figure("a", "a", 5.0, op="<=", target=4.0).ok is False
+    assert Figure("a", "a", float("nan"), op="<=", target=4.0).ok is None
+    assert Figure("a", "a", 5.0).ok is None
+    result = Result("x")
+    result.add("k", "label", 1.5, "ms", op="<=", target=2.0)
+    text = table([result])
+    assert "| x" in text and "<= 2.00" in text and "ok" in text
