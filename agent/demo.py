@@ -73,7 +73,16 @@ def run_demo(keep: bool = False, root: Path | None = None) -> int:
         _say("Links dialled: " + ", ".join(f"{a}→{b}" for a, b in LINKS)
              + " (every node trusts every other as an author)")
         fed.start()
-        _say("All five nodes are up.\n")
+
+        def linked() -> bool:
+            for a, b in LINKS:
+                peers = by_name[a].call("GET", "/api/v1/status")["peers"]
+                if not any(p["name"] == b and p["connected"] for p in peers):
+                    return False
+            return True
+
+        link_s = wait_for(linked, SYNC_TIMEOUT_S, "every link to connect")
+        _say(f"All five nodes are up; every link connected {link_s * 1000:.0f} ms later.\n")
 
         # One at a time, so each entry's spread is measured alone: "received" is when a
         # node's ledger holds it (verified), "read" when the node also lists it.
