@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(quick=args.quick, workdir=workdir, log=stderr_log)
     results: list[Result] = []
     broken: list[str] = []
+    path: Path | None = None
     try:
         for name in chosen:
             module = importlib.import_module(f"bench.{name}")
@@ -55,13 +56,17 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             try:
                 result = module.run(ctx)
-            except Exception:
+            except Exception as exc:
                 traceback.print_exc()
                 broken.append(name)
-                result = Result(name, notes=["failed: " + traceback.format_exc(limit=3)])
+                result = Result(name, notes=[f"failed: {type(exc).__name__}: {exc}"])
             result.wall_s = round(time.perf_counter() - t0, 2)
             stderr_log(f"{name} done in {result.wall_s:.1f} s")
             results.append(result)
+            print(table([result]), file=sys.stderr, flush=True)
+            # Written after every scenario: a later one that hangs loses nothing.
+            path = write_results(results, args.out, quick=args.quick, started=started,
+                                 machine=machine, path=path)
     finally:
         if args.keep:
             stderr_log(f"nodes kept in {workdir}")
@@ -71,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         for note in result.notes:
             print(f"- {result.scenario}: {note}")
-    path = write_results(results, args.out, quick=args.quick, started=started, machine=machine)
     print(f"results: {path}")
     if broken:
         print(f"broken scenarios: {', '.join(broken)}", file=sys.stderr)

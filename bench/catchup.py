@@ -146,8 +146,8 @@ def run(ctx: Context) -> Result:
 
         async def catch_up() -> None:
             async with Client(b) as client:
-                seconds, _ = await timed_sync(client, a, total,
-                                              timeout=60 if ctx.quick else 600)
+                seconds, b_cpu, a_cpu = await timed_sync(client, a, b, total,
+                                                         timeout=60 if ctx.quick else 600)
                 parsed = await metrics(client)
             n = len(missed)
             result.add("entries_per_s", "entries/s until in sync", n / seconds, "entries/s",
@@ -165,6 +165,8 @@ def run(ctx: Context) -> Result:
             result.add("entries_per_message", "entries per ENTRIES message",
                        copies / max(1.0, messages), "entries")
             result.add("seconds", "time until in sync", seconds, "s")
+            result.add("b_cpu_us", "catching-up node CPU per entry", b_cpu / n * 1e6, "us")
+            result.add("a_cpu_us", "serving node CPU per entry", a_cpu / n * 1e6, "us")
         asyncio.run(catch_up())
     ctx.log("catchup: in-sync reconnect")
     figures = asyncio.run(_reconnect_bytes(a, b))

@@ -33,6 +33,7 @@ __all__ = [
     "Context",
     "Figure",
     "Result",
+    "cpu_seconds",
     "machine_info",
     "percentile",
     "rss_peak_mb",
@@ -189,6 +190,13 @@ def sqlite_insert_rate(rows: int = 200_000, batch: int = 1000, value_bytes: int 
 # --- processes ----------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used so far (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_peak_mb(pid: int) -> tuple[float, float]:
     """(peak RSS, current RSS) of a live process in MiB, from /proc (VmHWM, VmRSS)."""
     peak = current = float("nan")
@@ -301,20 +309,23 @@ def table(results: Iterable[Result]) -> str:
 
 
 def write_results(results: Sequence[Result], out_dir: Path, *, quick: bool,
-                  started: datetime, machine: dict[str, Any]) -> Path:
-    """Write ``<out_dir>/<UTC timestamp>.json``; return its path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = started.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = out_dir / f"{stamp}{'-quick' if quick else ''}.json"
-    n = 1
-    while path.exists():
-        n += 1
-        path = out_dir / f"{stamp}{'-quick' if quick else ''}-{n}.json"
+                  started: datetime, machine: dict[str, Any], path: Path | None = None) -> Path:
+    """Write ``<out_dir>/<UTC timestamp>.json`` (or rewrite ``path``); return its path."""
+    if path is None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stamp = started.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+        path = out_dir / f"{stamp}{'-quick' if quick else ''}.json"
+        n = 1
+        while path.exists():
+            n += 1
+            path = out_dir / f"{stamp}{'-quick' if quick else ''}-{n}.json"
     doc = {
         "started": started.astimezone(UTC).isoformat(timespec="seconds"),
         "quick": quick,
         "machine": machine,
         "scenarios": [r.as_json() for r in results],
     }
-    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
     return path

@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-from bench.common import Context, Result, verify_rate
+from bench.common import Context, Result, cpu_seconds, verify_rate
 from bench.fed import (
     Client,
+    FedNode,
     LocalFederation,
     add_origins,
     connect,
@@ -50,10 +51,10 @@ def _value(origin: int, seq: int) -> str:
     return f"{11 + n % 200}.{(n >> 8) & 255}.{n & 255}.{1 + (n >> 16) % 250}"
 
 
-async def timed_sync(dst_client: Client, src: object, target: int, timeout: float
-                     ) -> tuple[float, int]:
-    """Connect DST to SRC now; seconds until DST holds ``target`` entries, and how many
-    status polls it took."""
+async def timed_sync(dst_client: Client, src: FedNode, dst: FedNode, target: int,
+                     timeout: float) -> tuple[float, float, float]:
+    """Connect DST to SRC now; seconds until DST holds ``target`` entries, and the CPU
+    seconds DST and SRC used meanwhile."""
     polls = 0
 
     async def done() -> bool:
@@ -62,10 +63,13 @@ async def timed_sync(dst_client: Client, src: object, target: int, timeout: floa
         status = await dst_client.request("GET", "/api/v1/status")
         return bool(status["ledger"]["entries"] >= target)
 
+    assert src.process is not None and dst.process is not None
+    cpu = (cpu_seconds(dst.process.pid), cpu_seconds(src.process.pid))
     t0 = time.perf_counter()
-    await connect(dst_client, src)  # type: ignore[arg-type]
+    await connect(dst_client, src)
     t1 = await wait_until(done, timeout=timeout, what=f"{target} entries replicated")
-    return t1 - t0, polls
+    return (t1 - t0, cpu_seconds(dst.process.pid) - cpu[0],
+            cpu_seconds(src.process.pid) - cpu[1])
 
 
 async def _fill(fed: LocalFederation, name: str, entries: list[VerifiedEntry]) -> None:
@@ -94,8 +98,8 @@ def run(ctx: Context) -> Result:
 
         async def measure() -> None:
             async with Client(fed["DST"]) as client:
-                seconds, _ = await timed_sync(client, fed["SRC"], total,
-                                              timeout=60 if ctx.quick else 300)
+                seconds, dst_cpu, src_cpu = await timed_sync(
+                    client, fed["SRC"], fed["DST"], total, timeout=60 if ctx.quick else 300)
                 parsed = await metrics(client)
             rate = total / seconds
             result.add("entries_per_s", "verified and stored", rate, "entries/s")
@@ -109,6 +113,10 @@ def run(ctx: Context) -> Result:
             result.add("entries_per_message", "entries per ENTRIES message",
                        copies / max(1.0, messages), "entries")
             result.add("seconds", "time to hold every entry", seconds, "s")
+            result.add("dst_cpu_us", "receiving node CPU per entry", dst_cpu / total * 1e6,
+                       "us")
+            result.add("src_cpu_us", "sending node CPU per entry", src_cpu / total * 1e6,
+                       "us")
 
         asyncio.run(measure())
     return result

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgpack
 
-from bench.common import Context, Result, percentile, rss_peak_mb
+from bench.common import Context, Result, cpu_seconds, percentile, rss_peak_mb
 from bench.fed import Client, FedNode, add_origins, identity, new_federation, open_ledger
 from protocol.entries import TLP, VerifiedEntry, sign_entry
 from protocol.payloads import Observation, encode_payload
@@ -133,12 +133,23 @@ async def _measure(node: FedNode, lookups: int, lists: int, distinct: int, per: 
                    percentile(lat, 0.99) * 1000, "ms")
         paths = [f"/api/v1/indicators/ipv4-addr/{_value(rng.randrange(distinct))}"
                  for _ in range(lookups)]
+        assert node.process is not None
+        cpu0 = cpu_seconds(node.process.pid)
         seconds, lat = await _load(client, paths)
+        cpu = (cpu_seconds(node.process.pid) - cpu0) / lookups
         result.add("lookup_p50_ms", f"indicator lookup p50 ({CLIENTS} clients)",
                    percentile(lat, 0.5) * 1000, "ms")
         result.add("lookup_p99_ms", f"indicator lookup p99 ({CLIENTS} clients)",
                    percentile(lat, 0.99) * 1000, "ms", op="<=", target=10)
         result.add("lookup_per_s", "indicator lookups/s", lookups / seconds, "req/s")
+        result.add("lookup_cpu_us", "indicator lookup: node CPU per request", cpu * 1e6, "us")
+
+        # The floor: the same load on the cheapest route (no token, no ledger).
+        seconds, lat = await _load(client, ["/api/v1/health"] * lookups)
+        result.add("health_p99_ms", f"floor: GET /health p99 ({CLIENTS} clients)",
+                   percentile(lat, 0.99) * 1000, "ms")
+        result.add("health_per_s", "floor: GET /health requests/s", lookups / seconds,
+                   "req/s")
 
         def window() -> str:
             t = TS0 + rng.randrange(1, per)

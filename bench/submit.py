@@ -15,7 +15,7 @@ import itertools
 import time
 from typing import Any
 
-from bench.common import Context, Result, percentile, sign_rate
+from bench.common import Context, Result, cpu_seconds, percentile, sign_rate
 from bench.fed import Client, FedNode, ipv4, new_federation
 
 BATCH = 500
@@ -64,21 +64,30 @@ async def _measure(node: FedNode, batched_total: int, single_total: int,
         await _run_clients(SINGLE_CLIENTS, [1] * 64, post_one)
 
         batches = [BATCH] * (batched_total // BATCH)
+        assert node.process is not None
+        cpu0 = cpu_seconds(node.process.pid)
         seconds, lat = await _run_clients(BATCH_CLIENTS, batches, post_batch)
         n = sum(batches)
+        cpu1 = cpu_seconds(node.process.pid)
         result.add("batched_per_s", f"batched ({BATCH}/request, {BATCH_CLIENTS} clients)",
                    n / seconds, "obs/s", op=">=", target=10_000)
         result.add("batched_p50_ms", "batched: request latency p50",
                    percentile(lat, 0.5) * 1000, "ms")
         result.add("batched_p99_ms", "batched: request latency p99",
                    percentile(lat, 0.99) * 1000, "ms")
+        result.add("batched_cpu_us", "batched: node CPU per observation",
+                   (cpu1 - cpu0) / n * 1e6, "us")
         batched_rate = n / seconds
 
+        cpu0 = cpu_seconds(node.process.pid)
         seconds, lat = await _run_clients(SINGLE_CLIENTS, [1] * single_total, post_one)
+        cpu1 = cpu_seconds(node.process.pid)
         result.add("single_per_s", f"single ({SINGLE_CLIENTS} concurrent clients)",
                    single_total / seconds, "obs/s")
         result.add("single_p50_ms", "single: latency p50", percentile(lat, 0.5) * 1000, "ms")
         result.add("single_p99_ms", "single: latency p99", percentile(lat, 0.99) * 1000, "ms")
+        result.add("single_cpu_us", "single: node CPU per observation",
+                   (cpu1 - cpu0) / single_total * 1e6, "us")
         status = await client.request("GET", "/api/v1/status")
         expected = next(counter) - 1
         if status["ledger"]["entries"] != expected:
