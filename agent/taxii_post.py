@@ -6,11 +6,12 @@ whose (id, version) the read-write collection already holds, or that appears twi
 the envelope, succeeds without creating anything. The others are signed and durably
 committed through the node's group committer before the status answers ``complete``.
 
-Judging (checking and mapping) is CPU work, done off the event loop by a :class:`Judge`:
-in a worker thread, and for a large envelope also in a worker process (the second
-core), chunk by chunk. Storing starts with the first chunk judged and takes, in each
-commit, every chunk judged meanwhile, so judging the rest overlaps signing and
-committing. Entries are still created in the envelope's order.
+Judging (checking, mapping, rendering the object served) is CPU work, done off the
+event loop by a :class:`Judge`: in a worker thread, and for a large envelope, when the
+host has a core to spare, also in a worker process, chunk by chunk. Storing then
+starts with the first chunk judged and takes, in each commit, every chunk judged
+meanwhile, so judging the rest overlaps signing and committing. Entries are created in
+the envelope's order either way.
 
 Invariants:
 - Posts are serialised (one lock per node app), so two concurrent posts of the same
@@ -140,29 +141,37 @@ _Judged = tuple[dict[int, tuple[bool, dict[str, str]]], list[_Item]]
 class Judge:
     """Judges envelopes: in a worker thread, and large ones also in one worker process.
 
-    The process is started (spawned: the daemon has threads) by the first envelope of
-    ``PARALLEL_MIN`` objects or more, which is judged in the thread meanwhile; later
-    ones use it. If the process dies, its chunks are judged in the thread and the
-    process is not used again. Close with :meth:`close`.
+    The process is only worth it when a core is idle: on a busy host it competes with
+    the node's own thread and slows the post down (see docs/benchmarks.md, taxii). So
+    an envelope goes to it only when ``spare_core()`` says the host has a core to spare.
+    The process is started (spawned: the daemon has threads) by the first envelope
+    that would use it, which is judged in the thread meanwhile. If the process dies,
+    its chunks are judged in the thread and the process is not used again. Close with
+    :meth:`close`.
 
     Args:
         processes: False for a judge that only ever uses the thread.
+        spare_core: whether the host has a core to spare now (default: this process
+            may use two cores or more, and the 1-minute load average, this node's own
+            work included, leaves at least half of one idle).
     """
 
-    def __init__(self, *, processes: bool = True) -> None:
+    def __init__(self, *, processes: bool = True,
+                 spare_core: Callable[[], bool] | None = None) -> None:
         self._pool: ProcessPoolExecutor | None = None
         self._ready: Future[None] | None = None
         self._broken = not processes
+        self._spare_core = spare_core or _spare_core
 
     def judge(self, objects: Sequence[Any], origin: str) -> list[Awaitable[_Judged]]:
         """The verdicts on ``objects`` to be stored as entries of ``origin`` (key text),
         chunk by chunk in envelope order (positions are the objects' indexes in
         ``objects``); the chunks are being judged already."""
-        if len(objects) < PARALLEL_MIN or not self._usable():
-            return [asyncio.ensure_future(asyncio.to_thread(_judge, objects, 0, origin))]
+        if len(objects) < PARALLEL_MIN or not self._spare_core() or not self._usable():
+            return [asyncio.ensure_future(asyncio.to_thread(_judge, objects, 0, origin, False))]
         first = CHUNK // 2
         parts: list[Awaitable[_Judged]] = [
-            asyncio.ensure_future(asyncio.to_thread(_judge, objects[:first], 0, origin))]
+            asyncio.ensure_future(asyncio.to_thread(_judge, objects[:first], 0, origin, False))]
         for at in range(first, len(objects), CHUNK):
             parts.append(asyncio.ensure_future(
                 self._in_process(objects[at:at + CHUNK], at, origin)))
@@ -201,12 +210,12 @@ class Judge:
         try:
             assert self._pool is not None
             return await asyncio.wrap_future(
-                self._pool.submit(_judge, list(objects), offset, origin))
+                self._pool.submit(_judge, list(objects), offset, origin, True))
         except Exception as exc:  # the process is gone (or could not take the chunk)
             if not self._broken:
                 log.warning("TAXII judge process failed (%s); judging in a thread", exc)
                 self._broken = True
-            return await asyncio.to_thread(_judge, objects, offset, origin)
+            return await asyncio.to_thread(_judge, objects, offset, origin, False)
 
     async def close(self) -> None:
         """Stop the worker process, if one was started."""
@@ -214,6 +223,15 @@ class Judge:
         self._broken = True
         if pool is not None:
             await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
+
+
+def _spare_core() -> bool:
+    cores = len(os.sched_getaffinity(0))
+    try:
+        load = os.getloadavg()[0]  # this node's own work included
+    except OSError:
+        return False
+    return cores >= 2 and load <= cores - 0.5
 
 
 def _watch_parent(parent: int) -> None:
@@ -346,10 +364,12 @@ def _settle(committing: tuple[list[_Item], asyncio.Task[list[VerifiedEntry]]],
                                              item.version, item.spec_version)
 
 
-def _judge(objects: Sequence[Any], offset: int, origin: str) -> _Judged:
+def _judge(objects: Sequence[Any], offset: int, origin: str, render: bool) -> _Judged:
     """Check and map every object: refusals by position (``offset`` + index), and the
-    items to store as entries of ``origin``, each with its object rendered. Runs in
-    the worker process too."""
+    items to store as entries of ``origin``. With ``render``, each observation's object
+    is rendered too (in the worker process: off the node's critical path; in the
+    node's thread that would only add the template's cost, so the index renders it).
+    Runs in the worker process too."""
     outcome: dict[int, tuple[bool, dict[str, str]]] = {}
     items: list[_Item] = []
     marker = secrets.token_hex(16)
@@ -375,7 +395,8 @@ def _judge(objects: Sequence[Any], offset: int, origin: str) -> _Judged:
             message = "shared as an Entraide observation"
             if imported.dropped:
                 message += "; not kept: " + ", ".join(imported.dropped)
-            text, spec_version = observation_text(payload, origin, tlp, marker), "2.1"
+            spec_version = "2.1"
+            text = observation_text(payload, origin, tlp, marker) if render else None
         else:
             assert isinstance(payload, StixObject)  # import_object makes nothing else
             text = ObjectText((payload.object_json,), ())

@@ -47,7 +47,7 @@ async def test_add_objects_with_the_worker_process_keeps_every_verdict_and_the_o
         ledger_path = node.config.ledger_path(node.data_dir)
         index = await TaxiiIndex.open(tmp_path / "index.sqlite3", ledger_path, node.public_key,
                                       _origin_info(node), node.clock)
-        judge = Judge()
+        judge = Judge(spare_core=lambda: True)
         lock = asyncio.Lock()
         try:
             assert await judge.ready()
@@ -104,8 +104,25 @@ async def test_add_objects_with_the_worker_process_keeps_every_verdict_and_the_o
             await index.close()
 
 
+async def test_judge_uses_the_process_only_when_a_core_is_spare() -> None:
+    busy = True
+    judge = Judge(spare_core=lambda: not busy)
+    objects = [indicator(n) for n in range(PARALLEL_MIN)]
+    try:
+        parts = judge.judge(objects, "ed25519:" + "A" * 43)
+        assert len(parts) == 1 and judge._pool is None  # busy host: the thread, no process
+        await asyncio.gather(*parts)
+        busy = False
+        assert await judge.ready()
+        parts = judge.judge(objects, "ed25519:" + "A" * 43)
+        assert len(parts) > 1
+        await asyncio.gather(*parts)
+    finally:
+        await judge.close()
+
+
 async def test_judge_falls_back_to_the_thread_when_the_process_is_gone(tmp_path: Path) -> None:
-    judge = Judge()
+    judge = Judge(spare_core=lambda: True)
     try:
         assert await judge.ready()
         assert judge._pool is not None
@@ -125,7 +142,7 @@ import asyncio, sys
 from agent.taxii_post import Judge
 
 async def main():
-    judge = Judge()
+    judge = Judge(spare_core=lambda: True)
     assert await judge.ready()
     print(*judge._pool._processes, flush=True)
     await asyncio.sleep(3600)
