@@ -257,8 +257,6 @@ def machine_info() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
         "sqlite": sqlite3.sqlite_version,
-        "libsodium": nacl.bindings.sodium_version_string().decode()
-        if hasattr(nacl.bindings, "sodium_version_string") else None,
         "libraries": {d: _version(d) for d in ("pynacl", "aiohttp", "aiosqlite", "msgpack",
                                                "pydantic", "pydantic-core")},
         "commit": _git_commit(),
