@@ -188,7 +188,16 @@ def _network_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address, prefix
     return f"{address}/{prefix}"
 
 
+# Dotted decimal already in canonical form (no leading zeros, each octet <= 255): what
+# str(IPv4Address(text)) gives back unchanged. Most submissions look like this, and
+# the regex costs a tenth of ipaddress's parse; anything else takes the full path.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}", re.ASCII)
+
+
 def _normalise_ipv4(text: str) -> str:
+    if _CANONICAL_IPV4.fullmatch(text):
+        return text
     address_text, prefix = _split_prefix(text, 32)
     address = _ipv4_address(address_text)
     return str(address) if prefix is None else _network_text(address, prefix)

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.provisional import domains, urls
 
+import protocol.indicators
 from protocol.errors import EntraideError, PayloadError
 from protocol.indicators import (
     MAX_INDICATOR_CHARS,
@@ -306,3 +309,28 @@ def test_normalise_indicator_generated_ip_addresses_round_trip(address: object) 
         assert "IPv4-mapped" in str(exc)
         return
     assert canonical == text
+
+
+_OCTET_SPELLINGS = ["0", "00", "7", "07", "10", "010", "99", "100", "199", "200", "249",
+                    "250", "255", "256", "299", "300", "0255", "1000", "", "-1", "+1", " 1"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_OCTET_SPELLINGS), min_size=1, max_size=5),
+       st.sampled_from(["", "/32", "/24", "\n", "."]))
+def test_ipv4_fast_path_agrees_with_ipaddress(octets: list[str], suffix: str) -> None:
+    # The canonical-form regex returns the text as is; the full path must agree on
+    # every spelling, accepted or refused.
+    text = ".".join(octets) + suffix
+    try:
+        fast = protocol.indicators._normalise_ipv4(text)
+    except protocol.indicators._Invalid:
+        fast = None
+    try:
+        address = ipaddress.IPv4Address(text)
+    except ValueError:
+        if fast is not None:
+            assert "/" in text  # a CIDR block, not taken by the fast path
+            assert not protocol.indicators._CANONICAL_IPV4.fullmatch(text)
+        return
+    assert fast == str(address)

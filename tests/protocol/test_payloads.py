@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
+import unicodedata
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -217,6 +220,34 @@ def test_observation_refuses_bad_field_with_clear_message(
     if location:
         assert f"{location}: " in text
         assert any(".".join(map(str, e["loc"])) == location for e in info.value.errors())
+
+
+def test_text_checks_refuse_exactly_what_unicodedata_says() -> None:
+    # _one_line and _multi_line use one regex each instead of a unicodedata lookup
+    # per character: every code point must be judged as the categories say.
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        category = unicodedata.category(char)
+        one_line_bad = (category in ("Cc", "Cs", "Zl", "Zp")
+                        or char in payloads._BIDI_CONTROLS)
+        multi_line_bad = category in ("Cc", "Cs") and char not in "\t\n\r"
+        assert (payloads._NOT_ONE_LINE.search(char) is not None) is one_line_bad, hex(code)
+        assert (payloads._NOT_MULTI_LINE.search(char) is not None) is multi_line_bad, hex(code)
+
+
+@pytest.mark.parametrize(("text", "found"), [
+    ("ok\u2029x\x07", "U+2029"), ("é\x85é", "U+0085"), ("x\x7f", "U+007F"),
+    ("a\u2066b", "U+2066"),
+])
+def test_one_line_names_the_first_bad_character(text: str, found: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(found)):
+        observation(tags=[text])
+
+
+def test_multi_line_keeps_tabs_and_line_breaks_but_names_other_controls() -> None:
+    assert observation(description={"fr": "a\tb\r\nç"}).description.fr == "a\tb\r\nç"
+    with pytest.raises(ValidationError, match=re.escape("U+009F")):
+        observation(description={"en": "line\n\x9f"})
 
 
 def test_observation_keeps_tags_as_given_but_stripped_and_deduplicated() -> None:
