@@ -76,7 +76,7 @@ from protocol.entries import (
 from protocol.envelope import open_envelope, seal_envelope
 from protocol.errors import ChainError, EncodingError, EntraideError, OversizeError
 from protocol.keys import Identity, PublicKey
-from protocol.payloads import decode_payload, encode_payload
+from protocol.payloads import decode_payload, encode_payload_with_fields
 
 __all__ = [
     "MAX_APPEND_BATCH",
@@ -375,9 +375,10 @@ class Ledger:
             if isinstance(draft.payload, bytes | bytearray | memoryview):
                 data = bytes(draft.payload)
                 payload = decode_payload(data)
+                dumped = None
             else:
                 payload = draft.payload
-                data = encode_payload(payload)
+                data, dumped = encode_payload_with_fields(payload)
             if tlp.encrypted:
                 if not draft.recipients:
                     raise EncodingError(f"a {tlp.value} entry needs recipients")
@@ -389,7 +390,7 @@ class Ledger:
                 audience, body = None, data
             entry = sign_entry(self._identity, seq=seq + 1, prev=prev, now_ms=now_ms,
                                tlp=tlp, audience=audience, body=body)
-            out.append((entry, build_record(payload, entry.ts)))
+            out.append((entry, build_record(payload, entry.ts, dumped)))
             seq, prev = entry.seq, entry.hash
         return out
 

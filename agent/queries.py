@@ -145,11 +145,19 @@ class IndexRecord:
     target: bytes | None = None
 
 
-def build_record(payload: Payload, ts: int) -> IndexRecord:
-    """The index record of a decoded payload carried by an entry stamped ``ts`` (ms)."""
-    fields = payload.model_dump(mode="json")
+_DOC_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def build_record(payload: Payload, ts: int,
+                 dumped: dict[str, Any] | None = None) -> IndexRecord:
+    """The index record of a decoded payload carried by an entry stamped ``ts`` (ms).
+
+    ``dumped``: ``payload.model_dump(mode="json")`` when the caller already has it
+    (``encode_payload_with_fields``); it is taken over, not copied.
+    """
+    fields = payload.model_dump(mode="json") if dumped is None else dumped
     del fields["kind"]
-    doc = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    doc = _DOC_JSON.encode(fields)
     if isinstance(payload, Observation):
         first = _to_ms(payload.first_seen) if payload.first_seen else ts
         last = _to_ms(payload.last_seen) if payload.last_seen else max(first, ts)

@@ -41,7 +41,7 @@ from pydantic import (
     model_validator,
 )
 
-from protocol.encoding import Limits, decode, encode
+from protocol.encoding import Limits, decode, pack_trusted
 from protocol.errors import OversizeError, PayloadError
 from protocol.indicators import (
     MAX_INDICATOR_CHARS,
@@ -79,6 +79,7 @@ __all__ = [
     "StixObject",
     "decode_payload",
     "encode_payload",
+    "encode_payload_with_fields",
     "format_validation_error",
     "normalise_indicator",
     "parse_payload_json",
@@ -573,13 +574,40 @@ def encode_payload(payload: Payload) -> bytes:
         TypeError: ``payload`` is not one of the payload models.
         OversizeError: over ``MAX_PAYLOAD_BYTES`` (cannot happen for a validated model).
     """
+    return encode_payload_with_fields(payload)[0]
+
+
+def encode_payload_with_fields(payload: Payload) -> tuple[bytes, dict[str, Any]]:
+    """``encode_payload(payload)`` and ``payload.model_dump(mode="json")``, from one dump.
+
+    The dump (None values and empty lists included, as the query index keeps them) is
+    a new dict the caller may keep; the encoding does not share its maps.
+
+    Raises:
+        TypeError, OversizeError: as :func:`encode_payload`.
+    """
     if not isinstance(payload, _PAYLOAD_TYPES):
         raise TypeError(f"not a payload: {type(payload).__name__}")
-    dumped = payload.model_dump(mode="json", exclude_none=True)
-    data = encode({key: value for key, value in dumped.items() if value != []})
+    dumped = payload.model_dump(mode="json")
+    value = {key: _wire_value(item) for key, item in sorted(dumped.items())
+             if item is not None and item != []}
+    # A validated model's JSON dump holds only strings, booleans, integers within the
+    # models' bounds (none reaches 2**53), lists of strings and maps of strings, so
+    # sorting every map's keys is all the canonical form asks (code-point order of
+    # str keys is their UTF-8 byte order): encode()'s walk would find nothing to
+    # refuse. tests/vectors and the round-trip tests hold the bytes to encode()'s.
+    data = pack_trusted(value)
     if len(data) > MAX_PAYLOAD_BYTES:
         raise OversizeError(f"payload is {len(data)} bytes, over the {MAX_PAYLOAD_BYTES} cap")
-    return data
+    return data, dumped
+
+
+def _wire_value(value: Any) -> Any:
+    """A nested dump value as encoded: maps without None values, keys sorted."""
+    if isinstance(value, dict):
+        return {key: _wire_value(item) for key, item in sorted(value.items())
+                if item is not None}
+    return value
 
 
 def decode_payload(data: bytes) -> Payload:

@@ -116,6 +116,21 @@ def test_payload_round_trips_exactly(payload: Payload) -> None:
     assert encode_payload(decoded) == data
 
 
+@pytest.mark.parametrize("payload", [
+    *examples(), observation(description={"fr": "seulement en français"}),
+    observation(first_seen="2026-01-01T00:00:00.5+02:00", tags=("a", "b"))],
+    ids=lambda p: p.kind)
+def test_encode_payload_is_encode_of_the_dump_without_none_or_empty_lists(
+    payload: Payload,
+) -> None:
+    # encode_payload skips encode()'s walk (it only sorts keys): same bytes.
+    dumped = payload.model_dump(mode="json", exclude_none=True)
+    expected = encode({key: value for key, value in dumped.items() if value != []})
+    data, fields = payloads.encode_payload_with_fields(payload)
+    assert data == expected == encode_payload(payload)
+    assert fields == payload.model_dump(mode="json")
+
+
 def test_payload_examples_cover_every_kind() -> None:
     assert {p.kind for p in examples()} == set(PAYLOAD_KINDS)
 
