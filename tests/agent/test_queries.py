@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from agent.errors import InvalidCursorError
+from agent.errors import InvalidCursorError, StorageError
 from agent.ledger import Ledger, OwnDraft
-from agent.queries import decode_cursor, encode_cursor, format_ms
+from agent.queries import FAST_ROWS, decode_cursor, encode_cursor, format_ms
 from protocol.entries import TLP
 from protocol.errors import EncodingError, PayloadError
 from protocol.payloads import (
@@ -349,3 +350,86 @@ async def test_time_window_lists_newest_ts_first_and_pages_by_time(ledger: Ledge
         await ledger.list_observations(since=0, cursor=arrival_cursor)
     oldest_first = await all_pages(ledger, 5, since=0, newest_first=False)
     assert len(oldest_first) == 13  # the stream's catch-up stays in arrival order
+
+
+async def _indicator_both_ways(ledger: Ledger, value: str, **options: object
+                               ) -> tuple[dict[str, object], dict[str, object]]:
+    """The lookup as served (the loop's own connection) and by the threaded statements."""
+    reader = ledger._read
+    served = await ledger.indicator("ipv4-addr", value, **options)  # type: ignore[arg-type]
+    threaded = await reader._indicator_threaded(
+        "ipv4-addr", value, bool(options.get("include_retracted", False)),
+        int(options.get("limit", 1000)))  # type: ignore[call-overload]
+    return served, threaded
+
+
+async def test_indicator_one_statement_answers_like_the_three(ledger: Ledger) -> None:
+    value = ip(9)
+    alice = chain(ALICE, 3, payload=lambda s: observation(
+        value, first_seen=f"2026-01-0{s}T00:00:00Z", last_seen=f"2026-01-0{s + 4}T00:00:00Z"))
+    await ledger.ingest(alice)
+    [mine, gone] = await ledger.append_own([draft(observation(value)), draft(observation(value))])
+    await ledger.append_own([draft(retraction(gone))])
+    await ledger.ingest(chain(BOB, 1, payload=lambda _s: observation(value)))
+    for options in ({}, {"include_retracted": True}, {"limit": 2}):
+        served, threaded = await _indicator_both_ways(ledger, value, **options)
+        assert served == threaded, options
+    served, _ = await _indicator_both_ways(ledger, value)
+    assert served["count"] == 5
+    assert served["origins"] == [ALICE.public_key.text, ME.public_key.text,
+                                 BOB.public_key.text]
+    assert gone.id not in [o["id"] for o in served["observations"]]  # type: ignore[attr-defined]
+    assert mine.id in [o["id"] for o in served["observations"]]  # type: ignore[attr-defined]
+
+
+async def test_indicator_seen_more_than_fast_rows_times_is_counted_whole(
+        ledger: Ledger) -> None:
+    value = ip(10)
+    await ledger.ingest(chain(ALICE, FAST_ROWS + 5, payload=lambda _s: observation(value)))
+    served, threaded = await _indicator_both_ways(ledger, value, limit=3)
+    assert served == threaded
+    assert served["count"] == FAST_ROWS + 5 and len(served["observations"]) == 3  # type: ignore[arg-type]
+
+
+async def test_indicator_goes_to_the_reader_thread_when_the_loop_would_wait(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    await ledger.append_own([draft(observation(ip(11)))])
+    calls: list[str] = []
+
+    def locked(*_args: object) -> None:
+        calls.append("fast")
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(ledger._read, "_indicator_fast", locked)
+    result = await ledger.indicator("ipv4-addr", ip(11))
+    assert calls == ["fast"] and result["count"] == 1
+
+    def broken(*_args: object) -> None:
+        raise sqlite3.OperationalError("no such table: observations")
+
+    monkeypatch.setattr(ledger._read, "_indicator_fast", broken)
+    with pytest.raises(StorageError):
+        await ledger.indicator("ipv4-addr", ip(11))
+
+
+async def test_indicator_connection_closes_with_its_reader(tmp_path: Path) -> None:
+    ledger = await open_ledger(tmp_path / "l.sqlite3", ME)
+    await ledger.append_own([draft(observation(ip(12)))])
+    assert (await ledger.indicator("ipv4-addr", ip(12)))["count"] == 1
+    fast = ledger._read._fast
+    assert fast is not None
+    ledger._read.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        fast.execute("SELECT 1")
+    ledger._read.close()  # idempotent
+    await ledger.close()
+    # A reader dropped without close() closes its connection when collected.
+    ledger = await open_ledger(tmp_path / "l.sqlite3", ME)
+    assert (await ledger.indicator("ipv4-addr", ip(12)))["count"] == 1
+    fast = ledger._read._fast
+    assert fast is not None
+    await ledger.close()
+    del ledger
+    gc.collect()
+    with pytest.raises(sqlite3.ProgrammingError):
+        fast.execute("SELECT 1")
