@@ -4,26 +4,38 @@ Setup (not timed): ``ORIGINS`` author identities each sign a chain of CLEAR IPv4
 observations (signing runs in a helper process, on the other core, while this
 process stores the previous chain with the ledger's batched ``ingest``, the path
 replicated entries take). Every indicator value is observed by ``SHARING`` origins.
-Then the node runs as an ``entraide run`` process and 32 concurrent aiohttp clients
-(this process, the other core) ask it:
+Then the node runs as an ``entraide run`` process and 32 concurrent clients (this
+process, the other core; keep-alive connections, each sends its next request when the
+last one is answered) ask it:
 - indicator lookups ``GET /api/v1/indicators/ipv4-addr/{value}`` (every value known);
+- the HTTP floor ``GET /api/v1/health`` (no token, no ledger);
 - filtered lists ``GET /api/v1/observations`` (by type+value; by origin; by a narrow
   time window; by TLP), 50 per page.
-Latency is per request, as the clients see it. Peak RSS is the node process's VmHWM.
+The clients are bench/httpload.py's lean load generator: aiohttp's client cost
+~200-300 us of Python per request on the two cores the node uses too, so it measured
+itself as much as the node. The lookups and the floor are also run through aiohttp's
+client (the ``aiohttp_*`` figures, as measured before) for comparison. Latency is
+per request, as the clients see it, from sending the request to holding the whole
+body; every response is checked (status 200; a lookup answers for the value asked,
+with the expected number of origins and as many observations as its count). Peak
+RSS is the node process's VmHWM.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
 from bench.common import Context, Result, cpu_seconds, percentile, rss_peak_mb
 from bench.fed import Client, FedNode, add_origins, identity, new_federation, open_ledger
+from bench.httpload import run_load
 from protocol.entries import TLP, VerifiedEntry, sign_entry
 from protocol.payloads import Observation, encode_payload
 
@@ -100,6 +112,7 @@ async def build_ledger(node: FedNode, total: int, distinct: int, log: Any) -> fl
 
 async def _load(client: Client, paths: list[str], clients: int = CLIENTS
                 ) -> tuple[float, list[float]]:
+    """The same load through aiohttp's client (the figures before the lean one)."""
     queue = iter(paths)
     latencies: list[float] = []
 
@@ -114,29 +127,69 @@ async def _load(client: Client, paths: list[str], clients: int = CLIENTS
     return time.perf_counter() - t0, latencies
 
 
+def _lookup_check(origins: int) -> Callable[[str, bytes], None]:
+    """Every lookup answers for the value asked, with ``origins`` origins and as many
+    observations as its count says."""
+    prefix = len("/api/v1/indicators/ipv4-addr/")
+
+    def check(path: str, body: bytes) -> None:
+        doc = json.loads(body)
+        value = path[prefix:]
+        if doc["type"] != "ipv4-addr" or doc["value"] != value:
+            raise ValueError(f"answered for {doc['type']}/{doc['value']}")
+        if len(doc["origins"]) != origins or doc["count"] != len(doc["observations"]):
+            raise ValueError(f"{len(doc['origins'])} origins, count {doc['count']}")
+        if any(o["value"] != value for o in doc["observations"]):
+            raise ValueError("an observation of another value")
+
+    return check
+
+
+def _health_check(path: str, body: bytes) -> None:
+    if json.loads(body) != {"status": "ok"}:
+        raise ValueError("not ok")
+
+
+def _list_check(path: str, body: bytes) -> None:
+    doc = json.loads(body)
+    if not isinstance(doc["observations"], list) or len(doc["observations"]) > 50:
+        raise ValueError("not a page of at most 50 observations")
+
+
 async def _measure(node: FedNode, lookups: int, lists: int, distinct: int, per: int,
                    result: Result) -> None:
     rng = random.Random(5)
+    host, port = "127.0.0.1", node.api_port
+    auth = [("Authorization", f"Bearer {node.token}")]
+
+    async def lean(paths: list[str], check: Callable[[str, bytes], None] | None,
+                   clients: int = CLIENTS, headers: list[tuple[str, str]] = auth
+                   ) -> tuple[float, list[float]]:
+        done = await run_load(host, port, paths, connections=clients, headers=headers,
+                              check=check)
+        return done.seconds, done.latencies
+
+    def lookup_paths(n: int) -> list[str]:
+        return [f"/api/v1/indicators/ipv4-addr/{_value(rng.randrange(distinct))}"
+                for _ in range(n)]
+
+    assert node.process is not None
+    pid = node.process.pid
     async with Client(node, concurrency=CLIENTS) as client:
-        sample = await client.request(
-            "GET", f"/api/v1/indicators/ipv4-addr/{_value(rng.randrange(distinct))}")
+        sample = await client.request("GET", lookup_paths(1)[0])
         result.params["observations_per_indicator"] = len(sample["observations"])
-        await _load(client, [f"/api/v1/indicators/ipv4-addr/{_value(rng.randrange(distinct))}"
-                             for _ in range(200)])  # warm-up
+        check = _lookup_check(len(sample["origins"]))
+        await lean(lookup_paths(200), check)  # warm-up
         # Service time: one client, one request at a time (no queueing in the node).
-        paths = [f"/api/v1/indicators/ipv4-addr/{_value(rng.randrange(distinct))}"
-                 for _ in range(lookups // 10)]
-        _, lat = await _load(client, paths, clients=1)
+        _, lat = await lean(lookup_paths(lookups // 10), check, clients=1)
         result.add("lookup_1_p50_ms", "indicator lookup p50 (1 client)",
                    percentile(lat, 0.5) * 1000, "ms")
         result.add("lookup_1_p99_ms", "indicator lookup p99 (1 client)",
                    percentile(lat, 0.99) * 1000, "ms")
-        paths = [f"/api/v1/indicators/ipv4-addr/{_value(rng.randrange(distinct))}"
-                 for _ in range(lookups)]
-        assert node.process is not None
-        cpu0 = cpu_seconds(node.process.pid)
-        seconds, lat = await _load(client, paths)
-        cpu = (cpu_seconds(node.process.pid) - cpu0) / lookups
+        paths = lookup_paths(lookups)
+        cpu0 = cpu_seconds(pid)
+        seconds, lat = await lean(paths, check)
+        cpu = (cpu_seconds(pid) - cpu0) / lookups
         result.add("lookup_p50_ms", f"indicator lookup p50 ({CLIENTS} clients)",
                    percentile(lat, 0.5) * 1000, "ms")
         result.add("lookup_p99_ms", f"indicator lookup p99 ({CLIENTS} clients)",
@@ -145,11 +198,29 @@ async def _measure(node: FedNode, lookups: int, lists: int, distinct: int, per: 
         result.add("lookup_cpu_us", "indicator lookup: node CPU per request", cpu * 1e6, "us")
 
         # The floor: the same load on the cheapest route (no token, no ledger).
-        seconds, lat = await _load(client, ["/api/v1/health"] * lookups)
+        seconds, lat = await lean(["/api/v1/health"] * lookups, _health_check, headers=[])
         result.add("health_p99_ms", f"floor: GET /health p99 ({CLIENTS} clients)",
                    percentile(lat, 0.99) * 1000, "ms")
         result.add("health_per_s", "floor: GET /health requests/s", lookups / seconds,
                    "req/s")
+
+        # The same lookups and floor through aiohttp's client, as measured before the
+        # lean client: its own ~200-300 us per request share the node's two cores.
+        _, lat = await _load(client, lookup_paths(lookups // 10), clients=1)
+        result.add("aiohttp_lookup_1_p99_ms", "aiohttp client: lookup p99 (1 client)",
+                   percentile(lat, 0.99) * 1000, "ms")
+        seconds, lat = await _load(client, lookup_paths(lookups))
+        result.add("aiohttp_lookup_p50_ms", f"aiohttp client: lookup p50 ({CLIENTS} clients)",
+                   percentile(lat, 0.5) * 1000, "ms")
+        result.add("aiohttp_lookup_p99_ms", f"aiohttp client: lookup p99 ({CLIENTS} clients)",
+                   percentile(lat, 0.99) * 1000, "ms")
+        result.add("aiohttp_lookup_per_s", "aiohttp client: lookups/s", lookups / seconds,
+                   "req/s")
+        seconds, lat = await _load(client, ["/api/v1/health"] * lookups)
+        result.add("aiohttp_health_p99_ms", f"aiohttp client: GET /health p99 ({CLIENTS} "
+                   "clients)", percentile(lat, 0.99) * 1000, "ms")
+        result.add("aiohttp_health_per_s", "aiohttp client: GET /health requests/s",
+                   lookups / seconds, "req/s")
 
         def window() -> str:
             t = TS0 + rng.randrange(1, per)
@@ -164,7 +235,7 @@ async def _measure(node: FedNode, lookups: int, lists: int, distinct: int, per: 
             lambda: "/api/v1/observations?tlp=CLEAR&type=ipv4-addr&limit=50",
         ]
         paths = [kinds[i % len(kinds)]() for i in range(lists)]
-        seconds, lat = await _load(client, paths)
+        seconds, lat = await lean(paths, _list_check)
         result.add("list_p50_ms", f"filtered list p50 ({CLIENTS} clients)",
                    percentile(lat, 0.5) * 1000, "ms")
         result.add("list_p99_ms", f"filtered list p99 ({CLIENTS} clients)",

@@ -35,7 +35,9 @@ FIGURES = {
                 "reconnect_total_bytes", "reconnect_ms", "b_cpu_us", "a_cpu_us"},
     "query": {"build_per_s", "lookup_1_p50_ms", "lookup_1_p99_ms", "lookup_p50_ms",
               "lookup_p99_ms", "lookup_per_s", "lookup_cpu_us", "health_p99_ms",
-              "health_per_s", "list_p50_ms", "list_p99_ms", "list_per_s", "rss_peak_mb"},
+              "health_per_s", "list_p50_ms", "list_p99_ms", "list_per_s", "rss_peak_mb",
+              "aiohttp_lookup_1_p99_ms", "aiohttp_lookup_p50_ms", "aiohttp_lookup_p99_ms",
+              "aiohttp_lookup_per_s", "aiohttp_health_p99_ms", "aiohttp_health_per_s"},
 }
 TARGETED = {
     "baseline": set(),
