@@ -29,7 +29,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -416,7 +416,9 @@ class Ledger:
     def _records_for(self, entries: list[VerifiedEntry]) -> dict[bytes, IndexRecord | None]:
         return {e.hash: self._record_of(e) for e in entries}
 
-    async def ingest(self, entries: Sequence[VerifiedEntry]) -> IngestResult:
+    async def ingest(self, entries: Sequence[VerifiedEntry], *,
+                     records: Mapping[bytes, IndexRecord | None] | None = None
+                     ) -> IngestResult:
         """Store remote entries: in chain order per origin, idempotently, in one transaction.
 
         Per origin: entries already stored are duplicates; the next one is checked with
@@ -425,6 +427,10 @@ class Ledger:
         origin that is not trusted (now), or is quarantined after a fork, is refused. Two
         different entries at one (origin, seq) make a fork: the proof is stored, the
         origin is quarantined and its further entries refused until :meth:`clear_fork`.
+
+        ``records``: index records already built from some of these entries' payloads,
+        by entry hash (None: the payload does not decode), as the replicator's verify
+        worker returns them (agent/verify_worker.py); the others are decoded here.
 
         Raises:
             OversizeError: more than ``MAX_INGEST_BATCH`` entries.
@@ -440,12 +446,16 @@ class Ledger:
         if not entries:
             return IngestResult()
         # Decode payloads outside the write lock, for the entries that look new.
-        likely_new = [e for e in entries if e.seq > self._cached_head_seq(e.origin)]
+        known = records or {}
+        likely_new = [e for e in entries if e.seq > self._cached_head_seq(e.origin)
+                      and e.hash not in known]
         if len(likely_new) > 8:
-            records = await asyncio.to_thread(self._records_for, likely_new)
+            decoded = await asyncio.to_thread(self._records_for, likely_new)
         else:
-            records = self._records_for(likely_new)
-        return await self._shielded(self._ingest_locked(entries, records))
+            decoded = self._records_for(likely_new)
+        if known:
+            decoded.update(known)
+        return await self._shielded(self._ingest_locked(entries, decoded))
 
     def _cached_head_seq(self, key: PublicKey) -> int:
         state = self._origins.get(key.raw)
