@@ -107,8 +107,12 @@ STATE = web.AppKey("api_state", ApiState)
 API_SETTINGS = web.AppKey("api_settings", ApiSettings)
 
 
+# One encoder for every response: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(value)
 
 
 def json_response(value: Any, status: int = 200,

@@ -104,7 +104,7 @@ class _Metric:
     def _key(self, labels: Sequence[str], store: Mapping[LabelValues, object]) -> LabelValues:
         if len(labels) != len(self.labelnames):
             raise ValueError(f"{self.name} takes labels {self.labelnames}, got {labels!r}")
-        key = tuple(str(v) for v in labels)
+        key = tuple(map(str, labels))  # on every API request: no generator frame
         if key not in store and len(store) >= MAX_SERIES:
             return tuple(_OVERFLOW for _ in self.labelnames)
         return key

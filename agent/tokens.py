@@ -133,6 +133,7 @@ class TokenStore:
         self._clock = clock
         self._stamp: FileStamp | bool | None = False  # False: never read
         self._records: tuple[TokenRecord, ...] = ()
+        self._digests: tuple[bytes, ...] = ()
         self._logged_stamp: FileStamp | bool | None = False
 
     def records(self) -> tuple[TokenRecord, ...]:
@@ -215,8 +216,8 @@ class TokenStore:
             return None
         digest = hash_token(token).encode("ascii")
         found: TokenRecord | None = None
-        for record in records:
-            if hmac.compare_digest(digest, record.hash.encode("ascii")):
+        for record, stored in zip(records, self._digests, strict=True):
+            if hmac.compare_digest(digest, stored):
                 found = record
         return found
 
@@ -227,11 +228,16 @@ class TokenStore:
         if stamp == self._stamp:
             return self._records
         self._stamp = False  # fail closed while the file is unreadable or invalid
-        self._records = ()
+        self._set(())
         records = self._load() if stamp is not None else ()
-        self._records = records
+        self._set(records)
         self._stamp = stamp
         return records
+
+    def _set(self, records: tuple[TokenRecord, ...]) -> None:
+        # The stored hashes as bytes once, not on every request.
+        self._digests = tuple(r.hash.encode("ascii") for r in records)
+        self._records = records
 
     def _load(self) -> tuple[TokenRecord, ...]:
         name = self._path.name
@@ -260,7 +266,7 @@ class TokenStore:
             ]})
         atomic_write(self._path, (_HEADER + body).encode("utf-8"), mode=0o600)
         self._stamp = file_stamp(self._path)
-        self._records = records
+        self._set(records)
 
     def _log_once(self, exc: Exception) -> None:
         try:
