@@ -32,7 +32,9 @@ __all__ = [
     "ApiState",
     "dumps",
     "json_response",
+    "parse_json",
     "parse_query",
+    "read_body",
     "read_json",
 ]
 
@@ -128,6 +130,15 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> Any:
         ApiError: 413 over ``MAX_BODY_BYTES``; 400 not UTF-8 or not JSON (or empty,
             unless ``allow_empty``, which then returns None).
     """
+    return parse_json(await read_body(request), allow_empty=allow_empty)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request's body bytes, read with a cap.
+
+    Raises:
+        ApiError: 413 over ``MAX_BODY_BYTES``.
+    """
     declared = request.content_length
     if declared is not None and declared > MAX_BODY_BYTES:
         raise ApiError(413, "body_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
@@ -139,12 +150,17 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> Any:
         data += chunk
         if len(data) > MAX_BODY_BYTES:
             raise ApiError(413, "body_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
+    return bytes(data)
+
+
+def parse_json(data: bytes, *, allow_empty: bool = False) -> Any:
+    """A body read by :func:`read_body` as JSON (see :func:`read_json`)."""
     if not data.strip():
         if allow_empty:
             return None
         raise ApiError(400, "bad_json", "the body is empty; a JSON object is expected")
     try:
-        return json.loads(bytes(data).decode("utf-8"), parse_constant=_refuse_constant)
+        return json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
     except UnicodeDecodeError as exc:
         raise ApiError(400, "bad_json", f"the body is not UTF-8: {exc.reason}") from exc
     except RecursionError as exc:

@@ -14,14 +14,19 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from agent.api_common import NODE, ApiError, json_response, parse_query, read_json
+from agent.api_common import (
+    NODE,
+    ApiError,
+    json_response,
+    parse_json,
+    parse_query,
+    read_body,
+    read_json,
+)
 from agent.api_models import (
     MAX_BATCH,
-    ROUTING_FIELDS,
-    BatchRouting,
-    ObservationBatch,
     ObservationQuery,
     ObservationSubmit,
     RetractRequest,
@@ -31,6 +36,7 @@ from agent.api_models import (
 )
 from agent.errors import UnknownAudienceError
 from agent.node import Node, Submission
+from agent.prepare import split_routing, validate_batch
 from protocol.entries import VerifiedEntry
 from protocol.payloads import Observation
 
@@ -47,7 +53,11 @@ __all__ = [
 async def post_observations(request: web.Request) -> web.Response:
     """POST /api/v1/observations: one observation, or ``{"observations": [...]}``."""
     node = request.app[NODE]
-    data = await read_json(request)
+    body = await read_body(request)
+    prepared = await node.prepare_batch(body)  # large valid batches: the second core
+    if prepared is not None:
+        return _created_batch(await node.submit(prepared))
+    data = parse_json(body)
     if not isinstance(data, dict):
         raise ApiError(422, "invalid", "the body must be a JSON object: one observation, "
                                        "or {\"observations\": [...]}")
@@ -57,36 +67,21 @@ async def post_observations(request: web.Request) -> web.Response:
             raise ApiError(413, "batch_too_large",
                            f"a batch holds at most {MAX_BATCH} observations, not {len(items)}")
         submissions = _batch(data)
-        entries = await node.submit(submissions)
-        return json_response({"ids": [e.id for e in entries], "seqs": [e.seq for e in entries],
-                              "count": len(entries)}, status=201)
+        return _created_batch(await node.submit(submissions))
     submission = _one(data)
     (entry,) = await node.submit([submission])
-    body = created_observation(node, entry, submission)
-    return json_response(body, status=201,
+    created = created_observation(node, entry, submission)
+    return json_response(created, status=201,
                          headers={"Location": f"/api/v1/observations/{entry.id}"})
 
 
-# The documented models (ObservationSubmit, ObservationBatch) are the contract. The fast
-# path below validates the same fields in two flat passes (the payload as Observation,
-# tlp/audience as Routing) instead of building a subclass instance and copying it into
-# an Observation, which cost twice the validation itself. On any error the documented
-# model validates the input again, so error messages are the contract's; a test checks
-# that both accept the same fields.
-_OBSERVATIONS = TypeAdapter(list[Observation])
-_ROUTINGS = TypeAdapter(list[Routing])
-
-
-def _split(item: Any) -> tuple[Any, dict[str, Any]]:
-    if not isinstance(item, dict):
-        return item, {}
-    payload = dict(item)
-    routing = {k: payload.pop(k) for k in ROUTING_FIELDS if k in payload}
-    return payload, routing
+def _created_batch(entries: list[VerifiedEntry]) -> web.Response:
+    return json_response({"ids": [e.id for e in entries], "seqs": [e.seq for e in entries],
+                          "count": len(entries)}, status=201)
 
 
 def _one(data: dict[str, Any]) -> Submission:
-    payload, routing = _split(data)
+    payload, routing = split_routing(data)
     try:
         observation = Observation.model_validate(payload)
         route = Routing.model_validate(routing)
@@ -97,27 +92,8 @@ def _one(data: dict[str, Any]) -> Submission:
 
 
 def _batch(data: dict[str, Any]) -> list[Submission]:
-    items = data["observations"]
-    try:
-        defaults = BatchRouting.model_validate(
-            {k: v for k, v in data.items() if k != "observations"})
-        if not isinstance(items, list) or not items:
-            raise ValueError("not a non-empty list")
-        pairs = [_split(item) for item in items]
-        observations = _OBSERVATIONS.validate_python([p for p, _ in pairs])
-        routes = _ROUTINGS.validate_python([r for _, r in pairs])
-    except (ValidationError, ValueError):
-        ObservationBatch.model_validate(data)  # raises the documented error
-        raise
-    out = []
-    for observation, route in zip(observations, routes, strict=True):
-        given = route.model_fields_set
-        tlp = route.tlp if "tlp" in given or defaults.tlp is None else defaults.tlp
-        audience = route.audience
-        if "audience" not in given and tlp.encrypted:
-            audience = defaults.audience  # a batch's audience applies to encrypted items
-        out.append(Submission(observation, tlp, audience))
-    return out
+    return [Submission(observation, tlp, audience)
+            for observation, tlp, audience in validate_batch(data)]
 
 
 def created_observation(node: Node, entry: VerifiedEntry,

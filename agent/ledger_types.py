@@ -10,11 +10,14 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol.entries import TLP, ForkProof, VerifiedEntry
 from protocol.keys import PublicKey
 from protocol.payloads import Payload
+
+if TYPE_CHECKING:
+    from agent.prepare import PreparedObservation
 
 __all__ = [
     "BufferLimits",
@@ -40,13 +43,14 @@ Head = tuple[int, bytes]
 class OwnDraft:
     """One entry for :meth:`Ledger.append_own`.
 
-    ``payload`` is a payload model or its encoding (re-validated). For an encrypted
+    ``payload`` is a payload model, its encoding (re-validated), or an observation
+    prepared in the batch worker (agent/prepare.py: encoded, record built). For an encrypted
     TLP (AMBER, AMBER+STRICT, RED), ``recipients`` are the readers' keys; the ledger
     seals the payload to them and to this node (so it can read its own entry). For
     CLEAR and GREEN, ``recipients`` must be empty.
     """
 
-    payload: Payload | bytes
+    payload: Payload | bytes | PreparedObservation
     tlp: TLP
     recipients: tuple[PublicKey, ...] = ()
 

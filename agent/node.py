@@ -68,6 +68,7 @@ from agent.ledger import (
     VerifyReport,
 )
 from agent.metrics import Counter, Histogram, MetricFamily, Registry
+from agent.prepare import BatchPreparer, PreparedObservation
 from agent.queries import format_ms
 from agent.tokens import TokenStore
 from protocol.entries import TLP, VerifiedEntry
@@ -81,6 +82,7 @@ __all__ = [
     "Node",
     "NullReplication",
     "PeerStatus",
+    "PreparedSubmission",
     "Replication",
     "ReplicationFactory",
     "Submission",
@@ -171,6 +173,16 @@ class Submission:
     payload: Payload
     tlp: TLP = TLP.GREEN
     audience: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class PreparedSubmission:
+    """A :class:`Submission` of an observation validated and encoded in the batch
+    worker (agent/prepare.py; :meth:`Node.prepare_batch`)."""
+
+    payload: PreparedObservation
+    tlp: TLP
+    audience: tuple[str, ...] | None
 
 
 @dataclass
@@ -299,6 +311,8 @@ class Node:
         replication: builds the replicator from the started node (``None``: no peers).
         trust_poll_interval: seconds between checks of ``peers.toml``.
         registry: metrics registry (a new one by default).
+        batch_worker: validate large observation batches in a worker process
+            (agent/prepare.py); default: when the host has two cores or more.
     """
 
     def __init__(
@@ -312,6 +326,7 @@ class Node:
         replication: ReplicationFactory | None = None,
         trust_poll_interval: float = DEFAULT_TRUST_POLL,
         registry: Registry | None = None,
+        batch_worker: bool | None = None,
     ) -> None:
         self.data_dir = data_dir if isinstance(data_dir, DataDir) else DataDir(Path(data_dir))
         self.clock = clock
@@ -330,6 +345,7 @@ class Node:
         self._watcher: TrustListWatcher | None = None
         self._trust_lock = asyncio.Lock()
         self._committer: _GroupCommitter | None = None
+        self._preparer = BatchPreparer(enabled=batch_worker)
         self._replication: Replication = NullReplication()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
@@ -426,6 +442,7 @@ class Node:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._committer is not None:
             await self._committer.close()
+        await self._preparer.close()
         try:
             await self._replication.stop()
         except Exception:
@@ -556,7 +573,8 @@ class Node:
 
     # -- writing
 
-    async def submit(self, submissions: Sequence[Submission]) -> list[VerifiedEntry]:
+    async def submit(self, submissions: Sequence[Submission | PreparedSubmission]
+                     ) -> list[VerifiedEntry]:
         """Sign and durably commit own entries, in order; one transaction per round.
 
         All or nothing: audiences are resolved before anything is written, and the
@@ -567,9 +585,31 @@ class Node:
             OversizeError: more than ``MAX_APPEND_BATCH`` entries.
             StorageError: the write failed or the node is stopping.
         """
-        drafts = [OwnDraft(s.payload, TLP(s.tlp), self.recipients(s.tlp, s.audience))
-                  for s in submissions]
+        # A batch's items nearly all share a TLP and audience: resolve each pair once.
+        resolved: dict[tuple[TLP, tuple[str, ...] | None], tuple[TLP, tuple[PublicKey, ...]]] = {}
+        drafts = []
+        for s in submissions:
+            route = resolved.get((s.tlp, s.audience))
+            if route is None:
+                route = resolved[(s.tlp, s.audience)] = (
+                    TLP(s.tlp), self.recipients(s.tlp, s.audience))
+            drafts.append(OwnDraft(s.payload, *route))
         return await _started(self._committer).submit(drafts)
+
+    async def prepare_batch(self, body: bytes) -> list[PreparedSubmission] | None:
+        """A large ``{"observations": [...]}`` request body parsed, validated and encoded
+        in the batch worker (agent/prepare.py), ready for :meth:`submit`.
+
+        Returns:
+            None when the body is small, the worker is not running, or the body is
+            not a valid batch: the caller validates it in-process (and reports why).
+        """
+        prepared = await self._preparer.prepare(body)
+        if prepared is None:
+            return None
+        tlps = TLP._value2member_map_
+        return [PreparedSubmission(p, tlps[tlp], audience)  # type: ignore[arg-type]
+                for p, tlp, audience in prepared]
 
     async def submit_observations(self, observations: Sequence[Observation], tlp: TLP,
                                   audience: Sequence[str] | None = None) -> list[VerifiedEntry]:
