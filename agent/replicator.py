@@ -4,8 +4,9 @@ This is the asyncio adapter of :class:`protocol.gossip.GossipEngine` (aioquic sh
 docs/parts/transport.md). Per connection, one task reads WebSocket frames, opens them
 with its :class:`~protocol.session.Session` and feeds the messages to the engine; one
 writer task per link pulls the engine's messages for that peer and sends them. Engine
-events go to the ledger: received entries are verified in a thread pool and stored in
-order by a two-stage pipeline, WANTed ranges are read by small per-request tasks. One
+events go to the ledger: received entries are checked (by a worker process for large
+batches, agent/verify_worker.py) and stored in order by the two-stage pipeline of
+agent/ingest_pipeline.py; WANTed ranges are read by small per-request tasks. One
 timer, re-armed from ``engine.get_timer()`` after every engine call, runs the engine's
 clock.
 
@@ -35,7 +36,6 @@ import dataclasses
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, overload
@@ -44,6 +44,7 @@ import aiohttp
 from aiohttp import web
 
 from agent.dialer import PEER_PATH, Dialer, DialTarget, peer_endpoint
+from agent.ingest_pipeline import IngestLimits, IngestPipeline, Report
 from agent.metrics import MetricFamily
 from agent.peering import (
     IdleTimeout,
@@ -53,6 +54,7 @@ from agent.peering import (
     receive_frame,
     run_handshake,
 )
+from agent.verify_worker import VerifyWorker
 from protocol.entries import ForkProof, VerifiedEntry, decode_fork_proof, verify_entry
 from protocol.errors import (
     EntraideError,
@@ -120,9 +122,21 @@ class TransportParams:
     """Entries handed by the engine and not yet stored, before readers pause."""
     ingest_max_bytes: int = 32 << 20
     verify_workers: int = 2
-    """Threads verifying signatures (PyNaCl releases the GIL while it verifies)."""
+    """Threads verifying small batches, and large ones when no worker process is used."""
+    verify_processes: int = 2
+    """Worker processes verifying large batches (agent/verify_worker.py), at most one
+    per core and none on a one-core host: threads cannot use another core (the GIL).
+    0: verify in threads only."""
+    verify_process_min: int = 64
+    """Smallest batch sent to a worker process (live gossip stays in a thread)."""
+    verify_process_eager: bool = False
+    """Start the worker processes with the replicator (False: with the first large
+    batches, which are verified in a thread while the workers start, ~0.5 s)."""
     verify_ahead: int = 4
-    """Batches verified ahead of the one being stored."""
+    """Batches checked ahead of the one being stored."""
+    store_max_entries: int = 2048
+    """Most entries per ledger transaction: batches already checked when the previous
+    transaction ends are stored together (fewer, larger transactions cost less)."""
     write_budget: int = 256 << 10
     """Bytes a writer takes from the engine per pull."""
     progress_interval: float = 5.0
@@ -239,7 +253,8 @@ class _LedgerLike(Protocol):
 
     def version_vector(self) -> dict[PublicKey, tuple[int, bytes]]: ...
     async def forks(self) -> list[Any]: ...
-    async def ingest(self, entries: list[VerifiedEntry]) -> Any: ...
+    async def ingest(self, entries: list[VerifiedEntry], *,
+                     records: dict[bytes, Any] | None = ...) -> Any: ...
     async def ingest_fork_proof(self, proof: ForkProof) -> bool: ...
     def read_range(self, origin: PublicKey, from_seq: int, to_seq: int, *,
                    max_entries: int = ..., max_bytes: int = ...) -> Any: ...
@@ -276,17 +291,6 @@ def _fold(past: dict[str, Any], stats: PeerStats) -> None:
     for name in ("entries_in", "entries_out", "duplicates", "dropped", "backpressured",
                  "want_timeouts"):
         past[name] = past.get(name, 0) + getattr(stats, name)
-
-
-def _verify_batch(raws: tuple[bytes, ...]) -> list[VerifiedEntry | None]:
-    """Verify entries (runs in a worker thread); None where one fails."""
-    out: list[VerifiedEntry | None] = []
-    for raw in raws:
-        try:
-            out.append(verify_entry(raw))
-        except EntraideError:
-            out.append(None)
-    return out
 
 
 class _RateLimitedLog:
@@ -355,6 +359,7 @@ class Replicator:
         self._dialer: Dialer | None = None
         self._http: aiohttp.ClientSession | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._checkers: list[VerifyWorker] = []
         self._running = False
         self._stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -363,15 +368,8 @@ class Replicator:
         self._timer_at: float | None = None
         self._handshaking = 0
         self.handshake_failures: dict[str, int] = {}
-        # Ingest pipeline: engine → verify (threads) → ledger, in order.
-        self._pending: deque[EntriesReceived] = deque()
-        self._pending_entries = 0
-        self._pending_bytes = 0
-        self._pending_wake = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
-        self._verified: asyncio.Queue[tuple[EntriesReceived, asyncio.Future[Any]]] = (
-            asyncio.Queue(self.transport.verify_ahead))
+        # Ingest pipeline: engine → check (worker process or thread) → ledger, in order.
+        self._pipeline: IngestPipeline | None = None
         # Catch-up progress.
         self.stored_total = 0
         self._progress_at = 0.0
@@ -465,10 +463,24 @@ class Replicator:
             trusted=[*self._trusted, self.identity.public_key])
         self._executor = concurrent.futures.ThreadPoolExecutor(
             self.transport.verify_workers, thread_name_prefix="entraide-verify")
+        cores = len(os.sched_getaffinity(0))
+        processes = min(self.transport.verify_processes, cores) if cores >= 2 else 0
+        self._checkers = [VerifyWorker(self._executor, min_batch=self.transport.verify_process_min,
+                                       enabled=processes > 0)
+                          for _ in range(max(1, processes))]
+        if self.transport.verify_process_eager:
+            for checker in self._checkers:
+                checker.start()
+        t = self.transport
+        self._pipeline = IngestPipeline(
+            self.ledger, self._checkers, self._on_report,
+            IngestLimits(t.ingest_max_entries, t.ingest_max_bytes, t.verify_ahead,
+                         t.store_max_entries))
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
             total=None, connect=self.transport.handshake_timeout))
         self._running = True
-        for coro, name in ((self._verify_stage(), "verify"), (self._store_stage(), "store"),
+        for coro, name in ((self._pipeline.check_stage(), "check"),
+                           (self._pipeline.store_stage(), "store"),
                            (self._housekeeping(), "housekeeping")):
             self._spawn(coro, name=f"replicator-{name}")
         self._dialer = Dialer(
@@ -513,6 +525,10 @@ class Replicator:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks))
+        if self._pipeline is not None:
+            self._pipeline.cancel_checks()
+        for checker in self._checkers:
+            await checker.close()
         if self._http is not None:
             await self._http.close()
         if self._executor is not None:
@@ -723,8 +739,9 @@ class Replicator:
         idle = self.transport.idle_timeout or None
         try:
             while True:
-                if not self._room.is_set():
-                    await self._room.wait()  # the ledger is behind: push back on peers
+                room = self._pipeline.room if self._pipeline is not None else None
+                if room is not None and not room.is_set():
+                    await room.wait()  # the ledger is behind: push back on peers
                 frame = await receive_frame(ws, idle)
                 now = self._clock()
                 link.last_seen = state.last_seen = now
@@ -785,11 +802,8 @@ class Replicator:
 
     def _dispatch(self, event: GossipEvent) -> None:
         if isinstance(event, EntriesReceived):
-            self._pending.append(event)
-            self._pending_entries += len(event.raws)
-            self._pending_bytes += sum(len(r) for r in event.raws)
-            self._update_room()
-            self._pending_wake.set()
+            assert self._pipeline is not None
+            self._pipeline.add(event)
         elif isinstance(event, EntriesRequested):
             self._spawn(self._serve(event), name="replicator-serve")
         elif isinstance(event, ForkDetected):
@@ -832,64 +846,17 @@ class Replicator:
 
     # --- ledger side -------------------------------------------------------------------
 
-    def _update_room(self) -> None:
-        t = self.transport
-        if (self._pending_entries < t.ingest_max_entries
-                and self._pending_bytes < t.ingest_max_bytes):
-            self._room.set()
-        else:
-            self._room.clear()
-
-    async def _verify_stage(self) -> None:
-        """Start verifying each handed batch in the thread pool, in order."""
-        loop = asyncio.get_running_loop()
-        while True:
-            while not self._pending:
-                self._pending_wake.clear()
-                await self._pending_wake.wait()
-            event = self._pending.popleft()
-            future = loop.run_in_executor(self._executor, _verify_batch, event.raws)
-            await self._verified.put((event, future))
-
-    async def _store_stage(self) -> None:
-        """Store verified batches in the order the engine handed them; report back."""
-        while True:
-            event, future = await self._verified.get()
-            try:
-                await self._store(event, await future)
-            finally:
-                self._pending_entries -= len(event.raws)
-                self._pending_bytes -= sum(len(r) for r in event.raws)
-                self._update_room()
-
-    async def _store(self, event: EntriesReceived, checked: list[VerifiedEntry | None]) -> None:
-        assert self._engine is not None
-        verified = [e for e in checked if e is not None]
-        invalid = [raw for raw, e in zip(event.raws, checked, strict=True) if e is None]
-        stored: tuple[VerifiedEntry, ...] = ()
-        duplicates = 0
-        forks: tuple[ForkProof, ...] = ()
-        if verified:
-            try:
-                result = await self.ledger.ingest(verified)
-            except EntraideError as exc:
-                # Nothing of the batch is stored; the engine rolls back and asks again.
-                log.error("ledger ingest failed (%d entries): %s", len(verified), exc)
-            else:
-                stored, duplicates, forks = (result.new_entries, result.duplicates,
-                                             result.fork_proofs)
-                if result.refused and log.isEnabledFor(logging.DEBUG):
-                    log.debug("ledger refused %d entries: %s", result.refused,
-                              [r.reason for r in result.refusals[:3]])
-        for proof in forks:
-            log.warning("fork detected for origin %s at seq %d: origin quarantined",
-                        proof.origin.text, proof.seq)
+    def _on_report(self, report: Report) -> None:
+        """The pipeline stored (or not) one engine batch: tell the engine."""
+        if self._engine is None:
+            return
         try:
-            self._engine.entries_stored(event.batch, stored, self._clock(),
-                                        duplicates=duplicates, invalid=invalid, forks=forks)
+            self._engine.entries_stored(report.batch, report.stored, self._clock(),
+                                        duplicates=report.duplicates, invalid=report.invalid,
+                                        forks=report.forks)
         except LocalProtocolError:
-            log.exception("engine refused the ledger's report (batch %d)", event.batch)
-        self.stored_total += len(stored)
+            log.exception("engine refused the ledger's report (batch %d)", report.batch)
+        self.stored_total += len(report.stored)
         self._after_engine()
 
     async def _serve(self, event: EntriesRequested) -> None:
@@ -1156,5 +1123,5 @@ class Replicator:
             {(): float(self.stored_total)})
         add("entraide_replication_pending_entries",
             "Entries between the engine and the ledger (verify/store pipeline).", "gauge",
-            (), {(): float(self._pending_entries)})
+            (), {(): float(self._pipeline.pending_entries if self._pipeline else 0)})
         return list(fam.values())

@@ -55,7 +55,12 @@ def replication_factory(
     randbytes: Callable[[int], bytes] = os.urandom,
 ) -> Callable[[Node], Replicator]:
     """A ``Node(replication=...)`` factory: a :class:`Replicator` over the started
-    node's identity, ledger, live trust list and ``[gossip]`` config."""
+    node's identity, ledger, live trust list and ``[gossip]`` config.
+
+    Without ``transport``, the defaults, with the verify worker process started with
+    the node (a daemon's first catch-up comes right after it starts)."""
+    if transport is None:
+        transport = TransportParams(verify_process_eager=True)
 
     def build(node: Node) -> Replicator:
         return Replicator(node.identity, lambda: node.trust, node.ledger, node.config.gossip,
