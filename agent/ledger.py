@@ -355,27 +355,81 @@ class Ledger:
     async def _append_locked(self, drafts: list[OwnDraft]) -> list[VerifiedEntry]:
         async with self._write_lock:
             self._check_open()
-            batch = self._batch()
-            state = batch.origin(self._me)
-            if state.forked:
+            state = self._origins.get(self._me.raw)
+            if state is not None and state.forked:
                 raise StorageError("this node's own log is marked forked; an admin must "
                                    "clear it before it can append")
-            # Signed on the loop's thread, a chunk at a time: in a worker thread every
-            # signature handed the GIL back and forth with the loop (each hand-over can
-            # wait out the 5 ms switch interval while the loop validates the next
-            # request), which cost more than the signing itself.
-            built: list[tuple[VerifiedEntry, IndexRecord]] = []
-            head, now_ms = state.head, self._now_ms()
-            for at in range(0, len(drafts), _SIGN_CHUNK):
-                if at:
-                    await asyncio.sleep(0)  # let the loop serve others between chunks
-                part = self._build_own(drafts[at:at + _SIGN_CHUNK], head, now_ms)
-                head = (part[-1][0].seq, part[-1][0].hash)
-                built += part
-            for entry, record in built:
-                batch.add_entry(state, entry, record)
-            await self._write(batch, full=True)
-            return batch.new_entries
+            built = await self.sign_own(drafts, None if state is None else state.head)
+            return await self._store_own_locked(built)
+
+    async def sign_own(self, drafts: Sequence[OwnDraft], head: Head | None
+                       ) -> list[tuple[VerifiedEntry, IndexRecord]]:
+        """Sign ``drafts`` as this node's entries following ``head``; store nothing.
+
+        For a writer that signs its next entries while the previous ones commit
+        (agent/node.py's group committer): :meth:`store_own` takes them only if
+        ``head`` is then the stored head, so entries signed after entries that never
+        got stored are refused, not stored with a gap. Entries signed and never stored
+        are never seen by anyone: signing another entry at the same seq later is no
+        fork.
+
+        Raises:
+            PayloadError, EncodingError, OversizeError: as :meth:`append_own`.
+        """
+        # Signed on the loop's thread, a chunk at a time: in a worker thread every
+        # signature handed the GIL back and forth with the loop (each hand-over can
+        # wait out the 5 ms switch interval while the loop validates the next
+        # request), which cost more than the signing itself.
+        drafts = list(drafts)
+        if len(drafts) > MAX_APPEND_BATCH:
+            raise OversizeError(f"at most {MAX_APPEND_BATCH} entries per append")
+        built: list[tuple[VerifiedEntry, IndexRecord]] = []
+        now_ms = self._now_ms()
+        for at in range(0, len(drafts), _SIGN_CHUNK):
+            if at:
+                await asyncio.sleep(0)  # let the loop serve others between chunks
+            part = self._build_own(drafts[at:at + _SIGN_CHUNK], head, now_ms)
+            head = (part[-1][0].seq, part[-1][0].hash)
+            built += part
+        return built
+
+    async def store_own(self, built: Sequence[tuple[VerifiedEntry, IndexRecord]]
+                        ) -> list[VerifiedEntry]:
+        """Store entries from :meth:`sign_own` in one durable transaction (as
+        :meth:`append_own`: on return every entry is on disk; on error nothing is).
+
+        Raises:
+            ChainError: they do not follow this node's stored head (nothing stored).
+            StorageError: the write failed, the ledger is closed, or this node's own
+                log is marked forked.
+        """
+        self._check_open()
+        if not built:
+            return []
+        return await self._shielded(self._store_locked(list(built)))
+
+    async def _store_locked(self, built: list[tuple[VerifiedEntry, IndexRecord]]
+                            ) -> list[VerifiedEntry]:
+        async with self._write_lock:
+            return await self._store_own_locked(built)
+
+    async def _store_own_locked(self, built: list[tuple[VerifiedEntry, IndexRecord]]
+                                ) -> list[VerifiedEntry]:
+        self._check_open()
+        batch = self._batch()
+        state = batch.origin(self._me)
+        if state.forked:
+            raise StorageError("this node's own log is marked forked; an admin must "
+                               "clear it before it can append")
+        first = built[0][0]
+        if first.origin != self._me or (first.seq, first.prev) != (state.head_seq + 1,
+                                                                   state.head_hash):
+            raise ChainError(f"own entries signed after seq {first.seq - 1}, but the "
+                             f"stored head is {state.head_seq}")
+        for entry, record in built:
+            batch.add_entry(state, entry, record)
+        await self._write(batch, full=True)
+        return batch.new_entries
 
     def _build_own(self, drafts: list[OwnDraft], head: Head | None,
                    now_ms: int) -> list[tuple[VerifiedEntry, IndexRecord]]:

@@ -218,7 +218,8 @@ async def test_one_bad_submission_does_not_fail_the_ones_grouped_with_it(
         data_dir: DataDir) -> None:
     async with Node.open(data_dir) as node:
         committed: list[int] = []
-        committer = _GroupCommitter(node.ledger, lambda entries, n: committed.append(n))
+        committer = _GroupCommitter(node.ledger, node.public_key,
+                                    lambda entries, n: committed.append(n))
         committer.start()
         try:
             good = OwnDraft(observation(1), TLP.GREEN)
@@ -230,6 +231,89 @@ async def test_one_bad_submission_does_not_fail_the_ones_grouped_with_it(
         assert isinstance(results[1], EncodingError)
         assert [e.seq for r in (results[0], results[2]) for e in r] == [1, 2]  # type: ignore[union-attr]
         assert node.ledger.counts().entries == 2
+
+
+class _GatedStore:
+    """Wraps the ledger's sign_own/store_own: records what is signed after which head,
+    holds the first store until released, and fails it if asked to."""
+
+    def __init__(self, node: Node, monkeypatch: pytest.MonkeyPatch, *, fail: bool) -> None:
+        self.ledger = node.ledger
+        self.real_sign, self.real_store = self.ledger.sign_own, self.ledger.store_own
+        self.signed: list[tuple[Any, list[int]]] = []
+        self.stores: list[list[int]] = []
+        self.release = asyncio.Event()
+        self.fail = fail
+        self.changed = asyncio.Condition()
+        monkeypatch.setattr(self.ledger, "sign_own", self.sign_own)
+        monkeypatch.setattr(self.ledger, "store_own", self.store_own)
+
+    async def sign_own(self, drafts: Any, head: Any) -> Any:
+        built = await self.real_sign(drafts, head)
+        async with self.changed:
+            self.signed.append((head, [e.seq for e, _ in built]))
+            self.changed.notify_all()
+        return built
+
+    async def store_own(self, built: Any) -> Any:
+        async with self.changed:
+            self.stores.append([e.seq for e, _ in built])
+            self.changed.notify_all()
+        if len(self.stores) == 1:
+            await self.release.wait()
+            if self.fail:
+                raise StorageError("ledger write failed: disk I/O error")
+        return await self.real_store(built)
+
+    async def until(self, check: Any) -> None:
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(check), WAIT)
+
+
+async def test_next_round_is_signed_while_the_previous_one_commits(
+        data_dir: DataDir, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with Node.open(data_dir) as node:
+        gate = _GatedStore(node, monkeypatch, fail=False)
+        first = asyncio.ensure_future(node.submit_observations([observation(1)], TLP.GREEN))
+        await gate.until(lambda: gate.stores == [[1]])
+        second = asyncio.ensure_future(
+            node.submit_observations([observation(2), observation(3)], TLP.GREEN))
+        await gate.until(lambda: len(gate.signed) == 2)
+        assert not first.done() and not second.done()  # nothing acknowledged before its commit
+        assert gate.signed[1][1] == [2, 3]  # chained after round one, not yet stored
+        assert node.ledger.head(node.public_key) is None
+        gate.release.set()
+        (one,) = await asyncio.wait_for(first, WAIT)
+        two, three = await asyncio.wait_for(second, WAIT)
+        assert gate.signed[1][0] == (1, one.hash) and two.prev == one.hash
+        assert [e.seq for e in (one, two, three)] == [1, 2, 3]
+        assert gate.stores == [[1], [2, 3]]
+        assert (await node.verify_ledger()).ok
+
+
+async def test_a_failed_commit_drops_the_round_signed_after_it_and_signs_it_again(
+        data_dir: DataDir, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with Node.open(data_dir) as node:
+        gate = _GatedStore(node, monkeypatch, fail=True)
+        first = asyncio.ensure_future(node.submit_observations([observation(1)], TLP.GREEN))
+        await gate.until(lambda: gate.stores == [[1]])
+        second = asyncio.ensure_future(
+            node.submit_observations([observation(2), observation(3)], TLP.GREEN))
+        await gate.until(lambda: len(gate.signed) == 2)
+        assert gate.signed[1][1] == [2, 3]  # signed after the entry that will not be stored
+        gate.release.set()
+        with pytest.raises(StorageError):
+            await asyncio.wait_for(first, WAIT)
+        two, three = await asyncio.wait_for(second, WAIT)
+        # Signed again after the stored head (none): no gap, no second entry at a seq.
+        assert gate.signed[2] == (None, [1, 2])
+        assert gate.stores == [[1], [1, 2]]
+        assert (two.seq, two.prev, three.prev) == (1, None, two.hash)
+        assert node.ledger.head(node.public_key) == (2, three.hash)
+        assert node.ledger.counts().entries == 2
+        assert (await node.verify_ledger()).ok
+        (four,) = await node.submit_observations([observation(4)], TLP.GREEN)
+        assert (four.seq, four.prev) == (3, three.hash)
 
 
 # --- retractions and sightings ----------------------------------------------------------
