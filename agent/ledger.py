@@ -437,7 +437,7 @@ class Ledger:
         out = []
         seq, prev = (0, None) if head is None else head
         for draft in drafts:
-            tlp = TLP(draft.tlp)
+            tlp = draft.tlp if type(draft.tlp) is TLP else TLP(draft.tlp)
             prepared: PreparedObservation | None = None
             model: Payload | None = None
             dumped = None
