@@ -1002,6 +1002,14 @@ class Node:
                              "Entries waiting ahead of a gap.", "gauge", (),
                              {(): counts.held_ahead_of_gaps}),
             ]
+        families.append(MetricFamily(
+            "entraide_batch_worker_up", "1 while large observation batches are validated "
+            "in the batch worker process (agent/prepare.py).", "gauge", (),
+            {(): 1.0 if self._preparer.running else 0.0}))
+        families.append(MetricFamily(
+            "entraide_batch_worker_batches_total",
+            "Observation batches validated and encoded in the batch worker process.",
+            "counter", (), {(): float(self._preparer.prepared)}))
         families.append(MetricFamily("entraide_trust_peers", "Peers in the trust list.",
                                      "gauge", (), {(): len(self._trust)}))
         connected: dict[tuple[str, ...], float] = {}

@@ -266,6 +266,12 @@ class BatchPreparer:
                 await asyncio.wrap_future(self._ready)
         return self._usable()
 
+    @property
+    def running(self) -> bool:
+        """True once the worker takes bodies (and until it is gone or closed)."""
+        return (not self._broken and self._ready is not None and self._ready.done()
+                and self._ready.exception() is None)
+
     def _usable(self) -> bool:
         if self._broken:
             return False

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from agent.metrics import parse_text
 from agent.prepare import (
     BatchPreparer,
     prepare_body,
@@ -104,8 +105,10 @@ async def test_worker_stores_what_the_in_process_path_stores(pair: tuple[Api, Ap
                                    value="WWW.Example.org.")
     assert len(json.dumps(body)) > 16 * 1024  # large enough for the worker
     got = [await api.submit(body) for api in pair]
-    assert worker.node._preparer.prepared == 1
-    assert inproc.node._preparer.prepared == 0
+    for api, up, batches in ((worker, 1.0, 1.0), (inproc, 0.0, 0.0)):
+        samples = parse_text(api.node.metrics.render())
+        assert samples["entraide_batch_worker_up"][()] == up
+        assert samples["entraide_batch_worker_batches_total"][()] == batches
     assert got[0]["count"] == got[1]["count"] == 300
     assert got[0]["seqs"] == got[1]["seqs"] == list(range(1, 301))
     for i in (0, 7, 8, 299):
@@ -164,3 +167,4 @@ async def test_node_validates_in_process_once_its_worker_is_gone(pair: tuple[Api
     assert first["count"] == second["count"] == 200
     assert second["seqs"][-1] == 400
     assert worker.node._preparer.prepared == 0
+    assert parse_text(worker.node.metrics.render())["entraide_batch_worker_up"][()] == 0
