@@ -192,7 +192,7 @@ class Identity:
     def sign(self, message: bytes) -> bytes:
         """A detached 64-byte Ed25519 signature of ``message``."""
         # The binding directly: SigningKey.sign wraps the same call in a SignedMessage
-        # built and taken apart again, a fifth of the cost of a signature.
+        # built and taken apart again (~0.7 us of ~20 per signature here).
         return nacl.bindings.crypto_sign(message, self._secret)[:nacl.bindings.crypto_sign_BYTES]
 
     def __repr__(self) -> str:
