@@ -23,7 +23,7 @@ FIGURES = {
     "baseline": {"sign_per_s", "verify_per_s", "verify_2threads_per_s", "sqlite_insert_per_s"},
     "submit": {"sign_per_s", "batched_per_s", "batched_p50_ms", "batched_p99_ms",
                "single_per_s", "single_p50_ms", "single_p99_ms", "batched_vs_sign",
-               "batched_cpu_us", "single_cpu_us"},
+               "batched_cpu_us", "batched_worker_cpu_us", "single_cpu_us"},
     "ingest": {"verify_per_s", "entries_per_s", "vs_verify", "copies_per_entry",
                "entries_per_message", "seconds", "dst_cpu_us", "dst_main_cpu_us", "src_cpu_us"},
     "propagation": {"real_p50_ms", "real_p99_ms", "real_max_ms", "real_delivery_p50_ms",
