@@ -263,6 +263,8 @@ class QueryReader:
                 self._fast_path = next((str(r[2]) for r in rows if r[1] == "main"), "")
             if not self._fast_path or self._closed:
                 return None
+            if self._fast is not None:  # opened by a lookup that ran during the await
+                return self._fast
             conn = sqlite3.connect(self._fast_path, isolation_level=None)
             try:
                 # busy_timeout 0: a lookup that would wait for a lock goes to the reader

@@ -433,3 +433,22 @@ async def test_indicator_connection_closes_with_its_reader(tmp_path: Path) -> No
     gc.collect()
     with pytest.raises(sqlite3.ProgrammingError):
         fast.execute("SELECT 1")
+
+
+async def test_indicator_lookups_racing_to_open_share_one_connection(ledger: Ledger) -> None:
+    await ledger.append_own([draft(observation(ip(13)))])
+    results = await asyncio.gather(*(ledger.indicator("ipv4-addr", ip(13)) for _ in range(8)))
+    assert [r["count"] for r in results] == [1] * 8
+    fast = ledger._read._fast
+    assert fast is not None
+    assert sum(1 for o in gc.get_objects() if isinstance(o, sqlite3.Connection)
+               and o is not fast and _is_open_on(o, ledger)) == 0
+
+
+def _is_open_on(conn: sqlite3.Connection, ledger: Ledger) -> bool:
+    """True for an open plain-sqlite3 connection to this ledger's file."""
+    try:
+        rows = conn.execute("PRAGMA database_list").fetchall()
+    except sqlite3.ProgrammingError:
+        return False  # closed (or another thread's, like aiosqlite's: not ours)
+    return any(r[2] == str(ledger._path) for r in rows)
