@@ -21,6 +21,9 @@ Invariants:
 - The worker is spawned (the node has threads) on first use, ends when the node
   closes it or when its parent is gone (even after kill -9 of the node). If it cannot
   start or dies, batches are validated in-process from then on.
+- The worker is this node's own code in its own child process, holding no key: it
+  sees only request bodies the API already authenticated, and what it returns is
+  signed as it is (the same trust as the in-process path's objects).
 """
 
 from __future__ import annotations
