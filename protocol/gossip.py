@@ -292,16 +292,34 @@ class GossipEngine:
         Raises:
             LocalProtocolError: ``entry`` does not follow the origin's head.
         """
+        if not self.publish_many((entry,), now):
+            raise LocalProtocolError(f"published seq {entry.seq} after head "
+                                     f"{self._table.logs[entry.origin.key_id].seq}")
+
+    def publish_many(self, entries: Sequence[VerifiedEntry], now: float) -> int:
+        """:meth:`publish` for entries committed together, in order, with one flush.
+
+        A committed group of own entries is common (group commit, batched submits);
+        one flush per group instead of per entry saves the per-peer walk each time.
+
+        Returns:
+            How many entries, from the first, were taken (stale ones count as taken):
+            ``len(entries)`` unless one does not follow its origin's head; that one and
+            those after it are left for the caller to publish once the gap is filled.
+        """
         self._now = now
-        log = self._table.get(entry.origin.key_id, create=True, force=True)
-        if log is None or not log.active or entry.seq <= log.seq:
-            return
-        if entry.seq != log.seq + 1:
-            raise LocalProtocolError(f"published seq {entry.seq} after head {log.seq}")
-        log.set_key(entry.origin)
-        self._table.advance(log, entry.seq, entry.hash)
-        self._forward(log, entry.seq, entry.raw, live=True, source=None)
+        taken = 0
+        for entry in entries:
+            log = self._table.get(entry.origin.key_id, create=True, force=True)
+            if log is not None and log.active and entry.seq > log.seq:
+                if entry.seq != log.seq + 1:
+                    break
+                log.set_key(entry.origin)
+                self._table.advance(log, entry.seq, entry.hash)
+                self._forward(log, entry.seq, entry.raw, live=True, source=None)
+            taken += 1
         self._flush(now)
+        return taken
 
     def entries_stored(
         self,

@@ -654,6 +654,25 @@ def test_engine_restarts_from_the_ledger_heads() -> None:
     assert node.engine.backlog() == 0
 
 
+def test_engine_publish_many_pushes_a_committed_group_like_publish_one_by_one() -> None:
+    one_by_one, grouped = tree_of_three(), tree_of_three()
+    for node in (one_by_one, grouped):
+        node.send(P1, Graft(), 0.5)
+    for entry in CHAIN[:5]:
+        one_by_one.engine.publish(entry, 1)
+    assert grouped.engine.publish_many(CHAIN[:5], 1) == 5
+    assert grouped.out(P1, 1) == one_by_one.out(P1, 1)
+    assert grouped.engine.vector() == one_by_one.engine.vector() == {KID: (5, CHAIN[4].hash)}
+
+
+def test_engine_publish_many_stops_at_a_gap_and_skips_stale_entries() -> None:
+    node = Node()
+    assert node.engine.publish_many([CHAIN[0], CHAIN[1], CHAIN[3], CHAIN[4]], 0) == 2
+    assert node.engine.vector() == {KID: (2, CHAIN[1].hash)}
+    assert node.engine.publish_many([CHAIN[1], CHAIN[2], CHAIN[3]], 0) == 3
+    assert node.engine.vector() == {KID: (4, CHAIN[3].hash)}
+
+
 def test_engine_publish_refuses_a_gap() -> None:
     node = Node()
     with pytest.raises(LocalProtocolError):
