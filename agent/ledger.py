@@ -245,6 +245,8 @@ class Ledger:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for sub in list(self._subscribers):
             sub.close()
+        if self._reader is not None:
+            self._reader.close()  # its own lookup connection (agent/queries.py)
         for conn in (self._rdb, self._db):
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error, ValueError):
