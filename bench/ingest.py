@@ -78,6 +78,20 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+async def settle(*pids: int, idle: float = 0.02, interval: float = 0.25,
+                 timeout: float = 15.0) -> None:
+    """Wait until the nodes (with their worker processes) use less than ``idle`` CPU
+    seconds in one ``interval``, or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    last = sum(node_cpu_seconds(pid)[0] for pid in pids)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(interval)
+        now = sum(node_cpu_seconds(pid)[0] for pid in pids)
+        if now - last < idle:
+            return
+        last = now
+
+
 async def timed_sync(dst_client: Client, src: FedNode, dst: FedNode, target: int,
                      timeout: float) -> tuple[float, float, float, float]:
     """Connect DST to SRC now; seconds until DST holds ``target`` entries, and the CPU
@@ -91,6 +105,9 @@ async def timed_sync(dst_client: Client, src: FedNode, dst: FedNode, target: int
         return bool(status["ledger"]["entries"] >= target)
 
     assert src.process is not None and dst.process is not None
+    # Both nodes start their verify worker processes with them (~0.5 s of CPU each):
+    # let that finish, so the figures are of the transfer, not of the start-up.
+    await settle(dst.process.pid, src.process.pid)
     dst0, src0 = node_cpu_seconds(dst.process.pid), node_cpu_seconds(src.process.pid)
     t0 = time.perf_counter()
     await connect(dst_client, src)
