@@ -210,3 +210,41 @@ def test_check_raws_matches_verify_entry() -> None:
     for entry, verdict in zip(entries, verdicts, strict=True):
         assert verify_entry(entry.raw) == entry
         assert isinstance(verdict, list) and verdict[0] == "observation"
+
+
+_PARENT = """
+import asyncio, concurrent.futures, sys
+from agent.verify_worker import VerifyWorker
+
+async def main():
+    worker = VerifyWorker(concurrent.futures.ThreadPoolExecutor(1))
+    assert await worker.ready()
+    print(worker.pid, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+async def test_verify_worker_ends_when_the_node_is_killed() -> None:
+    node = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _PARENT, stdout=asyncio.subprocess.PIPE, cwd=ROOT)
+    try:
+        assert node.stdout is not None
+        pid = int(await asyncio.wait_for(node.stdout.readline(), 60))
+        assert _alive(pid)
+        node.kill()  # kill -9: the node cannot close anything
+        await node.wait()
+        await wait_for(lambda: not _alive(pid), what="the orphaned worker to end")
+    finally:
+        if node.returncode is None:
+            node.kill()
+            await node.wait()
