@@ -45,7 +45,7 @@ class IngestLimits:
     max_entries: int = 8192
     """Entries handed and not yet stored, before readers pause."""
     max_bytes: int = 32 << 20
-    verify_ahead: int = 4
+    verify_ahead: int = 8
     """Batches being checked ahead of the one being stored."""
     store_max_entries: int = 2048
     """Most entries in one ledger transaction (batches checked meanwhile are merged)."""

@@ -132,7 +132,7 @@ class TransportParams:
     verify_process_eager: bool = False
     """Start the worker processes with the replicator (False: with the first large
     batches, which are verified in a thread while the workers start, ~0.5 s)."""
-    verify_ahead: int = 4
+    verify_ahead: int = 8
     """Batches checked ahead of the one being stored."""
     store_max_entries: int = 2048
     """Most entries per ledger transaction: batches already checked when the previous
