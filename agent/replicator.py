@@ -916,13 +916,10 @@ class Replicator:
         if self._publish_backlog:
             self._publish_backlog.extend(ordered)
             return
-        for i, entry in enumerate(ordered):
-            try:
-                self._engine.publish(entry, self._clock())
-            except LocalProtocolError:
-                self._publish_backlog.extend(ordered[i:])
-                self._spawn(self._publish_gap(), name="replicator-publish")
-                break
+        taken = self._engine.publish_many(ordered, self._clock())
+        if taken < len(ordered):
+            self._publish_backlog.extend(ordered[taken:])
+            self._spawn(self._publish_gap(), name="replicator-publish")
         self._after_engine()
 
     async def _publish_gap(self) -> None:
