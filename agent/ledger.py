@@ -77,7 +77,12 @@ from protocol.entries import (
 from protocol.envelope import open_envelope, seal_envelope
 from protocol.errors import ChainError, EncodingError, EntraideError, OversizeError
 from protocol.keys import Identity, PublicKey
-from protocol.payloads import Payload, decode_payload, encode_payload_with_fields
+from protocol.payloads import (
+    Payload,
+    decode_payload,
+    decode_payload_with_fields,
+    encode_payload_with_fields,
+)
 
 __all__ = [
     "MAX_APPEND_BATCH",
@@ -486,7 +491,8 @@ class Ledger:
         else:
             data = entry.body
         try:
-            return build_record(decode_payload(data), entry.ts)
+            payload, dumped = decode_payload_with_fields(data)
+            return build_record(payload, entry.ts, dumped)
         except EntraideError:
             return None
 

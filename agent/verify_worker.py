@@ -48,7 +48,7 @@ import msgpack
 from agent.queries import IndexRecord, build_record
 from protocol.entries import VerifiedEntry, _rebuild_verified, verify_entry
 from protocol.errors import EntraideError
-from protocol.payloads import decode_payload
+from protocol.payloads import decode_payload_with_fields
 
 __all__ = ["MAX_FAILURES", "Checked", "VerifyWorker", "check_in_thread"]
 
@@ -94,7 +94,8 @@ def check_raws(raws: Sequence[bytes]) -> list[Any]:
             out.append(_DECODE_HERE)
             continue
         try:
-            record = build_record(decode_payload(entry.body), entry.ts)
+            payload, dumped = decode_payload_with_fields(entry.body)
+            record = build_record(payload, entry.ts, dumped)
         except EntraideError:
             out.append(_UNREADABLE)
             continue

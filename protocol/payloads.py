@@ -78,6 +78,7 @@ __all__ = [
     "Sighting",
     "StixObject",
     "decode_payload",
+    "decode_payload_with_fields",
     "encode_payload",
     "encode_payload_with_fields",
     "format_validation_error",
@@ -622,6 +623,19 @@ def decode_payload(data: bytes) -> Payload:
         PayloadError: not a valid payload, or a value not in canonical form (an
             unnormalised indicator, a datetime not in UTC, an empty list written out...).
     """
+    return decode_payload_with_fields(data)[0]
+
+
+def decode_payload_with_fields(data: bytes) -> tuple[Payload, dict[str, Any]]:
+    """:func:`decode_payload`, and the model's JSON dump its canonical check made.
+
+    For the query index (``build_record(payload, ts, dumped)``): one dump per
+    received payload instead of two. The dump is as :func:`encode_payload_with_fields`
+    gives it.
+
+    Raises:
+        OversizeError, EncodingError, PayloadError: as :func:`decode_payload`.
+    """
     value = decode(data, _LIMITS)
     if not isinstance(value, dict):
         raise PayloadError("a payload must be a map")
@@ -629,9 +643,10 @@ def decode_payload(data: bytes) -> Payload:
         payload = _PAYLOAD.validate_python(value)
     except ValidationError as exc:
         raise PayloadError(format_validation_error(exc)) from exc
-    if encode_payload(payload) != bytes(data):
+    encoded, dumped = encode_payload_with_fields(payload)
+    if encoded != bytes(data):
         raise PayloadError("payload is valid but not in canonical form")
-    return payload
+    return payload, dumped
 
 
 def parse_payload_json(obj: Mapping[str, Any]) -> Payload:

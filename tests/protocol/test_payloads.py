@@ -48,6 +48,7 @@ from protocol.payloads import (
     Sighting,
     StixObject,
     decode_payload,
+    decode_payload_with_fields,
     encode_payload,
     format_validation_error,
     parse_payload_json,
@@ -114,6 +115,13 @@ def test_payload_round_trips_exactly(payload: Payload) -> None:
     assert decoded == payload
     assert type(decoded) is type(payload)
     assert encode_payload(decoded) == data
+
+
+@pytest.mark.parametrize("payload", examples(), ids=lambda p: p.kind)
+def test_decode_payload_with_fields_gives_the_model_and_its_json_dump(payload: Payload) -> None:
+    decoded, dumped = decode_payload_with_fields(encode_payload(payload))
+    assert decoded == payload
+    assert dumped == payload.model_dump(mode="json")
 
 
 @pytest.mark.parametrize("payload", [
