@@ -27,6 +27,7 @@ from agent.errors import (
     UnknownForkError,
     UnknownPeerError,
 )
+from agent.group_commit import GroupCommitter
 from agent.ledger import OwnDraft
 from agent.metrics import MetricFamily, parse_text
 from agent.node import (
@@ -38,7 +39,6 @@ from agent.node import (
     Submission,
     UnknownAudienceError,
     UnknownEntryError,
-    _GroupCommitter,
 )
 from protocol.entries import TLP, VerifiedEntry, sign_entry
 from protocol.errors import EncodingError, PassphraseError
@@ -218,7 +218,7 @@ async def test_one_bad_submission_does_not_fail_the_ones_grouped_with_it(
         data_dir: DataDir) -> None:
     async with Node.open(data_dir) as node:
         committed: list[int] = []
-        committer = _GroupCommitter(node.ledger, node.public_key,
+        committer = GroupCommitter(node.ledger, node.public_key,
                                     lambda entries, n: committed.append(n))
         committer.start()
         try:
