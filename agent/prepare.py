@@ -34,8 +34,6 @@ import json
 import logging
 import multiprocessing
 import os
-import threading
-import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -50,6 +48,7 @@ from agent.api_models import (
     Routing,
 )
 from agent.queries import IndexRecord
+from agent.worker_process import watch_parent
 from protocol.entries import TLP
 from protocol.payloads import Observation, encode_payload_with_fields
 
@@ -70,7 +69,6 @@ MIN_WORKER_BODY_BYTES = 16 * 1024
 """Smaller bodies (about 60 observations) are validated in-process: the round trip
 to the worker costs more than it saves."""
 
-_WATCH_INTERVAL_S = 0.5
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
@@ -200,18 +198,6 @@ def prepare_body(body: bytes) -> Prepared | None:
 # --- the worker process --------------------------------------------------------------
 
 
-def _watch_parent(parent: int) -> None:
-    """In the worker process: end it when the node is gone (even killed with -9, which
-    leaves the worker waiting for bodies that will never come)."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(_WATCH_INTERVAL_S)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
 def _warm_up() -> None:
     """Run first in the new worker, so its imports and validators are ready."""
     prepare_body(b'{"observations": [{"type": "ipv4-addr", "value": "192.0.2.1"}]}')
@@ -280,7 +266,7 @@ class BatchPreparer:
             return False
         if self._pool is None:
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_watch_parent,
+                                             initializer=watch_parent,
                                              initargs=(os.getpid(),))
             self._ready = self._pool.submit(_warm_up)
             return False

@@ -29,8 +29,6 @@ import logging
 import multiprocessing
 import os
 import secrets
-import threading
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -42,6 +40,7 @@ from agent.ledger import MAX_APPEND_BATCH
 from agent.node import Node, Submission, UnknownAudienceError
 from agent.taxii_http import TaxiiError
 from agent.taxii_index import Collection, KnownObject, TaxiiIndex
+from agent.worker_process import watch_parent
 from protocol.entries import TLP, VerifiedEntry
 from protocol.errors import EntraideError, PayloadError
 from protocol.payloads import Observation, StixObject
@@ -194,7 +193,7 @@ class Judge:
             return False
         if self._pool is None:
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_watch_parent, initargs=(os.getpid(),))
+                                             initializer=watch_parent, initargs=(os.getpid(),))
             self._ready = self._pool.submit(_warm_up)
             return False
         if self._ready is None or not self._ready.done():
@@ -234,19 +233,6 @@ def _spare_core() -> bool:
     return cores >= 2 and load <= cores - 0.5
 
 
-def _watch_parent(parent: int) -> None:
-    """In the worker process: end it when the node is gone (even killed with -9, which
-    leaves the worker waiting for chunks that will never come)."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(_WATCH_INTERVAL_S)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-_WATCH_INTERVAL_S = 0.5
 
 
 def _warm_up() -> None:
