@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.client_cli import render_table
-from agent.localfed import LocalFederation, wait_for
+from agent.localfed import LocalFederation, wait_for, wait_idle
 
 __all__ = ["demo_command", "run_demo"]
 
@@ -82,7 +82,11 @@ def run_demo(keep: bool = False, root: Path | None = None) -> int:
             return True
 
         link_s = wait_for(linked, SYNC_TIMEOUT_S, "every link to connect")
-        _say(f"All five nodes are up; every link connected {link_s * 1000:.0f} ms later.\n")
+        _say(f"All five nodes are up; every link connected {link_s * 1000:.0f} ms later.")
+        # Each node starts its verify worker processes (~0.5 s of CPU each): let that end
+        # so that the times below are of replication, not of start-up.
+        wait_idle(n.process.pid for n in nodes if n.process is not None)
+        _say("")
 
         # One at a time, so each entry's spread is measured alone: "received" is when a
         # node's ledger holds it (verified), "read" when the node also lists it.

@@ -9,6 +9,7 @@ so entries are relayed along the links.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -25,7 +26,8 @@ from agent.client_cli import ApiError, call_api
 from agent.errors import NodeNotRunningError
 from protocol.errors import EntraideError
 
-__all__ = ["FedNode", "LocalFederation", "entraide_cli", "free_ports", "wait_for"]
+__all__ = ["FedNode", "LocalFederation", "entraide_cli", "free_ports", "process_cpu_seconds",
+           "tree_cpu_seconds", "wait_for", "wait_idle"]
 
 START_TIMEOUT_S = 30.0
 
@@ -65,6 +67,55 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
         if time.monotonic() - start > timeout:
             raise EntraideError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+    return time.monotonic() - start
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used so far (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds of a node with its worker processes, and of the node's own process
+    alone: user + system of the process, of its children that ended (reaped), and of
+    its live children and theirs, from /proc."""
+    own = process_cpu_seconds(pid)
+    total = own
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        total += (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    for child in _children(pid):
+        with contextlib.suppress(OSError):
+            total += tree_cpu_seconds(child)[0]
+    return total, own
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as f:
+                out.extend(int(c) for c in f.read().split())
+    return out
+
+
+def wait_idle(pids: Iterable[int], *, idle: float = 0.02, interval: float = 0.25,
+              timeout: float = 15.0) -> float:
+    """Wait until processes (with their workers) use less than ``idle`` CPU seconds in
+    one ``interval`` (a node starting its verify workers spends ~0.5 s of CPU on each),
+    or ``timeout`` passed; return the seconds waited."""
+    pids = list(pids)
+    start = time.monotonic()
+    last = sum(tree_cpu_seconds(pid)[0] for pid in pids)
+    while time.monotonic() - start < timeout:
+        time.sleep(interval)
+        now = sum(tree_cpu_seconds(pid)[0] for pid in pids)
+        if now - last < idle:
+            break
+        last = now
     return time.monotonic() - start
 
 

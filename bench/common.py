@@ -28,6 +28,8 @@ from typing import Any
 import nacl.bindings
 import nacl.signing
 
+from agent.localfed import process_cpu_seconds as cpu_seconds
+
 __all__ = [
     "REPO",
     "Context",
@@ -188,13 +190,6 @@ def sqlite_insert_rate(rows: int = 200_000, batch: int = 1000, value_bytes: int 
 
 
 # --- processes ----------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a live process has used so far (/proc/<pid>/stat)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_peak_mb(pid: int) -> tuple[float, float]:

@@ -12,11 +12,10 @@ Denominator: raw Ed25519 verifications per second on one core, measured just bef
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import time
 
-from bench.common import Context, Result, cpu_seconds, verify_rate
+from agent.localfed import tree_cpu_seconds, wait_idle
+from bench.common import Context, Result, verify_rate
 from bench.fed import (
     Client,
     FedNode,
@@ -53,43 +52,9 @@ def _value(origin: int, seq: int) -> str:
     return f"{11 + n % 200}.{(n >> 8) & 255}.{n & 255}.{1 + (n >> 16) % 250}"
 
 
-def node_cpu_seconds(pid: int) -> tuple[float, float]:
-    """CPU seconds of a node with its worker processes (the verify worker), and of the
-    node's own process alone: user + system of the process, of its children that ended
-    (reaped), and of its live children and theirs, from /proc."""
-    own = cpu_seconds(pid)
-    total = own
-    with contextlib.suppress(OSError):
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        total += (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
-    for child in _children(pid):
-        with contextlib.suppress(OSError):
-            total += node_cpu_seconds(child)[0]
-    return total, own
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as f:
-                out.extend(int(c) for c in f.read().split())
-    return out
-
-
-async def settle(*pids: int, idle: float = 0.02, interval: float = 0.25,
-                 timeout: float = 15.0) -> None:
-    """Wait until the nodes (with their worker processes) use less than ``idle`` CPU
-    seconds in one ``interval``, or ``timeout`` passed."""
-    deadline = time.monotonic() + timeout
-    last = sum(node_cpu_seconds(pid)[0] for pid in pids)
-    while time.monotonic() < deadline:
-        await asyncio.sleep(interval)
-        now = sum(node_cpu_seconds(pid)[0] for pid in pids)
-        if now - last < idle:
-            return
-        last = now
+async def settle(*pids: int) -> None:
+    """Wait until the nodes (with their worker processes) are idle (``wait_idle``)."""
+    await asyncio.to_thread(wait_idle, pids)
 
 
 async def timed_sync(dst_client: Client, src: FedNode, dst: FedNode, target: int,
@@ -108,11 +73,11 @@ async def timed_sync(dst_client: Client, src: FedNode, dst: FedNode, target: int
     # Both nodes start their verify worker processes with them (~0.5 s of CPU each):
     # let that finish, so the figures are of the transfer, not of the start-up.
     await settle(dst.process.pid, src.process.pid)
-    dst0, src0 = node_cpu_seconds(dst.process.pid), node_cpu_seconds(src.process.pid)
+    dst0, src0 = tree_cpu_seconds(dst.process.pid), tree_cpu_seconds(src.process.pid)
     t0 = time.perf_counter()
     await connect(dst_client, src)
     t1 = await wait_until(done, timeout=timeout, what=f"{target} entries replicated")
-    dst1, src1 = node_cpu_seconds(dst.process.pid), node_cpu_seconds(src.process.pid)
+    dst1, src1 = tree_cpu_seconds(dst.process.pid), tree_cpu_seconds(src.process.pid)
     return t1 - t0, dst1[0] - dst0[0], src1[0] - src0[0], dst1[1] - dst0[1]
 
 

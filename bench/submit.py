@@ -17,12 +17,11 @@ Denominator: raw Ed25519 signatures per second on one core, measured just before
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
-from pathlib import Path
 from typing import Any
 
+from agent.localfed import tree_cpu_seconds
 from bench.common import Context, Result, cpu_seconds, percentile, sign_rate
 from bench.fed import Client, FedNode, ipv4, metric, metrics, new_federation
 
@@ -34,14 +33,10 @@ WORKER_START_S = 30.0  # a guard: past it, the run goes on with in-process valid
 
 
 def _children_cpu(pid: int) -> float:
-    """CPU seconds used so far by the live children of ``pid`` (the batch worker)."""
-    total = 0.0
-    for tasks in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            for child in (tasks / "children").read_text().split():
-                with contextlib.suppress(OSError):
-                    total += cpu_seconds(int(child))
-    return total
+    """CPU seconds used so far by the node's worker processes (the batch worker; the
+    verify workers idle during a submit run)."""
+    total, own = tree_cpu_seconds(pid)
+    return total - own
 
 
 def _observation(i: int) -> dict[str, Any]:
