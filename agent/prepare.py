@@ -28,13 +28,9 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-import multiprocessing
 import os
-from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -48,7 +44,7 @@ from agent.api_models import (
     Routing,
 )
 from agent.queries import IndexRecord
-from agent.worker_process import watch_parent
+from agent.worker_process import SpawnedWorker
 from protocol.entries import TLP
 from protocol.payloads import Observation, encode_payload_with_fields
 
@@ -221,9 +217,9 @@ class BatchPreparer:
 
     def __init__(self, *, enabled: bool | None = None,
                  min_bytes: int = MIN_WORKER_BODY_BYTES) -> None:
-        self._pool: ProcessPoolExecutor | None = None
-        self._ready: Future[None] | None = None
-        self._broken = not (_has_two_cores() if enabled is None else enabled)
+        self.worker = SpawnedWorker(
+            "observation batch worker", "validating in-process", _warm_up,
+            enabled=_has_two_cores() if enabled is None else enabled)
         self._min_bytes = min_bytes
         self.prepared = 0
         """Batches the worker prepared (valid ones)."""
@@ -231,16 +227,11 @@ class BatchPreparer:
     async def prepare(self, body: bytes) -> Prepared | None:
         """:func:`prepare_body` in the worker; None when the body is small, the worker
         is not (yet) running or is gone, or the body is not a valid batch."""
-        if len(body) < self._min_bytes or not self._usable():
+        if len(body) < self._min_bytes or not self.worker.usable():
             return None
-        assert self._pool is not None
         try:
-            result = await asyncio.wrap_future(self._pool.submit(prepare_body, body))
-        except Exception as exc:  # the process is gone, or could not take the body
-            if not self._broken:
-                log.warning("observation batch worker failed (%s); validating in-process",
-                            exc)
-                self._broken = True
+            result: Prepared | None = await self.worker.call(prepare_body, body)
+        except Exception:  # the process is gone, or could not take the body (logged)
             return None
         if result is not None:
             self.prepared += 1
@@ -249,40 +240,14 @@ class BatchPreparer:
     async def ready(self) -> bool:
         """Start the worker if need be and wait until it takes bodies (tests, warm-up).
         False when it cannot."""
-        self._usable()
-        if self._ready is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wrap_future(self._ready)
-        return self._usable()
+        return await self.worker.ready()
 
     @property
     def running(self) -> bool:
         """True once the worker takes bodies (and until it is gone or closed)."""
-        return (not self._broken and self._ready is not None and self._ready.done()
-                and self._ready.exception() is None)
-
-    def _usable(self) -> bool:
-        if self._broken:
-            return False
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=watch_parent,
-                                             initargs=(os.getpid(),))
-            self._ready = self._pool.submit(_warm_up)
-            return False
-        if self._ready is None or not self._ready.done():
-            return False
-        if self._ready.exception() is not None:
-            log.warning("observation batch worker did not start (%s); validating in-process",
-                        self._ready.exception())
-            self._broken = True
-            return False
-        return True
+        return self.worker.running
 
     async def close(self) -> None:
         """Stop the worker, if one was started. Idempotent."""
-        pool, self._pool = self._pool, None
-        self._broken = True
-        if pool is not None:
-            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
+        await self.worker.close()
 

@@ -26,12 +26,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import multiprocessing
 import os
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +38,7 @@ from agent.ledger import MAX_APPEND_BATCH
 from agent.node import Node, Submission, UnknownAudienceError
 from agent.taxii_http import TaxiiError
 from agent.taxii_index import Collection, KnownObject, TaxiiIndex
-from agent.worker_process import watch_parent
+from agent.worker_process import SpawnedWorker
 from protocol.entries import TLP, VerifiedEntry
 from protocol.errors import EntraideError, PayloadError
 from protocol.payloads import Observation, StixObject
@@ -157,16 +155,15 @@ class Judge:
 
     def __init__(self, *, processes: bool = True,
                  spare_core: Callable[[], bool] | None = None) -> None:
-        self._pool: ProcessPoolExecutor | None = None
-        self._ready: Future[None] | None = None
-        self._broken = not processes
+        self.worker = SpawnedWorker("TAXII judge process", "judging in a thread", _warm_up,
+                                    enabled=processes)
         self._spare_core = spare_core or _spare_core
 
     def judge(self, objects: Sequence[Any], origin: str) -> list[Awaitable[_Judged]]:
         """The verdicts on ``objects`` to be stored as entries of ``origin`` (key text),
         chunk by chunk in envelope order (positions are the objects' indexes in
         ``objects``); the chunks are being judged already."""
-        if len(objects) < PARALLEL_MIN or not self._spare_core() or not self._usable():
+        if len(objects) < PARALLEL_MIN or not self._spare_core() or not self.worker.usable():
             return [asyncio.ensure_future(asyncio.to_thread(_judge, objects, 0, origin, False))]
         first = CHUNK // 2
         parts: list[Awaitable[_Judged]] = [
@@ -182,46 +179,19 @@ class Judge:
         Returns False when it cannot (it failed to start: envelopes are then judged in
         the thread only).
         """
-        self._usable()
-        if self._ready is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wrap_future(self._ready)
-        return self._usable()
-
-    def _usable(self) -> bool:
-        if self._broken:
-            return False
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=watch_parent, initargs=(os.getpid(),))
-            self._ready = self._pool.submit(_warm_up)
-            return False
-        if self._ready is None or not self._ready.done():
-            return False
-        if self._ready.exception() is not None:
-            log.warning("TAXII judge process did not start (%s); judging in a thread",
-                        self._ready.exception())
-            self._broken = True
-            return False
-        return True
+        return await self.worker.ready()
 
     async def _in_process(self, objects: Sequence[Any], offset: int, origin: str) -> _Judged:
         try:
-            assert self._pool is not None
-            return await asyncio.wrap_future(
-                self._pool.submit(_judge, list(objects), offset, origin, True))
-        except Exception as exc:  # the process is gone (or could not take the chunk)
-            if not self._broken:
-                log.warning("TAXII judge process failed (%s); judging in a thread", exc)
-                self._broken = True
+            judged: _Judged = await self.worker.call(_judge, list(objects), offset, origin,
+                                                     True)
+        except Exception:  # the process is gone, or could not take the chunk (logged)
             return await asyncio.to_thread(_judge, objects, offset, origin, False)
+        return judged
 
     async def close(self) -> None:
         """Stop the worker process, if one was started."""
-        pool, self._pool = self._pool, None
-        self._broken = True
-        if pool is not None:
-            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
+        await self.worker.close()
 
 
 def _spare_core() -> bool:

@@ -82,7 +82,7 @@ async def test_preparer_disabled_or_small_body_answers_none() -> None:
     assert not await off.ready()
     small = BatchPreparer(enabled=True, min_bytes=len(body) + 1)
     assert await small.prepare(body) is None  # never starts the worker for it
-    assert small._pool is None
+    assert small.worker.pool is None
     await off.close()
     await small.close()
 
@@ -158,7 +158,7 @@ async def test_worker_errors_are_the_in_process_errors(pair: tuple[Api, Api],
 
 async def test_node_validates_in_process_once_its_worker_is_gone(pair: tuple[Api, Api]) -> None:
     worker, _ = pair
-    pool = worker.node._preparer._pool
+    pool = worker.node._preparer.worker.pool
     assert pool is not None
     for pid in list(pool._processes):  # type: ignore[attr-defined]
         os.kill(pid, signal.SIGKILL)

@@ -110,7 +110,7 @@ async def test_judge_uses_the_process_only_when_a_core_is_spare() -> None:
     objects = [indicator(n) for n in range(PARALLEL_MIN)]
     try:
         parts = judge.judge(objects, "ed25519:" + "A" * 43)
-        assert len(parts) == 1 and judge._pool is None  # busy host: the thread, no process
+        assert len(parts) == 1 and judge.worker.pool is None  # busy host: the thread, no process
         await asyncio.gather(*parts)
         busy = False
         assert await judge.ready()
@@ -125,8 +125,8 @@ async def test_judge_falls_back_to_the_thread_when_the_process_is_gone(tmp_path:
     judge = Judge(spare_core=lambda: True)
     try:
         assert await judge.ready()
-        assert judge._pool is not None
-        for process in list(judge._pool._processes.values()):
+        assert judge.worker.pool is not None
+        for process in list(judge.worker.pool._processes.values()):
             process.kill()
             process.join()
         objects = [indicator(n) for n in range(PARALLEL_MIN)]
@@ -144,7 +144,7 @@ from agent.taxii_post import Judge
 async def main():
     judge = Judge(spare_core=lambda: True)
     assert await judge.ready()
-    print(*judge._pool._processes, flush=True)
+    print(*judge.worker.pool._processes, flush=True)
     await asyncio.sleep(3600)
 
 asyncio.run(main())
