@@ -43,7 +43,6 @@ from agent.api_common import (
     ApiError,
     ApiSettings,
     ApiState,
-    dumps,
     json_response,
 )
 from agent.api_models import (
@@ -91,6 +90,7 @@ from agent.errors import (
     UnknownTokenError,
     UntrustedPeerError,
 )
+from agent.jsoncodec import dumps
 from agent.metrics import CONTENT_TYPE
 from agent.misp import MISP_ROUTES
 from agent.node import (

@@ -11,7 +11,6 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel
 
+from agent.jsoncodec import JSONDecodeError, dumps_bytes, loads
 from agent.metrics import Counter, Gauge, Histogram, Registry
 from agent.node import Node
 
@@ -30,7 +30,6 @@ __all__ = [
     "ApiError",
     "ApiSettings",
     "ApiState",
-    "dumps",
     "json_response",
     "parse_json",
     "parse_query",
@@ -109,18 +108,10 @@ STATE = web.AppKey("api_state", ApiState)
 API_SETTINGS = web.AppKey("api_settings", ApiSettings)
 
 
-# One encoder for every response: json.dumps with options builds a new one per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
-def dumps(value: Any) -> str:
-    return _ENCODER.encode(value)
-
-
 def json_response(value: Any, status: int = 200,
                   headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(text=dumps(value), status=status, headers=headers,
-                        content_type="application/json")
+    return web.Response(body=dumps_bytes(value), status=status, headers=headers,
+                        content_type="application/json", charset="utf-8")
 
 
 async def read_json(request: web.Request, *, allow_empty: bool = False) -> Any:
@@ -160,17 +151,13 @@ def parse_json(data: bytes, *, allow_empty: bool = False) -> Any:
             return None
         raise ApiError(400, "bad_json", "the body is empty; a JSON object is expected")
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
-    except UnicodeDecodeError as exc:
-        raise ApiError(400, "bad_json", f"the body is not UTF-8: {exc.reason}") from exc
-    except RecursionError as exc:
-        raise ApiError(400, "bad_json", "the JSON is nested too deeply") from exc
-    except ValueError as exc:
+        return loads(data)
+    except JSONDecodeError as exc:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise ApiError(400, "bad_json", f"the body is not UTF-8: {bad.reason}") from exc
         raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from exc
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def parse_query(request: web.Request, model: type[M],

@@ -34,10 +34,11 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.api_common import API_SETTINGS, NODE, STATE, ApiError, dumps, parse_query
+from agent.api_common import API_SETTINGS, NODE, STATE, ApiError, parse_query
 from agent.api_models import MAX_PAGE, StreamQuery
 from agent.api_observations import filters_of
 from agent.errors import InvalidCursorError
+from agent.jsoncodec import dumps
 from agent.ledger import ObservationEvent, Subscription
 from agent.queries import decode_cursor, encode_cursor
 from protocol.indicators import normalise_indicator

@@ -28,7 +28,6 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from datetime import UTC, datetime, timedelta
@@ -43,6 +42,7 @@ from agent.api_models import (
     ObservationBatch,
     Routing,
 )
+from agent.jsoncodec import dumps, loads
 from agent.queries import IndexRecord
 from agent.worker_process import SpawnedWorker
 from protocol.entries import TLP
@@ -152,22 +152,15 @@ class PreparedObservation(NamedTuple):
                            first, last)
 
 
-_DOC_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
 def prepare_observation(observation: Observation) -> PreparedObservation:
     """Encode ``observation`` and build its record (the index's doc and fields)."""
     data, fields = encode_payload_with_fields(observation)
     del fields["kind"]
     first, last = observation.first_seen, observation.last_seen
     return PreparedObservation(
-        data, fields, _DOC_JSON.encode(fields), observation.type.value, observation.value,
+        data, fields, dumps(fields), observation.type.value, observation.value,
         None if first is None else (first - _EPOCH) // _MS,
         None if last is None else (last - _EPOCH) // _MS)
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 Prepared = list[tuple[PreparedObservation, str, tuple[str, ...] | None]]
@@ -180,7 +173,7 @@ def prepare_body(body: bytes) -> Prepared | None:
     (run in the worker). None for anything that is not a valid batch: the caller
     then takes the in-process path, which reports the error."""
     try:
-        data = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
+        data = loads(body)
         if not isinstance(data, dict) or not isinstance(data.get("observations"), list):
             return None
         if len(data["observations"]) > MAX_BATCH:

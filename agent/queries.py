@@ -20,7 +20,6 @@ Invariants:
 from __future__ import annotations
 
 import functools
-import json
 import sqlite3
 import struct
 import weakref
@@ -32,6 +31,7 @@ from typing import Any
 import aiosqlite
 
 from agent.errors import InvalidCursorError
+from agent.jsoncodec import dumps, loads
 from protocol.entries import TLP
 from protocol.errors import EncodingError, KeyFormatError, PayloadError
 from protocol.indicators import IndicatorType, normalise_indicator
@@ -149,9 +149,6 @@ class IndexRecord:
     target: bytes | None = None
 
 
-_DOC_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
 def build_record(payload: Payload, ts: int,
                  dumped: dict[str, Any] | None = None) -> IndexRecord:
     """The index record of a decoded payload carried by an entry stamped ``ts`` (ms).
@@ -161,7 +158,7 @@ def build_record(payload: Payload, ts: int,
     """
     fields = payload.model_dump(mode="json") if dumped is None else dumped
     del fields["kind"]
-    doc = _DOC_JSON.encode(fields)
+    doc = dumps(fields)
     if isinstance(payload, Observation):
         first = _to_ms(payload.first_seen) if payload.first_seen else ts
         last = _to_ms(payload.last_seen) if payload.last_seen else max(first, ts)
@@ -208,7 +205,7 @@ def key_text(raw: bytes) -> str:
 
 def _observation_row(row: Sequence[Any]) -> dict[str, Any]:
     return observation_dict(row[1].hex(), key_text(row[2]), row[3], row[4], row[5],
-                            bool(row[6]), json.loads(row[7]))
+                            bool(row[6]), loads(row[7]))
 
 
 def _limit(limit: int) -> int:
@@ -498,7 +495,7 @@ class QueryReader:
             f"{'WHERE ' + ' AND '.join(where) if where else ''} "
             "ORDER BY s.sighting_no DESC LIMIT ?", (*args, limit + 1))
         items = [observation_dict(r[1].hex(), key_text(r[2]), r[3], r[4], r[5],
-                                  bool(r[6]), json.loads(r[7])) for r in rows[:limit]]
+                                  bool(r[6]), loads(r[7])) for r in rows[:limit]]
         nxt = encode_cursor("sighting", rows[limit - 1][0]) if len(rows) > limit else None
         return Page(items, nxt)
 
@@ -525,7 +522,7 @@ class QueryReader:
         items = []
         for r in rows[:limit]:
             item = observation_dict(r[1].hex(), key_text(r[2]), r[3], r[4], r[5],
-                                    bool(r[6]), json.loads(r[7]))
+                                    bool(r[6]), loads(r[7]))
             item["kind"] = r[8]
             items.append(item)
         nxt = encode_cursor("item", rows[limit - 1][0]) if len(rows) > limit else None

@@ -111,19 +111,28 @@ async def test_submit_bad_observation_is_refused_and_writes_nothing(
                  json_body=body)
 
 
-_MALFORMED: list[tuple[str, bytes]] = [
-    ("not JSON", b"{bad"),
-    ("truncated", b'{"type": "ipv4-addr", "value": "203.0.113.7"'),
-    ("empty", b""),
-    ("not UTF-8", b'{"type": "ipv4-addr", "value": "\xff\xfe"}'),
-    ("NaN", b'{"type": "ipv4-addr", "value": "203.0.113.7", "confidence": NaN}'),
+_MALFORMED: list[tuple[str, bytes, str]] = [
+    ("not JSON", b"{bad", "not valid JSON"),
+    ("truncated", b'{"type": "ipv4-addr", "value": "203.0.113.7"', "not valid JSON"),
+    ("empty", b"", "empty"),
+    ("not UTF-8", b'{"type": "ipv4-addr", "value": "\xff\xfe"}', "not UTF-8"),
+    ("NaN", b'{"type": "ipv4-addr", "value": "203.0.113.7", "confidence": NaN}',
+     "not valid JSON"),
+    ("Infinity", b'{"type": "ipv4-addr", "value": "203.0.113.7", "confidence": -Infinity}',
+     "not valid JSON"),
+    ("lone surrogate", b'{"type": "ipv4-addr", "value": "\\ud800"}', "not valid JSON"),
+    ("overflowing number", b'{"type": "ipv4-addr", "value": "203.0.113.7", "confidence": 1e999}',
+     "not valid JSON"),
+    ("nested too deeply", b"[" * 5000 + b"]" * 5000, "not valid JSON"),
 ]
 
 
-@pytest.mark.parametrize("data", [m[1] for m in _MALFORMED], ids=[m[0] for m in _MALFORMED])
-async def test_submit_malformed_json_is_400(api: Api, data: bytes) -> None:
-    await expect(api, 400, "POST", "/api/v1/observations", code="bad_json", scope="write",
-                 data=data, headers={"Content-Type": "application/json"})
+@pytest.mark.parametrize(("data", "says"), [m[1:] for m in _MALFORMED],
+                         ids=[m[0] for m in _MALFORMED])
+async def test_submit_malformed_json_is_400(api: Api, data: bytes, says: str) -> None:
+    body = await expect(api, 400, "POST", "/api/v1/observations", code="bad_json",
+                        scope="write", data=data, headers={"Content-Type": "application/json"})
+    assert says in body["error"]["message"]
 
 
 async def test_body_over_one_mib_is_413(api: Api) -> None:
