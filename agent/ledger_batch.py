@@ -100,7 +100,8 @@ class Batch:
         if record.kind == "observation":
             obs_no = self.take("observation")
             self.observations.append((obs_no, *common, record.type, record.value,
-                                      record.first_seen, record.last_seen, record.doc))
+                                      record.first_seen, record.last_seen, record.doc,
+                                      entry.hash, entry.seq))
             self.events.append((obs_no, entry, record))
         elif record.kind == "sighting":
             self.sightings.append((self.take("sighting"), *common, record.target, record.doc))
@@ -143,7 +144,8 @@ class Batch:
         if self.observations:
             await db.executemany(
                 "INSERT INTO observations (obs_no, entry_no, origin_id, ts, tlp, type, value, "
-                "first_seen, last_seen, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "first_seen, last_seen, doc, hash, seq) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 self.observations)
         if self.sightings:
             await db.executemany(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 import struct
+import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -117,11 +118,16 @@ def decode_time_cursor(text: str) -> tuple[int, int]:
 
 
 def format_ms(ms: int) -> str:
-    """RFC 3339 UTC text of a ms timestamp, as the payloads write datetimes."""
-    value = _EPOCH + ms * _MS
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
-    if value.microsecond:
-        text += "." + f"{value.microsecond:06d}".rstrip("0")
+    """RFC 3339 UTC text of a ms timestamp, as the payloads write datetimes.
+
+    From ``time.gmtime``: a tenth of the cost of a datetime and ``strftime``, and a
+    lookup writes two of these.
+    """
+    seconds, milli = divmod(ms, 1000)
+    t = time.gmtime(seconds)
+    text = f"{t[0]:04d}-{t[1]:02d}-{t[2]:02d}T{t[3]:02d}:{t[4]:02d}:{t[5]:02d}"
+    if milli:
+        text += f".{milli:03d}".rstrip("0")
     return text + "Z"
 
 
@@ -191,9 +197,11 @@ class Page:
 
 OriginIdOf = Callable[[PublicKey], int | None]
 
-_OBS_COLUMNS = ("o.obs_no, e.hash, g.key, e.seq, o.ts, o.tlp, o.retracted, o.doc "
-                "FROM observations o JOIN entries e ON e.entry_no = o.entry_no "
-                "JOIN origins g ON g.origin_id = o.origin_id")
+# The entry's id and seq are copies on the observation row (schema version 2), so no
+# ``entries`` row is read.
+_OBS_SELECT = "o.obs_no, o.hash, g.key, o.seq, o.ts, o.tlp, o.retracted, o.doc"
+_OBS_FROM = "FROM observations o JOIN origins g ON g.origin_id = o.origin_id"
+_OBS_COLUMNS = f"{_OBS_SELECT} {_OBS_FROM}"
 _ALL_TYPES = tuple(t.value for t in IndicatorType)
 
 
@@ -375,7 +383,8 @@ class QueryReader:
         if key is None:
             return None
         rows = await self._rows(
-            f"SELECT {_OBS_COLUMNS} WHERE e.hash = ?", (key,))
+            f"SELECT {_OBS_COLUMNS} WHERE o.entry_no = "
+            "(SELECT entry_no FROM entries WHERE hash = ?)", (key,))
         if not rows:
             return None
         result = _observation_row(rows[0])
@@ -427,9 +436,7 @@ class QueryReader:
         """
         live = "" if include_retracted else " AND o.retracted = 0"
         rows = conn.execute(
-            "SELECT o.obs_no, e.hash, g.key, e.seq, o.ts, o.tlp, o.retracted, o.doc, "
-            "o.first_seen, o.last_seen FROM observations o "
-            "JOIN entries e ON e.entry_no = o.entry_no JOIN origins g ON g.origin_id = o.origin_id "
+            f"SELECT {_OBS_SELECT}, o.first_seen, o.last_seen {_OBS_FROM} "
             f"WHERE o.type = ? AND o.value = ?{live} ORDER BY o.obs_no DESC LIMIT ?",
             (type, value, FAST_ROWS + 1)).fetchall()
         if len(rows) > FAST_ROWS:

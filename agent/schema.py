@@ -156,8 +156,19 @@ def _v1(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
 
 
+def _v2(conn: sqlite3.Connection) -> None:
+    # An observation row carries its entry's id and seq: a lookup or a list page then
+    # reads no ``entries`` row (one random page each, 20-28 us of a lookup at 1M
+    # observations). Both are fixed once the entry is stored, so they cannot drift.
+    conn.execute("ALTER TABLE observations ADD COLUMN hash BLOB")
+    conn.execute("ALTER TABLE observations ADD COLUMN seq INTEGER")
+    conn.execute("UPDATE observations SET (hash, seq) = (SELECT e.hash, e.seq FROM entries e "
+                 "WHERE e.entry_no = observations.entry_no)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ledger, forks and query tables", _v1),
+    Migration(2, "entry id and seq on observation rows", _v2),
 )
 """Every migration, in order; the last one's version is :data:`SCHEMA_VERSION`."""
 

@@ -33,7 +33,7 @@ async def test_open_creates_wal_schema_with_version_row(db_path: Path) -> None:
     conn = sqlite3.connect(db_path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     versions = conn.execute("SELECT version, software FROM schema_version").fetchall()
-    assert [v for v, _ in versions] == [schema.SCHEMA_VERSION]
+    assert [v for v, _ in versions] == [m.version for m in schema.MIGRATIONS]
     assert versions[0][1].startswith("entraide ")
     conn.close()
 
@@ -63,14 +63,44 @@ async def test_open_applies_forward_migrations_in_order(db_path: Path,
     def add_note_column(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE origins ADD COLUMN note TEXT")
 
-    steps = (*schema.MIGRATIONS, schema.Migration(2, "origin notes", add_note_column))
+    newest = schema.SCHEMA_VERSION + 1
+    steps = (*schema.MIGRATIONS, schema.Migration(newest, "origin notes", add_note_column))
     monkeypatch.setattr(schema, "MIGRATIONS", steps)
     ledger = await open_ledger(db_path, ME)
     assert ledger.counts().entries == 1
     await ledger.close()
     conn = sqlite3.connect(db_path)
-    assert [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY 1")] == [1, 2]
+    applied = [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY 1")]
+    assert applied == [m.version for m in steps]
     assert "note" in [r[1] for r in conn.execute("PRAGMA table_info(origins)")]
+    conn.close()
+
+
+async def test_version_2_copies_each_observations_entry_id_and_seq(db_path: Path) -> None:
+    ledger = await open_ledger(db_path, ME)
+    entries = await ledger.append_own([draft(observation(ip(i))) for i in range(1, 6)])
+    before = (await ledger.list_observations()).items
+    await ledger.close()
+    # Make it the version 1 file an older build wrote: no columns, no version row.
+    conn = sqlite3.connect(db_path)
+    conn.execute("ALTER TABLE observations DROP COLUMN hash")
+    conn.execute("ALTER TABLE observations DROP COLUMN seq")
+    conn.execute("DELETE FROM schema_version WHERE version = 2")
+    conn.commit()
+    conn.close()
+
+    ledger = await open_ledger(db_path, ME)
+    try:
+        assert (await ledger.list_observations()).items == before
+        found = await ledger.indicator("ipv4-addr", ip(3))
+        assert [(o["id"], o["seq"]) for o in found["observations"]] == [
+            (entries[2].id, entries[2].seq)]
+        assert (await ledger.get_observation(entries[4].id) or {})["seq"] == 5
+    finally:
+        await ledger.close()
+    conn = sqlite3.connect(db_path)
+    rows = conn.execute("SELECT o.hash, o.seq FROM observations o ORDER BY obs_no").fetchall()
+    assert rows == [(e.hash, e.seq) for e in entries]
     conn.close()
 
 
@@ -80,10 +110,10 @@ def test_migrate_rolls_back_a_failed_step(db_path: Path) -> None:
         conn.execute("THIS IS NOT SQL")
 
     conn = sqlite3.connect(db_path, isolation_level=None)
-    steps = (*schema.MIGRATIONS, schema.Migration(2, "broken", broken))
+    steps = (*schema.MIGRATIONS, schema.Migration(schema.SCHEMA_VERSION + 1, "broken", broken))
     with pytest.raises(StorageError, match="migrate"):
         schema.migrate(conn, now_ms=0, software="test", migrations=steps)
-    assert schema.schema_version(conn) == 1
+    assert schema.schema_version(conn) == schema.SCHEMA_VERSION
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half'").fetchone() is None
     conn.close()
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.errors import InvalidCursorError, StorageError
 from agent.ledger import Ledger, OwnDraft
@@ -259,6 +262,18 @@ async def test_indicator_aggregates_across_origins(ledger: Ledger) -> None:
 def test_format_ms_writes_rfc3339_utc() -> None:
     assert format_ms(0) == "1970-01-01T00:00:00Z"
     assert format_ms(1_767_225_600_500) == "2026-01-01T00:00:00.5Z"
+
+
+# From year 1000: below it, strftime's %Y does not pad to four digits on glibc.
+@given(st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9999, 12, 31),
+                    timezones=st.just(UTC)))
+def test_format_ms_matches_datetime_formatting(moment: datetime) -> None:
+    moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    ms = (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    expected = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if moment.microsecond:
+        expected += "." + f"{moment.microsecond:06d}".rstrip("0")
+    assert format_ms(ms) == expected + "Z"
 
 
 async def test_alerts_rules_and_stix_objects_are_listed_by_kind(ledger: Ledger) -> None:
