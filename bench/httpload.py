@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 __all__ = ["MAX_RESPONSE", "HttpLoadError", "LoadResult", "run_load"]
@@ -139,9 +139,13 @@ def _request(host: str, port: int, path: str, headers: Sequence[tuple[str, str]]
 
 async def run_load(host: str, port: int, paths: Iterable[str], *, connections: int,
                    headers: Sequence[tuple[str, str]] = (), expect: int = 200,
-                   check: Check | None = None) -> LoadResult:
+                   check: Check | None = None, warmup: Iterable[str] = ()) -> LoadResult:
     """GET every path of ``paths`` over ``connections`` keep-alive connections; each
     connection sends its next request when the last one has been answered.
+
+    ``warmup`` paths go first, on the same connections, checked but neither timed nor
+    counted: the figures are of connections in steady state, not of their set-up
+    (the node accepting them, its first requests on each).
 
     Raises:
         HttpLoadError: a response with another status than ``expect``, one ``check``
@@ -156,16 +160,16 @@ async def run_load(host: str, port: int, paths: Iterable[str], *, connections: i
         for _ in range(connections):
             _, conn = await loop.create_connection(_Connection, host, port)
             conns.append(conn)
-        queue = iter(paths)
         latencies: list[float] = []
         clock = time.perf_counter
 
-        async def worker(conn: _Connection) -> None:
+        async def worker(conn: _Connection, queue: Iterator[str], record: bool) -> None:
             for path in queue:
                 request = _request(host, port, path, headers)
                 t0 = clock()
                 status, body = await conn.send(request)
-                latencies.append(clock() - t0)
+                if record:
+                    latencies.append(clock() - t0)
                 if status != expect:
                     raise HttpLoadError(f"GET {path}: HTTP {status}: {body[:300]!r}")
                 if check is not None:
@@ -175,8 +179,11 @@ async def run_load(host: str, port: int, paths: Iterable[str], *, connections: i
                         raise HttpLoadError(f"GET {path}: refused body {body[:300]!r}: "
                                             f"{exc}") from exc
 
+        warming = iter(warmup)
+        await asyncio.gather(*(worker(c, warming, False) for c in conns))
+        queue = iter(paths)
         t0 = clock()
-        await asyncio.gather(*(worker(c) for c in conns))
+        await asyncio.gather(*(worker(c, queue, True) for c in conns))
         return LoadResult(clock() - t0, latencies)
     finally:
         for conn in conns:

@@ -21,7 +21,7 @@ import itertools
 import time
 from typing import Any
 
-from agent.localfed import tree_cpu_seconds
+from agent.localfed import tree_cpu_seconds, wait_idle
 from bench.common import Context, Result, cpu_seconds, percentile, sign_rate
 from bench.fed import Client, FedNode, ipv4, metric, metrics, new_federation
 
@@ -142,6 +142,8 @@ def run(ctx: Context) -> Result:
     ctx.log("submit: node set up, starting")
     with fed:
         fed.start()
+        assert node.process is not None
+        wait_idle([node.process.pid])  # its verify workers start with it
         asyncio.run(_measure(node, batched_total, single_total, result))
     batched = result.params.pop("batched_rate")
     result.add("batched_vs_sign", "batched / raw sign rate", batched / signs, "ratio",

@@ -31,6 +31,12 @@ async def _split(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def _peer(request: web.Request) -> web.Response:
+    """Which client connection asked (its source port)."""
+    assert request.transport is not None
+    return web.json_response({"peer": request.transport.get_extra_info("peername")[1]})
+
+
 async def _missing(request: web.Request) -> web.Response:
     return web.json_response({"error": "nope"}, status=404)
 
@@ -53,6 +59,7 @@ async def port() -> AsyncIterator[int]:
     app = web.Application()
     app.router.add_get("/ok/{n}", _ok)
     app.router.add_get("/split", _split)
+    app.router.add_get("/peer/{n}", _peer)
     app.router.add_get("/missing", _missing)
     app.router.add_get("/chunked", _chunked)
     app.router.add_get("/closing", _closing)
@@ -62,6 +69,22 @@ async def port() -> AsyncIterator[int]:
     await site.start()
     yield runner.addresses[0][1]
     await runner.cleanup()
+
+
+async def test_httpload_warms_up_on_the_same_connections_untimed(port: int) -> None:
+    seen: list[tuple[str, int]] = []
+
+    def check(path: str, body: bytes) -> None:
+        seen.append((path, json.loads(body)["peer"]))
+
+    warm = [f"/peer/w{i}" for i in range(12)]
+    measured = [f"/peer/{i}" for i in range(20)]
+    done = await run_load("127.0.0.1", port, measured, connections=3, check=check,
+                          warmup=warm)
+    assert len(done.latencies) == len(measured)  # the warm-up is not timed
+    assert sorted(p for p, _ in seen[:12]) == sorted(warm)  # first, and checked
+    assert sorted(p for p, _ in seen[12:]) == sorted(measured)
+    assert len({peer for _, peer in seen}) == 3  # the same three connections throughout
 
 
 async def test_httpload_reads_every_response_and_checks_it(port: int) -> None:
