@@ -178,5 +178,5 @@ async def get_indicator(request: web.Request) -> web.Response:
     node = request.app[NODE]
     if request.query:
         raise ApiError(422, "invalid", "this route takes no query parameters")
-    result = await node.indicator(request.match_info["type"], request.match_info["value"])
-    return json_response(result)
+    body = await node.indicator_json(request.match_info["type"], request.match_info["value"])
+    return web.Response(body=body, content_type="application/json", charset="utf-8")

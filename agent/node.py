@@ -56,6 +56,7 @@ from agent.errors import (
     UnknownForkError,
 )
 from agent.group_commit import MAX_QUEUED_ENTRIES, GroupCommitter
+from agent.jsoncodec import dumps_bytes
 from agent.ledger import (
     ForkRecord,
     Ledger,
@@ -65,9 +66,10 @@ from agent.ledger import (
     Subscription,
     VerifyReport,
 )
+from agent.lookup_worker import LookupWorker
 from agent.metrics import Counter, Histogram, MetricFamily, Registry
 from agent.prepare import BatchPreparer, PreparedObservation
-from agent.queries import format_ms
+from agent.queries import canonical_indicator, format_ms, with_names
 from agent.tokens import TokenStore
 from protocol.entries import TLP, VerifiedEntry
 from protocol.errors import EntraideError
@@ -199,6 +201,8 @@ class Node:
         registry: metrics registry (a new one by default).
         batch_worker: validate large observation batches in a worker process
             (agent/prepare.py); default: when the host has two cores or more.
+        lookup_worker: answer indicator lookups in a worker process
+            (agent/lookup_worker.py); default: when the host has two cores or more.
     """
 
     def __init__(
@@ -213,6 +217,7 @@ class Node:
         trust_poll_interval: float = DEFAULT_TRUST_POLL,
         registry: Registry | None = None,
         batch_worker: bool | None = None,
+        lookup_worker: bool | None = None,
     ) -> None:
         self.data_dir = data_dir if isinstance(data_dir, DataDir) else DataDir(Path(data_dir))
         self.clock = clock
@@ -232,6 +237,8 @@ class Node:
         self._trust_lock = asyncio.Lock()
         self._committer: GroupCommitter | None = None
         self._preparer = BatchPreparer(enabled=batch_worker)
+        self._lookup_worker = lookup_worker
+        self._lookups: LookupWorker | None = None
         self._replication: Replication = NullReplication()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
@@ -297,6 +304,8 @@ class Node:
         self._ledger = await Ledger.open(
             self._config.ledger_path(data_dir), identity=self._identity,
             is_trusted_origin=self._is_trusted, clock=self.clock, randbytes=self._randbytes)
+        self._lookups = LookupWorker(self._config.ledger_path(data_dir),
+                                     enabled=self._lookup_worker)
         self._committer = GroupCommitter(self._ledger, me, self._committed)
         self._committer.start()
         if self._replication_factory is not None:
@@ -329,6 +338,8 @@ class Node:
         if self._committer is not None:
             await self._committer.close()
         await self._preparer.close()
+        if self._lookups is not None:
+            await self._lookups.close()
         try:
             await self._replication.stop()
         except Exception:
@@ -391,13 +402,18 @@ class Node:
         """:meth:`name_of` for a key in text form (None if it does not parse)."""
         # Key texts are canonical (one text per key), so an exact match is the same as
         # parsing; parsing costs a point check (~60 us) and lists call this per item.
+        return self.names_by_text().get(key_text) if isinstance(key_text, str) else None
+
+    def names_by_text(self) -> dict[str, str]:
+        """Key text -> name of this node and every peer in the trust list. The same
+        object until the trust list changes (do not modify it)."""
         names = self._names_by_text
         if names is None or names[0] is not self._trust or names[1] is not self._identity:
             table = {p.key.text: p.name for p in self._trust}
             if self._identity is not None and self._config is not None:
                 table[self._identity.public_key.text] = self._config.name
             names = self._names_by_text = (self._trust, self._identity, table)
-        return names[2].get(key_text) if isinstance(key_text, str) else None
+        return names[2]
 
     def key_of(self, name_or_key: str) -> PublicKey:
         """A peer's key from its name (exact, else ignoring case), this node's name, or
@@ -605,12 +621,21 @@ class Node:
         Raises:
             PayloadError: unknown type or invalid value.
         """
-        result = await self.ledger.indicator(type, value)
-        result["origin_keys"] = list(result["origins"])
-        result["origins"] = [self.name_of_text(k) or k for k in result["origins"]]
-        for item in result["observations"]:
-            self.decorate(item)
-        return result
+        return with_names(await self.ledger.indicator(type, value), self.name_of_text)
+
+    async def indicator_json(self, type: str, value: str) -> bytes:
+        """:meth:`indicator` as the API's JSON: from the lookup worker when it is
+        running (agent/lookup_worker.py), else in-process.
+
+        Raises:
+            PayloadError: unknown type or invalid value.
+        """
+        canonical = canonical_indicator(type, value)
+        if self._lookups is not None:
+            found = await self._lookups.indicator(*canonical, self.names_by_text())
+            if found is not None:
+                return found
+        return dumps_bytes(await self.indicator(*canonical))
 
     def subscribe(self, maxsize: int = 1024) -> Subscription:
         """Follow new readable observations (see :class:`agent.ledger.Subscription`)."""
@@ -824,6 +849,15 @@ class Node:
             "entraide_batch_worker_batches_total",
             "Observation batches validated and encoded in the batch worker process.",
             "counter", (), {(): float(self._preparer.prepared)}))
+        lookups = self._lookups
+        families.append(MetricFamily(
+            "entraide_lookup_worker_up", "1 while indicator lookups are answered by the "
+            "lookup worker process (agent/lookup_worker.py).", "gauge", (),
+            {(): 1.0 if lookups is not None and lookups.running else 0.0}))
+        families.append(MetricFamily(
+            "entraide_lookup_worker_lookups_total",
+            "Indicator lookups answered by the lookup worker process.", "counter", (),
+            {(): float(lookups.answered if lookups is not None else 0)}))
         families.append(MetricFamily("entraide_trust_peers", "Peers in the trust list.",
                                      "gauge", (), {(): len(self._trust)}))
         connected: dict[tuple[str, ...], float] = {}

@@ -46,9 +46,13 @@ __all__ = [
     "Page",
     "QueryReader",
     "build_record",
+    "canonical_indicator",
     "decode_cursor",
     "encode_cursor",
     "format_ms",
+    "indicator_aggregated",
+    "indicator_bounded",
+    "with_names",
 ]
 
 DEFAULT_PAGE = 100
@@ -228,10 +232,84 @@ def _check_type(type: str) -> str:
     return type
 
 
-def _indicator(type: str, value: str) -> tuple[str, str]:
+def canonical_indicator(type: str, value: str) -> tuple[str, str]:
     """Canonical (type, value); raises PayloadError for an unknown type or a bad value."""
     type = _check_type(type)
     return type, normalise_indicator(type, value)
+
+
+_AGGREGATES_SQL = ("SELECT count(*), min(o.first_seen), max(o.last_seen) FROM observations o "
+                   "WHERE o.type = ? AND o.value = ?")
+_ORIGINS_SQL = ("SELECT g.key, min(o.obs_no) AS first FROM observations o "
+                "JOIN origins g ON g.origin_id = o.origin_id "
+                "WHERE o.type = ? AND o.value = ?{live} GROUP BY g.key ORDER BY first")
+_ROWS_SQL = (f"SELECT {_OBS_SELECT}, o.first_seen, o.last_seen {_OBS_FROM} "
+             "WHERE o.type = ? AND o.value = ?{live} ORDER BY o.obs_no DESC LIMIT ?")
+
+
+def indicator_bounded(conn: sqlite3.Connection, type: str, value: str,
+                      include_retracted: bool, limit: int,
+                      max_rows: int) -> dict[str, Any] | None:
+    """An indicator lookup (see :meth:`QueryReader.indicator`) in one statement on
+    ``conn``, for a canonical ``type`` and ``value``; None when the indicator has more
+    than ``max_rows`` rows (then :func:`indicator_aggregated`).
+
+    The aggregates are computed from the same rows the aggregated statements read, so
+    both answer alike.
+    """
+    live = "" if include_retracted else " AND o.retracted = 0"
+    rows = conn.execute(_ROWS_SQL.format(live=live), (type, value, max_rows + 1)).fetchall()
+    if len(rows) > max_rows:
+        return None
+    origins: dict[bytes, None] = {}
+    for row in reversed(rows):  # oldest first: each origin where it first appears
+        origins.setdefault(row[2])
+    return {
+        "type": type,
+        "value": value,
+        "observations": [_observation_row(r) for r in rows[:limit]],
+        "count": len(rows),
+        "origins": [key_text(k) for k in origins],
+        "first_seen": format_ms(min(r[8] for r in rows)) if rows else None,
+        "last_seen": format_ms(max(r[9] for r in rows)) if rows else None,
+    }
+
+
+def indicator_aggregated(conn: sqlite3.Connection, type: str, value: str,
+                         include_retracted: bool, limit: int) -> dict[str, Any]:
+    """The lookup of an indicator with any number of rows, on ``conn``: aggregates in
+    SQL, and the newest ``limit`` observations."""
+    live = "" if include_retracted else " AND o.retracted = 0"
+    agg = conn.execute(_AGGREGATES_SQL + live, (type, value)).fetchone()
+    origins = conn.execute(_ORIGINS_SQL.format(live=live), (type, value)).fetchall()
+    rows = conn.execute(_ROWS_SQL.format(live=live), (type, value, limit)).fetchall()
+    return _aggregated(type, value, [_observation_row(r) for r in rows], agg, origins)
+
+
+def _aggregated(type: str, value: str, items: list[dict[str, Any]], agg: Sequence[Any],
+                origins: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    count, first, last = agg
+    return {
+        "type": type,
+        "value": value,
+        "observations": items,
+        "count": int(count),
+        "origins": [key_text(r[0]) for r in origins],
+        "first_seen": None if first is None else format_ms(first),
+        "last_seen": None if last is None else format_ms(last),
+    }
+
+
+def with_names(found: dict[str, Any], name_of: Callable[[str], str | None]
+               ) -> dict[str, Any]:
+    """A lookup's answer as the API gives it (in place): ``origins`` as names where
+    ``name_of`` knows them, the keys in ``origin_keys``, ``origin_name`` on each
+    observation."""
+    found["origin_keys"] = list(found["origins"])
+    found["origins"] = [name_of(k) or k for k in found["origins"]]
+    for item in found["observations"]:
+        item["origin_name"] = name_of(item["origin"])
+    return found
 
 
 class QueryReader:
@@ -322,7 +400,7 @@ class QueryReader:
         args: list[Any] = []
         if type is not None:
             if value is not None:
-                type, value = _indicator(type, value)
+                type, value = canonical_indicator(type, value)
                 where.append("o.type = ? AND o.value = ?")
                 args += [type, value]
             else:
@@ -410,7 +488,7 @@ class QueryReader:
             PayloadError: unknown type, or a value invalid for it.
             EncodingError: ``limit`` out of range.
         """
-        type, value = _indicator(type, value)
+        type, value = canonical_indicator(type, value)
         page_limit = _limit(min(limit, MAX_PAGE))
         conn = await self._fast_connection()
         if conn is not None:
@@ -426,56 +504,23 @@ class QueryReader:
 
     def _indicator_fast(self, conn: sqlite3.Connection, type: str, value: str,
                         include_retracted: bool, limit: int) -> dict[str, Any] | None:
-        """The lookup in one statement, on the loop: None when the indicator has more
-        than ``FAST_ROWS`` rows (the work done here is bounded by that many rows).
+        """:func:`indicator_bounded` with ``FAST_ROWS``: the work done on the loop is
+        bounded by that many rows.
 
         A point lookup is tens of microseconds of SQLite; each statement sent to the
         reader thread costs more than that in thread hops, event-loop wake-ups and GIL
-        hand-offs. The aggregates are computed from the same rows the three threaded
-        statements would read, so both paths answer alike.
+        hand-offs.
         """
-        live = "" if include_retracted else " AND o.retracted = 0"
-        rows = conn.execute(
-            f"SELECT {_OBS_SELECT}, o.first_seen, o.last_seen {_OBS_FROM} "
-            f"WHERE o.type = ? AND o.value = ?{live} ORDER BY o.obs_no DESC LIMIT ?",
-            (type, value, FAST_ROWS + 1)).fetchall()
-        if len(rows) > FAST_ROWS:
-            return None
-        origins: dict[bytes, None] = {}
-        for row in reversed(rows):  # oldest first: each origin where it first appears
-            origins.setdefault(row[2])
-        return {
-            "type": type,
-            "value": value,
-            "observations": [_observation_row(r) for r in rows[:limit]],
-            "count": len(rows),
-            "origins": [key_text(k) for k in origins],
-            "first_seen": format_ms(min(r[8] for r in rows)) if rows else None,
-            "last_seen": format_ms(max(r[9] for r in rows)) if rows else None,
-        }
+        return indicator_bounded(conn, type, value, include_retracted, limit, FAST_ROWS)
 
     async def _indicator_threaded(self, type: str, value: str, include_retracted: bool,
                                   limit: int) -> dict[str, Any]:
         live = "" if include_retracted else " AND o.retracted = 0"
-        agg = await self._rows(
-            "SELECT count(*), min(o.first_seen), max(o.last_seen) FROM observations o "
-            f"WHERE o.type = ? AND o.value = ?{live}", (type, value))
-        origins = await self._rows(
-            "SELECT g.key, min(o.obs_no) AS first FROM observations o "
-            "JOIN origins g ON g.origin_id = o.origin_id "
-            f"WHERE o.type = ? AND o.value = ?{live} GROUP BY g.key ORDER BY first", (type, value))
+        agg = await self._rows(_AGGREGATES_SQL + live, (type, value))
+        origins = await self._rows(_ORIGINS_SQL.format(live=live), (type, value))
         page = await self.list_observations(type=type, value=value, limit=limit,
                                             include_retracted=include_retracted)
-        count, first, last = agg[0]
-        return {
-            "type": type,
-            "value": value,
-            "observations": page.items,
-            "count": int(count),
-            "origins": [key_text(r[0]) for r in origins],
-            "first_seen": None if first is None else format_ms(first),
-            "last_seen": None if last is None else format_ms(last),
-        }
+        return _aggregated(type, value, page.items, agg[0], origins)
 
     async def list_sightings(self, *, of: str | None = None, limit: int = DEFAULT_PAGE,
                              cursor: str | None = None,

@@ -22,29 +22,22 @@ Invariants:
 - The worker ends when the node closes its stdin (:meth:`VerifyWorker.close`) or
   dies (stdin reaches end of file), so it never outlives the node.
 
-Wire (stdin/stdout of the worker): frames of a 4-byte big-endian length and a msgpack
-body. Request ``[id, [raw, ...]]``; reply ``[id, [verdict, ...]]`` where a verdict is
-``None`` (refused), ``0`` (verified; the node decodes the payload), ``1`` (verified,
-payload unreadable: stored, not indexed) or the index record's fields as a list. The
-first frame from the worker is ``[0, []]``: ready.
+The process and its pipes are agent/pipe_worker.py's. A request is ``[raw, ...]``;
+the reply ``[verdict, ...]``, where a verdict is ``None`` (refused), ``0`` (verified;
+the node decodes the payload), ``1`` (verified, payload unreadable: stored, not
+indexed) or the index record's fields as a list.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import logging
-import os
-import struct
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-import msgpack
-
+from agent.pipe_worker import PipeWorker, WorkerFailed, serve
 from agent.queries import IndexRecord, build_record
 from protocol.entries import VerifiedEntry, _rebuild_verified, verify_entry
 from protocol.errors import EntraideError
@@ -52,12 +45,8 @@ from protocol.payloads import decode_payload_with_fields
 
 __all__ = ["MAX_FAILURES", "Checked", "VerifyWorker", "check_in_thread"]
 
-log = logging.getLogger("agent.transport")
-
 MAX_FAILURES = 3
 """Worker failures in a row (no batch answered in between) before giving up on it."""
-_HEADER = struct.Struct(">I")
-_MAX_FRAME = 64 << 20
 _DECODE_HERE = 0  # verified; the node builds the record (encrypted: it holds the key)
 _UNREADABLE = 1  # verified; the payload does not decode: stored, never indexed
 
@@ -69,13 +58,6 @@ class Checked:
 
     entries: list[VerifiedEntry | None]
     records: dict[bytes, IndexRecord | None] = field(default_factory=dict)
-
-
-class _WorkerFailed(Exception):
-    """The worker process died, broke the wire format or missed its deadline.
-
-    Never leaves this module: the batch is checked in a thread instead.
-    """
 
 
 # --- the worker process side -------------------------------------------------------
@@ -104,34 +86,9 @@ def check_raws(raws: Sequence[bytes]) -> list[Any]:
     return out
 
 
-def _read_frame(stream: BinaryIO) -> Any | None:
-    header = stream.read(_HEADER.size)
-    if len(header) < _HEADER.size:
-        return None
-    (size,) = _HEADER.unpack(header)
-    body = stream.read(size)
-    if len(body) < size:
-        return None
-    return msgpack.unpackb(body, max_bin_len=_MAX_FRAME, max_array_len=1 << 20)
-
-
-def _write_frame(stream: BinaryIO, value: Any) -> None:
-    body = msgpack.packb(value, use_bin_type=True)
-    stream.write(_HEADER.pack(len(body)) + body)
-    stream.flush()
-
-
 def main() -> None:
-    """The worker's loop: answer each request frame until stdin ends."""
-    requests, replies = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # a stray print must not corrupt the wire
-    try:
-        _write_frame(replies, [0, []])
-        while (request := _read_frame(requests)) is not None:
-            batch_id, raws = request
-            _write_frame(replies, [batch_id, check_raws(raws)])
-    except (BrokenPipeError, KeyboardInterrupt):
-        pass  # the node is gone or stopping
+    """The worker's loop: answer each batch until stdin ends."""
+    serve(check_raws)
 
 
 # --- the node side -------------------------------------------------------------------
@@ -165,7 +122,7 @@ class VerifyWorker:
         command: the worker's command line (tests start a faulty one).
 
     The process is started by the first large batch, which is checked in a thread
-    meanwhile. Close with :meth:`close`.
+    meanwhile (agent/pipe_worker.py runs it). Close with :meth:`close`.
     """
 
     def __init__(self, executor: concurrent.futures.Executor, *, min_batch: int = 64,
@@ -173,169 +130,58 @@ class VerifyWorker:
                  command: Sequence[str] | None = None) -> None:
         self._executor = executor
         self.min_batch = min_batch
-        self.deadline = deadline
-        self._command = list(command) if command is not None else [
-            sys.executable, "-c", "from agent.verify_worker import main; main()"]
-        self._proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._ready: asyncio.Future[None] | None = None
-        self._starting: asyncio.Task[None] | None = None
-        self._waiting: dict[int, asyncio.Future[list[Any]]] = {}
-        self._next_id = 1
-        self.failures = 0
-        self._last_failed: asyncio.subprocess.Process | None = None
-        self.disabled = not enabled
-        self.closed = False
+        self.worker = PipeWorker(
+            "verify worker",
+            command or [sys.executable, "-c", "from agent.verify_worker import main; main()"],
+            enabled=enabled, deadline=deadline, max_failures=MAX_FAILURES)
         self.batches_in_worker = 0  # for tests and diagnostics
         self.in_flight = 0  # batches taken by check() and not answered yet
 
     @property
     def pid(self) -> int | None:
         """The pid of the worker in use, if there is one."""
-        proc = self._proc
-        if (proc is None or proc.returncode is not None or self.disabled or self.closed
-                or self._reader is None or self._reader.done()):
-            return None
-        return proc.pid
+        return self.worker.pid
+
+    @property
+    def failures(self) -> int:
+        return self.worker.failures
+
+    @property
+    def disabled(self) -> bool:
+        """True once the worker was given up for good (threads from then on)."""
+        return self.worker.disabled
 
     async def check(self, raws: Sequence[bytes]) -> Checked:
         """Check ``raws``; never raises for a worker failure (the thread takes over)."""
         self.in_flight += 1
         try:
-            return await self._check(raws)
+            if len(raws) >= self.min_batch and self.worker.usable():
+                try:
+                    checked = await self.worker.call(
+                        list(raws), lambda verdicts: self._rebuild(raws, verdicts))
+                    self.batches_in_worker += 1
+                    return checked
+                except WorkerFailed:
+                    pass  # logged by the worker; the thread checks this batch
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, check_in_thread, raws)
         finally:
             self.in_flight -= 1
 
-    async def _check(self, raws: Sequence[bytes]) -> Checked:
-        proc = self._proc
-        if len(raws) >= self.min_batch and self._usable() and proc is not None:
-            try:
-                return await self._in_worker(proc, raws)
-            except _WorkerFailed as exc:
-                self._failed(proc, str(exc))
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, check_in_thread, raws)
-
     def start(self) -> None:
         """Start the worker now rather than with the first large batch (no wait)."""
-        self._usable()
+        self.worker.start()
 
     async def ready(self) -> bool:
         """Start the worker if need be and wait until it answers (False: it cannot)."""
-        self._usable()
-        if self._starting is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._starting)
-        return self._usable()
-
-    def _usable(self) -> bool:
-        if self.disabled or self.closed:
-            return False
-        if (self._proc is None or self._proc.returncode is not None
-                or self._reader is None or self._reader.done()):
-            if self._starting is None:
-                self._starting = asyncio.ensure_future(self._start())
-            return False
-        return self._ready is not None and self._ready.done() and not self._ready.cancelled()
-
-    async def _start(self) -> None:
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent)  # this checkout's packages
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *self._command, stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, env=env)
-        except OSError as exc:
-            self._starting = None
-            self._failed(None, f"cannot start: {exc}")
-            return
-        self._proc = proc
-        loop = asyncio.get_running_loop()
-        self._ready = ready = loop.create_future()
-        self._reader = asyncio.ensure_future(self._read(proc, ready))
-        try:
-            async with asyncio.timeout(self.deadline):
-                await asyncio.shield(ready)
-        except (TimeoutError, _WorkerFailed) as exc:
-            self._kill(proc)
-            self._failed(proc, f"did not start: {exc or 'timed out'}")
-        finally:
-            self._starting = None
-
-    async def _read(self, proc: asyncio.subprocess.Process,
-                    ready: asyncio.Future[None]) -> None:
-        """Resolve each batch's future from the worker's replies; on any failure, fail
-        every batch in flight (they go to a thread) and kill the worker."""
-        assert proc.stdout is not None
-        error = "ended"
-        try:
-            while True:
-                header = await proc.stdout.readexactly(_HEADER.size)
-                (size,) = _HEADER.unpack(header)
-                if size > _MAX_FRAME:
-                    error = f"sent a {size}-byte frame"
-                    break
-                body = await proc.stdout.readexactly(size)
-                batch_id, verdicts = msgpack.unpackb(body, max_array_len=1 << 20)
-                if batch_id == 0 and not ready.done():
-                    ready.set_result(None)
-                    continue
-                waiter = self._waiting.pop(batch_id, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(verdicts)
-        except asyncio.IncompleteReadError:
-            pass
-        except asyncio.CancelledError:
-            error = "closed"
-            raise
-        except Exception as exc:  # garbage on the wire: the worker is not to be trusted
-            error = f"broke the wire format: {exc!r}"
-        finally:
-            self._kill(proc)
-            failure = _WorkerFailed(error)
-            if not ready.done():
-                ready.set_exception(failure)
-                ready.exception()  # retrieved: the starter may be gone
-            for waiter in self._waiting.values():
-                if not waiter.done():
-                    waiter.set_exception(failure)
-            self._waiting.clear()
-
-    async def _in_worker(self, proc: asyncio.subprocess.Process,
-                         raws: Sequence[bytes]) -> Checked:
-        assert proc.stdin is not None
-        batch_id, self._next_id = self._next_id, self._next_id + 1
-        waiter: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._waiting[batch_id] = waiter
-        body = msgpack.packb([batch_id, list(raws)], use_bin_type=True)
-        try:
-            proc.stdin.write(_HEADER.pack(len(body)) + body)
-            async with asyncio.timeout(self.deadline):
-                await proc.stdin.drain()
-                verdicts = await waiter
-        except TimeoutError as exc:  # before OSError: it is one
-            self._kill(proc)
-            raise _WorkerFailed(f"no answer in {self.deadline:g} s") from exc
-        except (OSError, RuntimeError) as exc:  # the pipe broke: the worker is gone
-            self._kill(proc)
-            raise _WorkerFailed(f"pipe: {exc!r}") from exc
-        finally:
-            self._waiting.pop(batch_id, None)
-        if not isinstance(verdicts, list) or len(verdicts) != len(raws):
-            self._kill(proc)
-            raise _WorkerFailed("answered the wrong number of verdicts")
-        try:
-            checked = self._rebuild(raws, verdicts)
-        except (EntraideError, ValueError, TypeError) as exc:
-            self._kill(proc)
-            raise _WorkerFailed(f"answered a bad verdict: {exc!r}") from exc
-        self.failures = 0
-        self.batches_in_worker += 1
-        return checked
+        return await self.worker.ready()
 
     @staticmethod
-    def _rebuild(raws: Sequence[bytes], verdicts: list[Any]) -> Checked:
+    def _rebuild(raws: Sequence[bytes], verdicts: Any) -> Checked:
+        """The batch from the worker's verdicts; raises ValueError (or TypeError, or an
+        EntraideError) for an answer that cannot be right."""
+        if not isinstance(verdicts, list) or len(verdicts) != len(raws):
+            raise ValueError("answered the wrong number of verdicts")
         checked = Checked([])
         entries, records = checked.entries, checked.records
         for raw, verdict in zip(raws, verdicts, strict=True):
@@ -350,51 +196,9 @@ class VerifyWorker:
                 records[entry.hash] = _record(verdict)
         return checked
 
-    def _failed(self, proc: asyncio.subprocess.Process | None, why: str) -> None:
-        """Count a failure once per worker process (its batches in flight fail together)."""
-        if proc is not None:
-            if proc is self._last_failed:
-                return
-            self._last_failed = proc
-        self.failures += 1
-        if self.failures >= MAX_FAILURES and not self.disabled:
-            self.disabled = True
-            if self._proc is not None:
-                self._kill(self._proc)
-            log.error("verify worker process failed (%s) %d times in a row: verifying in "
-                      "threads from now on", why, self.failures)
-        else:
-            log.warning("verify worker process failed (%s): its batches are verified in a "
-                        "thread, a new worker starts with the next large batch", why)
-
-    @staticmethod
-    def _kill(proc: asyncio.subprocess.Process) -> None:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-
-    async def close(self, timeout: float = 2.0) -> None:
-        """End the worker: close its stdin, wait up to ``timeout``, then kill it."""
-        self.closed = True
-        if self._starting is not None:
-            self._starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._starting
-        proc = self._proc
-        if proc is not None:
-            if proc.stdin is not None:
-                with contextlib.suppress(OSError, RuntimeError):
-                    proc.stdin.close()
-            try:
-                async with asyncio.timeout(timeout):
-                    await proc.wait()
-            except TimeoutError:
-                self._kill(proc)
-                await proc.wait()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
+    async def close(self) -> None:
+        """End the worker: close its stdin, wait briefly, then kill it."""
+        await self.worker.close()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,346 @@
+"""A worker process the node talks to over its stdin and stdout, for calls too small
+for a process pool.
+
+A ``ProcessPoolExecutor`` call costs a pickling round, a management thread and two
+GIL hand-offs; next to a busy event loop that is more than a lookup's whole SQL. Here
+the node writes a frame to the worker's stdin and a subprocess protocol parses the
+replies straight from the pipe, on the loop, with no thread.
+
+Wire: frames of a 4-byte big-endian length and a msgpack body. Request ``[id, body]``,
+reply ``[id, body]``, in request order. The worker's first frame is ``[0, None]``:
+ready. The worker side is :func:`serve`.
+
+Invariants:
+- Nothing hangs on the worker: one that dies, breaks the framing, sends a frame over
+  ``max_frame`` or misses a call's ``deadline`` is killed, and every call in flight
+  raises :class:`WorkerFailed` (the caller falls back to its in-process path). The
+  next call starts a new worker; after ``max_failures`` failures in a row (no call
+  answered in between) it is given up for good.
+- What is in flight is bounded: past ``max_in_flight`` calls, :meth:`PipeWorker.call`
+  raises :class:`WorkerFailed` at once (the caller's own path takes the call).
+- The worker never outlives the node: it ends when its stdin reaches end of file,
+  which happens when the node closes it or dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import struct
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import msgpack
+
+from protocol.errors import EntraideError
+
+__all__ = ["PipeWorker", "WorkerFailed", "serve"]
+
+log = logging.getLogger("agent.worker")
+
+T = TypeVar("T")
+
+_HEADER = struct.Struct(">I")
+_READY = 0
+
+
+class WorkerFailed(Exception):
+    """The worker is not there, died, broke the wire or missed the deadline."""
+
+
+# --- the worker side ---------------------------------------------------------------
+
+
+def _read_frame(stream: BinaryIO, max_frame: int) -> Any | None:
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(header)
+    if size > max_frame:
+        return None
+    body = stream.read(size)
+    if len(body) < size:
+        return None
+    return msgpack.unpackb(body, max_bin_len=max_frame, max_str_len=max_frame,
+                           max_array_len=1 << 20, max_map_len=1 << 20)
+
+
+def _write_frame(stream: BinaryIO, value: Any) -> None:
+    body = msgpack.packb(value, use_bin_type=True)
+    stream.write(_HEADER.pack(len(body)) + body)
+    stream.flush()
+
+
+def serve(handle: Callable[[Any], Any], *, max_frame: int = 64 << 20) -> None:
+    """The worker's loop: answer each request with ``handle(body)`` until stdin ends."""
+    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # a stray print must not corrupt the wire
+    try:
+        _write_frame(replies, [_READY, None])
+        while (request := _read_frame(requests, max_frame)) is not None:
+            call_id, body = request
+            _write_frame(replies, [call_id, handle(body)])
+    except (BrokenPipeError, KeyboardInterrupt):
+        pass  # the node is gone or stopping
+
+
+# --- the node side -------------------------------------------------------------------
+
+
+class _Pipes(asyncio.SubprocessProtocol):
+    """Parses the worker's stdout into replies, on the loop."""
+
+    def __init__(self, worker: PipeWorker) -> None:
+        self._worker = worker
+        self._buf = bytearray()
+        self.exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd != 1:
+            return
+        buf = self._buf
+        buf += data
+        while len(buf) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(buf)
+            if size > self._worker.max_frame:
+                self._worker._broken(self, f"sent a {size}-byte frame")
+                return
+            if len(buf) < _HEADER.size + size:
+                return
+            body = bytes(buf[_HEADER.size:_HEADER.size + size])
+            del buf[:_HEADER.size + size]
+            try:
+                call_id, reply = msgpack.unpackb(body, max_array_len=1 << 20,
+                                                 max_map_len=1 << 20)
+            except Exception as exc:  # garbage: the worker is not to be trusted
+                self._worker._broken(self, f"broke the wire format: {exc!r}")
+                return
+            self._worker._answer(self, call_id, reply)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:
+            self._worker._broken(self, "closed its stdout")
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+        self._worker._broken(self, "exited")
+
+
+class PipeWorker:
+    """One worker process started with ``command``, called with :meth:`call`.
+
+    Args:
+        name: for log lines (``"lookup worker"``).
+        command: the worker's command line; it must run :func:`serve`.
+        enabled: False never starts a process (every call raises WorkerFailed).
+        deadline: seconds a start or a call may take before the worker is killed.
+        max_in_flight: calls waiting for the worker at once; more fail at once.
+        max_frame: largest reply accepted, in bytes.
+        max_failures: failures in a row before giving up on the worker for good.
+
+    The process starts with the first :meth:`usable` (or :meth:`start`) and is
+    usable once it said it is ready. Close with :meth:`close`.
+    """
+
+    def __init__(self, name: str, command: Sequence[str], *, enabled: bool = True,
+                 deadline: float = 30.0, max_in_flight: int = 256,
+                 max_frame: int = 64 << 20, max_failures: int = 3) -> None:
+        self.name = name
+        self._command = list(command)
+        self.deadline = deadline
+        self.max_in_flight = max_in_flight
+        self.max_frame = max_frame
+        self.max_failures = max_failures
+        self.disabled = not enabled
+        self.closed = False
+        self.failures = 0
+        self.answered = 0
+        """Calls the worker answered (for metrics and tests)."""
+        self._transport: asyncio.SubprocessTransport | None = None
+        self._pipes: _Pipes | None = None
+        self._stdin: asyncio.WriteTransport | None = None
+        self._ready = False
+        self._starting: asyncio.Task[None] | None = None
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._sent_at: dict[int, float] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._next_id = 1
+
+    @property
+    def in_flight(self) -> int:
+        """Calls waiting for the worker's answer."""
+        return len(self._waiting)
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the worker in use, if it is ready."""
+        return self._transport.get_pid() if self._ready and self._transport else None
+
+    def usable(self) -> bool:
+        """True when the worker takes calls; starts it (without waiting) if need be."""
+        if self._ready or self.disabled or self.closed:
+            return self._ready
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        return False
+
+    start = usable
+
+    async def ready(self) -> bool:
+        """Start the worker if need be and wait until it takes calls (False: it cannot)."""
+        self.usable()
+        if self._starting is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._starting)
+        return self._ready
+
+    async def call(self, body: Any, accept: Callable[[Any], T]) -> T:
+        """``accept(reply)``, where reply is the worker's answer to ``body``.
+
+        ``accept`` checks the reply and turns it into the result; when it raises
+        (``ValueError``, ``TypeError`` or an ``EntraideError``) the worker is not to be
+        trusted: it is killed and the call fails. Only an accepted reply ends a run of
+        failures.
+
+        Raises:
+            WorkerFailed: not ready, too many calls in flight, or the worker failed
+                (it is killed; a later call starts another).
+        """
+        if not self._ready or self._stdin is None or self._pipes is None:
+            raise WorkerFailed(f"the {self.name} is not running")
+        if len(self._waiting) >= self.max_in_flight:
+            raise WorkerFailed(f"{self.max_in_flight} calls already wait for the {self.name}")
+        call_id, self._next_id = self._next_id, self._next_id + 1
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Any] = loop.create_future()
+        self._waiting[call_id] = waiter
+        self._sent_at[call_id] = loop.time()
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self.deadline / 4, self._watch)
+        pipes = self._pipes
+        try:
+            frame = msgpack.packb([call_id, body], use_bin_type=True)
+            self._stdin.write(_HEADER.pack(len(frame)) + frame)
+            reply = await waiter
+        except (OSError, RuntimeError) as exc:  # the pipe broke: the worker is gone
+            self._broken(pipes, f"pipe: {exc!r}")
+            raise WorkerFailed(f"the {self.name} is gone") from exc
+        finally:
+            self._waiting.pop(call_id, None)
+            self._sent_at.pop(call_id, None)
+        try:
+            result = accept(reply)
+        except (ValueError, TypeError, EntraideError) as exc:
+            self._broken(pipes, f"answered a bad reply: {exc!r}")
+            raise WorkerFailed(f"the {self.name} answered a bad reply") from exc
+        self.failures = 0
+        self.answered += 1
+        return result
+
+    def _watch(self) -> None:
+        """Kill a worker whose oldest call is past the deadline. One timer per worker,
+        not one per call: a per-call timeout costs more than a lookup's IPC."""
+        self._watchdog = None
+        if not self._sent_at:
+            return
+        loop = asyncio.get_running_loop()
+        oldest = next(iter(self._sent_at.values()))  # dicts keep insertion order
+        if loop.time() - oldest > self.deadline:
+            self._broken(self._pipes, f"did not answer in {self.deadline:g} s")
+        if self._sent_at:
+            self._watchdog = loop.call_later(self.deadline / 4, self._watch)
+
+    async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)  # this checkout's packages
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        pipes = _Pipes(self)
+        try:
+            transport, _ = await loop.subprocess_exec(
+                lambda: pipes, *self._command, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=None, env=env)
+        except OSError as exc:
+            self._starting = None
+            self._failed(f"cannot start: {exc}")
+            return
+        self._transport, self._pipes = transport, pipes
+        stdin = transport.get_pipe_transport(0)
+        assert isinstance(stdin, asyncio.WriteTransport)
+        self._stdin = stdin
+        waiter: asyncio.Future[Any] = loop.create_future()
+        self._waiting[_READY] = waiter
+        try:
+            async with asyncio.timeout(self.deadline):
+                await waiter
+            self._ready = True
+        except (TimeoutError, WorkerFailed) as exc:
+            self._broken(pipes, f"did not start: {exc or 'timed out'}")
+        finally:
+            self._waiting.pop(_READY, None)
+            self._starting = None
+
+    def _answer(self, pipes: _Pipes, call_id: Any, reply: Any) -> None:
+        if pipes is not self._pipes:
+            return
+        waiter = self._waiting.pop(call_id, None) if isinstance(call_id, int) else None
+        if waiter is None:
+            self._broken(pipes, f"answered a call it was not given ({call_id!r})")
+            return
+        if not waiter.done():
+            waiter.set_result(reply)
+
+    def _broken(self, pipes: _Pipes | None, why: str) -> None:
+        """Kill the worker, fail its calls in flight, count one failure."""
+        if pipes is None or pipes is not self._pipes:
+            return  # an older worker, already counted
+        transport = self._transport
+        self._transport = self._pipes = self._stdin = None
+        self._ready = False
+        if transport is not None:
+            with contextlib.suppress(ProcessLookupError):
+                transport.kill()
+            transport.close()
+        failure = WorkerFailed(f"the {self.name} {why}")
+        self._sent_at.clear()
+        for waiter in self._waiting.values():
+            if not waiter.done():
+                waiter.set_exception(failure)
+                waiter.exception()  # retrieved: its caller may have gone
+        self._waiting.clear()
+        if not self.closed:
+            self._failed(why)
+
+    def _failed(self, why: str) -> None:
+        self.failures += 1
+        if self.failures >= self.max_failures:
+            self.disabled = True
+            log.error("%s process failed (%s) %d times in a row: not used from now on",
+                      self.name, why, self.failures)
+        else:
+            log.warning("%s process failed (%s): a new one starts with the next call",
+                        self.name, why)
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """End the worker: close its stdin, wait up to ``timeout``, then kill it."""
+        self.closed = True
+        if self._starting is not None:
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._starting
+        pipes, transport, stdin = self._pipes, self._transport, self._stdin
+        if pipes is None or transport is None:
+            return
+        if stdin is not None:
+            stdin.close()
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(pipes.exited)
+        except TimeoutError:
+            pass
+        self._broken(pipes, "closed")
