@@ -26,8 +26,8 @@ from agent.client_cli import ApiError, call_api
 from agent.errors import NodeNotRunningError
 from protocol.errors import EntraideError
 
-__all__ = ["FedNode", "LocalFederation", "entraide_cli", "free_ports", "process_cpu_seconds",
-           "tree_cpu_seconds", "wait_for", "wait_idle"]
+__all__ = ["FedNode", "LocalFederation", "child_pids", "entraide_cli", "free_ports",
+           "process_cpu_seconds", "tree_cpu_seconds", "wait_for", "wait_idle"]
 
 START_TIMEOUT_S = 30.0
 
@@ -87,13 +87,14 @@ def tree_cpu_seconds(pid: int) -> tuple[float, float]:
         with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
         total += (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
-    for child in _children(pid):
+    for child in child_pids(pid):
         with contextlib.suppress(OSError):
             total += tree_cpu_seconds(child)[0]
     return total, own
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (a node's workers), from /proc."""
     out: list[int] = []
     with contextlib.suppress(OSError):
         for task in os.listdir(f"/proc/{pid}/task"):
