@@ -25,7 +25,8 @@ Invariants:
 Wire (stdin/stdout of the worker): frames of a 4-byte big-endian length and a msgpack
 body. Request ``[id, [raw, ...]]``; reply ``[id, [verdict, ...]]`` where a verdict is
 ``None`` (refused), ``0`` (verified; the node decodes the payload), ``1`` (verified,
-payload unreadable: stored, not indexed) or the index record's fields as a list. The
+payload unreadable: stored, not indexed) or the index record as a list (kind, doc,
+type, value, first_seen, last_seen, target: its ``fields`` are not sent). The
 first frame from the worker is ``[0, []]``: ready.
 """
 
@@ -99,7 +100,9 @@ def check_raws(raws: Sequence[bytes]) -> list[Any]:
         except EntraideError:
             out.append(_UNREADABLE)
             continue
-        out.append([record.kind, record.fields, record.doc, record.type, record.value,
+        # Without ``fields``: the node rebuilds them from ``doc`` only for stream
+        # subscribers; shipping the map cost more (packed here, unpacked there).
+        out.append([record.kind, record.doc, record.type, record.value,
                     record.first_seen, record.last_seen, record.target])
     return out
 
@@ -149,8 +152,8 @@ def check_in_thread(raws: Sequence[bytes]) -> Checked:
 
 
 def _record(fields: list[Any]) -> IndexRecord:
-    kind, dumped, doc, type_, value, first, last, target = fields
-    return IndexRecord(kind, dumped, doc, type_, value, first, last, target)
+    kind, doc, type_, value, first, last, target = fields
+    return IndexRecord(kind, None, doc, type_, value, first, last, target)
 
 
 class VerifyWorker:
