@@ -46,6 +46,7 @@ from typing import Any, BinaryIO
 
 import msgpack
 
+from agent.gcsettings import settle_heap
 from agent.queries import IndexRecord, build_record
 from protocol.entries import VerifiedEntry, _rebuild_verified, verify_entry
 from protocol.errors import EntraideError
@@ -128,6 +129,7 @@ def main() -> None:
     """The worker's loop: answer each request frame until stdin ends."""
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt the wire
+    settle_heap()  # imports done: later collections skip them (agent/gcsettings.py)
     try:
         _write_frame(replies, [0, []])
         while (request := _read_frame(requests)) is not None:
