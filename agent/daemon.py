@@ -23,6 +23,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from agent.api import create_app
 from agent.config import LogConfig, load_node_config
 from agent.datadir import DataDir, passphrase_from_env
 from agent.errors import ConfigError
+from agent.gcsettings import settle_heap
 from agent.node import Node
 from agent.transport import Replicator, replication_factory, start_peer_listener
 
@@ -72,8 +74,11 @@ def configure_logging(config: LogConfig, fmt: str | None = None, level: str | No
 
 
 async def serve(data_dir: DataDir, *, passphrase: bytes | None = None,
-                stop: asyncio.Event | None = None) -> None:
+                stop: asyncio.Event | None = None,
+                ready: Callable[[], None] | None = None) -> None:
     """Run the node until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None).
+
+    ``ready`` is called once the node and both listeners are up.
 
     Raises:
         ConfigError: bad config, a port in use.
@@ -102,6 +107,8 @@ async def serve(data_dir: DataDir, *, passphrase: bytes | None = None,
         print(f"entraide: node {config.name} running (API http://{config.api.host}:"
               f"{config.api.port}, peer listener {config.peer.host}:{peer_port})",
               file=sys.stderr, flush=True)
+        if ready is not None:
+            ready()
         await stop.wait()
         log.info("shutting down")
     finally:
@@ -150,5 +157,7 @@ def run_command(argv: list[str], data_dir: Path) -> int:
     configure_logging(config.log, args.log_format, args.log_level)
     passphrase = passphrase_from_env(args.passphrase_env) if args.passphrase_env else None
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(dd, passphrase=passphrase))
+        # The process is the node's own: its start-up heap is frozen once it is up
+        # (agent/gcsettings.py).
+        asyncio.run(serve(dd, passphrase=passphrase, ready=settle_heap))
     return 0

@@ -37,6 +37,7 @@ import aiosqlite
 
 from agent import __version__
 from agent.errors import StorageError
+from agent.jsoncodec import loads
 from agent.ledger_batch import COUNTERS, Batch, OriginState
 from agent.ledger_buffer import AheadBuffer
 from agent.ledger_maint import export_snapshot, import_file, verify_snapshot
@@ -326,10 +327,11 @@ class Ledger:
         self._next_no.update(batch.next_no)
         if self._subscribers:
             for obs_no, entry, record in batch.events:
+                fields = record.fields if record.fields is not None else loads(record.doc)
                 event = ObservationEvent(
                     encode_cursor("observation", obs_no),
                     observation_dict(entry.id, entry.origin.text, entry.seq, entry.ts,
-                                     entry.tlp.value, False, record.fields))
+                                     entry.tlp.value, False, fields))
                 for sub in list(self._subscribers):
                     sub.offer(event)
 

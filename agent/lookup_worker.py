@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.gcsettings import settle_heap
 from agent.jsoncodec import dumps_bytes
 from agent.pipe_worker import PipeWorker, WorkerFailed, serve
 from agent.queries import (
@@ -80,6 +81,7 @@ def main() -> None:
         except sqlite3.Error as exc:
             return ["error", str(exc)]
 
+    settle_heap()  # imports done: later collections skip them (agent/gcsettings.py)
     serve(handle, max_frame=1 << 20)
 
 

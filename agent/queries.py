@@ -147,10 +147,11 @@ class IndexRecord:
     """The query-table row(s) one readable entry contributes.
 
     ``fields`` is the payload's JSON dump without ``kind``; ``doc`` is its JSON text.
+    ``fields`` None: not kept (records from the verify worker); ``loads(doc)`` gives it.
     """
 
     kind: str
-    fields: dict[str, Any] = field(repr=False)
+    fields: dict[str, Any] | None = field(repr=False)
     doc: str = field(repr=False)
     type: str | None = None
     value: str | None = None

@@ -25,7 +25,8 @@ Invariants:
 The process and its pipes are agent/pipe_worker.py's. A request is ``[raw, ...]``;
 the reply ``[verdict, ...]``, where a verdict is ``None`` (refused), ``0`` (verified;
 the node decodes the payload), ``1`` (verified, payload unreadable: stored, not
-indexed) or the index record's fields as a list.
+indexed) or the index record as a list (kind, doc, type, value, first_seen,
+last_seen, target: its ``fields`` are not sent).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.gcsettings import settle_heap
 from agent.pipe_worker import PipeWorker, WorkerFailed, serve
 from agent.queries import IndexRecord, build_record
 from protocol.entries import VerifiedEntry, _rebuild_verified, verify_entry
@@ -81,13 +83,16 @@ def check_raws(raws: Sequence[bytes]) -> list[Any]:
         except EntraideError:
             out.append(_UNREADABLE)
             continue
-        out.append([record.kind, record.fields, record.doc, record.type, record.value,
+        # Without ``fields``: the node rebuilds them from ``doc`` only for stream
+        # subscribers; shipping the map cost more (packed here, unpacked there).
+        out.append([record.kind, record.doc, record.type, record.value,
                     record.first_seen, record.last_seen, record.target])
     return out
 
 
 def main() -> None:
     """The worker's loop: answer each batch until stdin ends."""
+    settle_heap()  # imports done: later collections skip them (agent/gcsettings.py)
     serve(check_raws)
 
 
@@ -106,8 +111,8 @@ def check_in_thread(raws: Sequence[bytes]) -> Checked:
 
 
 def _record(fields: list[Any]) -> IndexRecord:
-    kind, dumped, doc, type_, value, first, last, target = fields
-    return IndexRecord(kind, dumped, doc, type_, value, first, last, target)
+    kind, doc, type_, value, first, last, target = fields
+    return IndexRecord(kind, None, doc, type_, value, first, last, target)
 
 
 class VerifyWorker:

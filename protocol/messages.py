@@ -38,7 +38,7 @@ from typing import Any
 import msgpack
 
 from protocol.encoding import Limits, decode
-from protocol.entries import MAX_ENTRY_BYTES, MAX_SEQ
+from protocol.entries import MAX_AUDIENCE, MAX_ENTRY_BYTES, MAX_SEQ
 from protocol.errors import EncodingError, OversizeError
 from protocol.keys import KEY_ID_BYTES
 
@@ -516,6 +516,16 @@ def peek_entry(raw: bytes) -> EntryHeader:
     """
     if len(raw) > MAX_ENTRY_BYTES:
         raise OversizeError(f"entry over {MAX_ENTRY_BYTES} bytes")
+    header = _peek_whole(raw)
+    if header is not None:
+        return header
+    # Not a well-formed entry as a whole: read just the header, as far as it goes, so
+    # the answer (a header, or the error) is the one this function always gave.
+    return _peek_stream(raw)
+
+
+def _peek_stream(raw: bytes) -> EntryHeader:
+    """:func:`peek_entry` by reading the array header and the first four fields only."""
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(raw), 1),
                                 max_str_len=16, max_bin_len=MAX_ENTRY_BYTES, max_ext_len=0,
                                 max_array_len=16, max_map_len=0)
@@ -533,4 +543,28 @@ def peek_entry(raw: bytes) -> EntryHeader:
     _check_seq(seq, "entry")
     if prev is not None and (not isinstance(prev, bytes) or len(prev) != 32):
         raise EncodingError("entry prev is a 32-byte hash")
+    return EntryHeader(origin, seq, prev)
+
+
+def _peek_whole(raw: bytes) -> EntryHeader | None:
+    """:func:`peek_entry` for an entry that unpacks whole; None for anything else.
+
+    One ``unpackb`` of the whole entry (about 1 us for a 250-byte entry) costs a
+    quarter of a streaming ``Unpacker`` built per entry. It gives the same values for
+    the fields the header is read from, and returns a header only when they pass the
+    same checks (and the version is a plain integer, which the streaming read needs
+    no cap for): then :func:`peek_entry`'s streaming path gives the same header.
+    """
+    try:
+        value = msgpack.unpackb(raw, raw=False, max_str_len=16, max_bin_len=MAX_ENTRY_BYTES,
+                                max_ext_len=0, max_array_len=MAX_AUDIENCE, max_map_len=0)
+    except Exception:  # hostile bytes: the streaming path names the error
+        return None
+    if type(value) is not list or len(value) != 9:
+        return None
+    v, origin, seq, prev = value[0], value[1], value[2], value[3]
+    if (type(v) is not int or type(origin) is not bytes or len(origin) != 32
+            or type(seq) is not int or not 1 <= seq <= MAX_SEQ
+            or (prev is not None and (type(prev) is not bytes or len(prev) != 32))):
+        return None
     return EntryHeader(origin, seq, prev)

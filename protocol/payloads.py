@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self, TypeAlias
 
+import msgpack
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -590,8 +591,13 @@ def encode_payload_with_fields(payload: Payload) -> tuple[bytes, dict[str, Any]]
     if not isinstance(payload, _PAYLOAD_TYPES):
         raise TypeError(f"not a payload: {type(payload).__name__}")
     dumped = payload.model_dump(mode="json")
-    value = {key: _wire_value(item) for key, item in sorted(dumped.items())
-             if item is not None and item != []}
+    value = {}
+    # The dump holds every field of the model, in declaration order: the wire order
+    # (keys sorted) is fixed per model and computed once.
+    for key in _WIRE_ORDER[type(payload)]:
+        item = dumped[key]
+        if item is not None and item != []:
+            value[key] = _wire_value(item) if type(item) is dict else item
     # A validated model's JSON dump holds only strings, booleans, integers within the
     # models' bounds (none reaches 2**53), lists of strings and maps of strings, so
     # sorting every map's keys is all the canonical form asks (code-point order of
@@ -601,6 +607,10 @@ def encode_payload_with_fields(payload: Payload) -> tuple[bytes, dict[str, Any]]
     if len(data) > MAX_PAYLOAD_BYTES:
         raise OversizeError(f"payload is {len(data)} bytes, over the {MAX_PAYLOAD_BYTES} cap")
     return data, dumped
+
+
+_WIRE_ORDER: dict[type[BaseModel], tuple[str, ...]] = {
+    model: tuple(sorted(model.model_fields)) for model in _PAYLOAD_TYPES}
 
 
 def _wire_value(value: Any) -> Any:
@@ -636,6 +646,15 @@ def decode_payload_with_fields(data: bytes) -> tuple[Payload, dict[str, Any]]:
     Raises:
         OversizeError, EncodingError, PayloadError: as :func:`decode_payload`.
     """
+    accepted = _decode_valid(data)
+    if accepted is not None:
+        return accepted
+    # Refused by the short path: the full one says why, with the error it always gave.
+    return _decode_checked(data)
+
+
+def _decode_checked(data: bytes) -> tuple[Payload, dict[str, Any]]:
+    """The full path of :func:`decode_payload_with_fields`: every check, in order."""
     value = decode(data, _LIMITS)
     if not isinstance(value, dict):
         raise PayloadError("a payload must be a map")
@@ -646,6 +665,39 @@ def decode_payload_with_fields(data: bytes) -> tuple[Payload, dict[str, Any]]:
     encoded, dumped = encode_payload_with_fields(payload)
     if encoded != bytes(data):
         raise PayloadError("payload is valid but not in canonical form")
+    return payload, dumped
+
+
+def _decode_valid(data: bytes) -> tuple[Payload, dict[str, Any]] | None:
+    """``decode_payload_with_fields(data)`` for valid payloads; None for anything else.
+
+    The full path runs ``decode()`` first, whose canonical check (a Python walk over
+    the value, then a re-pack) costs as much as validating the model. For a payload
+    that check is implied by the last one: ``data`` is accepted only if it equals
+    ``encode_payload`` of the validated model, and that encoding is canonical by
+    construction (sorted keys, no floats, within ``_LIMITS``: see
+    :func:`encode_payload_with_fields`). So here the bytes are unpacked with the same
+    caps but without the walk, and the model's encoding is compared with them: equal
+    means the full path accepts ``data`` with the same result. Any refusal returns
+    None and the caller runs the full path, which raises the error it always raised
+    (an input both non-canonical and invalid is an ``EncodingError``, as before).
+    tests/protocol/test_payloads.py holds the two paths to each other.
+    """
+    if not isinstance(data, bytes) or len(data) > _LIMITS.max_bytes:
+        return None
+    try:
+        value = msgpack.unpackb(
+            data, raw=False, use_list=True, strict_map_key=True,
+            max_str_len=_LIMITS.max_str, max_bin_len=_LIMITS.max_bin,
+            max_array_len=_LIMITS.max_array, max_map_len=_LIMITS.max_map, max_ext_len=0)
+        if not isinstance(value, dict):
+            return None
+        payload = _PAYLOAD.validate_python(value)
+        encoded, dumped = encode_payload_with_fields(payload)
+    except Exception:  # hostile input: the full path below names the error
+        return None
+    if encoded != data:
+        return None
     return payload, dumped
 
 

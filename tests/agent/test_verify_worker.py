@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import os
 import signal
 import sys
@@ -16,12 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from agent.jsoncodec import loads
 from agent.queries import build_record
 from agent.verify_worker import MAX_FAILURES, VerifyWorker, check_raws
 from protocol.entries import TLP, VerifiedEntry, sign_entry, verify_entry
 from protocol.envelope import seal_envelope
 from protocol.keys import Identity
 from protocol.payloads import decode_payload
+from tests.agent._ledger_helpers import open_ledger
 from tests.agent.nodes import FAST_TRANSPORT, Federation, make_entries, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +66,31 @@ async def test_verify_worker_checks_a_batch_in_the_process(worker: VerifyWorker)
     assert [e.hash for e in checked.entries if e is not None] == [e.hash for e in entries]
     for entry in entries:
         expected = build_record(decode_payload(entry.body), entry.ts)
-        assert checked.records[entry.hash] == expected
+        record = checked.records[entry.hash]
+        assert record is not None and record.fields is None  # not shipped: see below
+        assert dataclasses.replace(record, fields=expected.fields) == expected
+        assert loads(record.doc) == expected.fields
+
+
+async def test_verify_worker_records_feed_stream_subscribers(worker: VerifyWorker,
+                                                             tmp_path: Path) -> None:
+    # The worker's records carry no ``fields``: the ledger rebuilds them from ``doc``
+    # for its subscribers, who must see what an in-process ingest gives them.
+    entries = _entries()
+    assert await worker.ready()
+    checked = await worker.check([e.raw for e in entries])
+    assert worker.batches_in_worker == 1
+    events = []
+    for name, records in (("worker", checked.records), ("here", None)):
+        ledger = await open_ledger(tmp_path / f"{name}.db", Identity(b"n" * 32))
+        try:
+            sub = ledger.subscribe()
+            await ledger.ingest(entries, records=records)
+            events.append([(await sub.__anext__()).observation for _ in entries])
+        finally:
+            await ledger.close()
+    assert events[0] == events[1]
+    assert events[0][3]["value"] == decode_payload(entries[3].body).value
 
 
 async def test_verify_worker_refuses_a_bad_signature(worker: VerifyWorker) -> None:

@@ -15,6 +15,7 @@ from protocol.entries import (
     TLP,
     ForkProof,
     VerifiedEntry,
+    _rebuild_verified,
     check_successor,
     decode_fork_proof,
     detect_fork,
@@ -51,6 +52,20 @@ def test_entries_round_trip() -> None:
         assert again == e and again.id == e.id == hashlib.blake2b(e.raw, digest_size=32).hexdigest()
         assert (again.origin, again.seq, again.prev, again.tlp, again.audience, again.body) == (
             e.origin, e.seq, e.prev, e.tlp, e.audience, e.body)
+
+
+def test_entries_built_entries_are_whole_frozen_dataclasses() -> None:
+    # sign_entry, verify_entry and _rebuild_verified set the instance dict directly
+    # (no __init__): the result must be the object the constructor would give.
+    for e in (FIRST, SECOND, AMBER, verify_entry(AMBER.raw), _rebuild_verified(SECOND.raw)):
+        values = {f.name: getattr(e, f.name) for f in dataclasses.fields(e)}
+        assert vars(e) == values
+        assert values["hash"] == hashlib.blake2b(e.raw, digest_size=32).digest()
+        assert (values["v"], values["raw"]) == (1, e.raw)
+        assert dataclasses.replace(e) == e
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            e.body = b"other"  # type: ignore[misc]
+        assert hash(e) == hash(verify_entry(e.raw)) and e == verify_entry(e.raw)
 
 
 def test_entries_verified_entry_cannot_be_forged_by_construction() -> None:

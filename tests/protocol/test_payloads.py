@@ -793,3 +793,65 @@ def test_payload_vectors_encode_exactly() -> None:
         assert encode_payload(payload).hex() == vector["encoded"]
         assert payload.model_dump(mode="json", exclude_none=True) == vector["canonical"]
         assert decode_payload(bytes.fromhex(vector["encoded"])) == payload
+
+
+# --- the short path of decode_payload_with_fields ----------------------------------
+# _decode_valid skips decode()'s canonical walk because the final re-encoding check
+# implies it; these hold it to the full path (_decode_checked): whatever it accepts,
+# the full path accepts with the same model and dump, and the full path's refusals
+# are still raised with their own error.
+
+
+def _agree(data: bytes) -> None:
+    short = payloads._decode_valid(data)
+    try:
+        full = payloads._decode_checked(data)
+    except EntraideError:
+        assert short is None
+        return
+    assert short is not None
+    assert short == full
+
+
+@pytest.mark.parametrize("payload", examples(), ids=lambda p: p.kind)
+def test_decode_short_path_accepts_what_the_full_path_accepts(payload: Payload) -> None:
+    data = encode_payload(payload)
+    assert payloads._decode_valid(data) == payloads._decode_checked(data)
+    _agree(data)
+
+
+@pytest.mark.parametrize("data", [
+    msgpack.packb({"value": "203.0.113.7", "kind": "observation", "type": "ipv4-addr"}),
+    encode_payload(observation()) + b"\x00",
+    # a duplicate key (the second copy wins in msgpack): same value, other bytes
+    b"\x84" + encode_payload(observation())[1:] + msgpack.packb("kind")
+    + msgpack.packb("observation"),
+    # confidence 70 as a uint16 instead of a positive fixint
+    encode_payload(observation(confidence=70)).replace(b"\xaaconfidence\x46",
+                                                       b"\xaaconfidence\xcd\x00\x46"),
+    # a str of 3 bytes written with a str8 header instead of a fixstr
+    encode_payload(observation(tags=["abc"])).replace(b"\x91\xa3abc", b"\x91\xd9\x03abc"),
+    msgpack.packb({"confidence": 70.0, "kind": "observation", "type": "ipv4-addr",
+                   "value": "203.0.113.7"}),
+], ids=["unsorted", "trailing", "duplicate-key", "long-int", "long-str", "float"])
+def test_decode_short_path_refuses_non_canonical_bytes(data: bytes) -> None:
+    assert payloads._decode_valid(data) is None
+    with pytest.raises(EncodingError):
+        decode_payload_with_fields(data)
+    _agree(data)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.sampled_from(PAYLOAD_KINDS), st.dictionaries(_FIELD_NAMES, _HOSTILE_VALUES, max_size=6),
+       st.booleans())
+def test_decode_short_path_agrees_with_the_full_path(
+    kind: str, fields: dict[str, Any], sort: bool
+) -> None:
+    value = {"kind": kind} | fields
+    _agree(encode(value) if sort else msgpack.packb(value))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=200))
+def test_decode_short_path_agrees_on_random_bytes(data: bytes) -> None:
+    _agree(data)
