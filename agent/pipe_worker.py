@@ -169,6 +169,7 @@ class PipeWorker:
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._sent_at: dict[int, float] = {}
         self._watchdog: asyncio.TimerHandle | None = None
+        self._outbox: list[bytes] = []
         self._next_id = 1
 
     @property
@@ -225,11 +226,10 @@ class PipeWorker:
         pipes = self._pipes
         try:
             frame = msgpack.packb([call_id, body], use_bin_type=True)
-            self._stdin.write(_HEADER.pack(len(frame)) + frame)
+            if not self._outbox:
+                loop.call_soon(self._flush)
+            self._outbox.append(_HEADER.pack(len(frame)) + frame)
             reply = await waiter
-        except (OSError, RuntimeError) as exc:  # the pipe broke: the worker is gone
-            self._broken(pipes, f"pipe: {exc!r}")
-            raise WorkerFailed(f"the {self.name} is gone") from exc
         finally:
             self._waiting.pop(call_id, None)
             self._sent_at.pop(call_id, None)
@@ -241,6 +241,18 @@ class PipeWorker:
         self.failures = 0
         self.answered += 1
         return result
+
+    def _flush(self) -> None:
+        """Write the frames of every call made since the last flush, in one write: under
+        load, several requests arrive in one turn of the loop."""
+        frames, self._outbox = self._outbox, []
+        stdin = self._stdin
+        if stdin is None:
+            return  # broken meanwhile: its calls already failed
+        try:
+            stdin.write(b"".join(frames))
+        except (OSError, RuntimeError) as exc:  # the pipe broke: the worker is gone
+            self._broken(self._pipes, f"pipe: {exc!r}")
 
     def _watch(self) -> None:
         """Kill a worker whose oldest call is past the deadline. One timer per worker,
@@ -301,6 +313,7 @@ class PipeWorker:
             return  # an older worker, already counted
         transport = self._transport
         self._transport = self._pipes = self._stdin = None
+        self._outbox = []
         self._ready = False
         if transport is not None:
             with contextlib.suppress(ProcessLookupError):
