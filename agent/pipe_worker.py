@@ -32,7 +32,7 @@ import struct
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -55,37 +55,46 @@ class WorkerFailed(Exception):
 # --- the worker side ---------------------------------------------------------------
 
 
-def _read_frame(stream: BinaryIO, max_frame: int) -> Any | None:
-    header = stream.read(_HEADER.size)
-    if len(header) < _HEADER.size:
-        return None
-    (size,) = _HEADER.unpack(header)
-    if size > max_frame:
-        return None
-    body = stream.read(size)
-    if len(body) < size:
-        return None
-    return msgpack.unpackb(body, max_bin_len=max_frame, max_str_len=max_frame,
-                           max_array_len=1 << 20, max_map_len=1 << 20)
-
-
-def _write_frame(stream: BinaryIO, value: Any) -> None:
-    body = msgpack.packb(value, use_bin_type=True)
-    stream.write(_HEADER.pack(len(body)) + body)
-    stream.flush()
-
-
 def serve(handle: Callable[[Any], Any], *, max_frame: int = 64 << 20) -> None:
-    """The worker's loop: answer each request with ``handle(body)`` until stdin ends."""
-    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    """The worker's loop: answer each request with ``handle(body)`` until stdin ends.
+
+    Every request already received is answered before the replies are written, in one
+    write: the node sends the calls of one turn of its loop together.
+    """
     sys.stdout = sys.stderr  # a stray print must not corrupt the wire
+    _write_all(1, _frame([_READY, None]))
+    buf = bytearray()
     try:
-        _write_frame(replies, [_READY, None])
-        while (request := _read_frame(requests, max_frame)) is not None:
-            call_id, body = request
-            _write_frame(replies, [call_id, handle(body)])
+        while chunk := os.read(0, 1 << 16):
+            buf += chunk
+            replies = []
+            while len(buf) >= _HEADER.size:
+                (size,) = _HEADER.unpack_from(buf)
+                if size > max_frame:
+                    return  # not the node speaking: end, and it sees the pipe close
+                if len(buf) < _HEADER.size + size:
+                    break
+                body = bytes(buf[_HEADER.size:_HEADER.size + size])
+                del buf[:_HEADER.size + size]
+                call_id, request = msgpack.unpackb(
+                    body, max_bin_len=max_frame, max_str_len=max_frame,
+                    max_array_len=1 << 20, max_map_len=1 << 20)
+                replies.append(_frame([call_id, handle(request)]))
+            if replies:
+                _write_all(1, b"".join(replies))
     except (BrokenPipeError, KeyboardInterrupt):
         pass  # the node is gone or stopping
+
+
+def _frame(value: Any) -> bytes:
+    body = msgpack.packb(value, use_bin_type=True)
+    return _HEADER.pack(len(body)) + body
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 # --- the node side -------------------------------------------------------------------
