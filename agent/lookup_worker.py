@@ -24,7 +24,6 @@ value]`` (reply: the answer's JSON bytes, or ``["error", text]`` when SQLite fai
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 
 from agent.gcsettings import settle_heap
 from agent.jsoncodec import dumps_bytes
-from agent.pipe_worker import PipeWorker, WorkerFailed, serve
+from agent.pipe_worker import PipeWorker, WorkerFailed, serve, usable_cores
 from agent.queries import (
     FAST_ROWS,
     MAX_INDICATOR_OBSERVATIONS,
@@ -100,10 +99,6 @@ def _answer(reply: Any) -> bytes | None:
     raise ValueError(f"not an answer: {type(reply).__name__}")
 
 
-def _has_two_cores() -> bool:
-    return (os.cpu_count() or 1) >= 2
-
-
 class LookupWorker:
     """Answers lookups in one worker process over the ledger at ``ledger_path``.
 
@@ -121,7 +116,7 @@ class LookupWorker:
             "lookup worker",
             [sys.executable, "-c", "from agent.lookup_worker import main; main()",
              str(ledger_path)],
-            enabled=_has_two_cores() if enabled is None else enabled, deadline=deadline,
+            enabled=usable_cores() >= 2 if enabled is None else enabled, deadline=deadline,
             max_frame=64 << 20)
         self._names_sent: dict[str, str] | None = None
         self._names_pid: int | None = None

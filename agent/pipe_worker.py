@@ -38,7 +38,7 @@ import msgpack
 
 from protocol.errors import EntraideError
 
-__all__ = ["PipeWorker", "WorkerFailed", "serve"]
+__all__ = ["PipeWorker", "WorkerFailed", "serve", "usable_cores"]
 
 log = logging.getLogger("agent.worker")
 
@@ -46,6 +46,14 @@ T = TypeVar("T")
 
 _HEADER = struct.Struct(">I")
 _READY = 0
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, else the CPU count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class WorkerFailed(Exception):
@@ -180,11 +188,6 @@ class PipeWorker:
         self._watchdog: asyncio.TimerHandle | None = None
         self._outbox: list[bytes] = []
         self._next_id = 1
-
-    @property
-    def in_flight(self) -> int:
-        """Calls waiting for the worker's answer."""
-        return len(self._waiting)
 
     @property
     def pid(self) -> int | None:

@@ -29,7 +29,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import os
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -43,6 +42,7 @@ from agent.api_models import (
     Routing,
 )
 from agent.jsoncodec import dumps, loads
+from agent.pipe_worker import usable_cores
 from agent.queries import IndexRecord
 from agent.worker_process import SpawnedWorker
 from protocol.entries import TLP
@@ -192,12 +192,6 @@ def _warm_up() -> None:
     prepare_body(b'{"observations": [{"type": "ipv4-addr", "value": "192.0.2.1"}]}')
 
 
-def _has_two_cores() -> bool:
-    try:
-        return len(os.sched_getaffinity(0)) >= 2
-    except (AttributeError, OSError):
-        return (os.cpu_count() or 1) >= 2
-
 
 class BatchPreparer:
     """Prepares large batches in one worker process; close with :meth:`close`.
@@ -212,7 +206,7 @@ class BatchPreparer:
                  min_bytes: int = MIN_WORKER_BODY_BYTES) -> None:
         self.worker = SpawnedWorker(
             "observation batch worker", "validating in-process", _warm_up,
-            enabled=_has_two_cores() if enabled is None else enabled)
+            enabled=usable_cores() >= 2 if enabled is None else enabled)
         self._min_bytes = min_bytes
         self.prepared = 0
         """Batches the worker prepared (valid ones)."""

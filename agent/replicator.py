@@ -54,6 +54,7 @@ from agent.peering import (
     receive_frame,
     run_handshake,
 )
+from agent.pipe_worker import usable_cores
 from agent.verify_worker import VerifyWorker
 from protocol.entries import ForkProof, VerifiedEntry, decode_fork_proof, verify_entry
 from protocol.errors import (
@@ -463,7 +464,7 @@ class Replicator:
             trusted=[*self._trusted, self.identity.public_key])
         self._executor = concurrent.futures.ThreadPoolExecutor(
             self.transport.verify_workers, thread_name_prefix="entraide-verify")
-        cores = len(os.sched_getaffinity(0))
+        cores = usable_cores()
         processes = min(self.transport.verify_processes, cores) if cores >= 2 else 0
         self._checkers = [VerifyWorker(self._executor, min_batch=self.transport.verify_process_min,
                                        enabled=processes > 0)
