@@ -48,12 +48,17 @@ class Puller:
     @staticmethod
     def live(log: OriginLog, seq: int) -> bool:
         """Whether ``seq`` is being fetched as a live repair."""
-        return any(w.live and w.from_seq <= seq <= w.to_seq for w in log.wants)
+        # Called for every received entry: a plain loop, not any() over a generator.
+        for w in log.wants:  # noqa: SIM110
+            if w.live and w.from_seq <= seq <= w.to_seq:
+                return True
+        return False
 
     def progress(self, log: OriginLog, peer: PublicKey, seq: int, now: float) -> None:
         """``peer`` delivered ``seq``: its requests covering it are alive."""
         for w in log.wants:
-            if w.peer == peer and w.from_seq <= seq <= w.to_seq:
+            # The range test first: it is cheap, the key comparison is constant-time.
+            if w.from_seq <= seq <= w.to_seq and (w.peer is peer or w.peer == peer):
                 w.deadline = now + self.params.want_timeout
 
     def probe(self, log: OriginLog, p: PeerState, seq: int, now: float) -> None:
