@@ -33,7 +33,8 @@ def settle_heap() -> None:
     """Collect once, freeze what is alive, and space later collections out.
 
     For the process's entry point only (``entraide run``, the verify and lookup
-    workers): it changes the whole interpreter's collector.
+    workers, the batch worker and the TAXII judge): it changes the whole interpreter's
+    collector.
     """
     gc.collect()
     gc.freeze()

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
+from agent.gcsettings import settle_heap
+
 __all__ = ["SpawnedWorker", "watch_parent"]
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,12 @@ def watch_parent(parent: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _start(warm_up: Callable[[], None]) -> None:
+    """In the new process: warm up, then settle the heap (agent/gcsettings.py)."""
+    warm_up()
+    settle_heap()
 
 
 class SpawnedWorker:
@@ -71,7 +79,7 @@ class SpawnedWorker:
         if self.pool is None:
             self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=watch_parent, initargs=(os.getpid(),))
-            self._ready = self.pool.submit(self._warm_up)
+            self._ready = self.pool.submit(_start, self._warm_up)
             return False
         if self._ready is None or not self._ready.done():
             return False
