@@ -30,6 +30,7 @@ import logging
 import os
 import struct
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,6 +47,8 @@ T = TypeVar("T")
 
 _HEADER = struct.Struct(">I")
 _READY = 0
+_HOLD_S = 0.001
+"""Longest a worker holds finished replies to write them together."""
 
 
 def usable_cores() -> int:
@@ -66,16 +69,20 @@ class WorkerFailed(Exception):
 def serve(handle: Callable[[Any], Any], *, max_frame: int = 64 << 20) -> None:
     """The worker's loop: answer each request with ``handle(body)`` until stdin ends.
 
-    Every request already received is answered before the replies are written, in one
-    write: the node sends the calls of one turn of its loop together.
+    Replies to requests that arrived together go out in one write, as long as they
+    took under ``_HOLD_S`` in all: the node sends the small calls of one turn of its
+    loop together (lookups), and a long one (a verify batch) is not held behind the
+    next.
     """
     sys.stdout = sys.stderr  # a stray print must not corrupt the wire
     _write_all(1, _frame([_READY, None]))
     buf = bytearray()
+    clock = time.monotonic
     try:
         while chunk := os.read(0, 1 << 16):
             buf += chunk
-            replies = []
+            replies: list[bytes] = []
+            since = clock()
             while len(buf) >= _HEADER.size:
                 (size,) = _HEADER.unpack_from(buf)
                 if size > max_frame:
@@ -88,6 +95,9 @@ def serve(handle: Callable[[Any], Any], *, max_frame: int = 64 << 20) -> None:
                     body, max_bin_len=max_frame, max_str_len=max_frame,
                     max_array_len=1 << 20, max_map_len=1 << 20)
                 replies.append(_frame([call_id, handle(request)]))
+                if clock() - since >= _HOLD_S:
+                    _write_all(1, b"".join(replies))
+                    replies, since = [], clock()
             if replies:
                 _write_all(1, b"".join(replies))
     except (BrokenPipeError, KeyboardInterrupt):
