@@ -269,19 +269,25 @@ class _GatedStore:
         async with self.changed:
             await asyncio.wait_for(self.changed.wait_for(check), WAIT)
 
+    async def two_rounds(self, node: Node) -> tuple[asyncio.Future[Any], asyncio.Future[Any]]:
+        """Submit observation 1, then 2 and 3 once 1 is being stored; return both
+        submissions once the second round is signed (the first still held)."""
+        first = asyncio.ensure_future(node.submit_observations([observation(1)], TLP.GREEN))
+        await self.until(lambda: self.stores == [[1]])
+        second = asyncio.ensure_future(
+            node.submit_observations([observation(2), observation(3)], TLP.GREEN))
+        await self.until(lambda: len(self.signed) == 2)
+        assert self.signed[1][1] == [2, 3]
+        return first, second
+
 
 async def test_next_round_is_signed_while_the_previous_one_commits(
         data_dir: DataDir, monkeypatch: pytest.MonkeyPatch) -> None:
     async with Node.open(data_dir) as node:
         gate = _GatedStore(node, monkeypatch, fail=False)
-        first = asyncio.ensure_future(node.submit_observations([observation(1)], TLP.GREEN))
-        await gate.until(lambda: gate.stores == [[1]])
-        second = asyncio.ensure_future(
-            node.submit_observations([observation(2), observation(3)], TLP.GREEN))
-        await gate.until(lambda: len(gate.signed) == 2)
+        first, second = await gate.two_rounds(node)  # round two chained after round one
         assert not first.done() and not second.done()  # nothing acknowledged before its commit
-        assert gate.signed[1][1] == [2, 3]  # chained after round one, not yet stored
-        assert node.ledger.head(node.public_key) is None
+        assert node.ledger.head(node.public_key) is None  # round one not yet stored
         gate.release.set()
         (one,) = await asyncio.wait_for(first, WAIT)
         two, three = await asyncio.wait_for(second, WAIT)
@@ -295,12 +301,8 @@ async def test_a_failed_commit_drops_the_round_signed_after_it_and_signs_it_agai
         data_dir: DataDir, monkeypatch: pytest.MonkeyPatch) -> None:
     async with Node.open(data_dir) as node:
         gate = _GatedStore(node, monkeypatch, fail=True)
-        first = asyncio.ensure_future(node.submit_observations([observation(1)], TLP.GREEN))
-        await gate.until(lambda: gate.stores == [[1]])
-        second = asyncio.ensure_future(
-            node.submit_observations([observation(2), observation(3)], TLP.GREEN))
-        await gate.until(lambda: len(gate.signed) == 2)
-        assert gate.signed[1][1] == [2, 3]  # signed after the entry that will not be stored
+        # Round two is signed after the entry that will not be stored.
+        first, second = await gate.two_rounds(node)
         gate.release.set()
         with pytest.raises(StorageError):
             await asyncio.wait_for(first, WAIT)
