@@ -137,6 +137,9 @@ class ApiConfig(_Model):
 
     host: Host = "127.0.0.1"
     port: Port = 8470
+    readers: int | None = Field(None, ge=0, le=64)
+    """Read-lane processes that answer indicator lookups on the connections they own
+    (agent/read_lane.py); 0: none; default: 2 on a host with two cores or more."""
 
 
 class PeerListenerConfig(_Model):

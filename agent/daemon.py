@@ -30,11 +30,15 @@ from typing import Any
 from aiohttp import web
 
 from agent.api import create_app
+from agent.api_common import NODE, ApiState
 from agent.config import LogConfig, load_node_config
 from agent.datadir import DataDir, passphrase_from_env
 from agent.errors import ConfigError
 from agent.gcsettings import settle_heap
+from agent.lookup_http import LOOKUP_ROUTE
 from agent.node import Node
+from agent.pipe_worker import usable_cores
+from agent.read_lane import ReadLane, Sniffer
 from agent.transport import Replicator, replication_factory, start_peer_listener
 
 __all__ = ["JsonFormatter", "configure_logging", "run_command", "serve"]
@@ -75,10 +79,13 @@ def configure_logging(config: LogConfig, fmt: str | None = None, level: str | No
 
 async def serve(data_dir: DataDir, *, passphrase: bytes | None = None,
                 stop: asyncio.Event | None = None,
-                ready: Callable[[], None] | None = None) -> None:
+                ready: Callable[[], None] | None = None,
+                readers: int | None = None) -> None:
     """Run the node until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None).
 
-    ``ready`` is called once the node and both listeners are up.
+    ``ready`` is called once the node and both listeners are up. ``readers``: processes
+    of the read lane (agent/read_lane.py); default: ``[api] readers`` of the config,
+    else :func:`default_readers`.
 
     Raises:
         ConfigError: bad config, a port in use.
@@ -89,6 +96,8 @@ async def serve(data_dir: DataDir, *, passphrase: bytes | None = None,
     await node.start()
     peer_runner: web.AppRunner | None = None
     api_runner: web.AppRunner | None = None
+    api_server: asyncio.AbstractServer | None = None
+    lane: ReadLane | None = None
     try:
         config = node.config
         replicator = node.replication
@@ -99,8 +108,11 @@ async def serve(data_dir: DataDir, *, passphrase: bytes | None = None,
         api_runner = web.AppRunner(create_app(node), handle_signals=False, access_log=None,
                                    shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await api_runner.setup()
-        site = web.TCPSite(api_runner, config.api.host, config.api.port)
-        await _listen("API", lambda: _start_site(site), config.api.host, config.api.port)
+        if readers is None:
+            readers = config.api.readers if config.api.readers is not None else default_readers()
+        lane = _read_lane(node, api_runner, readers)
+        api_server = await _listen("API", lambda: _api_server(api_runner, lane),
+                                   config.api.host, config.api.port)
         log.info("node %s ready: API on http://%s:%d, peers on %s:%d (card URL %s)",
                  config.name, config.api.host, config.api.port, config.peer.host, peer_port,
                  config.peer_url)
@@ -112,6 +124,10 @@ async def serve(data_dir: DataDir, *, passphrase: bytes | None = None,
         await stop.wait()
         log.info("shutting down")
     finally:
+        if api_server is not None:
+            api_server.close()  # stop accepting; the runner finishes what is in flight
+        if lane is not None:
+            await lane.close()
         if api_runner is not None:
             await api_runner.cleanup()
         await node.stop()
@@ -120,9 +136,41 @@ async def serve(data_dir: DataDir, *, passphrase: bytes | None = None,
         log.info("stopped")
 
 
-async def _start_site(site: web.TCPSite) -> tuple[None, int]:
-    await site.start()
-    return None, 0
+def default_readers() -> int:
+    """Read-lane processes by default: none on one core, else one per core up to 2
+    (the node's main process and its other workers need the rest)."""
+    cores = usable_cores()
+    return 0 if cores < 2 else 2
+
+
+def _read_lane(node: Node, runner: web.AppRunner, readers: int) -> ReadLane | None:
+    if readers <= 0:
+        return None
+    server = runner.server
+    assert server is not None
+    state = ApiState.create(node.metrics)
+    labels = ("GET", LOOKUP_ROUTE, "200")
+
+    def served(count: int, buckets: list[int], seconds: float) -> None:
+        state.requests.inc(count, labels)
+        state.latency.add_counts(buckets, seconds, labels[:2])
+
+    lane = ReadLane(node.data_dir.root, node.config.ledger_path(node.data_dir),
+                    readers=readers, names=node.names_by_text, server=server,
+                    on_served=served, buckets=state.latency.buckets)
+    node.metrics.add_collector(lane.metric_families)
+    return lane
+
+
+async def _api_server(runner: web.AppRunner, lane: ReadLane | None) -> asyncio.AbstractServer:
+    """The API listener: aiohttp's server, with the read lane's sniffer in front."""
+    server = runner.server
+    assert server is not None
+    config = runner.app[NODE].config
+    factory: Callable[[], asyncio.Protocol] = (
+        server if lane is None else lambda: Sniffer(server, lane))
+    return await asyncio.get_running_loop().create_server(
+        factory, config.api.host, config.api.port)
 
 
 async def _listen(what: str, start: Any, host: str, port: int) -> Any:

@@ -167,6 +167,12 @@ class Gauge(_Scalar):
         self.inc(-amount, labels)
 
 
+def bucket_index(buckets: Sequence[float], value: float) -> int:
+    """The bucket ``value`` counts in: the first whose bound is >= it, or +Inf
+    (``len(buckets)``)."""
+    return bisect.bisect_left(buckets, value)
+
+
 class Histogram(_Metric):
     """Observations counted into cumulative buckets, with their sum and count."""
 
@@ -183,13 +189,28 @@ class Histogram(_Metric):
 
     def observe(self, value: float, labels: Sequence[str] = ()) -> None:
         with self._lock:
-            key = self._key(labels, self._series)
-            series = self._series.get(key)
-            if series is None:
-                series = ([0] * (len(self.buckets) + 1), [0.0])
-                self._series[key] = series
-            series[0][bisect.bisect_left(self.buckets, value)] += 1
-            series[1][0] += value
+            counts, total = self._series_of(labels)
+            counts[bucket_index(self.buckets, value)] += 1
+            total[0] += value
+
+    def add_counts(self, counts: Sequence[int], total: float,
+                   labels: Sequence[str] = ()) -> None:
+        """Merge observations made elsewhere: ``counts`` per bucket (not cumulative,
+        +Inf last, as :func:`bucket_index` places them) and their ``total``."""
+        if len(counts) != len(self.buckets) + 1 or any(c < 0 for c in counts):
+            raise ValueError("one non-negative count per bucket, +Inf included")
+        with self._lock:
+            mine, sums = self._series_of(labels)
+            for i, c in enumerate(counts):
+                mine[i] += c
+            sums[0] += total
+
+    def _series_of(self, labels: Sequence[str]) -> tuple[list[int], list[float]]:
+        key = self._key(labels, self._series)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = ([0] * (len(self.buckets) + 1), [0.0])
+        return series
 
     def count(self, labels: Sequence[str] = ()) -> int:
         series = self._series.get(tuple(labels))

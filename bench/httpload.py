@@ -40,10 +40,12 @@ class HttpLoadError(RuntimeError):
 @dataclass(frozen=True)
 class LoadResult:
     """``seconds`` of wall time for the whole run; one latency (s) per request, in
-    completion order."""
+    completion order, and when each completed (s since the timed part began): a slow
+    phase of the machine shows as a run of slow completions."""
 
     seconds: float
     latencies: list[float]
+    ends: list[float]
 
 
 class _Connection(asyncio.Protocol):
@@ -161,6 +163,7 @@ async def run_load(host: str, port: int, paths: Iterable[str], *, connections: i
             _, conn = await loop.create_connection(_Connection, host, port)
             conns.append(conn)
         latencies: list[float] = []
+        ends: list[float] = []
         clock = time.perf_counter
 
         async def worker(conn: _Connection, queue: Iterator[str], record: bool) -> None:
@@ -169,7 +172,9 @@ async def run_load(host: str, port: int, paths: Iterable[str], *, connections: i
                 t0 = clock()
                 status, body = await conn.send(request)
                 if record:
-                    latencies.append(clock() - t0)
+                    end = clock()
+                    latencies.append(end - t0)
+                    ends.append(end)
                 if status != expect:
                     raise HttpLoadError(f"GET {path}: HTTP {status}: {body[:300]!r}")
                 if check is not None:
@@ -184,7 +189,7 @@ async def run_load(host: str, port: int, paths: Iterable[str], *, connections: i
         queue = iter(paths)
         t0 = clock()
         await asyncio.gather(*(worker(c, queue, True) for c in conns))
-        return LoadResult(clock() - t0, latencies)
+        return LoadResult(clock() - t0, latencies, [end - t0 for end in ends])
     finally:
         for conn in conns:
             conn.close()

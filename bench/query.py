@@ -202,6 +202,13 @@ async def _measure(node: FedNode, lookups: int, lists: int, distinct: int, per: 
             await asyncio.sleep(0.05)
         result.params["lookup_worker"] = bool(
             metric(await metrics(client), "entraide_lookup_worker_up"))
+        # ... and the read lane's readers, started by that first lookup connection:
+        # the lean runs' connections open with a lookup and go to them.
+        while (not metric(await metrics(client), "entraide_read_lane_readers")
+               and time.perf_counter() < deadline):
+            await asyncio.sleep(0.05)
+        result.params["read_lane_readers"] = int(
+            metric(await metrics(client), "entraide_read_lane_readers"))
         # Service time: one client, one request at a time (no queueing in the node).
         _, lat = await lean(lookup_paths(lookups // 10), check, clients=1)
         result.add("lookup_1_p50_ms", "indicator lookup p50 (1 client)",

@@ -1,0 +1,643 @@
+"""The read lane: client connections that open with an indicator lookup are served by
+reader processes, not by the node's main process.
+
+Why: at 1M observations a lookup through the node cost ~300 us of CPU (aiohttp in the
+main process, a pipe to the lookup worker, SQLite and JSON there), and with 32 clients
+on two cores the node's main process was the queue everyone waited in
+(docs/benchmarks.md, "Lookup"). A reader does the whole lookup on the connection it
+owns in ~150-200 us, and two of them use both cores.
+
+How:
+- The node's API listener accepts every connection. :class:`Sniffer` looks at the
+  first bytes: a connection whose first request starts ``GET /api/v1/indicators/`` is
+  offered to a reader (its socket passed over a Unix socket with ``SCM_RIGHTS``, with
+  the bytes already read); any other connection, or one no reader takes, goes to the
+  node's aiohttp server as before.
+- A reader answers the lookups it can answer exactly as the node would
+  (agent/lookup_http.py: the same token check, the same canonical indicator, the same
+  SQL and JSON as agent/lookup_worker.py, the same response bytes). The first request
+  it does not answer (another route, an error to give, anything unusual) sends the
+  connection back to the node with that request's bytes unread, once every earlier
+  answer is written; the node keeps it from then on.
+- Readers count what they served; the node adds it to its HTTP metrics every second.
+
+Invariants:
+- A reader only reads: its ledger connection is ``query_only``; it holds no key; it
+  authenticates with the node's tokens.toml (re-read when it changes, like the node).
+  What it answers, the node would have answered with the same bytes (tested).
+- Origin names come from the node's trust list, sent when it changes.
+- Nothing is lost when a reader fails: a connection it holds is closed (a lookup is
+  a read; the client retries), new connections go to the node while it restarts.
+- Bounded: each reader holds at most :data:`MAX_CONNECTIONS` connections and closes
+  those idle for :data:`IDLE_S`; a head over 8 KiB goes back to the node; a client
+  that does not read its answers is not read from.
+
+Control messages (msgpack, one per SEQPACKET datagram; ``+fd``: one socket attached):
+node -> reader ``["names", {key: name}]``, ``["conn", bytes] +fd``; reader -> node
+``["ready"]``, ``["back", bytes] +fd``, ``["served", n, bucket counts, seconds]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from aiohttp.http import SERVER_SOFTWARE
+
+from agent.datadir import DataDir
+from agent.gcsettings import settle_heap
+from agent.lookup_http import HAND_BACK, PREFIX, Lookup, next_request, ok_response
+from agent.lookup_worker import answer_indicator, connect_reader
+from agent.metrics import DEFAULT_LATENCY_BUCKETS, MetricFamily, bucket_index
+from agent.queries import canonical_indicator
+from agent.tokens import Scope, TokenStore
+from protocol.errors import EntraideError
+
+__all__ = ["IDLE_S", "MAX_CONNECTIONS", "ReadLane", "Sniffer", "main"]
+
+log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = 1024
+"""Connections one reader holds; past it, offered connections go back to the node."""
+IDLE_S = 75.0
+"""A connection idle this long is closed (aiohttp's keep-alive timeout)."""
+SNIFF_S = 1.0
+"""A new connection that sent too little to decide in this long goes to the node."""
+MAX_MESSAGE = 1 << 20
+RESTART_S = (1.0, 30.0)
+"""Delay before a failed reader is replaced: doubles per failure in a row, up to the
+second figure."""
+_STATS_S = 1.0
+_SERVER = SERVER_SOFTWARE.encode("ascii")
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, max_bin_len=MAX_MESSAGE, max_str_len=MAX_MESSAGE,
+                           max_array_len=1 << 16, max_map_len=1 << 16)
+
+
+def _receive(ctl: socket.socket) -> tuple[bytes, list[int]] | None:
+    """One control message and its fds; None when there is none yet.
+
+    Raises:
+        EOFError: the other end is gone.
+    """
+    try:
+        data, fds, flags, _ = socket.recv_fds(ctl, MAX_MESSAGE, 1)
+    except BlockingIOError:
+        return None
+    if not data and not fds:
+        raise EOFError
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                socket.close(fd)
+        raise EOFError  # not what either side sends: end the link
+    return data, fds
+
+
+def _control_pair() -> tuple[socket.socket, socket.socket]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for s in (ours, theirs):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * MAX_MESSAGE)
+    ours.setblocking(False)
+    return ours, theirs
+
+
+# --- the node side -------------------------------------------------------------------
+
+
+class Sniffer(asyncio.Protocol):
+    """The protocol of a new API connection until its first bytes say where it goes:
+    to a reader (:meth:`ReadLane.offer`) or to ``server`` (aiohttp's protocol
+    factory), which then gets the transport and the bytes read so far."""
+
+    def __init__(self, server: Callable[[], asyncio.Protocol], lane: ReadLane) -> None:
+        self._server = server
+        self._lane = lane
+        self._buf = b""
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._timer = asyncio.get_running_loop().call_later(SNIFF_S, self._to_server)
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) < len(PREFIX) and PREFIX.startswith(self._buf):
+            return
+        assert self._transport is not None
+        if self._buf.startswith(PREFIX) and self._lane.offer(self._transport, self._buf):
+            self._cancel()
+            return
+        self._to_server()
+
+    def eof_received(self) -> bool | None:
+        self._cancel()
+        return None  # closes: nothing was asked
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel()
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _to_server(self) -> None:
+        self._cancel()
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        adopt(transport, self._server(), self._buf)
+
+
+def adopt(transport: asyncio.Transport, protocol: asyncio.Protocol, data: bytes) -> None:
+    """Make ``protocol`` the owner of ``transport``, as if it had read ``data``."""
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    if data:
+        protocol.data_received(data)
+
+
+class _Handed(asyncio.Protocol):
+    """A connection a reader gave back: the server's protocol takes it over with the
+    bytes the reader left unread, before anything else is read from it."""
+
+    def __init__(self, server: Callable[[], asyncio.Protocol], data: bytes) -> None:
+        self._server = server
+        self._data = data
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        adopt(transport, self._server(), self._data)
+
+
+class _Reader:
+    """One reader process, as the node sees it."""
+
+    def __init__(self, process: subprocess.Popen[bytes], ctl: socket.socket) -> None:
+        self.process = process
+        self.ctl = ctl
+        self.ready = False
+        self.names_sent: dict[str, str] | None = None
+
+
+class ReadLane:
+    """Reader processes that serve the connections :class:`Sniffer` offers them.
+
+    Args:
+        data_dir: the node's data dir (tokens.toml).
+        ledger_path: the ledger the readers read.
+        readers: how many reader processes; 0 never starts one.
+        names: the node's key text -> name table (:meth:`agent.node.Node.names_by_text`:
+            the same object until the trust list changes).
+        server: aiohttp's protocol factory, for connections that go back to the node.
+        on_served: called with (count, latency bucket counts, latency sum) of the lookups
+            the readers answered, in the buckets of ``buckets``.
+
+    The readers start when the first lookup connection arrives (that one stays with
+    the node), so a node that is never asked a lookup runs none.
+    """
+
+    def __init__(self, data_dir: Path, ledger_path: Path, *, readers: int,
+                 names: Callable[[], dict[str, str]],
+                 server: Callable[[], asyncio.Protocol],
+                 on_served: Callable[[int, list[int], float], None],
+                 buckets: tuple[float, ...] = DEFAULT_LATENCY_BUCKETS) -> None:
+        self._data_dir = data_dir
+        self._ledger_path = ledger_path
+        self._size = readers
+        self._names = names
+        self._server = server
+        self._on_served = on_served
+        self._buckets = buckets
+        self._readers: list[_Reader] = []
+        self._next = 0
+        self._started = False
+        self._closed = False
+        self._failures = 0
+        self._restart: asyncio.TimerHandle | None = None
+        self._taking_back: set[asyncio.Task[Any]] = set()
+        self.offered = 0
+        self.returned = 0
+
+    @property
+    def running(self) -> int:
+        """Readers taking connections."""
+        return sum(r.ready for r in self._readers)
+
+    def metric_families(self) -> list[MetricFamily]:
+        """The lane's figures, for the node's /metrics (a registry collector)."""
+        return [
+            MetricFamily("entraide_read_lane_readers", "Reader processes taking lookup "
+                         "connections (agent/read_lane.py).", "gauge", (),
+                         {(): float(self.running)}),
+            MetricFamily("entraide_read_lane_connections_total", "Connections passed to a "
+                         "reader.", "counter", (), {(): float(self.offered)}),
+            MetricFamily("entraide_read_lane_returned_total", "Connections a reader gave "
+                         "back to the node (a request it does not answer).", "counter", (),
+                         {(): float(self.returned)}),
+        ]
+
+    def offer(self, transport: asyncio.Transport, data: bytes) -> bool:
+        """Pass the connection of ``transport`` (which has read ``data``) to a reader;
+        False leaves it with the caller."""
+        if self._closed or self._size <= 0:
+            return False
+        if not self._started:
+            self._started = True
+            self._fill()
+            return False
+        ready = [r for r in self._readers if r.ready]
+        if not ready:
+            return False
+        self._check_names()
+        reader = ready[self._next % len(ready)]
+        self._next += 1
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            socket.send_fds(reader.ctl, [_pack(["conn", data])], [sock.fileno()])
+        except (BlockingIOError, OSError):
+            return False  # that reader is behind or gone: the node serves this one
+        # The reader holds its own descriptor now; closing ours does not end the
+        # connection (no shutdown is sent).
+        transport.pause_reading()
+        transport.abort()
+        self.offered += 1
+        return True
+
+    async def ready(self) -> int:
+        """Start the readers and wait until they take connections (tests, warm-up)."""
+        if not self._started:
+            self._started = True
+            self._fill()
+        for _ in range(300):
+            if self.running >= self._size or self._closed:
+                break
+            await asyncio.sleep(0.02)
+        return self.running
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._restart is not None:
+            self._restart.cancel()
+        for reader in list(self._readers):
+            self._drop(reader)
+        for reader in list(self._readers):
+            await asyncio.to_thread(_reap, reader.process)
+
+    # --- readers -------------------------------------------------------------------
+
+    def _fill(self) -> None:
+        self._restart = None
+        while not self._closed and len(self._readers) < self._size:
+            try:
+                self._readers.append(self._spawn())
+            except OSError as exc:
+                log.error("read lane: cannot start a reader: %s", exc)
+                self._schedule_restart()
+                return
+
+    def _spawn(self) -> _Reader:
+        ours, theirs = _control_pair()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-c", "from agent.read_lane import main; main()",
+                 str(theirs.fileno()), str(self._data_dir), str(self._ledger_path)],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        reader = _Reader(process, ours)
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._on_control, reader)
+        return reader
+
+    def _on_control(self, reader: _Reader) -> None:
+        while True:
+            try:
+                got = _receive(reader.ctl)
+                if got is None:
+                    return
+                self._handle(reader, *got)
+            except Exception as exc:
+                if not isinstance(exc, EOFError):
+                    log.error("read lane: reader %d sent something unexpected: %s",
+                              reader.process.pid, exc)
+                self._failed(reader)
+                return
+
+    def _handle(self, reader: _Reader, data: bytes, fds: list[int]) -> None:
+        try:
+            message = _unpack(data)
+            kind = message[0]
+            if kind == "back" and len(fds) == 1 and isinstance(message[1], bytes):
+                fd, fds = fds[0], []
+                self._take_back(fd, message[1])
+            elif kind == "ready" and not fds:
+                reader.ready = True
+                self._failures = 0
+                self._check_names()
+            elif kind == "served" and not fds:
+                _, count, buckets, seconds = message
+                if (not isinstance(count, int) or not isinstance(seconds, float)
+                        or not isinstance(buckets, list) or len(buckets) != len(self._buckets) + 1
+                        or not all(isinstance(b, int) and b >= 0 for b in buckets)
+                        or sum(buckets) != count):
+                    raise ValueError("malformed served counts")
+                self._on_served(count, buckets, seconds)
+            else:
+                raise ValueError(f"unexpected message {str(kind)[:40]!r}")
+        finally:
+            for fd in fds:
+                socket.close(fd)
+
+    def _take_back(self, fd: int, data: bytes) -> None:
+        sock = socket.socket(fileno=fd)
+        if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET,
+                                                                  socket.AF_INET6):
+            sock.close()
+            raise ValueError("gave back something that is not a TCP connection")
+        self.returned += 1
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(
+            loop.connect_accepted_socket(lambda: _Handed(self._server, data), sock))
+        self._taking_back.add(task)
+        task.add_done_callback(self._taken_back)
+
+    def _taken_back(self, task: asyncio.Task[Any]) -> None:
+        self._taking_back.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("read lane: a connection given back could not be served: %s",
+                        task.exception())
+
+    def _check_names(self) -> None:
+        names = self._names()
+        for reader in self._readers:
+            if reader.ready and reader.names_sent is not names:
+                try:
+                    reader.ctl.send(_pack(["names", names]))
+                except OSError as exc:
+                    log.error("read lane: reader %d does not take the trust list: %s",
+                              reader.process.pid, exc)
+                    self._failed(reader)
+                    continue
+                reader.names_sent = names
+
+    def _failed(self, reader: _Reader) -> None:
+        if reader not in self._readers:
+            return
+        self._drop(reader)
+        self._readers.remove(reader)
+        asyncio.get_running_loop().run_in_executor(None, _reap, reader.process)
+        if not self._closed:
+            log.warning("read lane: reader %d ended; its connections are closed",
+                        reader.process.pid)
+            self._failures += 1
+            self._schedule_restart()
+
+    def _schedule_restart(self) -> None:
+        if self._restart is None and not self._closed:
+            first, most = RESTART_S
+            delay = min(most, first * 2 ** max(0, self._failures - 1))
+            self._restart = asyncio.get_running_loop().call_later(delay, self._fill)
+
+    def _drop(self, reader: _Reader) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(reader.ctl.fileno())
+        reader.ready = False
+        reader.ctl.close()
+        with contextlib.suppress(OSError):
+            reader.process.terminate()
+
+
+def _reap(process: subprocess.Popen[bytes]) -> None:
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+# --- the reader process ----------------------------------------------------------------
+
+
+class _Connection(asyncio.Protocol):
+    """A client connection in a reader: answers lookups until one it does not answer."""
+
+    def __init__(self, reader: _ReaderProcess, data: bytes) -> None:
+        self._reader = reader
+        self._buf = bytearray(data)
+        self._transport: asyncio.Transport | None = None
+        self._writing_paused = False
+        self._handing_back = False
+        self.last_active = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.set_write_buffer_limits(high=256 * 1024)
+        self._reader.connections.add(self)
+        self._serve()
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        self._serve()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._reader.connections.discard(self)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        assert self._transport is not None
+        self._transport.pause_reading()  # a client that does not read is not read from
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        transport = self._transport
+        assert transport is not None
+        if self._handing_back:
+            self._hand_back()
+            return
+        transport.resume_reading()
+        self._serve()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def _serve(self) -> None:
+        self.last_active = time.monotonic()
+        transport = self._transport
+        assert transport is not None
+        self._reader.poll_control()
+        while self._buf and not self._writing_paused and not self._handing_back:
+            request = next_request(self._buf)
+            if request is None:
+                return
+            answer = None if request is HAND_BACK else self._reader.answer(request)
+            if answer is None:
+                self._handing_back = True
+                transport.pause_reading()
+                if transport.get_write_buffer_size() == 0:
+                    self._hand_back()
+                else:  # the node writes next: first every answer given here
+                    transport.set_write_buffer_limits(high=0)
+                return
+            assert isinstance(request, Lookup)
+            del self._buf[:request.size]
+            transport.write(answer)
+
+    def _hand_back(self) -> None:
+        transport = self._transport
+        assert transport is not None
+        if transport.is_closing():
+            return
+        sock = transport.get_extra_info("socket")
+        try:
+            socket.send_fds(self._reader.ctl, [_pack(["back", bytes(self._buf)])],
+                            [sock.fileno()])
+        except OSError as exc:
+            log.error("reader: cannot give a connection back: %s", exc)
+        transport.abort()
+
+
+class _ReaderProcess:
+    def __init__(self, ctl: socket.socket, data_dir: Path, ledger_path: Path) -> None:
+        self.ctl = ctl
+        self.connections: set[_Connection] = set()
+        self._starting: set[asyncio.Task[Any]] = set()
+        self._tokens = TokenStore(DataDir(data_dir))
+        self._db: sqlite3.Connection = connect_reader(str(ledger_path))
+        self._names: dict[str, str] = {}
+        self._buckets = DEFAULT_LATENCY_BUCKETS
+        self._counts = [0] * (len(self._buckets) + 1)
+        self._seconds = 0.0
+        self._date = (0, b"")
+        self._done = asyncio.get_running_loop().create_future()
+
+    def answer(self, request: Lookup) -> bytes | None:
+        """The whole response to ``request``, or None when the node should answer."""
+        start = time.perf_counter()
+        record = self._tokens.authenticate(request.token)
+        if record is None or not record.scope.allows(Scope.READ):
+            return None
+        try:
+            type, value = canonical_indicator(request.type, request.value)
+            body = answer_indicator(self._db, type, value, self._names)
+        except (EntraideError, sqlite3.Error):
+            return None
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, formatdate(now, usegmt=True).encode("ascii"))
+        response = ok_response(body, self._date[1], _SERVER)
+        elapsed = time.perf_counter() - start
+        self._counts[bucket_index(self._buckets, elapsed)] += 1
+        self._seconds += elapsed
+        return response
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.ctl.fileno(), self.poll_control)
+        self.ctl.send(_pack(["ready"]))
+        settle_heap()
+        tick = loop.create_task(self._tick())
+        try:
+            await self._done
+        finally:
+            tick.cancel()
+            self._send_counts()
+            for conn in list(self.connections):
+                conn.close()
+
+    def poll_control(self) -> None:
+        """Take every control message already sent: called before serving a request
+        too, so that a trust list the node sent before the client asked is used."""
+        while not self._done.done():
+            try:
+                got = _receive(self.ctl)
+                if got is None:
+                    return
+                data, fds = got
+                message = _unpack(data)
+                if message[0] == "names" and not fds:
+                    self._names = dict(message[1])
+                elif message[0] == "conn" and len(fds) == 1:
+                    self._accept(fds[0], message[1])
+                else:
+                    for fd in fds:
+                        socket.close(fd)
+                    raise ValueError("unexpected control message")
+            except Exception as exc:  # the node is gone, or not the node speaking
+                if not isinstance(exc, EOFError):
+                    log.error("reader: ending: %s", exc)
+                self._done.set_result(None)
+
+    def _accept(self, fd: int, data: bytes) -> None:
+        if len(self.connections) >= MAX_CONNECTIONS:
+            try:
+                socket.send_fds(self.ctl, [_pack(["back", data])], [fd])
+            finally:
+                socket.close(fd)
+            return
+        sock = socket.socket(fileno=fd)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(
+            loop.connect_accepted_socket(lambda: _Connection(self, data), sock))
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(_STATS_S)
+            self._send_counts()
+            idle = time.monotonic() - IDLE_S
+            for conn in [c for c in self.connections if c.last_active < idle]:
+                conn.close()
+
+    def _send_counts(self) -> None:
+        count = sum(self._counts)
+        if not count:
+            return
+        with contextlib.suppress(OSError):
+            self.ctl.send(_pack(["served", count, self._counts, self._seconds]))
+        self._counts = [0] * (len(self._buckets) + 1)
+        self._seconds = 0.0
+
+
+def main() -> None:
+    """The reader process: ``python -c '...main()' CONTROL_FD DATA_DIR LEDGER_PATH``."""
+    fd, data_dir, ledger_path = sys.argv[1:4]
+    ctl = socket.socket(fileno=int(fd))
+    ctl.setblocking(False)
+
+    async def run() -> None:
+        await _ReaderProcess(ctl, Path(data_dir), Path(ledger_path)).run()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
