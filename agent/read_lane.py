@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 from aiohttp.http import SERVER_SOFTWARE
@@ -298,13 +298,15 @@ class ReadLane:
         return self.running
 
     async def close(self) -> None:
+        """Stop the readers: each ends when its control socket closes, after the
+        request it is answering; one that does not within 5 s is killed."""
         self._closed = True
         if self._restart is not None:
             self._restart.cancel()
-        for reader in list(self._readers):
-            self._drop(reader)
-        for reader in list(self._readers):
-            await asyncio.to_thread(_reap, reader.process)
+        readers, self._readers = self._readers, []
+        for reader in readers:
+            self._drop(reader, terminate=False)
+        await asyncio.gather(*(asyncio.to_thread(_reap, r.process) for r in readers))
 
     # --- readers -------------------------------------------------------------------
 
@@ -423,13 +425,14 @@ class ReadLane:
             delay = min(most, first * 2 ** max(0, self._failures - 1))
             self._restart = asyncio.get_running_loop().call_later(delay, self._fill)
 
-    def _drop(self, reader: _Reader) -> None:
+    def _drop(self, reader: _Reader, *, terminate: bool = True) -> None:
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().remove_reader(reader.ctl.fileno())
         reader.ready = False
         reader.ctl.close()
-        with contextlib.suppress(OSError):
-            reader.process.terminate()
+        if terminate:
+            with contextlib.suppress(OSError):
+                reader.process.terminate()
 
 
 def _reap(process: subprocess.Popen[bytes]) -> None:
@@ -455,9 +458,8 @@ class _Connection(asyncio.Protocol):
         self.last_active = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        transport.set_write_buffer_limits(high=256 * 1024)
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.set_write_buffer_limits(high=256 * 1024)
         self._reader.connections.add(self)
         self._serve()
 

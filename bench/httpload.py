@@ -5,12 +5,13 @@ Why not aiohttp's client: on this 2-core machine the load generator shares the c
 with the node it measures. aiohttp's client spends ~200-300 us of Python per request
 (request building, its connector, header objects, the response and stream readers),
 so at 32 clients the figures measured the client as much as the node. This one writes
-prebuilt request bytes on a plain ``asyncio.Protocol`` and parses only what a check
-needs: the status line, ``Content-Length`` and the body.
+prebuilt request bytes on a plain ``asyncio.Protocol``, parses only what a check
+needs (the status line, ``Content-Length`` and the body), and runs from the
+protocol's own callbacks: no future or task per request.
 
 What a latency is: from just before the request's bytes are written to the moment the
-waiting worker resumes with the whole body in hand (so the client's own scheduling
-delay counts against the node, never for it). Every response is checked: a status
+client's callback has the whole body in hand (so the client's own scheduling delay
+counts against the node, never for it). Every response is checked: a status
 other than the expected one, a body the check refuses, a malformed or oversized
 response or a closed connection stops the run with an error.
 
@@ -48,13 +49,43 @@ class LoadResult:
     ends: list[float]
 
 
+class _Run:
+    """One phase of a load run: the paths left, what was measured, how it ended."""
+
+    def __init__(self, paths: Iterator[str], record: bool, request: Callable[[str], bytes],
+                 expect: int, check: Check | None, busy: int) -> None:
+        self.paths = paths
+        self.record = record
+        self.request = request
+        self.expect = expect
+        self.check = check
+        self.busy = busy
+        self.latencies: list[float] = []
+        self.ends: list[float] = []
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+    def idle(self) -> None:
+        self.busy -= 1
+        if self.busy == 0 and not self.done.done():
+            self.done.set_result(None)
+
+
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection with at most one request in flight."""
+    """One keep-alive connection with at most one request in flight. Driven from its
+    own callbacks: a response read whole is timed and checked, and the next request
+    written, without a future or a task per request (each costs the client CPU that
+    the node it measures shares)."""
 
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
-        self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self._run: _Run | None = None
+        self._path = ""
+        self._sent = 0.0
         self._lost: BaseException | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -63,8 +94,8 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
-        waiter = self._waiter
-        if waiter is None or waiter.done():
+        run = self._run
+        if run is None:
             if len(self._buf) > MAX_RESPONSE:
                 self._fail(HttpLoadError("unsolicited bytes from the server"))
             return
@@ -73,19 +104,58 @@ class _Connection(asyncio.Protocol):
         except HttpLoadError as exc:
             self._fail(exc)
             return
-        if done is not None:
-            self._waiter = None
-            waiter.set_result(done)
+        if done is None:
+            return
+        if run.record:
+            end = time.perf_counter()
+            run.latencies.append(end - self._sent)
+            run.ends.append(end)
+        status, body = done
+        try:
+            if status != run.expect:
+                raise HttpLoadError(f"GET {self._path}: HTTP {status}: {body[:300]!r}")
+            if run.check is not None:
+                try:
+                    run.check(self._path, body)
+                except Exception as exc:
+                    raise HttpLoadError(f"GET {self._path}: refused body {body[:300]!r}: "
+                                        f"{exc}") from exc
+        except HttpLoadError as exc:
+            self._fail(exc)
+            return
+        self._next()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = exc or ConnectionError("the server closed the connection")
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(HttpLoadError(f"connection lost: {self._lost}"))
+        if self._run is not None:
+            self._run.fail(HttpLoadError(f"connection lost: {self._lost}"))
+            self._run = None
+
+    def start(self, run: _Run) -> None:
+        """Take requests from ``run`` until its paths run out."""
+        if self._lost is not None or self._transport is None:
+            run.fail(HttpLoadError(f"connection lost: {self._lost}"))
+            return
+        self._run = run
+        self._next()
+
+    def _next(self) -> None:
+        run = self._run
+        assert run is not None and self._transport is not None
+        path = next(run.paths, None)
+        if path is None:
+            self._run = None
+            run.idle()
+            return
+        self._path = path
+        request = run.request(path)
+        self._sent = time.perf_counter()
+        self._transport.write(request)
 
     def _fail(self, exc: HttpLoadError) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(exc)
-        self._waiter = None
+        if self._run is not None:
+            self._run.fail(exc)
+            self._run = None
         if self._transport is not None:
             self._transport.abort()
 
@@ -120,23 +190,20 @@ class _Connection(asyncio.Protocol):
             raise HttpLoadError("bytes after the response (nothing else was asked)")
         return int(first[9:12]), body
 
-    async def send(self, request: bytes) -> tuple[int, bytes]:
-        if self._lost is not None or self._transport is None:
-            raise HttpLoadError(f"connection lost: {self._lost}")
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiter = waiter
-        self._transport.write(request)
-        return await waiter
-
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
 
 
-def _request(host: str, port: int, path: str, headers: Sequence[tuple[str, str]]) -> bytes:
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}",
-             *(f"{k}: {v}" for k, v in headers)]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+def _request_builder(host: str, port: int, headers: Sequence[tuple[str, str]]
+                     ) -> Callable[[str], bytes]:
+    tail = (f"\r\nHost: {host}:{port}" + "".join(f"\r\n{k}: {v}" for k, v in headers)
+            + "\r\n\r\n").encode("ascii")
+
+    def request(path: str) -> bytes:
+        return b"GET " + path.encode("ascii") + b" HTTP/1.1" + tail
+
+    return request
 
 
 async def run_load(host: str, port: int, paths: Iterable[str], *, connections: int,
@@ -157,39 +224,25 @@ async def run_load(host: str, port: int, paths: Iterable[str], *, connections: i
     if not (host.startswith("127.") or host == "localhost"):
         raise ValueError("the load generator only targets 127.0.0.0/8")
     loop = asyncio.get_running_loop()
+    request = _request_builder(host, port, headers)
     conns: list[_Connection] = []
     try:
         for _ in range(connections):
             _, conn = await loop.create_connection(_Connection, host, port)
             conns.append(conn)
-        latencies: list[float] = []
-        ends: list[float] = []
-        clock = time.perf_counter
 
-        async def worker(conn: _Connection, queue: Iterator[str], record: bool) -> None:
-            for path in queue:
-                request = _request(host, port, path, headers)
-                t0 = clock()
-                status, body = await conn.send(request)
-                if record:
-                    end = clock()
-                    latencies.append(end - t0)
-                    ends.append(end)
-                if status != expect:
-                    raise HttpLoadError(f"GET {path}: HTTP {status}: {body[:300]!r}")
-                if check is not None:
-                    try:
-                        check(path, body)
-                    except Exception as exc:
-                        raise HttpLoadError(f"GET {path}: refused body {body[:300]!r}: "
-                                            f"{exc}") from exc
+        async def phase(queue: Iterable[str], record: bool) -> _Run:
+            run = _Run(iter(queue), record, request, expect, check, len(conns))
+            for conn in conns:
+                conn.start(run)
+            await run.done
+            return run
 
-        warming = iter(warmup)
-        await asyncio.gather(*(worker(c, warming, False) for c in conns))
-        queue = iter(paths)
-        t0 = clock()
-        await asyncio.gather(*(worker(c, queue, True) for c in conns))
-        return LoadResult(clock() - t0, latencies, [end - t0 for end in ends])
+        await phase(warmup, False)
+        t0 = time.perf_counter()
+        timed = await phase(paths, True)
+        return LoadResult(time.perf_counter() - t0, timed.latencies,
+                          [end - t0 for end in timed.ends])
     finally:
         for conn in conns:
             conn.close()

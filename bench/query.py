@@ -27,7 +27,6 @@ RSS is the node process's VmHWM.
 from __future__ import annotations
 
 import asyncio
-import json
 import multiprocessing
 import random
 import time
@@ -35,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
+import orjson
 
 from agent.localfed import child_pids, tree_cpu_seconds, wait_idle
 from bench.common import Context, Result, percentile, rss_peak_mb
@@ -147,7 +147,7 @@ def _lookup_check(origins: int) -> Callable[[str, bytes], None]:
     prefix = len("/api/v1/indicators/ipv4-addr/")
 
     def check(path: str, body: bytes) -> None:
-        doc = json.loads(body)
+        doc = orjson.loads(body)
         value = path[prefix:]
         if doc["type"] != "ipv4-addr" or doc["value"] != value:
             raise ValueError(f"answered for {doc['type']}/{doc['value']}")
@@ -160,12 +160,12 @@ def _lookup_check(origins: int) -> Callable[[str, bytes], None]:
 
 
 def _health_check(path: str, body: bytes) -> None:
-    if json.loads(body) != {"status": "ok"}:
+    if orjson.loads(body) != {"status": "ok"}:
         raise ValueError("not ok")
 
 
 def _list_check(path: str, body: bytes) -> None:
-    doc = json.loads(body)
+    doc = orjson.loads(body)
     if not isinstance(doc["observations"], list) or len(doc["observations"]) > 50:
         raise ValueError("not a page of at most 50 observations")
 
