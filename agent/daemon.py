@@ -159,6 +159,7 @@ def _read_lane(node: Node, runner: web.AppRunner, readers: int) -> ReadLane | No
                     readers=readers, names=node.names_by_text, server=server,
                     on_served=served, buckets=state.latency.buckets)
     node.metrics.add_collector(lane.metric_families)
+    node.on_trust_change(lane.names_changed)
     return lane
 
 

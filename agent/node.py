@@ -235,6 +235,7 @@ class Node:
         self._names_by_text: tuple[TrustList, Identity | None, dict[str, str]] | None = None
         self._watcher: TrustListWatcher | None = None
         self._trust_lock = asyncio.Lock()
+        self._trust_listeners: list[Callable[[], None]] = []
         self._committer: GroupCommitter | None = None
         self._preparer = BatchPreparer(enabled=batch_worker)
         self._lookup_worker = lookup_worker
@@ -414,6 +415,12 @@ class Node:
                 table[self._identity.public_key.text] = self._config.name
             names = self._names_by_text = (self._trust, self._identity, table)
         return names[2]
+
+    def on_trust_change(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` after each change of the trust list (from peers.toml or the
+        API); returns what removes it."""
+        self._trust_listeners.append(listener)
+        return lambda: self._trust_listeners.remove(listener)
 
     def key_of(self, name_or_key: str) -> PublicKey:
         """A peer's key from its name (exact, else ignoring case), this node's name, or
@@ -789,6 +796,11 @@ class Node:
             self._replication.update_trust(new)
         except Exception:
             log.exception("replication did not take the new trust list")
+        for listener in list(self._trust_listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("a trust-list listener failed")
         log.info("trust list now has %d peers (%s)", len(new), source)
 
     async def _watch_trust(self, initial: FileStamp | None) -> None:

@@ -208,7 +208,8 @@ class ReadLane:
         ledger_path: the ledger the readers read.
         readers: how many reader processes; 0 never starts one.
         names: the node's key text -> name table (:meth:`agent.node.Node.names_by_text`:
-            the same object until the trust list changes).
+            the same object until the trust list changes); call
+            :meth:`names_changed` when it does.
         server: aiohttp's protocol factory, for connections that go back to the node.
         on_served: called with (count, latency bucket counts, latency sum) of the lookups
             the readers answered, in the buckets of ``buckets``.
@@ -394,6 +395,11 @@ class ReadLane:
             log.warning("read lane: a connection given back could not be served: %s",
                         task.exception())
 
+    def names_changed(self) -> None:
+        """The trust list changed: the readers get the new names before any request
+        they read after this (they take control messages first)."""
+        self._check_names()
+
     def _check_names(self) -> None:
         names = self._names()
         for reader in self._readers:
@@ -468,7 +474,9 @@ class _Connection(asyncio.Protocol):
         self._serve()
 
     def eof_received(self) -> bool | None:
-        return None
+        # A request going back is answered by the node, which reads the end of
+        # file again from the socket; otherwise nothing more can be asked.
+        return True if self._handing_back else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._reader.connections.discard(self)

@@ -38,6 +38,7 @@ __all__ = [
     "cpu_seconds",
     "machine_info",
     "percentile",
+    "private_mb",
     "rss_peak_mb",
     "sign_rate",
     "sqlite_insert_rate",
@@ -202,6 +203,16 @@ def rss_peak_mb(pid: int) -> tuple[float, float]:
             elif line.startswith("VmRSS:"):
                 current = int(line.split()[1]) / 1024
     return peak, current
+
+
+def private_mb(pid: int) -> float:
+    """A live process's private memory in MiB (RssAnon: its heap, not the file pages
+    it maps, which the page cache shares with every process reading the file)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 # --- the machine --------------------------------------------------------------------

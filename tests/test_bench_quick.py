@@ -38,7 +38,7 @@ FIGURES = {
     "query": {"build_per_s", "lookup_1_p50_ms", "lookup_1_p99_ms", "lookup_p50_ms",
               "lookup_p99_ms", "lookup_per_s", "lookup_cpu_us", "health_p99_ms",
               "health_per_s", "list_p50_ms", "list_p99_ms", "list_per_s", "rss_peak_mb",
-              "lookup_main_cpu_us", "workers_rss_peak_mb",
+              "lookup_main_cpu_us", "workers_rss_peak_mb", "workers_private_mb",
               "aiohttp_lookup_1_p99_ms", "aiohttp_lookup_p50_ms", "aiohttp_lookup_p99_ms",
               "aiohttp_lookup_per_s", "aiohttp_health_p99_ms", "aiohttp_health_per_s"},
 }

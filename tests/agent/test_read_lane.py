@@ -18,12 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ApiConfig, NodeConfig, PeerListenerConfig, create_node
+from agent.config import ApiConfig, PeerListenerConfig, load_node_config, write_node_config
 from agent.daemon import serve
 from agent.datadir import DataDir
 from agent.localfed import child_pids, free_ports
+from agent.node import Node
 from agent.tokens import Scope, TokenStore
-from tests.agent._api_helpers import identity
+from protocol.entries import TLP, sign_entry
+from protocol.payloads import Observation, encode_payload
+from tests.agent._api_helpers import identity, make_data_dir
 
 WAIT = 20.0  # a guard against hanging, not a latency requirement
 
@@ -120,12 +123,15 @@ class Daemon:
 
 @asynccontextmanager
 async def daemon(tmp_path: Path, readers: int = 1) -> AsyncIterator[Daemon]:
+    """``entraide run``'s daemon in this process, on free ports, with one token per
+    scope (the data dir is made unless the test made it)."""
     api_port, peer_port = free_ports(2)
     dd = DataDir(tmp_path / "qc")
-    create_node(dd, NodeConfig(name="QC", jurisdiction="Québec",
-                               api=ApiConfig(port=api_port),
-                               peer=PeerListenerConfig(host="127.0.0.1", port=peer_port)),
-                identity("QC"))
+    if not dd.config_path.exists():
+        make_data_dir(tmp_path, "QC")
+    write_node_config(dd, load_node_config(dd).model_copy(update={
+        "api": ApiConfig(port=api_port),
+        "peer": PeerListenerConfig(host="127.0.0.1", port=peer_port)}))
     store = TokenStore(dd)
     tokens = {scope.value: store.create(scope) for scope in Scope}
     stop, up = asyncio.Event(), asyncio.Event()
@@ -232,3 +238,30 @@ async def test_a_killed_reader_is_replaced_and_loses_nothing_acknowledged(
         assert (await fresh.ask(get(indicator("192.0.2.9"), d.tokens["read"])))[0] == 200
         await d.until("entraide_read_lane_readers", 1)
         await d.on_reader()
+
+
+async def test_names_follow_the_trust_list_on_a_reader(tmp_path: Path) -> None:
+    """A peer removed through the API: the next lookup on a reader's connection no
+    longer names it, as the node's own answer does not."""
+    dd = make_data_dir(tmp_path, "QC", ("ON",))
+    on, value = identity("ON"), "203.0.113.77"
+    entry = sign_entry(on, seq=1, prev=None, now_ms=1_700_000_000_000, tlp=TLP.CLEAR,
+                       audience=None,
+                       body=encode_payload(Observation(type="ipv4-addr", value=value)))
+    async with Node.open(dd) as node:
+        assert (await node.ledger.ingest([entry])).stored == 1
+    async with daemon(tmp_path) as d:
+        await d.lane_up(1)
+        conn = await d.on_reader()
+        status, _, body = await conn.ask(get(indicator(value), d.tokens["read"]))
+        assert status == 200 and json.loads(body)["origins"] == ["ON"]
+        admin = await d.on_node()
+        status, _, _ = await admin.ask(
+            f"DELETE /api/v1/peers/ON HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer "
+            f"{d.tokens['admin']}\r\n\r\n".encode())
+        assert status == 200
+        here = await admin.ask(get(indicator(value), d.tokens["read"]))
+        there = await conn.ask(get(indicator(value), d.tokens["read"]))
+        assert json.loads(there[2])["origins"] == [on.public_key.text]
+        assert there == here
+        assert await d.metric("entraide_read_lane_returned_total") == 0
