@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -137,10 +138,12 @@ async def serve(data_dir: DataDir, *, passphrase: bytes | None = None,
 
 
 def default_readers() -> int:
-    """Read-lane processes by default: none on one core, else one per core up to 2
-    (the node's main process and its other workers need the rest)."""
-    cores = usable_cores()
-    return 0 if cores < 2 else 2
+    """Read-lane processes by default: 2 on a host with two cores or more (more
+    readers than cores measured worse: docs/benchmarks.md, "Lookup"), none on one
+    core or where sockets cannot be passed between processes."""
+    if not hasattr(socket, "send_fds"):
+        return 0
+    return 0 if usable_cores() < 2 else 2
 
 
 def _read_lane(node: Node, runner: web.AppRunner, readers: int) -> ReadLane | None:
