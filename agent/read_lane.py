@@ -27,7 +27,8 @@ Invariants:
   What it answers, the node would have answered with the same bytes (tested).
 - Origin names come from the node's trust list, sent when it changes.
 - Nothing is lost when a reader fails: a connection it holds is closed (a lookup is
-  a read; the client retries), new connections go to the node while it restarts.
+  a read; the client retries), new connections go to the node while it restarts;
+  after :data:`MAX_FAILURES` failures in a row the node keeps every connection.
 - Bounded: each reader holds at most :data:`MAX_CONNECTIONS` connections and closes
   those idle for :data:`IDLE_S`; a head over 8 KiB goes back to the node; a client
   that does not read its answers is not read from.
@@ -78,6 +79,9 @@ MAX_MESSAGE = 1 << 20
 RESTART_S = (1.0, 30.0)
 """Delay before a failed reader is replaced: doubles per failure in a row, up to the
 second figure."""
+MAX_FAILURES = 3
+"""Reader failures in a row (none taking connections in between) before the lane stops
+starting them, as the other workers do."""
 _STATS_S = 1.0
 _SERVER = SERVER_SOFTWARE.encode("ascii")
 
@@ -135,8 +139,7 @@ class Sniffer(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)
         self._timer = asyncio.get_running_loop().call_later(SNIFF_S, self._to_server)
 
     def data_received(self, data: bytes) -> None:
@@ -186,8 +189,7 @@ class _Handed(asyncio.Protocol):
         self._data = data
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        adopt(transport, self._server(), self._data)
+        adopt(cast(asyncio.Transport, transport), self._server(), self._data)
 
 
 class _Reader:
@@ -278,7 +280,7 @@ class ReadLane:
             return False
         try:
             socket.send_fds(reader.ctl, [_pack(["conn", data])], [sock.fileno()])
-        except (BlockingIOError, OSError):
+        except OSError:
             return False  # that reader is behind or gone: the node serves this one
         # The reader holds its own descriptor now; closing ours does not end the
         # connection (no shutdown is sent).
@@ -286,17 +288,6 @@ class ReadLane:
         transport.abort()
         self.offered += 1
         return True
-
-    async def ready(self) -> int:
-        """Start the readers and wait until they take connections (tests, warm-up)."""
-        if not self._started:
-            self._started = True
-            self._fill()
-        for _ in range(300):
-            if self.running >= self._size or self._closed:
-                break
-            await asyncio.sleep(0.02)
-        return self.running
 
     async def close(self) -> None:
         """Stop the readers: each ends when its control socket closes, after the
@@ -318,6 +309,7 @@ class ReadLane:
                 self._readers.append(self._spawn())
             except OSError as exc:
                 log.error("read lane: cannot start a reader: %s", exc)
+                self._failures += 1
                 self._schedule_restart()
                 return
 
@@ -426,10 +418,16 @@ class ReadLane:
             self._schedule_restart()
 
     def _schedule_restart(self) -> None:
-        if self._restart is None and not self._closed:
-            first, most = RESTART_S
-            delay = min(most, first * 2 ** max(0, self._failures - 1))
-            self._restart = asyncio.get_running_loop().call_later(delay, self._fill)
+        if self._restart is not None or self._closed:
+            return
+        if self._failures >= MAX_FAILURES:
+            if self._failures == MAX_FAILURES:
+                log.error("read lane: readers failed %d times in a row; the node serves "
+                          "every connection from now on", MAX_FAILURES)
+            return
+        first, most = RESTART_S
+        delay = min(most, first * 2 ** max(0, self._failures - 1))
+        self._restart = asyncio.get_running_loop().call_later(delay, self._fill)
 
     def _drop(self, reader: _Reader, *, terminate: bool = True) -> None:
         with contextlib.suppress(Exception):

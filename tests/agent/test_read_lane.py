@@ -23,6 +23,7 @@ from agent.daemon import serve
 from agent.datadir import DataDir
 from agent.localfed import child_pids, free_ports
 from agent.node import Node
+from agent.read_lane import SNIFF_S
 from agent.tokens import Scope, TokenStore
 from protocol.entries import TLP, sign_entry
 from protocol.payloads import Observation, encode_payload
@@ -207,6 +208,7 @@ async def test_other_requests_go_back_to_the_node(tmp_path: Path) -> None:
     (get(indicator("203.0.113.5") + "?x=1", "READ"), 422),
     (get(indicator("203.0.113.5"), "READ", "Content-Length: 4\r\n") + b"abcd", 200),
     (get(indicator("203.0.113.5"), "READ", "Connection: close\r\n"), 200),
+    (get(indicator("203.0.113.5"), "READ", f"X-Big: {'a' * 9000}\r\n"), 400),
 ])
 async def test_errors_and_unusual_requests_are_the_nodes(tmp_path: Path, request_bytes: bytes,
                                                          status: int) -> None:
@@ -265,3 +267,16 @@ async def test_names_follow_the_trust_list_on_a_reader(tmp_path: Path) -> None:
         assert json.loads(there[2])["origins"] == [on.public_key.text]
         assert there == here
         assert await d.metric("entraide_read_lane_returned_total") == 0
+
+
+async def test_a_connection_that_says_too_little_goes_to_the_node(tmp_path: Path) -> None:
+    async with daemon(tmp_path) as d:
+        await d.lane_up(1)
+        offered = await d.metric("entraide_read_lane_connections_total")
+        conn = await d.connect()
+        whole = get(indicator("203.0.113.5"), d.tokens["read"])
+        conn.send(whole[:15])  # "GET /api/v1/ind": a lookup, perhaps
+        await asyncio.sleep(SNIFF_S + 0.5)
+        status, _, _ = await conn.ask(whole[15:])
+        assert status == 200
+        assert await d.metric("entraide_read_lane_connections_total") == offered
