@@ -160,7 +160,7 @@ def _read_lane(node: Node, runner: web.AppRunner, readers: int) -> ReadLane | No
 
     lane = ReadLane(node.data_dir.root, node.config.ledger_path(node.data_dir),
                     readers=readers, names=node.names_by_text, server=server,
-                    on_served=served, buckets=state.latency.buckets)
+                    on_served=served)
     node.metrics.add_collector(lane.metric_families)
     node.on_trust_change(lane.names_changed)
     return lane

@@ -214,7 +214,7 @@ class ReadLane:
             :meth:`names_changed` when it does.
         server: aiohttp's protocol factory, for connections that go back to the node.
         on_served: called with (count, latency bucket counts, latency sum) of the lookups
-            the readers answered, in the buckets of ``buckets``.
+            the readers answered, in :data:`DEFAULT_LATENCY_BUCKETS`.
 
     The readers start when the first lookup connection arrives (that one stays with
     the node), so a node that is never asked a lookup runs none.
@@ -223,15 +223,13 @@ class ReadLane:
     def __init__(self, data_dir: Path, ledger_path: Path, *, readers: int,
                  names: Callable[[], dict[str, str]],
                  server: Callable[[], asyncio.Protocol],
-                 on_served: Callable[[int, list[int], float], None],
-                 buckets: tuple[float, ...] = DEFAULT_LATENCY_BUCKETS) -> None:
+                 on_served: Callable[[int, list[int], float], None]) -> None:
         self._data_dir = data_dir
         self._ledger_path = ledger_path
         self._size = readers
         self._names = names
         self._server = server
         self._on_served = on_served
-        self._buckets = buckets
         self._readers: list[_Reader] = []
         self._next = 0
         self._started = False
@@ -357,7 +355,8 @@ class ReadLane:
             elif kind == "served" and not fds:
                 _, count, buckets, seconds = message
                 if (not isinstance(count, int) or not isinstance(seconds, float)
-                        or not isinstance(buckets, list) or len(buckets) != len(self._buckets) + 1
+                        or not isinstance(buckets, list)
+                        or len(buckets) != len(DEFAULT_LATENCY_BUCKETS) + 1
                         or not all(isinstance(b, int) and b >= 0 for b in buckets)
                         or sum(buckets) != count):
                     raise ValueError("malformed served counts")
@@ -535,6 +534,8 @@ class _Connection(asyncio.Protocol):
 
 
 class _ReaderProcess:
+    """The reader process's state: its connections, tokens, ledger and counts."""
+
     def __init__(self, ctl: socket.socket, data_dir: Path, ledger_path: Path) -> None:
         self.ctl = ctl
         self.connections: set[_Connection] = set()
