@@ -6,7 +6,7 @@ A, they agree). B stops. ``AFTER`` new entries of every origin are written into 
 (stored directly in A's ledger while it is stopped too; B cannot tell the
 difference). A starts; B starts with A known as an author only, then gets A's card
 through the API and dials at once: timed from that call until B's ledger holds every
-entry (polled every 50 ms).
+entry (polled as ingest does: ``timed_sync``).
 - entries/s until in sync;
 - wire bytes / raw entry bytes: WebSocket bytes B received and sent for this session
   (handshake, encryption, framing, control messages) over the bytes of the entries

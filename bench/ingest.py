@@ -5,7 +5,7 @@ Setup (not timed): ``ORIGINS`` author identities sign chains of CLEAR observatio
 they are stored directly in the ledger of node SRC; both SRC and DST trust every
 origin as an author. Both run as ``entraide run`` processes (one core each).
 Timed: from the API call that gives DST the card of SRC (DST dials at once) until
-DST's ledger holds every entry, polled every 50 ms on DST's status endpoint.
+DST's ledger holds every entry, polled on DST's status endpoint (``timed_sync``).
 Denominator: raw Ed25519 verifications per second on one core, measured just before.
 """
 
