@@ -30,17 +30,17 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.api import create_app
-from agent.api_common import NODE, ApiState
-from agent.config import LogConfig, load_node_config
-from agent.datadir import DataDir, passphrase_from_env
+from agent.api.app import create_app
+from agent.api.common import NODE, ApiState
+from agent.config.datadir import DataDir, passphrase_from_env
+from agent.config.settings import LogConfig, load_node_config
 from agent.errors import ConfigError
-from agent.gcsettings import settle_heap
-from agent.lookup_http import LOOKUP_ROUTE
-from agent.node import Node
-from agent.pipe_worker import usable_cores
-from agent.read_lane import ReadLane, Sniffer
-from agent.transport import Replicator, replication_factory, start_peer_listener
+from agent.node.node import Node
+from agent.peering.transport import Replicator, replication_factory, start_peer_listener
+from agent.workers.gcsettings import settle_heap
+from agent.workers.lookup_http import LOOKUP_ROUTE
+from agent.workers.pipe import usable_cores
+from agent.workers.read_lane import ReadLane, Sniffer
 
 __all__ = ["JsonFormatter", "configure_logging", "run_command", "serve"]
 
@@ -85,7 +85,7 @@ async def serve(data_dir: DataDir, *, passphrase: bytes | None = None,
     """Run the node until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None).
 
     ``ready`` is called once the node and both listeners are up. ``readers``: processes
-    of the read lane (agent/read_lane.py); default: ``[api] readers`` of the config,
+    of the read lane (agent/workers/read_lane.py); default: ``[api] readers`` of the config,
     else :func:`default_readers`.
 
     Raises:
@@ -210,6 +210,6 @@ def run_command(argv: list[str], data_dir: Path) -> int:
     passphrase = passphrase_from_env(args.passphrase_env) if args.passphrase_env else None
     with contextlib.suppress(KeyboardInterrupt):
         # The process is the node's own: its start-up heap is frozen once it is up
-        # (agent/gcsettings.py).
+        # (agent/workers/gcsettings.py).
         asyncio.run(serve(dd, passphrase=passphrase, ready=settle_heap))
     return 0

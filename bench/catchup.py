@@ -60,9 +60,9 @@ async def _fill(node: FedNode, entries: list[VerifiedEntry]) -> None:
 
 async def _reconnect_bytes(a: FedNode, b: FedNode) -> dict[str, float]:
     """Run A and B in this process on their data dirs; bytes until both are synced."""
-    from agent.config import GossipConfig, load_trust_list
-    from agent.datadir import DataDir
-    from agent.replicator import TransportParams, TrustedPeer, gossip_params
+    from agent.config.datadir import DataDir
+    from agent.config.settings import GossipConfig, load_trust_list
+    from agent.peering.replicator import TransportParams, TrustedPeer, gossip_params
     from tests.agent.nodes import Node
 
     def build(node: FedNode) -> Node:
@@ -211,8 +211,8 @@ def handshake_bytes() -> int:
 
 def _forget_url(node: FedNode, peer: FedNode) -> None:
     """Make ``node`` know ``peer`` as an author only (no URL) in its peers.toml."""
-    from agent.config import PeerEntry, edit_trust_list
-    from agent.datadir import DataDir
+    from agent.config.datadir import DataDir
+    from agent.config.settings import PeerEntry, edit_trust_list
 
     me = PublicKey.from_text(node.key)
 

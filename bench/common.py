@@ -28,7 +28,7 @@ from typing import Any
 import nacl.bindings
 import nacl.signing
 
-from agent.localfed import process_cpu_seconds as cpu_seconds
+from agent.cli.localfed import process_cpu_seconds as cpu_seconds
 
 __all__ = [
     "REPO",

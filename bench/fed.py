@@ -1,5 +1,5 @@
 """Real nodes for the scenarios: ``entraide run`` processes set up through the CLI
-(:class:`agent.localfed.LocalFederation`), extra author-only origins in their trust
+(:class:`agent.cli.localfed.LocalFederation`), extra author-only origins in their trust
 lists, ledgers filled directly before a node starts, and an aiohttp client.
 
 Entries that scenarios pre-generate are real: CLEAR observation payloads, signed by
@@ -19,11 +19,11 @@ from typing import Any
 
 import aiohttp
 
-from agent.config import PeerEntry, edit_trust_list, load_node_config
-from agent.datadir import DataDir
-from agent.ledger import Ledger
-from agent.localfed import FedNode, LocalFederation
+from agent.cli.localfed import FedNode, LocalFederation
+from agent.config.datadir import DataDir
+from agent.config.settings import PeerEntry, edit_trust_list, load_node_config
 from agent.metrics import parse_text
+from agent.storage.ledger import Ledger
 from protocol.entries import TLP, VerifiedEntry, sign_entry
 from protocol.keys import Identity, PublicKey
 from protocol.payloads import LocalizedText, Observation, encode_payload

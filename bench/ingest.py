@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from agent.localfed import tree_cpu_seconds, wait_idle
+from agent.cli.localfed import tree_cpu_seconds, wait_idle
 from bench.common import Context, Result, verify_rate
 from bench.fed import (
     Client,

@@ -87,9 +87,9 @@ def _worker_main(conn: Connection, indices: list[int], root: str, seed: bytes,
 
 async def _worker(conn: Connection, indices: list[int], root: Path, seed: bytes,
                   description_chars: int) -> None:
-    from agent.config import GossipConfig
-    from agent.ledger import OwnDraft
-    from agent.replicator import TransportParams, TrustedPeer, gossip_params
+    from agent.config.settings import GossipConfig
+    from agent.peering.replicator import TransportParams, TrustedPeer, gossip_params
+    from agent.storage.ledger import OwnDraft
     from protocol.keys import PublicKey
     from tests.agent.nodes import Node
 

@@ -36,7 +36,7 @@ from typing import Any
 import msgpack
 import orjson
 
-from agent.localfed import child_pids, tree_cpu_seconds, wait_idle
+from agent.cli.localfed import child_pids, tree_cpu_seconds, wait_idle
 from bench.common import Context, Result, percentile, private_mb, rss_peak_mb
 from bench.fed import (
     Client,

@@ -8,7 +8,7 @@ idle about half the time, so 2 clients measure the request cycle, not what the n
 can absorb); part two posts single observations from 16
 concurrent clients. Each observation is GREEN (signed, stored, indexed, acknowledged
 after a durable commit). Latency is per HTTP request as the client sees it. The node
-validates large batches in its batch worker process (agent/prepare.py), started by the
+validates large batches in its batch worker process (agent/api/batch.py), started by the
 first one: the warm-up waits until it is up, and the worker's CPU is reported apart
 from the node process's.
 Denominator: raw Ed25519 signatures per second on one core, measured just before.
@@ -21,7 +21,7 @@ import itertools
 import time
 from typing import Any
 
-from agent.localfed import tree_cpu_seconds, wait_idle
+from agent.cli.localfed import tree_cpu_seconds, wait_idle
 from bench.common import Context, Result, cpu_seconds, percentile, sign_rate
 from bench.fed import Client, FedNode, ipv4, metric, metrics, new_federation
 

@@ -31,7 +31,7 @@ FULL, QUICK = 20_000, 2_000
 ENVELOPE = 1_000
 PAGE = 1_000
 SAMPLES = 200
-LOCAL = "e4f0c3b6-7a52-4d0e-9c1f-2b8d6a3e5f17"  # agent/taxii.py: the read-write collection
+LOCAL = "e4f0c3b6-7a52-4d0e-9c1f-2b8d6a3e5f17"  # agent/taxii/app.py: the read-write collection
 MEDALLION_BUDGET_S = 60.0
 MEDALLION_COLLECTION = "91a7b528-80eb-42ed-a74d-c6fbd5a26116"
 
@@ -173,7 +173,7 @@ def run(ctx: Context) -> Result:
                        n, ctx.log)
     finally:
         fed.stop()
-    from agent.localfed import free_ports
+    from agent.cli.localfed import free_ports
 
     (port,) = free_ports(1)
     medallion_root = root / "medallion"

@@ -12,7 +12,7 @@ Invariants:
   range and its signature verifies: only :func:`sign_entry` and
   :func:`verify_entry` build one, and :func:`_rebuild_verified` for bytes that
   ``verify_entry`` accepted in the node's verify worker process
-  (agent/verify_worker.py, its only caller).
+  (agent/workers/verify.py, its only caller).
 - ``audience`` is present exactly when the TLP is encrypted (AMBER, AMBER+STRICT,
   RED); it is strictly ascending, so one set of recipients has one encoding.
 - ``prev`` is absent exactly when ``seq == 1``.
@@ -272,7 +272,7 @@ def _rebuild_verified(raw: bytes) -> VerifiedEntry:
     """The ``VerifiedEntry`` of ``raw``, which :func:`verify_entry` already accepted in
     another process, built without checking it again.
 
-    Internal, for one caller: the node's verify worker (agent/verify_worker.py) runs
+    Internal, for one caller: the node's verify worker (agent/workers/verify.py) runs
     ``verify_entry`` on a batch in a worker process and answers which entries passed;
     the node holds the very bytes it sent and rebuilds the entries here, so a signature
     is checked once, on the other core. Called on bytes that were not verified, it

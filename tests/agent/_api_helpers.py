@@ -14,12 +14,12 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
 
-from agent.api import create_app
-from agent.api_common import ApiSettings
-from agent.config import NodeConfig, PeerEntry, TrustList, create_node, save_trust_list
-from agent.datadir import DataDir
-from agent.node import Node
-from agent.tokens import Scope, TokenStore
+from agent.api.app import create_app
+from agent.api.common import ApiSettings
+from agent.config.datadir import DataDir
+from agent.config.settings import NodeConfig, PeerEntry, TrustList, create_node, save_trust_list
+from agent.config.tokens import Scope, TokenStore
+from agent.node.node import Node
 from protocol.keys import Identity
 
 

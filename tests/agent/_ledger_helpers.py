@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from agent.ledger import Ledger, OwnDraft
+from agent.storage.ledger import Ledger, OwnDraft
 from protocol.entries import TLP, VerifiedEntry, sign_entry
 from protocol.envelope import seal_envelope
 from protocol.keys import Identity, PublicKey

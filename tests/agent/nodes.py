@@ -25,8 +25,8 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.ledger import Ledger
-from agent.replicator import Replicator, TransportParams, TrustedPeer
+from agent.peering.replicator import Replicator, TransportParams, TrustedPeer
+from agent.storage.ledger import Ledger
 from protocol.entries import TLP, VerifiedEntry, sign_entry
 from protocol.gossip import GossipParams
 from protocol.keys import Identity, PublicKey

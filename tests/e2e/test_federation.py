@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.client_cli import ApiError
-from agent.localfed import LocalFederation, wait_for
+from agent.cli.client import ApiError
+from agent.cli.localfed import LocalFederation, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,383 @@
+"""The local API's bodies and query strings as pydantic models (docs/parts/api.md).
+
+These models do two jobs: request models *validate* input (one validation per
+request; a failure is a 422 naming the fields), and every model, request or
+response, is what ``agent/api/openapi.py`` publishes in ``/api/v1/openapi.json``. The
+tests validate real responses against the response models, which forbid unknown
+fields, so the published document cannot drift from what the API sends.
+
+Invariants:
+- Request models are frozen and refuse unknown fields; query models too (a typo in a
+  filter name is an error, not a silently ignored filter).
+- Every list and string has a bound.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from protocol.entries import MAX_AUDIENCE, TLP
+from protocol.indicators import MAX_INDICATOR_CHARS, IndicatorType
+from protocol.payloads import Note, Observation, Sighting, UtcDatetime
+
+__all__ = [
+    "MAX_BATCH",
+    "MAX_PAGE",
+    "ROUTING_FIELDS",
+    "BatchCreated",
+    "BatchRouting",
+    "ErrorBody",
+    "ErrorDetail",
+    "ForkList",
+    "ForkOut",
+    "ForkRecordOut",
+    "Health",
+    "IndicatorOut",
+    "LedgerCountsOut",
+    "ObservationBatch",
+    "ObservationList",
+    "ObservationOut",
+    "ObservationQuery",
+    "ObservationSubmit",
+    "PeerAdd",
+    "PeerList",
+    "PeerOut",
+    "PeerRemoved",
+    "RetractRequest",
+    "RetractionCreated",
+    "Routing",
+    "SightingCreated",
+    "SightingSubmit",
+    "StatusOut",
+    "StreamQuery",
+    "VerifyOut",
+    "VerifyProblemOut",
+]
+
+MAX_BATCH = 1000
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+_MAX_NAME = 64
+
+
+def _tlp_label(value: Any) -> Any:
+    """Accept ``amber``, ``TLP:AMBER`` and ``AMBER`` alike; anything else is left to fail."""
+    if isinstance(value, str):
+        text = value.strip().upper()
+        return text.removeprefix("TLP:")
+    return value
+
+
+TlpLabel = Annotated[TLP, BeforeValidator(_tlp_label)]
+PeerName = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=_MAX_NAME)]
+Audience = Annotated[tuple[PeerName, ...], Field(max_length=MAX_AUDIENCE)]
+EntryIdText = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- requests ---------------------------------------------------------------------------
+
+
+class ObservationSubmit(Observation):
+    """An observation to share: the payload's fields plus its TLP and audience.
+
+    ``audience``: peer names from the trust list (this node's own name is allowed).
+    Without it, AMBER and AMBER+STRICT go to every member known now; RED needs it;
+    CLEAR and GREEN refuse it.
+    """
+
+    tlp: TlpLabel = TLP.GREEN
+    audience: Audience | None = None
+
+
+class Routing(_In):
+    """The fields of an ObservationSubmit that are not the payload's (fast path)."""
+
+    tlp: TlpLabel = TLP.GREEN
+    audience: Audience | None = None
+
+
+class BatchRouting(_In):
+    """The fields of an ObservationBatch besides its items (fast path)."""
+
+    tlp: TlpLabel | None = None
+    audience: Audience | None = None
+
+
+ROUTING_FIELDS = ("tlp", "audience")
+
+
+class ObservationBatch(_In):
+    """Up to 1,000 observations in one request, committed in one transaction.
+
+    ``tlp`` and ``audience`` here are defaults for items that do not give their own.
+    """
+
+    observations: Annotated[list[ObservationSubmit], Field(min_length=1, max_length=MAX_BATCH)]
+    tlp: TlpLabel | None = None
+    audience: Audience | None = None
+
+
+class SightingSubmit(Sighting):
+    """A sighting of an existing entry this node can read, with its TLP and audience."""
+
+    tlp: TlpLabel = TLP.GREEN
+    audience: Audience | None = None
+
+
+class RetractRequest(_In):
+    """Why the observation is withdrawn (optional; the body may be empty)."""
+
+    reason: Note | None = None
+
+
+class PeerAdd(_In):
+    """A peer to trust: either a peer ``card`` (``entraide1...``), or ``name`` + ``key``
+    (+ optional ``url``); ``jurisdiction`` is optional in both forms."""
+
+    card: Annotated[str, StringConstraints(strict=True, max_length=4096)] | None = None
+    name: PeerName | None = None
+    key: Annotated[str, StringConstraints(strict=True, max_length=100)] | None = None
+    url: Annotated[str, StringConstraints(strict=True, max_length=2048)] | None = None
+    jurisdiction: Annotated[str, StringConstraints(strict=True, max_length=100)] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> PeerAdd:
+        if self.card is not None:
+            if self.name is not None or self.key is not None or self.url is not None:
+                raise ValueError("give either 'card', or 'name' and 'key' (and 'url'), not both")
+        elif self.name is None or self.key is None:
+            raise ValueError("give 'card', or both 'name' and 'key'")
+        return self
+
+
+# --- query strings ------------------------------------------------------------------------
+
+
+def _time_filter(value: Any) -> Any:
+    """RFC 3339 text, or an integer count of ms since the epoch."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
+TimeFilter = Annotated[
+    int | UtcDatetime,
+    BeforeValidator(_time_filter),
+    Field(description="RFC 3339 time (2026-01-31T00:00:00Z) or ms since the epoch"),
+]
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+
+class _Filters(_Query):
+    type: IndicatorType | None = Field(None, description="indicator type")
+    value: Annotated[str, Field(max_length=MAX_INDICATOR_CHARS)] | None = Field(
+        None, description="indicator value (normalised for its type when type is given)")
+    origin: Annotated[str, Field(max_length=100)] | None = Field(
+        None, description="origin: peer name, this node's name, or ed25519 key")
+    tlp: TlpLabel | None = None
+    since: TimeFilter | None = Field(None, description="entry time >= since (inclusive)")
+    until: TimeFilter | None = Field(None, description="entry time < until (exclusive)")
+    include_retracted: bool = False
+
+
+class ObservationQuery(_Filters):
+    """Filters of ``GET /api/v1/observations`` (ANDed), newest first."""
+
+    limit: int = Field(DEFAULT_PAGE, ge=1, le=MAX_PAGE)
+    cursor: Annotated[str, Field(max_length=64)] | None = Field(
+        None, description="the 'next' value of the previous page")
+
+
+class StreamQuery(_Filters):
+    """Filters of ``GET /api/v1/stream``; ``last_event_id`` stands in for the
+    ``Last-Event-ID`` header (which wins when both are given)."""
+
+    last_event_id: Annotated[str, Field(max_length=80)] | None = None
+
+
+# --- responses ----------------------------------------------------------------------------
+
+
+class Health(_Out):
+    status: Literal["ok"]
+
+
+class ErrorDetail(_Out):
+    code: str
+    message: str
+
+
+class ErrorBody(_Out):
+    """Every error: a stable machine ``code`` and a human ``message``."""
+
+    error: ErrorDetail
+
+
+class LocalizedTextOut(_Out):
+    en: str | None = None
+    fr: str | None = None
+
+
+class ObservationOut(_Out):
+    """An observation as returned. ``origin_name`` is the trust-list name of the
+    origin (this node's own name for its own), null if the origin is no longer trusted.
+    ``audience`` (peer names, or key ids in hex when unknown) and ``verified`` are
+    given by ``GET /api/v1/observations/{id}`` and on creation."""
+
+    id: str
+    type: str
+    value: str
+    tlp: str
+    confidence: int | None = None
+    severity: str | None = None
+    description: LocalizedTextOut | None = None
+    tags: list[str] = []
+    references: list[str] = []
+    first_seen: str | None = None
+    last_seen: str | None = None
+    valid_until: str | None = None
+    origin: str
+    origin_name: str | None
+    seq: int
+    ts: int = Field(description="author's clock, ms since the epoch")
+    retracted: bool
+    audience: list[str] | None = None
+    verified: bool | None = None
+    sightings: int | None = None
+
+
+class BatchCreated(_Out):
+    ids: list[str] = Field(description="entry ids, in the order submitted")
+    seqs: list[int]
+    count: int
+
+
+class ObservationList(_Out):
+    observations: list[ObservationOut]
+    next: str | None = Field(description="cursor of the next page; null on the last page")
+
+
+class IndicatorOut(_Out):
+    type: str
+    value: str
+    observations: list[ObservationOut]
+    count: int
+    origins: list[str] = Field(description="origin names (key text when not in the trust list)")
+    origin_keys: list[str]
+    first_seen: str | None
+    last_seen: str | None
+
+
+class SightingCreated(_Out):
+    id: str
+    seq: int
+    ts: int
+    of: str
+    tlp: str
+    audience: list[str] | None
+
+
+class RetractionCreated(_Out):
+    id: str
+    seq: int
+    ts: int
+    of: str
+    retracted: Literal[True]
+
+
+class PeerOut(_Out):
+    name: str
+    jurisdiction: str | None
+    key: str
+    fingerprint: str
+    url: str | None
+    connected: bool
+    last_seen: str | None
+    forked: bool
+
+
+class PeerList(_Out):
+    peers: list[PeerOut]
+
+
+class PeerRemoved(_Out):
+    removed: PeerOut
+
+
+class LedgerCountsOut(_Out):
+    entries: int
+    origins: int
+    forked_origins: int
+    held_ahead_of_gaps: int
+
+
+class ForkOut(_Out):
+    origin: str
+    origin_name: str | None
+    seq: int
+    detected: str
+    cleared: str | None
+
+
+class ForkRecordOut(ForkOut):
+    proof: str
+    """``ForkProof.encode()`` in base64url: two entries signed by the origin with the
+    same seq (docs/protocol.md §3); anyone holding the origin's key can check it."""
+
+
+class ForkList(_Out):
+    forks: list[ForkRecordOut]
+
+
+class StatusOut(_Out):
+    name: str
+    jurisdiction: str | None
+    key: str
+    fingerprint: str
+    peer_url: str
+    peers: list[PeerOut]
+    ledger: LedgerCountsOut
+    forks: list[ForkOut]
+
+
+class VerifyProblemOut(_Out):
+    origin: str | None
+    origin_name: str | None
+    seq: int | None
+    what: str
+
+
+class VerifyOut(_Out):
+    ok: bool
+    entries: int
+    origins: int
+    fork_proofs: int
+    problems: list[VerifyProblemOut]
+
+
+def time_ms(value: int | datetime | None) -> int | None:
+    """A time filter as ms since the epoch."""
+    if value is None or isinstance(value, int):
+        return value
+    return int(value.timestamp() * 1000)

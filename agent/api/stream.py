@@ -1,0 +1,239 @@
+"""``GET /api/v1/stream``: new observations as Server-Sent Events, resumable.
+
+Each event is::
+
+    event: observation
+    id: <position>
+    data: <observation JSON, as GET /api/v1/observations/{id} lists it>
+
+A client that reconnects with ``Last-Event-ID: <position>`` (browsers' EventSource do
+it by themselves) gets every matching observation committed after that position,
+then the live ones. Without it, the stream starts at "now".
+
+How (design notes, docs/parts/api.md "Stream"):
+- *Catch-up* pages through the ledger in commit order from the position; *live*
+  events come from a bounded ledger subscription taken before the last catch-up
+  page, and events already sent by the catch-up are skipped, so nothing is lost or
+  repeated between the two.
+- A position is the list cursor of an observation (exact), or ``<cursor>.<n>``: the
+  n-th row after that cursor in the catch-up's order (the ledger gives exact cursors
+  only at page ends). Rows are never deleted and the catch-up counts retracted rows
+  too, so ``n`` stays valid for the same filters.
+- Memory per client is bounded: the subscription holds at most ``stream_queue``
+  events, one write may block at most ``stream_write_timeout`` seconds; a client too
+  slow for either is disconnected (it resumes with Last-Event-ID).
+- Comment lines (``: ping``) keep idle connections alive through proxies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from agent.api.common import API_SETTINGS, NODE, STATE, ApiError, parse_query
+from agent.api.models import MAX_PAGE, StreamQuery
+from agent.api.observations import filters_of
+from agent.errors import InvalidCursorError
+from agent.jsoncodec import dumps
+from agent.storage.ledger import ObservationEvent, Subscription
+from agent.storage.queries import decode_cursor, encode_cursor
+from protocol.indicators import normalise_indicator
+
+__all__ = ["parse_position", "stream"]
+
+log = logging.getLogger(__name__)
+
+
+class _Disconnect(Exception):
+    """End this stream (the reason goes to the metrics)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def parse_position(text: str) -> tuple[str, int]:
+    """``(cursor, n)`` of a stream position (``<cursor>`` or ``<cursor>.<n>``).
+
+    Raises:
+        ApiError: 400 ``bad_cursor`` for anything this node did not issue.
+    """
+    base, dot, skip_text = text.strip().partition(".")
+    skip = 0
+    if dot:
+        if not skip_text.isdigit() or not skip_text.isascii() or len(skip_text) > 4:
+            raise ApiError(400, "bad_cursor", "invalid stream position (Last-Event-ID)")
+        skip = int(skip_text)
+        if not 1 <= skip <= MAX_PAGE:
+            raise ApiError(400, "bad_cursor", "invalid stream position (Last-Event-ID)")
+    try:
+        decode_cursor("observation", base)
+    except InvalidCursorError as exc:
+        raise ApiError(400, "bad_cursor", "invalid stream position (Last-Event-ID)") from exc
+    return base, skip
+
+
+class _Stream:
+    def __init__(self, request: web.Request, response: web.StreamResponse,
+                 filters: dict[str, Any]) -> None:
+        self.request = request
+        self.response = response
+        self.node = request.app[NODE]
+        self.settings = request.app[API_SETTINGS]
+        self.state = request.app[STATE]
+        self.filters = filters
+        self.include_retracted = bool(filters["include_retracted"])
+        self.subscription: Subscription | None = None
+
+    async def write(self, text: str) -> None:
+        try:
+            await asyncio.wait_for(self.response.write(text.encode("utf-8")),
+                                   self.settings.stream_write_timeout)
+        except TimeoutError as exc:
+            raise _Disconnect("write_timeout") from exc
+
+    async def send(self, position: str, observation: dict[str, Any]) -> None:
+        await self.write(f"event: observation\nid: {position}\ndata: {dumps(observation)}\n\n")
+        self.state.stream_events.inc()
+
+    async def catch_up(self, base: str, skip: int) -> tuple[str, int, set[str]]:
+        """Send every matching row after (base, skip); return the new position and the
+        ids of the last, partial page (which live events may repeat)."""
+        query = {**self.filters, "include_retracted": True}
+        while True:
+            if self.state.closing:
+                raise _Disconnect("shutdown")
+            limit = min(MAX_PAGE, max(self.settings.stream_page, skip))
+            page = await self.node.list_observations(**query, cursor=base, limit=limit,
+                                                     newest_first=False)
+            items = page.items
+            for index in range(skip, len(items)):
+                row = items[index]
+                if page.next is not None and index == len(items) - 1:
+                    position = page.next
+                else:
+                    position = f"{base}.{index + 1}"
+                if row["retracted"] and not self.include_retracted:
+                    continue
+                await self.send(position, row)
+            if page.next is None:
+                return base, len(items), {row["id"] for row in items}
+            base, skip = page.next, 0
+
+    def matches(self, observation: dict[str, Any]) -> bool:
+        f = self.filters
+        if f["type"] is not None and observation.get("type") != f["type"]:
+            return False
+        if f["value"] is not None and observation.get("value") != f["value"]:
+            return False
+        if f["origin"] is not None and observation.get("origin") != f["origin"].text:
+            return False
+        if f["tlp"] is not None and observation.get("tlp") != f["tlp"]:
+            return False
+        ts = observation.get("ts", 0)
+        if f["since"] is not None and ts < f["since"]:
+            return False
+        return f["until"] is None or ts < f["until"]
+
+    async def live(self, sub: Subscription, base: str, recent: set[str]) -> None:
+        boundary = decode_cursor("observation", base)
+        while True:
+            try:
+                event = await asyncio.wait_for(_next(sub), self.settings.stream_heartbeat)
+            except TimeoutError:
+                await self.write(": ping\n\n")
+                continue
+            if event is None:
+                raise _Disconnect("slow_client" if sub.overflowed else "shutdown")
+            number = decode_cursor("observation", event.cursor)
+            observation = event.observation
+            if number <= boundary or observation["id"] in recent:
+                continue
+            if not self.matches(observation):
+                continue
+            shown = dict(observation)  # the event is shared by every subscriber
+            self.node.decorate(shown)
+            await self.send(event.cursor, shown)
+
+
+async def _next(sub: Subscription) -> ObservationEvent | None:
+    try:
+        return await sub.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/stream (see the module docstring)."""
+    node = request.app[NODE]
+    settings = request.app[API_SETTINGS]
+    state = request.app[STATE]
+    query = parse_query(request, StreamQuery)
+    filters = filters_of(node, query)
+    if filters["type"] is not None and filters["value"] is not None:
+        filters["value"] = normalise_indicator(filters["type"], filters["value"])
+    elif filters["value"] is not None:
+        filters["value"] = filters["value"].strip()
+    last = request.headers.get("Last-Event-ID") or query.last_event_id
+    if last:
+        base, skip = parse_position(last)
+    else:
+        base, skip = await node.ledger.stream_position(), 0
+    if state.closing:
+        raise ApiError(503, "unavailable", "the node is shutting down")
+    if len(state.streams) >= settings.max_streams:
+        raise ApiError(503, "too_many_streams",
+                       f"at most {settings.max_streams} stream clients at once")
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream; charset=utf-8",
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+    })
+    await response.prepare(request)
+    client = _Stream(request, response, filters)
+    sub: Subscription | None = None
+    state.streams.add(client)
+    state.streams_open.inc()
+    reason = "client_gone"
+    try:
+        await client.write("retry: 2000\n: entraide stream\n\n")
+        base, skip, _ = await client.catch_up(base, skip)
+        sub = node.subscribe(settings.stream_queue)
+        client.subscription = sub
+        if state.closing:
+            raise _Disconnect("shutdown")
+        base, skip, recent = await client.catch_up(base, skip)
+        await client.live(sub, base, recent)
+    except _Disconnect as exc:
+        reason = exc.reason
+    except ConnectionError:
+        reason = "client_gone"
+    except Exception as exc:
+        # Headers are sent: the error middleware cannot answer any more; end the stream.
+        reason = "error"
+        log.exception("stream ended by an error: %s", exc)
+    finally:
+        if sub is not None:
+            sub.close()
+        state.streams.discard(client)
+        state.streams_open.dec()
+        state.stream_drops.inc(labels=(reason,))
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await response.write_eof()
+    return response
+
+
+def stream_shutdown(streams: set[Any]) -> None:
+    """End every open stream (app shutdown)."""
+    for client in list(streams):
+        if client.subscription is not None:
+            client.subscription.close()
+
+
+def first_position() -> str:
+    """The position before every observation: resume from here to replay all."""
+    return encode_cursor("observation", 0)

@@ -1,0 +1,314 @@
+"""CLI commands that talk to the running node's local API: submit, query, forks; and
+verify.
+
+``submit`` and ``query`` are thin HTTP clients of ``/api/v1``; they find the API from
+``entraide.toml`` and authenticate with, in order: ``--token``, ``$ENTRAIDE_TOKEN``,
+or a token of their own kept in ``<data-dir>/cli.token`` (0600, created on first use;
+whoever can read the data dir can read ``node.key`` too, so this grants nothing new).
+
+``forks list`` and ``forks clear`` go through the API too: the running node holds the
+ledger's write lock, and clearing must reach its replication as well.
+
+``ledger verify`` opens the ledger file directly (WAL lets it read beside a running
+daemon), so it also works when the node is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from agent.config.datadir import DataDir, atomic_write
+from agent.config.settings import load_node_config
+from agent.config.tokens import Scope, TokenStore
+from agent.errors import ConfigError, NodeNotRunningError
+from protocol.errors import EntraideError
+
+__all__ = ["forks_clear_command", "forks_list_command", "ledger_verify_command",
+           "query_command", "submit_command"]
+
+CLI_TOKEN_FILE = "cli.token"
+_TIMEOUT_S = 30.0
+
+
+class ApiError(EntraideError):
+    """The node answered with an error body; ``str()`` is its message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{message} (HTTP {status}, {code})")
+        self.status, self.code = status, code
+
+
+def api_base(data_dir: DataDir) -> str:
+    """The local API's base URL, from ``entraide.toml``."""
+    config = load_node_config(data_dir)
+    host = config.api.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{config.api.port}"
+
+
+def cli_token(data_dir: DataDir, explicit: str | None) -> str:
+    """The token to send: explicit, from the environment, or this CLI's own."""
+    if explicit:
+        return explicit
+    if os.environ.get("ENTRAIDE_TOKEN"):
+        return os.environ["ENTRAIDE_TOKEN"]
+    path = data_dir.root / CLI_TOKEN_FILE
+    store = TokenStore(data_dir)
+    if path.exists():
+        token = path.read_text().strip()
+        if store.authenticate(token) is not None:
+            return token
+    token = store.create(Scope.ADMIN, name=_free_name(store))
+    atomic_write(path, (token + "\n").encode(), mode=0o600)
+    return token
+
+
+def _free_name(store: TokenStore) -> str:
+    names = {r.name for r in store.records()}
+    n = 1
+    while f"cli-{n}" in names:
+        n += 1
+    return f"cli-{n}"
+
+
+def call_api(base: str, token: str, method: str, path: str, body: Any = None) -> Any:
+    """One JSON request to the node; returns the decoded body.
+
+    Raises:
+        NodeNotRunningError: nothing answers at ``base``.
+        ApiError: the node answered with an error.
+    """
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data=data, method=method, headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/json",
+        "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
+            return json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            error = json.loads(exc.read())["error"]
+            raise ApiError(exc.code, str(error["code"]), str(error["message"])) from exc
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(exc.code, "http_error", exc.reason) from exc
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        raise NodeNotRunningError(
+            f"no node answers at {base} (is 'entraide run' running?)") from exc
+
+
+def _client(argv_ns: argparse.Namespace, data_dir: Path) -> tuple[str, str]:
+    dd = DataDir(data_dir)
+    dd.require_node()
+    base = argv_ns.api or api_base(dd)
+    return base.rstrip("/"), cli_token(dd, argv_ns.token)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    _common_http(parser)
+
+
+def _common_http(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--token", help="API token (default: $ENTRAIDE_TOKEN or the CLI's own)")
+    parser.add_argument("--api", help="API base URL (default: from entraide.toml)")
+
+
+def _csv(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def submit_command(argv: list[str], data_dir: Path) -> int:
+    """``entraide submit --type T --value V [--tlp ...] [--to N,...]``."""
+    parser = argparse.ArgumentParser(prog="entraide submit",
+                                     description="Share one observation via the running node.")
+    parser.add_argument("--type", required=True, help="indicator type, e.g. ipv4-addr")
+    parser.add_argument("--value", required=True, help="indicator value")
+    parser.add_argument("--tlp", default="GREEN",
+                        help="CLEAR, GREEN (default), AMBER, AMBER+STRICT or RED")
+    parser.add_argument("--to", help="audience: peer names, comma-separated")
+    parser.add_argument("--confidence", type=int, help="0-100")
+    parser.add_argument("--severity", help="low, medium, high or critical")
+    parser.add_argument("--description", help="description in English")
+    parser.add_argument("--description-fr", help="description en français")
+    parser.add_argument("--tags", help="comma-separated tags")
+    parser.add_argument("--valid-until", help="RFC 3339 time, e.g. 2026-12-31T00:00:00Z")
+    _common(parser)
+    args = parser.parse_args(argv)
+    base, token = _client(args, data_dir)
+    body: dict[str, Any] = {"type": args.type, "value": args.value, "tlp": args.tlp.upper()}
+    if args.to:
+        body["audience"] = _csv(args.to)
+    if args.confidence is not None:
+        body["confidence"] = args.confidence
+    if args.severity:
+        body["severity"] = args.severity
+    description = {k: v for k, v in (("en", args.description), ("fr", args.description_fr)) if v}
+    if description:
+        body["description"] = description
+    if args.tags:
+        body["tags"] = _csv(args.tags)
+    if args.valid_until:
+        body["valid_until"] = args.valid_until
+    result = call_api(base, token, "POST", "/api/v1/observations", body)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['id']}  seq {result.get('seq', '?')}")
+    return 0
+
+
+def query_command(argv: list[str], data_dir: Path) -> int:
+    """``entraide query [--type T] [--value V] [--json]``."""
+    parser = argparse.ArgumentParser(prog="entraide query",
+                                     description="Search the observations this node can read.")
+    parser.add_argument("--type", help="indicator type")
+    parser.add_argument("--value", help="indicator value")
+    parser.add_argument("--origin", help="origin: peer name or ed25519 key")
+    parser.add_argument("--tlp", help="only this TLP")
+    parser.add_argument("--since", help="RFC 3339 time or ms since the epoch")
+    parser.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    parser.add_argument("--include-retracted", action="store_true")
+    _common(parser)
+    args = parser.parse_args(argv)
+    base, token = _client(args, data_dir)
+    params = {k: v for k, v in (("type", args.type), ("value", args.value),
+                                ("origin", args.origin), ("tlp", args.tlp),
+                                ("since", args.since), ("limit", str(args.limit))) if v}
+    if args.include_retracted:
+        params["include_retracted"] = "true"
+    result = call_api(base, token, "GET", "/api/v1/observations?" + urllib.parse.urlencode(params))
+    observations = result["observations"]
+    if args.json:
+        print(json.dumps(observations))
+        return 0
+    print(render_table(["origin", "seq", "tlp", "type", "value", "conf", "id"], [
+        [o.get("origin_name") or o["origin"][:16], str(o["seq"]), o["tlp"], o["type"], o["value"],
+         "" if o.get("confidence") is None else str(o["confidence"]), o["id"][:16]]
+        + (["retracted"] if o.get("retracted") else [])
+        for o in observations]))
+    if not observations:
+        print("(no observations)", file=sys.stderr)
+    return 0
+
+
+def render_table(header: list[str], rows: list[list[str]]) -> str:
+    """A plain aligned text table."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows if i < len(r)]) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        cells = [c.ljust(widths[i]) if i < len(widths) else c for i, c in enumerate(row)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def forks_list_command(argv: list[str], data_dir: Path) -> int:
+    """``entraide forks list [--json]``: every fork the node recorded, oldest first."""
+    parser = argparse.ArgumentParser(
+        prog="entraide forks list",
+        description="Show the forks this node recorded: origins that signed two different "
+                    "entries with the same seq. A fork not cleared quarantines its origin.")
+    _common(parser)
+    args = parser.parse_args(argv)
+    base, token = _client(args, data_dir)
+    forks = call_api(base, token, "GET", "/api/v1/forks")["forks"]
+    if args.json:
+        print(json.dumps(forks))
+        return 0
+    print(render_table(["origin", "seq", "detected", "state", "key"], [
+        [f.get("origin_name") or "?", str(f["seq"]), f["detected"],
+         "quarantined" if f["cleared"] is None else f"cleared {f['cleared']}", f["origin"]]
+        for f in forks]))
+    if not forks:
+        print("(no forks)", file=sys.stderr)
+    return 0
+
+
+def forks_clear_command(argv: list[str], data_dir: Path) -> int:
+    """``entraide forks clear ORIGIN``: accept a forked origin's entries again."""
+    parser = argparse.ArgumentParser(
+        prog="entraide forks clear",
+        description="Lift a forked origin's quarantine, once its admin has explained the "
+                    "fork. The proof stays as evidence.")
+    parser.add_argument("origin", metavar="ORIGIN", help="peer name or ed25519:<key>")
+    _common(parser)
+    args = parser.parse_args(argv)
+    base, token = _client(args, data_dir)
+    record = call_api(base, token, "POST",
+                      f"/api/v1/forks/{urllib.parse.quote(args.origin, safe=':')}/clear")
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(f"cleared: {record.get('origin_name') or record['origin']} (fork at seq "
+              f"{record['seq']}, detected {record['detected']}); its entries are accepted "
+              "again")
+    return 0
+
+
+def ledger_verify_command(argv: list[str], data_dir: Path) -> int:
+    """``entraide ledger verify [--json]``: re-check every signature and chain.
+
+    Asks the running node (which holds the ledger's lock) when there is one;
+    otherwise opens the ledger file itself.
+    """
+    parser = argparse.ArgumentParser(prog="entraide ledger verify",
+                                     description="Re-check every entry of the local ledger.")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--passphrase-env", default="ENTRAIDE_PASSPHRASE",
+                        help="variable holding the key passphrase, when the node is stopped "
+                             "and its key sealed (default ENTRAIDE_PASSPHRASE)")
+    _common_http(parser)
+    args = parser.parse_args(argv)
+    dd = DataDir(data_dir)
+    dd.require_node()
+    base = (args.api or api_base(dd)).rstrip("/")
+    try:
+        report = call_api(base, cli_token(dd, args.token), "GET", "/api/v1/ledger/verify")
+    except NodeNotRunningError:
+        report = asyncio.run(_verify_offline(dd, args.passphrase_env))
+    if args.json:
+        print(json.dumps(report))
+    elif report["ok"]:
+        print(f"ok: {report['entries']} entries from {report['origins']} origins verified")
+    else:
+        print(f"BROKEN: {report['problems'][0]['what']}", file=sys.stderr)
+    return 0 if report["ok"] else 1
+
+
+async def _verify_offline(dd: DataDir, passphrase_env: str) -> dict[str, Any]:
+    from agent.storage.ledger import Ledger
+
+    config = load_node_config(dd)
+    path = config.ledger_path(dd)
+    if not path.exists():
+        raise ConfigError(f"{path}: no ledger yet (the node has never run)")
+    passphrase = os.environ.get(passphrase_env, "").encode() or None
+    identity = dd.load_identity(passphrase)
+    ledger = await Ledger.open(path, identity=identity, is_trusted_origin=lambda _key: True)
+    try:
+        report = await ledger.verify()
+    finally:
+        await ledger.close()
+    return verify_report_json(report)
+
+
+def verify_report_json(report: Any) -> dict[str, Any]:
+    """The JSON shape of a ``VerifyReport`` (shared with the API)."""
+    return {
+        "ok": report.ok, "entries": report.entries, "origins": report.origins,
+        "fork_proofs": report.fork_proofs,
+        "problems": [{"origin": None if p.origin is None else p.origin.text, "seq": p.seq,
+                      "what": p.what} for p in report.problems],
+    }

@@ -1,0 +1,416 @@
+"""The ``entraide`` command line (docs/operations.md).
+
+Commands built here edit the data dir directly, whether or not the node runs (a
+running node notices changes to peers.toml and tokens.toml by itself)::
+
+    entraide init --name QC [...]     entraide id [--json]
+    entraide peers add|remove|list    entraide token create|list|revoke
+
+Commands built elsewhere are listed in :data:`EXTERNAL_COMMANDS` and imported only
+when run, so ``entraide id`` never pays for aiohttp. Their contract::
+
+    def run_command(argv: list[str], data_dir: pathlib.Path) -> int
+
+``argv`` holds the arguments after the command words (``--data-dir`` removed, it is
+resolved here, wherever it was given); the function parses them itself (with
+``prog="entraide <command>"``), may raise ``EntraideError`` or ``OSError`` (printed
+as one line, exit 1) and returns the exit status. Until the module exists the
+command prints "not yet available" and exits 2.
+
+Exit statuses: 0 success, 1 an expected error (one line on stderr, no traceback),
+2 bad usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from agent import __version__
+from agent.config.datadir import DataDir, passphrase_from_env, resolve_data_dir
+from agent.config.settings import (
+    NodeConfig,
+    PeerEntry,
+    TrustList,
+    create_node,
+    edit_trust_list,
+    load_node_config,
+    load_trust_list,
+    parse_node_config,
+)
+from agent.config.tokens import Scope, TokenStore
+from protocol.cards import PeerCard, encode_card, parse_card
+from protocol.errors import EntraideError
+from protocol.keys import Identity, PublicKey
+
+__all__ = ["EXTERNAL_COMMANDS", "build_parser", "main"]
+
+PROG = "entraide"
+
+EXTERNAL_COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("run",): ("agent.daemon:run_command", "run the node (the daemon)"),
+    ("submit",): ("agent.cli.client:submit_command", "share an observation via the running node"),
+    ("query",): ("agent.cli.client:query_command", "search observations on the running node"),
+    ("ledger", "verify"): (
+        "agent.cli.client:ledger_verify_command",
+        "re-check every signature and hash chain of the ledger",
+    ),
+    ("forks", "list"): ("agent.cli.client:forks_list_command",
+                        "show the forks recorded (origins that signed two entries at one seq)"),
+    ("forks", "clear"): ("agent.cli.client:forks_clear_command",
+                         "accept a forked origin's entries again (after talking to its admin)"),
+    ("demo",): ("agent.cli.demo:demo_command", "run a local federation, end to end"),
+    ("import", "misp"): ("agent.cli.misp:import_misp_command",
+                         "share a MISP event's indicators via the running node"),
+    ("export", "misp"): ("agent.cli.misp:export_misp_command",
+                         "write observations as MISP event JSON"),
+}
+"""Command words → (``module:function``, help). The lead wires the real functions."""
+
+_GROUP_HELP: dict[tuple[str, ...], str] = {("ledger",): "inspect the local ledger",
+                                           ("forks",): "forked origins (via the running node)"}
+
+Handler = Callable[[argparse.Namespace, DataDir], int]
+
+
+# --- commands ----------------------------------------------------------------------
+
+
+def _cmd_init(args: argparse.Namespace, data_dir: DataDir) -> int:
+    config = parse_node_config({
+        "name": args.name,
+        "jurisdiction": args.jurisdiction,
+        "api": {"port": args.api_port},
+        "peer": {"host": args.peer_host, "port": args.peer_port, "public_url": args.public_url},
+    })
+    passphrase = passphrase_from_env(args.passphrase_env) if args.passphrase_env else None
+    identity = Identity(os.urandom(Identity.SEED_SIZE))
+    create_node(data_dir, config, identity, passphrase)
+    info = _identity_info(config, identity.public_key.text, identity.public_key.fingerprint)
+    if args.json:
+        _print_json({**info, "data_dir": str(data_dir.root)})
+        return 0
+    sealed = " (sealed with the passphrase)" if passphrase else ""
+    print(f"Initialised node {config.name} in {data_dir.root}{sealed}")
+    _print_identity(info)
+    print(
+        "\nNext: give your card to the other admins, add theirs with "
+        "'entraide peers add --card CARD',\ncreate an API token with "
+        "'entraide token create --scope admin', then start the node with 'entraide run'."
+    )
+    return 0
+
+
+def _cmd_id(args: argparse.Namespace, data_dir: DataDir) -> int:
+    data_dir.require_node()
+    config = load_node_config(data_dir)
+    if args.passphrase_env:
+        key = data_dir.load_identity(passphrase_from_env(args.passphrase_env)).public_key
+    elif not data_dir.key_is_sealed():
+        key = data_dir.load_identity().public_key
+    else:
+        key = data_dir.public_key()
+    info = _identity_info(config, key.text, key.fingerprint)
+    if args.json:
+        _print_json(info)
+        return 0
+    _print_identity(info)
+    if config.peer.public_url is None:
+        print(
+            "\nnote: no [peer] public_url in entraide.toml; peers on other hosts need one "
+            "(entraide init --public-url, or edit the file)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _cmd_peers_add(args: argparse.Namespace, data_dir: DataDir) -> int:
+    data_dir.require_node()
+    if args.card is not None:
+        if args.name is not None or args.key is not None or args.url is not None:
+            raise _UsageError("give either --card, or --name and --key (with --url)")
+        entry = PeerEntry.from_card(parse_card(args.card), args.jurisdiction)
+    else:
+        if args.name is None or args.key is None:
+            raise _UsageError("peers add needs --card CARD, or --name NAME and --key KEY")
+        entry = PeerEntry.build(
+            name=args.name, key=args.key, url=args.url, jurisdiction=args.jurisdiction
+        )
+    config = load_node_config(data_dir)
+    own_key = data_dir.public_key()
+    edit_trust_list(
+        data_dir,
+        lambda trust: trust.with_peer(entry, own_key=own_key, own_name=config.name),
+        own_key=own_key,
+        own_name=config.name,
+    )
+    if args.json:
+        _print_json(_peer_json(entry))
+        return 0
+    where = f" ({entry.jurisdiction})" if entry.jurisdiction else ""
+    print(f"Added peer {entry.name}{where}")
+    print(f"  fingerprint  {entry.key.fingerprint}   <- confirm it with {entry.name}'s admin")
+    print(f"  url          {entry.url or '(none: trusted as an author, not dialled)'}")
+    return 0
+
+
+def _cmd_peers_remove(args: argparse.Namespace, data_dir: DataDir) -> int:
+    data_dir.require_node()
+    edit_trust_list(data_dir, lambda trust: trust.without(args.name))
+    print(f"Removed peer {args.name}; a running node ends its sessions and refuses its "
+          "later entries")
+    return 0
+
+
+def _cmd_peers_list(args: argparse.Namespace, data_dir: DataDir) -> int:
+    data_dir.require_node()
+    trust: TrustList = load_trust_list(data_dir)
+    if args.json:
+        _print_json({"peers": [_peer_json(p) for p in trust]})
+        return 0
+    if not len(trust):
+        print("No peers yet: add one with 'entraide peers add --card CARD'")
+        return 0
+    rows = [("NAME", "JURISDICTION", "FINGERPRINT", "URL")]
+    rows += [(p.name, p.jurisdiction or "-", p.key.fingerprint, p.url or "-") for p in trust]
+    _print_table(rows)
+    return 0
+
+
+def _cmd_token_create(args: argparse.Namespace, data_dir: DataDir) -> int:
+    data_dir.require_node()
+    store = TokenStore(data_dir)
+    token = store.create(Scope(args.scope), args.name)
+    record = store.authenticate(token)
+    if record is None:  # the file changed under us between create and read
+        raise EntraideError("the new token could not be read back from tokens.toml")
+    if args.json:
+        _print_json({"token": token, **record.to_json()})
+        return 0
+    print(token)
+    print(f"token {record.name!r} (scope {record.scope}) created; it is shown only this once",
+          file=sys.stderr)
+    return 0
+
+
+def _cmd_token_list(args: argparse.Namespace, data_dir: DataDir) -> int:
+    data_dir.require_node()
+    records = TokenStore(data_dir).records()
+    if args.json:
+        _print_json({"tokens": [r.to_json() for r in records]})
+        return 0
+    if not records:
+        print("No API tokens yet: create one with 'entraide token create --scope read'")
+        return 0
+    _print_table([("NAME", "SCOPE", "CREATED")]
+                 + [(r.name, str(r.scope), r.to_json()["created"]) for r in records])
+    return 0
+
+
+def _cmd_token_revoke(args: argparse.Namespace, data_dir: DataDir) -> int:
+    data_dir.require_node()
+    record = TokenStore(data_dir).revoke(args.name)
+    print(f"Revoked token {record.name} (scope {record.scope})")
+    return 0
+
+
+def _external(words: tuple[str, ...]) -> Callable[[list[str], DataDir], int]:
+    target, _ = EXTERNAL_COMMANDS[words]
+
+    def run(argv: list[str], data_dir: DataDir) -> int:
+        module_name, _, func_name = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise  # the module exists but something it imports is missing
+            module = None
+        func = getattr(module, func_name, None)
+        if func is None:
+            print(f"{PROG}: '{' '.join(words)}' is not yet available", file=sys.stderr)
+            return 2
+        status = func(argv, data_dir.root)
+        return int(status or 0)
+
+    return run
+
+
+# --- parser ------------------------------------------------------------------------
+
+
+class _UsageError(Exception):
+    """Bad combination of options: reported like argparse does (exit 2)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``entraide`` parser. ``--data-dir`` is accepted before or after
+    the command words."""
+    # Subcommands get --data-dir with SUPPRESS so an absent one does not overwrite
+    # a value given before the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=argparse.SUPPRESS, metavar="DIR",
+                        help="node data dir (default: $ENTRAIDE_HOME, else ./entraide-data)")
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", help="print JSON")
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, allow_abbrev=False,
+        description="Entraide: federated threat-intelligence sharing between jurisdictions.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="node data dir (default: $ENTRAIDE_HOME, else ./entraide-data)")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
+
+    def sub(group: Any, name: str, help_text: str, handler: Handler | None,
+            parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = group.add_parser(
+            name, help=help_text, description=help_text, allow_abbrev=False,
+            parents=[common, *parents],
+        )
+        if handler is not None:
+            p.set_defaults(handler=handler)
+        return p
+
+    p = sub(commands, "init", "create a node: key pair, entraide.toml, empty trust list",
+            _cmd_init, [json_flag])
+    p.add_argument("--name", required=True, help="this node's peer name (e.g. QC)")
+    p.add_argument("--jurisdiction", help='human name, e.g. "Québec"')
+    p.add_argument("--api-port", type=int, default=8470, metavar="PORT")
+    p.add_argument("--peer-port", type=int, default=8471, metavar="PORT")
+    p.add_argument("--peer-host", default="0.0.0.0", metavar="HOST")
+    p.add_argument("--public-url", metavar="URL",
+                   help="base URL peers dial (http/https); it goes on the peer card")
+    p.add_argument("--passphrase-env", metavar="VAR",
+                   help="seal node.key with the passphrase held in this environment variable")
+
+    p = sub(commands, "id", "print this node's peer card and fingerprint", _cmd_id, [json_flag])
+    p.add_argument("--passphrase-env", metavar="VAR",
+                   help="also open a sealed node.key with this variable's passphrase")
+
+    peers = sub(commands, "peers", "edit the trust list (peers.toml)", None)
+    peer_cmds = peers.add_subparsers(metavar="ACTION", dest="action", required=True)
+    p = sub(peer_cmds, "add", "trust a peer, from its card or its name and key",
+            _cmd_peers_add, [json_flag])
+    p.add_argument("--card", help="the peer's card (entraide1....)")
+    p.add_argument("--name")
+    p.add_argument("--key", help="ed25519:<base64url>")
+    p.add_argument("--url", help="base URL to dial (omit: trusted as author, not dialled)")
+    p.add_argument("--jurisdiction")
+    p = sub(peer_cmds, "remove", "stop trusting a peer", _cmd_peers_remove)
+    p.add_argument("name", metavar="NAME")
+    sub(peer_cmds, "list", "show the trust list", _cmd_peers_list, [json_flag])
+
+    token = sub(commands, "token", "manage local API tokens (tokens.toml)", None)
+    token_cmds = token.add_subparsers(metavar="ACTION", dest="action", required=True)
+    p = sub(token_cmds, "create", "create a bearer token (printed once)",
+            _cmd_token_create, [json_flag])
+    p.add_argument("--scope", required=True, choices=[s.value for s in Scope])
+    p.add_argument("--name", help="a label to find and revoke it by (default <scope>-<n>)")
+    sub(token_cmds, "list", "show tokens (names and scopes, never the tokens)",
+        _cmd_token_list, [json_flag])
+    p = sub(token_cmds, "revoke", "delete a token", _cmd_token_revoke)
+    p.add_argument("name", metavar="NAME")
+
+    groups: dict[tuple[str, ...], Any] = {(): commands}
+    for words, (_, help_text) in EXTERNAL_COMMANDS.items():
+        for depth in range(1, len(words)):
+            prefix = words[:depth]
+            if prefix not in groups:
+                group_help = _GROUP_HELP.get(prefix, " ".join(prefix) + " commands")
+                holder = sub(groups[prefix[:-1]], prefix[-1], group_help, None)
+                groups[prefix] = holder.add_subparsers(
+                    metavar="ACTION", dest=f"action{depth}", required=True
+                )
+        ext = groups[words[:-1]].add_parser(
+            words[-1], help=help_text, add_help=False, allow_abbrev=False, parents=[common]
+        )
+        ext.set_defaults(external=_external(words))
+    return parser
+
+
+# --- entry point -------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return the exit status (never raises SystemExit)."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(args_list)
+        external = getattr(args, "external", None)
+        handler: Handler | None = getattr(args, "handler", None)
+        if external is None and extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if external is None and handler is None:
+            parser.print_help(sys.stderr)
+            return 2
+    except SystemExit as exc:  # argparse: --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else 2
+    data_dir = DataDir(resolve_data_dir(args.data_dir))
+    try:
+        if external is not None:
+            return int(external(extra, data_dir))
+        assert handler is not None
+        return handler(args, data_dir)
+    except _UsageError as exc:
+        _error(str(exc))
+        return 2
+    except EntraideError as exc:
+        _error(str(exc) or type(exc).__name__)
+        return 1
+    except OSError as exc:
+        _error(_os_message(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# --- output helpers ----------------------------------------------------------------
+
+
+def _identity_info(config: NodeConfig, key_text: str, fingerprint: str) -> dict[str, str]:
+    card = encode_card(PeerCard(config.name, PublicKey.from_text(key_text), config.peer_url))
+    return {"name": config.name, "key": key_text, "fingerprint": fingerprint,
+            "card": card, "peer_url": config.peer_url}
+
+
+def _print_identity(info: dict[str, str]) -> None:
+    _print_table([
+        ("name", info["name"]), ("key", info["key"]), ("fingerprint", info["fingerprint"]),
+        ("peer url", info["peer_url"]), ("card", info["card"]),
+    ])
+
+
+def _peer_json(entry: PeerEntry) -> dict[str, Any]:
+    return {**entry.model_dump(mode="json"), "fingerprint": entry.key.fingerprint}
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]).rstrip())
+
+
+def _error(message: str) -> None:
+    # One line, whatever the message holds (a TOML error can span lines).
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+
+
+def _os_message(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

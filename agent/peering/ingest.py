@@ -1,0 +1,238 @@
+"""The replicator's ingest pipeline: entries the engine hands over, checked and stored.
+
+Two stages, in the order the engine handed the batches (docs/parts/transport.md):
+
+1. *check*: each batch is verified (signatures, encoding) and its clear payloads
+   decoded into index records, by a worker process for large batches
+   (agent/workers/verify.py) or a thread for small ones; up to ``verify_ahead``
+   batches are being checked ahead of the one being stored;
+2. *store*: checked batches go to the ledger, which checks each entry's chain position
+   and stores it in one transaction. Batches already checked when the previous
+   transaction ends are stored together (up to ``store_max_entries``): a transaction
+   costs less per entry the more it holds, and this only happens when the store
+   stage is behind. The engine then gets one report per batch, in order.
+
+Invariants:
+- No entry reaches the ledger before ``verify_entry`` accepted its bytes; the ledger
+  refuses what is out of chain order; only what the ledger stored is reported stored
+  (and so relayed by the engine).
+- Memory is bounded: entries handed and not yet stored are counted (entries and
+  bytes); over either cap, :attr:`room` is cleared and the replicator's readers pause,
+  so TCP pushes back on the senders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from agent.workers.verify import Checked, VerifyWorker
+from protocol.entries import ForkProof, VerifiedEntry
+from protocol.errors import EntraideError
+from protocol.gossip import EntriesReceived
+
+__all__ = ["IngestLimits", "IngestPipeline", "Report", "split_stored"]
+
+log = logging.getLogger("agent.peering.transport")
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    max_entries: int = 8192
+    """Entries handed and not yet stored, before readers pause."""
+    max_bytes: int = 32 << 20
+    verify_ahead: int = 8
+    """Batches being checked ahead of the one being stored."""
+    store_max_entries: int = 2048
+    """Most entries in one ledger transaction (batches checked meanwhile are merged)."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """What the ledger did with one engine batch (``GossipEngine.entries_stored``)."""
+
+    batch: int
+    stored: tuple[VerifiedEntry, ...]
+    duplicates: int
+    invalid: tuple[bytes, ...]
+    forks: tuple[ForkProof, ...]
+
+
+class _IngestingLedger(Protocol):
+    async def ingest(self, entries: list[VerifiedEntry], *,
+                     records: dict[bytes, Any] | None = ...) -> Any: ...
+
+
+def split_stored(batches: Sequence[Sequence[bytes]], stored: Sequence[VerifiedEntry]
+                 ) -> list[list[VerifiedEntry]]:
+    """Cut the entries one transaction stored into one report per batch, in order.
+
+    Each report must continue every origin's chain from where the previous report
+    left it (the engine checks that). The entries of an origin are taken in the order
+    stored, up to the last one that came in this batch or an earlier one; an entry
+    stored from the ledger's ahead-of-gap buffer (in no batch) goes with the report
+    that reaches past it, or the last one.
+    """
+    owner: dict[bytes, int] = {}
+    for index, raws in enumerate(batches):
+        for raw in raws:
+            owner.setdefault(raw, index)
+    by_origin: dict[bytes, list[tuple[VerifiedEntry, int]]] = {}
+    for entry in stored:
+        by_origin.setdefault(entry.origin.raw, []).append(
+            (entry, owner.get(entry.raw, len(batches))))
+    out: list[list[VerifiedEntry]] = [[] for _ in batches]
+    last = len(batches) - 1
+    for chain in by_origin.values():
+        # The report of each entry: the least owner at or after it in the chain.
+        report = last
+        cuts: list[int] = []
+        for _, own in reversed(chain):
+            report = min(report, own)
+            cuts.append(report)
+        for (entry, _), index in zip(chain, reversed(cuts), strict=True):
+            out[index].append(entry)
+    return out
+
+
+class IngestPipeline:
+    """Checks and stores what the engine hands over; see the module docstring.
+
+    Args:
+        ledger: where entries are stored (``Ledger.ingest``).
+        checkers: the verify workers (batches go to the least busy one).
+        report: called with each batch's :class:`Report`, in the engine's order.
+        limits: the caps.
+    """
+
+    def __init__(self, ledger: _IngestingLedger, checkers: Sequence[VerifyWorker],
+                 report: Callable[[Report], None], limits: IngestLimits) -> None:
+        self._ledger = ledger
+        self._checkers = list(checkers)
+        self._report = report
+        self.limits = limits
+        self._pending: deque[EntriesReceived] = deque()
+        self.pending_entries = 0
+        self._pending_bytes = 0
+        self._wake = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+        self._checked: deque[tuple[EntriesReceived, asyncio.Future[Checked]]] = deque()
+        self._checked_wake = asyncio.Event()
+        self._checked_room = asyncio.Event()
+        self.transactions = 0  # ledger transactions (ingest calls), for diagnostics
+
+    def add(self, event: EntriesReceived) -> None:
+        """Take a batch from the engine (readers pause once over the caps)."""
+        self._pending.append(event)
+        self.pending_entries += len(event.raws)
+        self._pending_bytes += sum(len(r) for r in event.raws)
+        self._update_room()
+        self._wake.set()
+
+    def _update_room(self) -> None:
+        if (self.pending_entries < self.limits.max_entries
+                and self._pending_bytes < self.limits.max_bytes):
+            self.room.set()
+        else:
+            self.room.clear()
+
+    def _done(self, event: EntriesReceived) -> None:
+        self.pending_entries -= len(event.raws)
+        self._pending_bytes -= sum(len(r) for r in event.raws)
+        self._update_room()
+
+    async def check_stage(self) -> None:
+        """Start checking each handed batch, in order (runs until cancelled)."""
+        while True:
+            while not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+            while len(self._checked) >= self.limits.verify_ahead:
+                self._checked_room.clear()
+                await self._checked_room.wait()
+            event = self._pending.popleft()
+            checker = min(self._checkers, key=lambda c: c.in_flight)
+            self._checked.append((event, asyncio.ensure_future(checker.check(event.raws))))
+            self._checked_wake.set()
+
+    async def store_stage(self) -> None:
+        """Store checked batches in order, with those already checked behind the first
+        (runs until cancelled)."""
+        while True:
+            while not self._checked:
+                self._checked_wake.clear()
+                await self._checked_wake.wait()
+            await asyncio.wait([self._checked[0][1]])
+            group = [self._checked.popleft()]
+            size = len(group[0][0].raws)
+            while (self._checked and self._checked[0][1].done()
+                   and size + len(self._checked[0][0].raws) <= self.limits.store_max_entries):
+                group.append(self._checked.popleft())
+                size += len(group[-1][0].raws)
+            self._checked_room.set()
+            try:
+                await self._store([event for event, _ in group],
+                                  [_result(future) for _, future in group])
+            finally:
+                for event, _ in group:
+                    self._done(event)
+
+    async def _store(self, events: list[EntriesReceived], checked: list[Checked | None]
+                     ) -> None:
+        verified: list[VerifiedEntry] = []
+        records: dict[bytes, Any] = {}
+        invalid: list[tuple[bytes, ...]] = []
+        for event, result in zip(events, checked, strict=True):
+            if result is None:  # not checked: reported as not stored, asked for again
+                invalid.append(())
+                continue
+            verified.extend(e for e in result.entries if e is not None)
+            records.update(result.records)
+            invalid.append(tuple(raw for raw, e in zip(event.raws, result.entries,
+                                                       strict=True) if e is None))
+        stored: Sequence[VerifiedEntry] = ()
+        duplicates = 0
+        forks: tuple[ForkProof, ...] = ()
+        if verified:
+            try:
+                self.transactions += 1
+                result = await self._ledger.ingest(verified, records=records)
+            except EntraideError as exc:
+                # Nothing is stored; the engine rolls the batches back and asks again.
+                log.error("ledger ingest failed (%d entries): %s", len(verified), exc)
+            else:
+                stored, duplicates, forks = (result.new_entries, result.duplicates,
+                                             result.fork_proofs)
+                if result.refused and log.isEnabledFor(logging.DEBUG):
+                    log.debug("ledger refused %d entries: %s", result.refused,
+                              [r.reason for r in result.refusals[:3]])
+        for proof in forks:
+            log.warning("fork detected for origin %s at seq %d: origin quarantined",
+                        proof.origin.text, proof.seq)
+        parts = (split_stored([e.raws for e in events], stored) if len(events) > 1
+                 else [list(stored)])
+        last = len(events) - 1
+        for i, (event, part) in enumerate(zip(events, parts, strict=True)):
+            self._report(Report(event.batch, tuple(part), duplicates if i == last else 0,
+                                invalid[i], forks if i == last else ()))
+
+    def cancel_checks(self) -> None:
+        """Cancel the checks of batches never stored (the pipeline is stopping)."""
+        while self._checked:
+            self._checked.popleft()[1].cancel()
+
+
+def _result(future: asyncio.Future[Checked]) -> Checked | None:
+    """A check's result; None (logged) if it failed, which is a bug, not a bad peer."""
+    if future.cancelled():
+        return None
+    exc = future.exception()
+    if exc is not None:
+        log.error("checking a batch failed", exc_info=exc)
+        return None
+    return future.result()

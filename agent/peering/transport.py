@@ -1,0 +1,95 @@
+"""Peer transport: the WebSocket listener and dialer that replicate the ledger.
+
+The pieces live in three modules (docs/parts/transport.md):
+
+- :mod:`agent.peering.links`: one link = one WebSocket carrying one session; handshake under
+  a deadline, the writer task, the one-session-per-pair registry;
+- :mod:`agent.peering.dialer`: exponential backoff with jitter, one dial loop per peer;
+- :mod:`agent.peering.replicator`: :class:`Replicator`, the asyncio adapter of the gossip
+  engine against the ledger.
+
+This module re-exports the public names and builds the replicator for a
+:class:`agent.node.node.Node` (:func:`replication_factory`) and its listener
+(:func:`start_peer_listener`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from agent.peering.dialer import PEER_PATH, Backoff, peer_endpoint
+from agent.peering.replicator import (
+    PeerCounters,
+    PeerStatus,
+    Replicator,
+    TransportParams,
+    TrustedPeer,
+    gossip_params,
+)
+
+if TYPE_CHECKING:
+    from agent.node.node import Node
+
+__all__ = [
+    "PEER_PATH",
+    "Backoff",
+    "PeerCounters",
+    "PeerStatus",
+    "Replicator",
+    "TransportParams",
+    "TrustedPeer",
+    "gossip_params",
+    "peer_endpoint",
+    "replication_factory",
+    "start_peer_listener",
+]
+
+
+def replication_factory(
+    transport: TransportParams | None = None,
+    *,
+    randbytes: Callable[[int], bytes] = os.urandom,
+) -> Callable[[Node], Replicator]:
+    """A ``Node(replication=...)`` factory: a :class:`Replicator` over the started
+    node's identity, ledger, live trust list and ``[gossip]`` config.
+
+    Without ``transport``, the defaults, with the verify worker process started with
+    the node (a daemon's first catch-up comes right after it starts)."""
+    if transport is None:
+        transport = TransportParams(verify_process_eager=True)
+
+    def build(node: Node) -> Replicator:
+        return Replicator(node.identity, lambda: node.trust, node.ledger, node.config.gossip,
+                          transport=transport, randbytes=randbytes)
+
+    return build
+
+
+async def start_peer_listener(replicator: Replicator, host: str, port: int,
+                              *, shutdown_timeout: float = 2.0) -> tuple[web.AppRunner, int]:
+    """Serve ``replicator.peer_app()`` on ``host:port`` (port 0: any free port).
+
+    Returns the runner (``await runner.cleanup()`` after ``replicator.stop()``) and the
+    port actually bound.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    runner = web.AppRunner(replicator.peer_app(), handle_signals=False,
+                           shutdown_timeout=shutdown_timeout, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = port
+    for address in runner.addresses:  # (host, port, ...) of each bound socket
+        bound = int(address[1])
+        break
+    return runner, bound

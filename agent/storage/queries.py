@@ -1,0 +1,591 @@
+"""Query tables: what this node may read, decoded and indexed for the local API.
+
+The ledger (agent/storage/ledger.py) calls :func:`build_record` for every entry whose payload
+it can read (plaintext CLEAR/GREEN, or an envelope sealed to this node) and writes the
+record in the same transaction as the entry. :class:`QueryReader` answers the API's
+reads from those tables on the ledger's read-only connection.
+
+Invariants:
+- Only entries this node can read have rows here; an AMBER/RED entry not addressed to
+  this node is in ``entries`` (replicated, verifiable) and nowhere else.
+- Rows are never deleted: a retraction sets ``retracted = 1`` on the items of *its own*
+  origin that it names; a retraction naming another origin's entry changes nothing.
+- ``obs_no`` (and ``sighting_no``, ``item_no``) only grow, so a cursor holding the last
+  one returned gives stable keyset paging: rows inserted while a client pages through
+  never make it see a row twice or skip one that existed when it started.
+- Returned observations are plain dicts shaped like docs/design's JSON; ``origin`` is
+  the key text; ``origin_name`` is for the API layer to add from the trust list.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import struct
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiosqlite
+
+from agent.errors import InvalidCursorError
+from agent.jsoncodec import dumps, loads
+from protocol.entries import TLP
+from protocol.errors import EncodingError, KeyFormatError, PayloadError
+from protocol.indicators import IndicatorType, normalise_indicator
+from protocol.keys import PublicKey, b64url_decode, b64url_encode
+from protocol.payloads import Observation, Payload, Retraction, Sighting
+
+__all__ = [
+    "DEFAULT_PAGE",
+    "MAX_PAGE",
+    "IndexRecord",
+    "Page",
+    "QueryReader",
+    "build_record",
+    "canonical_indicator",
+    "decode_cursor",
+    "encode_cursor",
+    "format_ms",
+    "indicator_aggregated",
+    "indicator_bounded",
+    "with_names",
+]
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+MAX_INDICATOR_OBSERVATIONS = 1000
+FAST_ROWS = 32
+"""Most rows an indicator lookup reads on the event loop (more: the reader thread)."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+# --- cursors ----------------------------------------------------------------------
+
+# A cursor is base64url(tag || u64 big-endian row number). The tag keeps a cursor of one
+# list from being replayed on another. Forging one only moves the caller's own window,
+# so strict validation is enough: no MAC.
+_CURSOR = struct.Struct(">cQ")
+_TAGS = {"observation": b"o", "sighting": b"s", "item": b"i"}
+
+
+def encode_cursor(kind: str, row: int) -> str:
+    """The opaque cursor after ``row`` in the ``kind`` list (observation, sighting, item)."""
+    return b64url_encode(_CURSOR.pack(_TAGS[kind], row))
+
+
+def decode_cursor(kind: str, text: str) -> int:
+    """The row number inside a cursor issued by :func:`encode_cursor` for ``kind``.
+
+    Raises:
+        InvalidCursorError: not a cursor of this list (bad text, size, tag or range).
+    """
+    if not isinstance(text, str) or len(text) != 12:
+        raise InvalidCursorError("invalid cursor")
+    try:
+        tag, row = _CURSOR.unpack(b64url_decode(text))
+    except (KeyFormatError, struct.error) as exc:
+        raise InvalidCursorError("invalid cursor") from exc
+    if tag != _TAGS[kind] or row >= 1 << 62:
+        raise InvalidCursorError(f"invalid cursor for the {kind} list")
+    return int(row)
+
+
+_TIME_CURSOR = struct.Struct(">cqQ")
+
+
+def encode_time_cursor(ts: int, row: int) -> str:
+    """The cursor after (ts, obs_no) in an observation list ordered by time."""
+    return b64url_encode(_TIME_CURSOR.pack(b"t", ts, row))
+
+
+def decode_time_cursor(text: str) -> tuple[int, int]:
+    """(ts, obs_no) inside a cursor from :func:`encode_time_cursor`.
+
+    Raises:
+        InvalidCursorError: not such a cursor.
+    """
+    if not isinstance(text, str) or len(text) != 23:
+        raise InvalidCursorError("invalid cursor for a list ordered by time")
+    try:
+        tag, ts, row = _TIME_CURSOR.unpack(b64url_decode(text))
+    except (KeyFormatError, struct.error) as exc:
+        raise InvalidCursorError("invalid cursor") from exc
+    if tag != b"t" or row >= 1 << 62:
+        raise InvalidCursorError("invalid cursor for a list ordered by time")
+    return int(ts), int(row)
+
+
+def format_ms(ms: int) -> str:
+    """RFC 3339 UTC text of a ms timestamp, as the payloads write datetimes.
+
+    From ``time.gmtime``: a tenth of the cost of a datetime and ``strftime``, and a
+    lookup writes two of these.
+    """
+    seconds, milli = divmod(ms, 1000)
+    t = time.gmtime(seconds)
+    text = f"{t[0]:04d}-{t[1]:02d}-{t[2]:02d}T{t[3]:02d}:{t[4]:02d}:{t[5]:02d}"
+    if milli:
+        text += f".{milli:03d}".rstrip("0")
+    return text + "Z"
+
+
+def _to_ms(value: datetime) -> int:
+    return (value - _EPOCH) // _MS
+
+
+# --- records (write side) ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IndexRecord:
+    """The query-table row(s) one readable entry contributes.
+
+    ``fields`` is the payload's JSON dump without ``kind``; ``doc`` is its JSON text.
+    ``fields`` None: not kept (records from the verify worker); ``loads(doc)`` gives it.
+    """
+
+    kind: str
+    fields: dict[str, Any] | None = field(repr=False)
+    doc: str = field(repr=False)
+    type: str | None = None
+    value: str | None = None
+    first_seen: int = 0
+    last_seen: int = 0
+    target: bytes | None = None
+
+
+def build_record(payload: Payload, ts: int,
+                 dumped: dict[str, Any] | None = None) -> IndexRecord:
+    """The index record of a decoded payload carried by an entry stamped ``ts`` (ms).
+
+    ``dumped``: ``payload.model_dump(mode="json")`` when the caller already has it
+    (``encode_payload_with_fields``); it is taken over, not copied.
+    """
+    fields = payload.model_dump(mode="json") if dumped is None else dumped
+    del fields["kind"]
+    doc = dumps(fields)
+    if isinstance(payload, Observation):
+        first = _to_ms(payload.first_seen) if payload.first_seen else ts
+        last = _to_ms(payload.last_seen) if payload.last_seen else max(first, ts)
+        return IndexRecord("observation", fields, doc, payload.type.value, payload.value,
+                           first, last)
+    if isinstance(payload, Sighting | Retraction):
+        return IndexRecord(payload.kind, fields, doc, target=bytes.fromhex(payload.of))
+    return IndexRecord(payload.kind, fields, doc)
+
+
+def observation_dict(entry_id: str, origin: str, seq: int, ts: int, tlp: str,
+                     retracted: bool, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """An observation as the API returns it (without ``origin_name``)."""
+    result: dict[str, Any] = {"id": entry_id}
+    result.update(fields)
+    result.update(origin=origin, seq=seq, ts=ts, tlp=tlp, retracted=retracted)
+    return result
+
+
+# --- reads ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list: the rows, and the cursor of the next page (None at the end)."""
+
+    items: list[dict[str, Any]]
+    next: str | None
+
+
+OriginIdOf = Callable[[PublicKey], int | None]
+
+# The entry's id and seq are copies on the observation row (schema version 2), so no
+# ``entries`` row is read.
+_OBS_SELECT = "o.obs_no, o.hash, g.key, o.seq, o.ts, o.tlp, o.retracted, o.doc"
+_OBS_FROM = "FROM observations o JOIN origins g ON g.origin_id = o.origin_id"
+_OBS_COLUMNS = f"{_OBS_SELECT} {_OBS_FROM}"
+_ALL_TYPES = tuple(t.value for t in IndicatorType)
+
+
+@functools.lru_cache(maxsize=4096)
+def key_text(raw: bytes) -> str:
+    """``ed25519:...`` text of a stored origin key (checked once, then cached)."""
+    return PublicKey(raw).text
+
+
+def _observation_row(row: Sequence[Any]) -> dict[str, Any]:
+    return observation_dict(row[1].hex(), key_text(row[2]), row[3], row[4], row[5],
+                            bool(row[6]), loads(row[7]))
+
+
+def _limit(limit: int) -> int:
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
+        raise EncodingError(f"limit must be between 1 and {MAX_PAGE}")
+    return limit
+
+
+def _check_type(type: str) -> str:
+    if type not in _ALL_TYPES:
+        raise PayloadError(f"unknown indicator type {type!r}")
+    return type
+
+
+def canonical_indicator(type: str, value: str) -> tuple[str, str]:
+    """Canonical (type, value); raises PayloadError for an unknown type or a bad value."""
+    type = _check_type(type)
+    return type, normalise_indicator(type, value)
+
+
+_AGGREGATES_SQL = ("SELECT count(*), min(o.first_seen), max(o.last_seen) FROM observations o "
+                   "WHERE o.type = ? AND o.value = ?")
+_ORIGINS_SQL = ("SELECT g.key, min(o.obs_no) AS first FROM observations o "
+                "JOIN origins g ON g.origin_id = o.origin_id "
+                "WHERE o.type = ? AND o.value = ?{live} GROUP BY g.key ORDER BY first")
+_ROWS_SQL = (f"SELECT {_OBS_SELECT}, o.first_seen, o.last_seen {_OBS_FROM} "
+             "WHERE o.type = ? AND o.value = ?{live} ORDER BY o.obs_no DESC LIMIT ?")
+
+
+def indicator_bounded(conn: sqlite3.Connection, type: str, value: str,
+                      include_retracted: bool, limit: int,
+                      max_rows: int) -> dict[str, Any] | None:
+    """An indicator lookup (see :meth:`QueryReader.indicator`) in one statement on
+    ``conn``, for a canonical ``type`` and ``value``; None when the indicator has more
+    than ``max_rows`` rows (then :func:`indicator_aggregated`).
+
+    The aggregates are computed from the same rows the aggregated statements read, so
+    both answer alike.
+    """
+    live = "" if include_retracted else " AND o.retracted = 0"
+    rows = conn.execute(_ROWS_SQL.format(live=live), (type, value, max_rows + 1)).fetchall()
+    if len(rows) > max_rows:
+        return None
+    origins: dict[bytes, None] = {}
+    for row in reversed(rows):  # oldest first: each origin where it first appears
+        origins.setdefault(row[2])
+    return {
+        "type": type,
+        "value": value,
+        "observations": [_observation_row(r) for r in rows[:limit]],
+        "count": len(rows),
+        "origins": [key_text(k) for k in origins],
+        "first_seen": format_ms(min(r[8] for r in rows)) if rows else None,
+        "last_seen": format_ms(max(r[9] for r in rows)) if rows else None,
+    }
+
+
+def indicator_aggregated(conn: sqlite3.Connection, type: str, value: str,
+                         include_retracted: bool, limit: int) -> dict[str, Any]:
+    """The lookup of an indicator with any number of rows, on ``conn``: aggregates in
+    SQL, and the newest ``limit`` observations."""
+    live = "" if include_retracted else " AND o.retracted = 0"
+    agg = conn.execute(_AGGREGATES_SQL + live, (type, value)).fetchone()
+    origins = conn.execute(_ORIGINS_SQL.format(live=live), (type, value)).fetchall()
+    rows = conn.execute(_ROWS_SQL.format(live=live), (type, value, limit)).fetchall()
+    return _aggregated(type, value, [_observation_row(r) for r in rows], agg, origins)
+
+
+def _aggregated(type: str, value: str, items: list[dict[str, Any]], agg: Sequence[Any],
+                origins: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    count, first, last = agg
+    return {
+        "type": type,
+        "value": value,
+        "observations": items,
+        "count": int(count),
+        "origins": [key_text(r[0]) for r in origins],
+        "first_seen": None if first is None else format_ms(first),
+        "last_seen": None if last is None else format_ms(last),
+    }
+
+
+def with_names(found: dict[str, Any], name_of: Callable[[str], str | None]
+               ) -> dict[str, Any]:
+    """A lookup's answer as the API gives it (in place): ``origins`` as names where
+    ``name_of`` knows them, the keys in ``origin_keys``, ``origin_name`` on each
+    observation."""
+    found["origin_keys"] = list(found["origins"])
+    found["origins"] = [name_of(k) or k for k in found["origins"]]
+    for item in found["observations"]:
+        item["origin_name"] = name_of(item["origin"])
+    return found
+
+
+class QueryReader:
+    """Reads over the query tables, on a connection the ledger owns (read-only).
+
+    Filters are ANDed. Times are ms since the epoch; ``since`` is inclusive and
+    ``until`` exclusive, both on the entry's ``ts``.
+    """
+
+    def __init__(self, db: aiosqlite.Connection, origin_id_of: OriginIdOf) -> None:
+        self._db = db
+        self._origin_id_of = origin_id_of
+        self._fast: sqlite3.Connection | None = None
+        self._fast_path: str | None = None
+        self._close_fast: Callable[[], Any] = lambda: None
+        self._closed = False
+
+    def close(self) -> None:
+        """Close the lookup connection (the ledger closes ``db`` itself). Idempotent.
+
+        A reader dropped without ``close`` closes it when collected (a finalizer).
+        """
+        self._closed = True
+        if self._fast is not None:
+            self._fast = None
+            self._close_fast()
+
+    async def _fast_connection(self) -> sqlite3.Connection | None:
+        """The loop thread's own read-only connection to the ledger file (opened on
+        first use); None for a database without a file, or once closed."""
+        if self._fast is None and not self._closed:
+            if self._fast_path is None:
+                rows = await self._rows("PRAGMA database_list")
+                self._fast_path = next((str(r[2]) for r in rows if r[1] == "main"), "")
+            if not self._fast_path or self._closed:
+                return None
+            if self._fast is not None:  # opened by a lookup that ran during the await
+                return self._fast
+            conn = sqlite3.connect(self._fast_path, isolation_level=None)
+            try:
+                # busy_timeout 0: a lookup that would wait for a lock goes to the reader
+                # thread instead of stalling the event loop (WAL readers rarely wait).
+                for pragma in ("query_only = ON", "busy_timeout = 0", "cache_size = -8192",
+                               "temp_store = MEMORY"):
+                    conn.execute(f"PRAGMA {pragma}")
+            except sqlite3.Error:
+                conn.close()
+                raise
+            self._fast = conn
+            self._close_fast = weakref.finalize(self, conn.close)
+        return self._fast
+
+    async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        return list(await self._db.execute_fetchall(sql, args))
+
+    async def list_observations(
+        self,
+        *,
+        type: str | None = None,
+        value: str | None = None,
+        origin: PublicKey | None = None,
+        tlp: TLP | str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        include_retracted: bool = False,
+        limit: int = DEFAULT_PAGE,
+        cursor: str | None = None,
+        newest_first: bool = True,
+    ) -> Page:
+        """One page of observations, newest first unless ``newest_first`` is False.
+
+        Rows come in arrival order (``obs_no``), except newest first with ``since`` or
+        ``until``: then by the entry's ``ts`` (ties in arrival order), so a time window
+        is one index range scan however old it is. Either way the cursor is a keyset
+        position: paging sees every row that existed when it started exactly once. A
+        cursor is only valid for the same ordering.
+
+        ``value`` is normalised for ``type``; without ``type`` it is matched as given
+        against every type.
+
+        Raises:
+            InvalidCursorError: a cursor this list did not issue.
+            PayloadError: an unknown indicator type, or a value invalid for its type.
+            EncodingError: ``limit`` out of range, or an unknown TLP.
+        """
+        limit = _limit(limit)
+        where: list[str] = []
+        args: list[Any] = []
+        if type is not None:
+            if value is not None:
+                type, value = canonical_indicator(type, value)
+                where.append("o.type = ? AND o.value = ?")
+                args += [type, value]
+            else:
+                where.append("o.type = ?")
+                args.append(_check_type(type))
+        elif value is not None:
+            # Every type in an IN list lets SQLite use the (type, value) index.
+            where.append(f"o.type IN ({','.join('?' * len(_ALL_TYPES))}) AND o.value = ?")
+            args += [*_ALL_TYPES, value.strip()]
+        if origin is not None:
+            origin_id = self._origin_id_of(origin)
+            if origin_id is None:
+                return Page([], None)
+            where.append("o.origin_id = ?")
+            args.append(origin_id)
+        if tlp is not None:
+            if str(tlp) not in TLP._value2member_map_:
+                raise EncodingError(f"unknown TLP {tlp!r}")
+            where.append("o.tlp = ?")
+            args.append(str(tlp))
+        if since is not None:
+            where.append("o.ts >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("o.ts < ?")
+            args.append(until)
+        if not include_retracted:
+            where.append("o.retracted = 0")
+        by_time = newest_first and (since is not None or until is not None)
+        if cursor is not None and by_time:
+            at_ts, at_no = decode_time_cursor(cursor)
+            where.append("o.ts <= ? AND (o.ts < ? OR o.obs_no < ?)")
+            args += [at_ts, at_ts, at_no]
+        elif cursor is not None:
+            where.append("o.obs_no < ?" if newest_first else "o.obs_no > ?")
+            args.append(decode_cursor("observation", cursor))
+        order = ("o.ts DESC, o.obs_no DESC" if by_time
+                 else f"o.obs_no {'DESC' if newest_first else 'ASC'}")
+        sql = (f"SELECT {_OBS_COLUMNS} {'WHERE ' + ' AND '.join(where) if where else ''} "
+               f"ORDER BY {order} LIMIT ?")
+        rows = await self._rows(sql, (*args, limit + 1))
+        items = [_observation_row(r) for r in rows[:limit]]
+        nxt = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            nxt = (encode_time_cursor(last[4], last[0]) if by_time
+                   else encode_cursor("observation", last[0]))
+        return Page(items, nxt)
+
+    async def stream_position(self) -> str:
+        """The cursor of the newest observation: start a stream here to see only new ones."""
+        rows = await self._rows("SELECT max(obs_no) FROM observations")
+        return encode_cursor("observation", int(rows[0][0] or 0))
+
+    async def get_observation(self, entry_id: str) -> dict[str, Any] | None:
+        """One observation by id (64 hex), with its sightings count; None when not indexed."""
+        key = _entry_key(entry_id)
+        if key is None:
+            return None
+        rows = await self._rows(
+            f"SELECT {_OBS_COLUMNS} WHERE o.entry_no = "
+            "(SELECT entry_no FROM entries WHERE hash = ?)", (key,))
+        if not rows:
+            return None
+        result = _observation_row(rows[0])
+        count = await self._rows(
+            "SELECT count(*) FROM sightings WHERE target = ? AND retracted = 0", (key,))
+        result["sightings"] = int(count[0][0])
+        return result
+
+    async def indicator(self, type: str, value: str, *, include_retracted: bool = False,
+                        limit: int = MAX_INDICATOR_OBSERVATIONS) -> dict[str, Any]:
+        """Everything known about one indicator, across origins.
+
+        Returns ``{"type", "value", "observations": [...] (newest first, at most
+        ``limit``), "count", "origins": [key text, ...], "first_seen", "last_seen"}``;
+        the two times are RFC 3339 (None when nothing is known).
+
+        An indicator observed at most ``FAST_ROWS`` times (nearly all of them) is read
+        with one bounded statement on the event loop's own connection; see
+        :meth:`_indicator_fast`. Others, and a lookup that would wait for a lock, take
+        the reader thread.
+
+        Raises:
+            PayloadError: unknown type, or a value invalid for it.
+            EncodingError: ``limit`` out of range.
+        """
+        type, value = canonical_indicator(type, value)
+        page_limit = _limit(min(limit, MAX_PAGE))
+        conn = await self._fast_connection()
+        if conn is not None:
+            try:
+                found = self._indicator_fast(conn, type, value, include_retracted, page_limit)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                found = None  # a lock to wait for: the reader thread waits, not the loop
+            if found is not None:
+                return found
+        return await self._indicator_threaded(type, value, include_retracted, page_limit)
+
+    def _indicator_fast(self, conn: sqlite3.Connection, type: str, value: str,
+                        include_retracted: bool, limit: int) -> dict[str, Any] | None:
+        """:func:`indicator_bounded` with ``FAST_ROWS``: the work done on the loop is
+        bounded by that many rows.
+
+        A point lookup is tens of microseconds of SQLite; each statement sent to the
+        reader thread costs more than that in thread hops, event-loop wake-ups and GIL
+        hand-offs.
+        """
+        return indicator_bounded(conn, type, value, include_retracted, limit, FAST_ROWS)
+
+    async def _indicator_threaded(self, type: str, value: str, include_retracted: bool,
+                                  limit: int) -> dict[str, Any]:
+        live = "" if include_retracted else " AND o.retracted = 0"
+        agg = await self._rows(_AGGREGATES_SQL + live, (type, value))
+        origins = await self._rows(_ORIGINS_SQL.format(live=live), (type, value))
+        page = await self.list_observations(type=type, value=value, limit=limit,
+                                            include_retracted=include_retracted)
+        return _aggregated(type, value, page.items, agg[0], origins)
+
+    async def list_sightings(self, *, of: str | None = None, limit: int = DEFAULT_PAGE,
+                             cursor: str | None = None,
+                             include_retracted: bool = False) -> Page:
+        """Sightings, newest first, optionally of one entry id."""
+        limit = _limit(limit)
+        where: list[str] = []
+        args: list[Any] = []
+        if of is not None:
+            key = _entry_key(of)
+            if key is None:
+                return Page([], None)
+            where.append("s.target = ?")
+            args.append(key)
+        if not include_retracted:
+            where.append("s.retracted = 0")
+        if cursor is not None:
+            where.append("s.sighting_no < ?")
+            args.append(decode_cursor("sighting", cursor))
+        rows = await self._rows(
+            "SELECT s.sighting_no, e.hash, g.key, e.seq, s.ts, s.tlp, s.retracted, s.doc "
+            "FROM sightings s JOIN entries e ON e.entry_no = s.entry_no "
+            "JOIN origins g ON g.origin_id = s.origin_id "
+            f"{'WHERE ' + ' AND '.join(where) if where else ''} "
+            "ORDER BY s.sighting_no DESC LIMIT ?", (*args, limit + 1))
+        items = [observation_dict(r[1].hex(), key_text(r[2]), r[3], r[4], r[5],
+                                  bool(r[6]), loads(r[7])) for r in rows[:limit]]
+        nxt = encode_cursor("sighting", rows[limit - 1][0]) if len(rows) > limit else None
+        return Page(items, nxt)
+
+    async def list_items(self, *, kind: str | None = None, limit: int = DEFAULT_PAGE,
+                         cursor: str | None = None, include_retracted: bool = False) -> Page:
+        """Alerts, rules and STIX objects, newest first; each dict carries its ``kind``."""
+        limit = _limit(limit)
+        where: list[str] = []
+        args: list[Any] = []
+        if kind is not None:
+            where.append("i.kind = ?")
+            args.append(kind)
+        if not include_retracted:
+            where.append("i.retracted = 0")
+        if cursor is not None:
+            where.append("i.item_no < ?")
+            args.append(decode_cursor("item", cursor))
+        rows = await self._rows(
+            "SELECT i.item_no, e.hash, g.key, e.seq, i.ts, i.tlp, i.retracted, i.doc, i.kind "
+            "FROM items i JOIN entries e ON e.entry_no = i.entry_no "
+            "JOIN origins g ON g.origin_id = i.origin_id "
+            f"{'WHERE ' + ' AND '.join(where) if where else ''} "
+            "ORDER BY i.item_no DESC LIMIT ?", (*args, limit + 1))
+        items = []
+        for r in rows[:limit]:
+            item = observation_dict(r[1].hex(), key_text(r[2]), r[3], r[4], r[5],
+                                    bool(r[6]), loads(r[7]))
+            item["kind"] = r[8]
+            items.append(item)
+        nxt = encode_cursor("item", rows[limit - 1][0]) if len(rows) > limit else None
+        return Page(items, nxt)
+
+
+def _entry_key(entry_id: str) -> bytes | None:
+    if not isinstance(entry_id, str) or len(entry_id) != 64:
+        return None
+    try:
+        return bytes.fromhex(entry_id)
+    except ValueError:
+        return None

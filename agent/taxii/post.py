@@ -1,0 +1,364 @@
+"""TAXII Add Objects (§5.5): a posted envelope becomes this node's signed entries.
+
+Each object is judged on its own: an invalid one is listed in the status resource's
+``failures`` with the reason, and the rest of the envelope still goes in. An object
+whose (id, version) the read-write collection already holds, or that appears twice in
+the envelope, succeeds without creating anything. The others are signed and durably
+committed through the node's group committer before the status answers ``complete``.
+
+Judging (checking, mapping, rendering the object served) is CPU work, done off the
+event loop by a :class:`Judge`: in a worker thread, and for a large envelope, when the
+host has a core to spare, also in a worker process, chunk by chunk. Storing then
+starts with the first chunk judged and takes, in each commit, every chunk judged
+meanwhile, so judging the rest overlaps signing and committing. Entries are created in
+the envelope's order either way.
+
+Invariants:
+- Posts are serialised (one lock per node app), so two concurrent posts of the same
+  object cannot both create it.
+- The status lists every object of the envelope exactly once, in order:
+  ``total_count == success_count + failure_count`` and ``pending_count`` is 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.errors import StorageError
+from agent.node.node import Node, Submission, UnknownAudienceError
+from agent.storage.ledger import MAX_APPEND_BATCH
+from agent.storage.taxii_index import Collection, KnownObject, TaxiiIndex
+from agent.taxii.http import TaxiiError
+from agent.workers.spawned import SpawnedWorker
+from protocol.entries import TLP, VerifiedEntry
+from protocol.errors import EntraideError, PayloadError
+from protocol.payloads import Observation, StixObject
+from protocol.stix import (
+    ObjectText,
+    format_ms,
+    format_us,
+    import_object,
+    observation_text,
+    parse_timestamp,
+)
+
+__all__ = ["CHUNK", "DEFAULT_TLP", "MAX_OBJECTS", "PARALLEL_MIN", "Judge", "PostResult",
+           "add_objects", "parse_envelope"]
+
+log = logging.getLogger(__name__)
+
+MAX_OBJECTS = MAX_APPEND_BATCH
+"""Objects in one envelope (more: 413)."""
+DEFAULT_TLP = TLP.GREEN
+"""TLP of a posted object that carries no TLP marking."""
+PARALLEL_MIN = 400
+"""Envelopes of at least this many objects are judged on two cores."""
+CHUNK = 200
+"""Objects per chunk judged in the worker process (the first chunk, judged in a thread
+while the process starts on the next ones, is half that)."""
+
+
+def parse_envelope(data: bytes) -> list[Any]:
+    """The ``objects`` of a posted envelope (a STIX bundle is accepted too).
+
+    Raises:
+        TaxiiError: 400 not UTF-8 JSON; 422 not an envelope; 413 too many objects.
+    """
+    try:
+        envelope = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise TaxiiError(400, "Bad Request", f"the body is not UTF-8 JSON: {exc}") from None
+    if not isinstance(envelope, dict):
+        raise TaxiiError(422, "Unprocessable Entity", "the body must be a TAXII envelope: "
+                                                      '{"objects": [...]}')
+    objects = envelope.get("objects", [])
+    if not isinstance(objects, list):
+        raise TaxiiError(422, "Unprocessable Entity", "'objects' must be a list")
+    if len(objects) > MAX_OBJECTS:
+        raise TaxiiError(413, "Request Entity Too Large",
+                         f"an envelope holds at most {MAX_OBJECTS} objects, not {len(objects)}")
+    return objects
+
+
+@dataclass
+class PostResult:
+    """The status resource of one post (TAXII 2.1 §4.3.1)."""
+
+    id: str
+    request_timestamp: str
+    successes: list[dict[str, str]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "id": self.id, "status": "complete", "request_timestamp": self.request_timestamp,
+            "total_count": len(self.successes) + len(self.failures),
+            "success_count": len(self.successes), "failure_count": len(self.failures),
+            "pending_count": 0,
+        }
+        if self.successes:
+            doc["successes"] = self.successes
+        if self.failures:
+            doc["failures"] = self.failures
+        return doc
+
+
+@dataclass
+class _Item:
+    position: int
+    stix_id: str
+    version: str | None
+    version_us: int | None
+    submission: Submission | None = None
+    message: str | None = None
+    text: ObjectText | None = None  # its object, rendered but for the entry id and seq
+    spec_version: str = "2.1"
+
+
+def _detail(stix_id: str, version: str, message: str | None) -> dict[str, str]:
+    detail = {"id": stix_id, "version": version}
+    if message:
+        detail["message"] = message
+    return detail
+
+
+
+_Judged = tuple[dict[int, tuple[bool, dict[str, str]]], list[_Item]]
+
+
+class Judge:
+    """Judges envelopes: in a worker thread, and large ones also in one worker process.
+
+    The process is only worth it when a core is idle: on a busy host it competes with
+    the node's own thread and slows the post down (see docs/benchmarks.md, taxii). So
+    an envelope goes to it only when ``spare_core()`` says the host has a core to spare.
+    The process is started (spawned: the daemon has threads) by the first envelope
+    that would use it, which is judged in the thread meanwhile. If the process dies,
+    its chunks are judged in the thread and the process is not used again. Close with
+    :meth:`close`.
+
+    Args:
+        processes: False for a judge that only ever uses the thread.
+        spare_core: whether the host has a core to spare now (default: this process
+            may use two cores or more, and the 1-minute load average, this node's own
+            work included, leaves at least half of one idle).
+    """
+
+    def __init__(self, *, processes: bool = True,
+                 spare_core: Callable[[], bool] | None = None) -> None:
+        self.worker = SpawnedWorker("TAXII judge process", "judging in a thread", _warm_up,
+                                    enabled=processes)
+        self._spare_core = spare_core or _spare_core
+
+    def judge(self, objects: Sequence[Any], origin: str) -> list[Awaitable[_Judged]]:
+        """The verdicts on ``objects`` to be stored as entries of ``origin`` (key text),
+        chunk by chunk in envelope order (positions are the objects' indexes in
+        ``objects``); the chunks are being judged already."""
+        if len(objects) < PARALLEL_MIN or not self._spare_core() or not self.worker.usable():
+            return [asyncio.ensure_future(asyncio.to_thread(_judge, objects, 0, origin, False))]
+        first = CHUNK // 2
+        parts: list[Awaitable[_Judged]] = [
+            asyncio.ensure_future(asyncio.to_thread(_judge, objects[:first], 0, origin, False))]
+        for at in range(first, len(objects), CHUNK):
+            parts.append(asyncio.ensure_future(
+                self._in_process(objects[at:at + CHUNK], at, origin)))
+        return parts
+
+    async def ready(self) -> bool:
+        """Start the worker process if need be and wait until it takes chunks.
+
+        Returns False when it cannot (it failed to start: envelopes are then judged in
+        the thread only).
+        """
+        return await self.worker.ready()
+
+    async def _in_process(self, objects: Sequence[Any], offset: int, origin: str) -> _Judged:
+        try:
+            judged: _Judged = await self.worker.call(_judge, list(objects), offset, origin,
+                                                     True)
+        except Exception:  # the process is gone, or could not take the chunk (logged)
+            return await asyncio.to_thread(_judge, objects, offset, origin, False)
+        return judged
+
+    async def close(self) -> None:
+        """Stop the worker process, if one was started."""
+        await self.worker.close()
+
+
+def _spare_core() -> bool:
+    cores = len(os.sched_getaffinity(0))
+    try:
+        load = os.getloadavg()[0]  # this node's own work included
+    except OSError:
+        return False
+    return cores >= 2 and load <= cores - 0.5
+
+
+
+
+def _warm_up() -> None:
+    """Run in the new worker process, so its imports are done before the first chunk."""
+    with contextlib.suppress(PayloadError):  # refused, as expected: the validators loaded
+        import_object({})
+
+
+async def add_objects(node: Node, index: TaxiiIndex, objects: Sequence[Any],
+                      lock: asyncio.Lock, clock: Callable[[], float],
+                      judge: Judge | None = None) -> PostResult:
+    """Add the objects of an envelope to the node's read-write collection.
+
+    ``judge`` judges the objects (default: a worker thread only).
+
+    Returns the status resource (``complete``).
+
+    Raises:
+        StorageError: the index cannot be read (what was stored before stays stored).
+    """
+    request_us = int(clock() * 1_000_000)
+    result = PostResult(str(uuid.uuid4()), format_us(request_us, taxii=True))
+    parts = (judge or Judge(processes=False)).judge(objects, node.public_key.text)
+    outcome: dict[int, tuple[bool, dict[str, str]]] = {}
+    try:
+        async with lock:
+            await index.sync()
+            stored = await _store(node, index, parts, outcome)
+            # The index takes these entries as rendered here, not read back.
+            await index.sync(stored)
+    finally:
+        for part in parts:
+            if isinstance(part, asyncio.Future) and not part.done():
+                part.cancel()
+    for position in range(len(objects)):
+        ok, detail = outcome[position]
+        (result.successes if ok else result.failures).append(detail)
+    return result
+
+
+async def _store(node: Node, index: TaxiiIndex, parts: Sequence[Awaitable[_Judged]],
+                 outcome: dict[int, tuple[bool, dict[str, str]]]) -> dict[bytes, KnownObject]:
+    """Submit the fresh items of each judged chunk, in order, one submission at a time:
+    each takes every item judged while the one before was being committed. Fills
+    ``outcome``; returns what was stored, by entry hash."""
+    stored: dict[bytes, KnownObject] = {}
+    seen: set[tuple[str, int]] = set()
+    ready: list[_Item] = []
+    waiting = [asyncio.ensure_future(part) for part in parts]
+    next_part: asyncio.Future[_Judged] | None = waiting.pop(0) if waiting else None
+    committing: tuple[list[_Item], asyncio.Task[list[VerifiedEntry]]] | None = None
+    try:
+        while True:
+            if committing is None and ready:
+                batch, ready = ready[:MAX_APPEND_BATCH], ready[MAX_APPEND_BATCH:]
+                committing = (batch, asyncio.create_task(node.submit(
+                    [i.submission for i in batch if i.submission is not None])))
+            pending: list[asyncio.Future[Any]] = [
+                f for f in (next_part, committing[1] if committing else None) if f is not None]
+            if not pending:
+                return stored
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if committing is not None and committing[1].done():
+                _settle(committing, outcome, stored)
+                committing = None
+            if next_part is not None and next_part.done():
+                verdicts, items = next_part.result()
+                next_part = waiting.pop(0) if waiting else None
+                outcome.update(verdicts)
+                ready += await _fresh(index, items, seen, outcome)
+    finally:
+        if committing is not None:  # failing midway: the commit goes on (the node's)
+            committing[1].add_done_callback(lambda task: task.cancelled() or task.exception())
+
+
+async def _fresh(index: TaxiiIndex, items: list[_Item], seen: set[tuple[str, int]],
+                 outcome: dict[int, tuple[bool, dict[str, str]]]) -> list[_Item]:
+    """The items to store: not already in the collection, not earlier in the envelope."""
+    versioned = [(i.stix_id, i.version_us) for i in items if i.version_us is not None]
+    present = await index.present(Collection.OWN, versioned)
+    fresh: list[_Item] = []
+    for item in items:
+        key = None if item.version_us is None else (item.stix_id, item.version_us)
+        if key is not None and key in present:
+            outcome[item.position] = (True, _detail(
+                item.stix_id, item.version or "", "already in the collection"))
+        elif key is not None and key in seen:
+            outcome[item.position] = (True, _detail(
+                item.stix_id, item.version or "", "duplicate within the envelope"))
+        else:
+            if key is not None:
+                seen.add(key)
+            fresh.append(item)
+    return fresh
+
+
+def _settle(committing: tuple[list[_Item], asyncio.Task[list[VerifiedEntry]]],
+            outcome: dict[int, tuple[bool, dict[str, str]]],
+            stored: dict[bytes, KnownObject]) -> None:
+    batch, task = committing
+    try:
+        entries = task.result()
+    except (UnknownAudienceError, PayloadError, StorageError, EntraideError) as exc:
+        for item in batch:
+            outcome[item.position] = (False, _detail(
+                item.stix_id, item.version or "", f"not stored: {exc}"))
+        return
+    for item, entry in zip(batch, entries, strict=True):
+        note = f"entry {entry.id}" + (f"; {item.message}" if item.message else "")
+        outcome[item.position] = (True, _detail(
+            item.stix_id, item.version or format_ms(entry.ts), note))
+        if item.submission is not None:
+            text = None if item.text is None else item.text.fill(entry.id, entry.seq)
+            stored[entry.hash] = KnownObject(item.submission.payload, text, item.stix_id,
+                                             item.version, item.spec_version)
+
+
+def _judge(objects: Sequence[Any], offset: int, origin: str, render: bool) -> _Judged:
+    """Check and map every object: refusals by position (``offset`` + index), and the
+    items to store as entries of ``origin``. With ``render``, each observation's object
+    is rendered too (in the worker process: off the node's critical path; in the
+    node's thread that would only add the template's cost, so the index renders it).
+    Runs in the worker process too."""
+    outcome: dict[int, tuple[bool, dict[str, str]]] = {}
+    items: list[_Item] = []
+    marker = secrets.token_hex(16)
+    for position, obj in enumerate(objects, offset):
+        stix_id = obj.get("id") if isinstance(obj, dict) else None
+        stix_id = stix_id if isinstance(stix_id, str) else ""
+        version = obj.get("modified", obj.get("created")) if isinstance(obj, dict) else None
+        version = version if isinstance(version, str) else None
+        try:
+            imported = import_object(obj)
+        except PayloadError as exc:
+            outcome[position] = (False, _detail(stix_id, version or "", str(exc)))
+            continue
+        tlp = imported.tlp or DEFAULT_TLP
+        if tlp is TLP.RED:
+            outcome[position] = (False, _detail(
+                stix_id, version or "", "TLP:RED needs an explicit audience, which TAXII "
+                "cannot carry; share it through POST /api/v1/observations with 'audience'"))
+            continue
+        message = None
+        payload = imported.payload
+        if isinstance(payload, Observation):
+            message = "shared as an Entraide observation"
+            if imported.dropped:
+                message += "; not kept: " + ", ".join(imported.dropped)
+            spec_version = "2.1"
+            text = observation_text(payload, origin, tlp, marker) if render else None
+        else:
+            assert isinstance(payload, StixObject)  # import_object makes nothing else
+            text = ObjectText((payload.object_json,), ())
+            spec_version = str(obj.get("spec_version", "2.1"))
+        items.append(_Item(position, imported.stix_id, imported.version,
+                           None if imported.version is None
+                           else parse_timestamp(imported.version),
+                           Submission(payload, tlp), message, text, spec_version))
+    return outcome, items

@@ -1,0 +1,270 @@
+"""Ledger: opening, schema versions and migrations, and own appends."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from agent.errors import StorageError
+from agent.storage import schema
+from agent.storage.ledger import MAX_APPEND_BATCH, OwnDraft
+from protocol.entries import TLP, check_successor, verify_entry
+from protocol.envelope import open_envelope
+from protocol.errors import EncodingError, OversizeError, PayloadError
+from protocol.payloads import decode_payload, encode_payload
+from tests.agent._ledger_helpers import draft, identity, ip, observation, open_ledger
+
+ME = identity(1)
+PEER = identity(2)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "ledger.sqlite3"
+
+
+async def test_open_creates_wal_schema_with_version_row(db_path: Path) -> None:
+    ledger = await open_ledger(db_path, ME)
+    await ledger.close()
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    versions = conn.execute("SELECT version, software FROM schema_version").fetchall()
+    assert [v for v, _ in versions] == [m.version for m in schema.MIGRATIONS]
+    assert versions[0][1].startswith("entraide ")
+    conn.close()
+
+
+async def test_open_refuses_a_ledger_written_by_a_newer_version(db_path: Path) -> None:
+    await (await open_ledger(db_path, ME)).close()
+    conn = sqlite3.connect(db_path)
+    conn.execute("INSERT INTO schema_version VALUES (?, 0, 'entraide 9.9')",
+                 (schema.SCHEMA_VERSION + 1,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match="newer Entraide"):
+        await open_ledger(db_path, ME)
+    # The refusal leaves the lock free and the file untouched.
+    conn = sqlite3.connect(db_path)
+    newest = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+    assert newest == schema.SCHEMA_VERSION + 1
+    conn.close()
+
+
+async def test_open_applies_forward_migrations_in_order(db_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = await open_ledger(db_path, ME)
+    await ledger.append_own([draft()])
+    await ledger.close()
+
+    def add_note_column(conn: sqlite3.Connection) -> None:
+        conn.execute("ALTER TABLE origins ADD COLUMN note TEXT")
+
+    newest = schema.SCHEMA_VERSION + 1
+    steps = (*schema.MIGRATIONS, schema.Migration(newest, "origin notes", add_note_column))
+    monkeypatch.setattr(schema, "MIGRATIONS", steps)
+    ledger = await open_ledger(db_path, ME)
+    assert ledger.counts().entries == 1
+    await ledger.close()
+    conn = sqlite3.connect(db_path)
+    applied = [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY 1")]
+    assert applied == [m.version for m in steps]
+    assert "note" in [r[1] for r in conn.execute("PRAGMA table_info(origins)")]
+    conn.close()
+
+
+async def test_version_2_copies_each_observations_entry_id_and_seq(db_path: Path) -> None:
+    ledger = await open_ledger(db_path, ME)
+    entries = await ledger.append_own([draft(observation(ip(i))) for i in range(1, 6)])
+    before = (await ledger.list_observations()).items
+    await ledger.close()
+    # Make it the version 1 file an older build wrote: no columns, no version row.
+    conn = sqlite3.connect(db_path)
+    conn.execute("ALTER TABLE observations DROP COLUMN hash")
+    conn.execute("ALTER TABLE observations DROP COLUMN seq")
+    conn.execute("DELETE FROM schema_version WHERE version = 2")
+    conn.commit()
+    conn.close()
+
+    ledger = await open_ledger(db_path, ME)
+    try:
+        assert (await ledger.list_observations()).items == before
+        found = await ledger.indicator("ipv4-addr", ip(3))
+        assert [(o["id"], o["seq"]) for o in found["observations"]] == [
+            (entries[2].id, entries[2].seq)]
+        assert (await ledger.get_observation(entries[4].id) or {})["seq"] == 5
+    finally:
+        await ledger.close()
+    conn = sqlite3.connect(db_path)
+    rows = conn.execute("SELECT o.hash, o.seq FROM observations o ORDER BY obs_no").fetchall()
+    assert rows == [(e.hash, e.seq) for e in entries]
+    conn.close()
+
+
+def test_migrate_rolls_back_a_failed_step(db_path: Path) -> None:
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE half (x)")
+        conn.execute("THIS IS NOT SQL")
+
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    steps = (*schema.MIGRATIONS, schema.Migration(schema.SCHEMA_VERSION + 1, "broken", broken))
+    with pytest.raises(StorageError, match="migrate"):
+        schema.migrate(conn, now_ms=0, software="test", migrations=steps)
+    assert schema.schema_version(conn) == schema.SCHEMA_VERSION
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half'").fetchone() is None
+    conn.close()
+
+
+async def test_open_refuses_a_file_that_is_not_a_ledger(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(b"this is not a database, not at all" * 200)
+    with pytest.raises(StorageError):
+        await open_ledger(garbage, ME)
+    other = tmp_path / "other.sqlite3"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE unrelated (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match="not an Entraide ledger"):
+        await open_ledger(other, ME)
+
+
+async def test_open_refuses_another_identity(db_path: Path) -> None:
+    await (await open_ledger(db_path, ME)).close()
+    with pytest.raises(StorageError, match="another node identity"):
+        await open_ledger(db_path, PEER)
+
+
+async def test_open_refuses_a_ledger_in_use(db_path: Path) -> None:
+    first = await open_ledger(db_path, ME)
+    try:
+        with pytest.raises(StorageError, match="in use"):
+            await open_ledger(db_path, ME)
+    finally:
+        await first.close()
+    await (await open_ledger(db_path, ME)).close()
+
+
+async def test_closed_ledger_refuses_work(db_path: Path) -> None:
+    ledger = await open_ledger(db_path, ME)
+    await ledger.close()
+    await ledger.close()
+    with pytest.raises(StorageError, match="closed"):
+        await ledger.append_own([draft()])
+
+
+async def test_append_own_chains_entries_in_order(db_path: Path) -> None:
+    async with await open_ledger(db_path, ME) as ledger:
+        first = await ledger.append_own([draft(observation(ip(i))) for i in range(3)])
+        second = await ledger.append_own([draft(observation(ip(9)))])
+    entries = first + second
+    assert [e.seq for e in entries] == [1, 2, 3, 4]
+    assert all(e.origin == ME.public_key for e in entries)
+    check_successor(None, entries[0])
+    for before, after in itertools.pairwise(entries):
+        check_successor((before.seq, before.hash), after)
+    assert [decode_payload(e.body).value for e in first] == [ip(0), ip(1), ip(2)]  # type: ignore[union-attr]
+    assert entries[0].ts == 1_800_000_000_000
+
+
+async def test_append_own_is_there_after_reopening(db_path: Path) -> None:
+    async with await open_ledger(db_path, ME) as ledger:
+        entries = await ledger.append_own([draft(observation(ip(i))) for i in range(5)])
+    async with await open_ledger(db_path, ME) as ledger:
+        assert ledger.version_vector() == {ME.public_key: (5, entries[-1].hash)}
+        assert await ledger.get_entry(entries[2].id) == entries[2]
+        more = await ledger.append_own([draft()])
+    assert more[0].seq == 6 and more[0].prev == entries[-1].hash
+
+
+async def test_append_own_accepts_encoded_payload_bytes(db_path: Path) -> None:
+    data = encode_payload(observation("example.org", "domain-name"))
+    async with await open_ledger(db_path, ME) as ledger:
+        [entry] = await ledger.append_own([OwnDraft(data, TLP.CLEAR)])
+    assert entry.body == data and entry.tlp is TLP.CLEAR
+
+
+async def test_append_own_with_an_invalid_payload_appends_nothing(db_path: Path) -> None:
+    async with await open_ledger(db_path, ME) as ledger:
+        with pytest.raises(PayloadError):
+            await ledger.append_own([draft(), OwnDraft(b"\x81\xa4kind\xa3bad", TLP.GREEN)])
+        assert ledger.counts().entries == 0
+        [entry] = await ledger.append_own([draft()])
+    assert entry.seq == 1
+
+
+async def test_append_own_checks_recipients_against_the_tlp(db_path: Path) -> None:
+    async with await open_ledger(db_path, ME) as ledger:
+        with pytest.raises(EncodingError, match="recipients"):
+            await ledger.append_own([draft(tlp=TLP.GREEN, recipients=[PEER.public_key])])
+        with pytest.raises(EncodingError, match="recipients"):
+            await ledger.append_own([draft(tlp=TLP.RED)])
+        with pytest.raises(OversizeError):
+            await ledger.append_own([draft()] * (MAX_APPEND_BATCH + 1))
+        assert ledger.counts().entries == 0
+
+
+async def test_append_own_seals_encrypted_tlp_to_recipients_and_self(db_path: Path) -> None:
+    payload = observation("evil.example", "domain-name")
+    async with await open_ledger(db_path, ME) as ledger:
+        [entry] = await ledger.append_own([draft(payload, TLP.AMBER, [PEER.public_key])])
+        listed = await ledger.list_observations()
+    assert entry.tlp is TLP.AMBER
+    assert entry.audience == tuple(sorted([ME.public_key.key_id, PEER.public_key.key_id]))
+    for reader in (ME, PEER):
+        opened = open_envelope(entry.body, entry.audience, reader)
+        assert decode_payload(opened) == payload
+    assert [o["id"] for o in listed.items] == [entry.id]
+    assert listed.items[0]["tlp"] == "AMBER"
+
+
+async def test_append_own_uses_injected_randomness(db_path: Path) -> None:
+    calls: list[int] = []
+
+    def randbytes(n: int) -> bytes:
+        calls.append(n)
+        return bytes(n)
+
+    async with await open_ledger(db_path, ME, randbytes=randbytes) as ledger:
+        await ledger.append_own([draft(tlp=TLP.RED, recipients=[PEER.public_key])])
+    assert calls  # content key, nonce, one ephemeral seed per recipient
+
+
+async def test_append_own_concurrent_batches_never_share_a_seq(db_path: Path) -> None:
+    async with await open_ledger(db_path, ME) as ledger:
+        results = await asyncio.gather(*(
+            ledger.append_own([draft(observation(ip(10 * b + i))) for i in range(10)])
+            for b in range(8)))
+        report = await ledger.verify()
+    seqs = sorted(e.seq for batch in results for e in batch)
+    assert seqs == list(range(1, 81))
+    for batch in results:  # each batch is contiguous: one transaction
+        assert [e.seq for e in batch] == list(range(batch[0].seq, batch[0].seq + 10))
+    assert report.ok, report.problems
+
+
+async def test_append_own_survives_caller_cancellation(db_path: Path) -> None:
+    async with await open_ledger(db_path, ME) as ledger:
+        pending = [draft() for _ in range(50)]
+        task = asyncio.create_task(ledger.append_own(pending))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The write ran to its end (or never started): state and file agree.
+        [after] = await ledger.append_own([draft()])
+        assert after.seq in (1, 51)
+        assert (await ledger.verify()).ok
+
+
+async def test_get_entry_reverifies_and_handles_unknown_ids(db_path: Path) -> None:
+    async with await open_ledger(db_path, ME) as ledger:
+        [entry] = await ledger.append_own([draft()])
+        assert await ledger.get_entry(entry.id) == verify_entry(entry.raw)
+        assert await ledger.get_entry("00" * 32) is None
+        assert await ledger.get_entry("not hex") is None
+        assert await ledger.has_entry(entry.hash)
+        assert not await ledger.has_entry(bytes(32))
