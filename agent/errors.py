@@ -21,6 +21,8 @@ the HTTP API maps these classes to statuses (noted on the right)::
     ├── UnknownForkError                  no fork recorded for that origin            404
     ├── NotOwnEntryError                  retracting another origin's entry            403
     ├── AlreadyRetractedError             retracting an entry twice                    409
+    ├── TransportError                    a peer connection closed or failed (I/O, not
+    │   └── TransportClosed               misbehaviour; agent/peering/links.py)
     ├── AuthError                         no bearer token, or an unknown one           401
     │   └── ScopeError                    a known token without the scope needed       403
     └── NodeNotRunningError               the CLI could not reach the node's local API
@@ -48,6 +50,7 @@ __all__ = [
     "NotOwnEntryError",
     "ScopeError",
     "StorageError",
+    "TransportError",
     "UnknownAudienceError",
     "UnknownEntryError",
     "UnknownForkError",
@@ -86,6 +89,14 @@ class StorageError(EntraideError):
 
 class UntrustedPeerError(EntraideError):
     """A key or peer name that is not in the trust list."""
+
+
+class TransportError(EntraideError):
+    """A peer connection closed or failed at the transport (socket, WebSocket, deadline).
+
+    Not misbehaviour: the peer may simply have gone away. The replicator ends the link
+    and the dialer tries again; it never reaches the API.
+    """
 
 
 class AuthError(EntraideError):

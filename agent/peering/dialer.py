@@ -4,7 +4,7 @@ The :class:`Dialer` keeps one task per trusted peer that has a URL. Each task lo
 wait while a session with that peer is live (whoever dialled it), then dial
 ``<url>/peer/v1``, hand the connected WebSocket to the replicator (which runs the
 handshake and the session), and, when the session ends or the dial fails, sleep for
-the next backoff delay (docs/parts/transport.md, "Dialing").
+the next backoff delay (docs/architecture.md, "Dialling").
 
 Invariants:
 - Only URLs from the current trust list are dialled; a peer removed from the list

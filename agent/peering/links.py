@@ -4,7 +4,7 @@ This module knows WebSockets and sessions, not gossip: it runs the handshake und
 deadline, turns WebSocket messages into session frames (and WebSocket failures into
 typed errors), runs one writer task per link that pulls messages from the gossip
 engine's bounded per-peer queues, and keeps the registry that enforces one live
-session per pair of nodes (docs/parts/transport.md, "Session uniqueness").
+session per pair of nodes (docs/architecture.md, "One session per pair of nodes").
 
 Invariants:
 - Nothing but binary messages of at most ``MAX_FRAME_BYTES`` is accepted; a text
@@ -33,6 +33,7 @@ from typing import Protocol
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType
 
+from agent.errors import TransportError
 from protocol.errors import FrameTooLargeError, RemoteProtocolError
 from protocol.keys import PublicKey
 from protocol.session import (
@@ -75,7 +76,7 @@ class WebSocketLike(Protocol):
     def exception(self) -> BaseException | None: ...
 
 
-class TransportClosed(Exception):
+class TransportClosed(TransportError):
     """The WebSocket closed (cleanly or not); carries a short description."""
 
 
