@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -42,7 +42,7 @@ from agent.api.models import (
     Routing,
 )
 from agent.jsoncodec import dumps, loads
-from agent.storage.queries import IndexRecord
+from agent.storage.types import PreparedObservation
 from agent.workers.pipe import usable_cores
 from agent.workers.spawned import SpawnedWorker
 from protocol.entries import TLP
@@ -123,33 +123,6 @@ def validate_batch(data: dict[str, Any]) -> list[Routed]:
 
 
 # --- prepared observations -----------------------------------------------------------
-
-
-class PreparedObservation(NamedTuple):
-    """An observation's payload bytes and index record, before its entry exists.
-
-    Built by :func:`prepare_observation` only (``data`` is ``encode_payload`` of a
-    validated ``Observation``). ``first_ms``/``last_ms`` are the observation's own
-    times, None where the entry's timestamp stands in (known once it is signed).
-    A named tuple, not a dataclass: 500 of them cross the process boundary per
-    request, and a tuple is what pickle rebuilds fastest.
-    """
-
-    data: bytes
-    fields: dict[str, Any]
-    doc: str
-    type: str
-    value: str
-    first_ms: int | None
-    last_ms: int | None
-
-    def record(self, ts: int) -> IndexRecord:
-        """The index record of the entry stamped ``ts`` (ms) that carries it; the same
-        as ``build_record`` of the observation."""
-        first = ts if self.first_ms is None else self.first_ms
-        last = max(first, ts) if self.last_ms is None else self.last_ms
-        return IndexRecord("observation", self.fields, self.doc, self.type, self.value,
-                           first, last)
 
 
 def prepare_observation(observation: Observation) -> PreparedObservation:

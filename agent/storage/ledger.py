@@ -36,7 +36,6 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from agent import __version__
-from agent.api.batch import PreparedObservation
 from agent.errors import StorageError
 from agent.jsoncodec import loads
 from agent.storage.batch import COUNTERS, Batch, OriginState
@@ -61,6 +60,7 @@ from agent.storage.types import (
     LedgerCounts,
     ObservationEvent,
     OwnDraft,
+    PreparedObservation,
     Refusal,
     Subscription,
     VerifyProblem,

@@ -10,14 +10,12 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
+from agent.storage.queries import IndexRecord
 from protocol.entries import TLP, ForkProof, VerifiedEntry
 from protocol.keys import PublicKey
 from protocol.payloads import Payload
-
-if TYPE_CHECKING:
-    from agent.api.batch import PreparedObservation
 
 __all__ = [
     "BufferLimits",
@@ -29,6 +27,7 @@ __all__ = [
     "LedgerCounts",
     "ObservationEvent",
     "OwnDraft",
+    "PreparedObservation",
     "Refusal",
     "Subscription",
     "VerifyProblem",
@@ -39,13 +38,41 @@ Head = tuple[int, bytes]
 """(seq, hash) of an origin's last entry: the shape ``check_successor`` takes."""
 
 
+class PreparedObservation(NamedTuple):
+    """An observation's payload bytes and index record, before its entry exists.
+
+    Built by the API's ``prepare_observation`` only (its batch worker): ``data`` is
+    ``encode_payload`` of a validated ``Observation``. ``first_ms``/``last_ms`` are the
+    observation's own times, None where the entry's timestamp stands in (known once it
+    is signed). A named tuple, not a dataclass: 500 of them cross the process boundary
+    per request, and a tuple is what pickle rebuilds fastest.
+    """
+
+    data: bytes
+    fields: dict[str, Any]
+    doc: str
+    type: str
+    value: str
+    first_ms: int | None
+    last_ms: int | None
+
+    def record(self, ts: int) -> IndexRecord:
+        """The index record of the entry stamped ``ts`` (ms) that carries it; the same
+        as ``build_record`` of the observation."""
+        first = ts if self.first_ms is None else self.first_ms
+        last = max(first, ts) if self.last_ms is None else self.last_ms
+        return IndexRecord("observation", self.fields, self.doc, self.type, self.value,
+                           first, last)
+
+
 @dataclass(frozen=True)
 class OwnDraft:
-    """One entry for :meth:`Ledger.append_own`.
+    """One of this node's next entries, before it is signed (the node's author signs it,
+    :meth:`Ledger.store_own` stores the result).
 
     ``payload`` is a payload model, its encoding (re-validated), or an observation
-    prepared in the batch worker (agent/api/batch.py: encoded, record built). For an encrypted
-    TLP (AMBER, AMBER+STRICT, RED), ``recipients`` are the readers' keys; the ledger
+    prepared in the API's batch worker (encoded, record built). For an encrypted
+    TLP (AMBER, AMBER+STRICT, RED), ``recipients`` are the readers' keys; the author
     seals the payload to them and to this node (so it can read its own entry). For
     CLEAR and GREEN, ``recipients`` must be empty.
     """
