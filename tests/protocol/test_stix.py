@@ -23,7 +23,6 @@ from protocol.stix import (
     TLP1_MARKINGS,
     TLP2_MARKINGS,
     EntryRef,
-    _plain_stix_basics,
     check_stix_object,
     entry_stix_id,
     format_ms,
@@ -38,6 +37,7 @@ from protocol.stix import (
     revoke,
     tlp_of_markings,
 )
+from protocol.stix_check import _plain_stix_basics
 from protocol.stix_pattern import indicator_of, parse_pattern, pattern_for, simple_indicator
 
 T0 = "2024-01-01T00:00:00.000Z"
