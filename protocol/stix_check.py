@@ -110,7 +110,7 @@ _MARKING = frozenset({"marking-definition"})
 # Property names already found well formed (most objects use the same few dozen).
 _GOOD_NAMES: set[str] = {"id"}
 _MAX_GOOD_NAMES = 4096
-# As protocol/payloads.py checks a carried object's type and id.
+# As protocol/payload_models.py checks a carried object's type and id.
 _STIX_TYPE_NAME = re.compile(r"[a-z0-9-]{3,250}", re.ASCII)
 _UUID = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}",

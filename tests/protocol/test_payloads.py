@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+import protocol.payload_fields as ftypes
 import protocol.payloads as payloads
 from protocol.encoding import encode
 from protocol.entries import MAX_AUDIENCE
@@ -252,10 +253,10 @@ def test_text_checks_refuse_exactly_what_unicodedata_says() -> None:
         char = chr(code)
         category = unicodedata.category(char)
         one_line_bad = (category in ("Cc", "Cs", "Zl", "Zp")
-                        or char in payloads._BIDI_CONTROLS)
+                        or char in ftypes._BIDI_CONTROLS)
         multi_line_bad = category in ("Cc", "Cs") and char not in "\t\n\r"
-        assert (payloads._NOT_ONE_LINE.search(char) is not None) is one_line_bad, hex(code)
-        assert (payloads._NOT_MULTI_LINE.search(char) is not None) is multi_line_bad, hex(code)
+        assert (ftypes._NOT_ONE_LINE.search(char) is not None) is one_line_bad, hex(code)
+        assert (ftypes._NOT_MULTI_LINE.search(char) is not None) is multi_line_bad, hex(code)
 
 
 @pytest.mark.parametrize(("text", "found"), [
