@@ -79,6 +79,17 @@ def test_node_config_round_trips_through_file(data_dir: DataDir) -> None:
     assert loaded.log.level == "DEBUG"
 
 
+def test_node_config_ignores_the_retired_storage_settings(data_dir: DataDir) -> None:
+    # Every entraide.toml written before their removal holds them: it must still load.
+    data_dir.config_path.write_text(
+        'name = "QC"\n[storage]\npath = "l.sqlite3"\ningest_batch_max = 512\n'
+        "ingest_flush_ms = 5\n", "utf-8")
+    config = load_node_config(data_dir)
+    assert config.storage.path == "l.sqlite3"
+    write_node_config(data_dir, config)
+    assert "ingest_" not in data_dir.config_path.read_text("utf-8")
+
+
 @pytest.mark.parametrize(
     ("toml", "match"),
     [
