@@ -6,11 +6,11 @@ crypto_secretstream_xchacha20poly1305 streams, one per direction, keyed by crypt
 over the ephemeral keys (initiator = kx client). A clean close is a frame tagged
 TAG_FINAL carrying a close reason (docs/protocol.md, "Peer session").
 
-Everything that moves the state machine is here: ``SessionState`` and the table
-``TRANSITIONS``. An input with no entry in the table is a ``LocalProtocolError``;
-peer misbehaviour is a ``RemoteProtocolError`` (``HandshakeError`` during the
-handshake, ``FrameTooLargeError`` for an oversize frame) and leaves the session
-``FAILED``.
+The state table (``SessionState``, ``TRANSITIONS``), the events and the frame codec
+live in :mod:`protocol.session_states` and are re-exported here; an input with no
+entry in the table is a ``LocalProtocolError``; peer misbehaviour is a
+``RemoteProtocolError`` (``HandshakeError`` during the handshake,
+``FrameTooLargeError`` for an oversize frame) and leaves the session ``FAILED``.
 
 Invariants:
 - No frame over ``MAX_FRAME_BYTES`` is decrypted or decoded.
@@ -28,16 +28,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import Enum, IntEnum
 
 import nacl.bindings as sodium
 import nacl.exceptions
 
-from protocol.encoding import Limits, decode, encode
 from protocol.errors import (
     BadSignatureError,
-    EncodingError,
     FrameTooLargeError,
     HandshakeError,
     LocalProtocolError,
@@ -58,6 +54,28 @@ from protocol.handshake import (
     transcript_hash,
 )
 from protocol.keys import Identity, PublicKey
+from protocol.session_states import (
+    FRAME_OVERHEAD_BYTES,
+    HANDSHAKING,
+    HEADER_DOMAIN,
+    MAX_CLOSE_MESSAGE_BYTES,
+    MAX_FRAME_BYTES,
+    MAX_MESSAGE_BYTES,
+    SENDABLE,
+    TAG_FINAL,
+    TAG_MESSAGE,
+    TRANSITIONS,
+    CloseReason,
+    Event,
+    HandshakeComplete,
+    MessageReceived,
+    SessionClosed,
+    SessionInput,
+    SessionState,
+    decode_close,
+    encode_close,
+    open_stream,
+)
 
 __all__ = [
     "FRAME_OVERHEAD_BYTES",
@@ -72,133 +90,10 @@ __all__ = [
     "MessageReceived",
     "Session",
     "SessionClosed",
+    "SessionInput",
     "SessionState",
     "simultaneous_dial_winner",
 ]
-
-MAX_FRAME_BYTES = 1 << 20
-"""Largest frame accepted or produced, in every state, checked before decrypting."""
-
-FRAME_OVERHEAD_BYTES: int = sodium.crypto_secretstream_xchacha20poly1305_ABYTES  # 17
-MAX_MESSAGE_BYTES = MAX_FRAME_BYTES - FRAME_OVERHEAD_BYTES
-"""Largest application message ``send`` accepts (1 MiB minus the 17-byte overhead)."""
-
-MAX_CLOSE_MESSAGE_BYTES = 256
-"""Cap on the UTF-8 close message; ``close`` truncates longer ones."""
-
-_TAG_MESSAGE: int = sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE
-_TAG_FINAL: int = sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL
-_HEADER_DOMAIN = b"entraide/stream-header/v1"
-_CLOSE_LIMITS = Limits(max_bytes=MAX_CLOSE_MESSAGE_BYTES + 32, max_str=MAX_CLOSE_MESSAGE_BYTES,
-                       max_bin=0, max_array=0, max_map=2, max_depth=1)
-
-
-class CloseReason(IntEnum):
-    """Why a session ended. Values 1..9 travel in close frames.
-
-    ``UNKNOWN`` and ``CONNECTION_LOST`` are never sent: ``UNKNOWN`` reports a code
-    this version does not define (a newer peer), ``CONNECTION_LOST`` a transport that
-    closed before the peer's final frame (``Session.transport_closed``).
-    """
-
-    UNKNOWN = 0
-    NORMAL = 1
-    SHUTDOWN = 2
-    PROTOCOL_ERROR = 3
-    UNTRUSTED = 4
-    REMOVED = 5
-    IDLE_TIMEOUT = 6
-    DUPLICATE_SESSION = 7
-    TOO_SLOW = 8
-    INTERNAL_ERROR = 9
-    CONNECTION_LOST = 255
-
-
-_SENDABLE = frozenset(r for r in CloseReason
-                      if r not in (CloseReason.UNKNOWN, CloseReason.CONNECTION_LOST))
-
-
-class SessionState(Enum):
-    """Where a session is. Initiators start ``IDLE``, responders ``AWAIT_HELLO``."""
-
-    IDLE = "idle"                    # initiator, start() not called yet
-    SENT_HELLO = "sent_hello"        # initiator, waiting for REPLY
-    AWAIT_HELLO = "await_hello"      # responder, waiting for HELLO
-    SENT_REPLY = "sent_reply"        # responder, waiting for FINISH
-    ESTABLISHED = "established"      # both directions open
-    LOCAL_CLOSED = "local_closed"    # our final sent; still receiving
-    REMOTE_CLOSED = "remote_closed"  # peer's final received; we may only close()
-    CLOSED = "closed"                # over, cleanly or not
-    FAILED = "failed"                # the peer broke the protocol; drop the connection
-
-
-class _Input(Enum):
-    START = "start"
-    RECV_HELLO = "receive HELLO"
-    RECV_REPLY = "receive REPLY"
-    RECV_FINISH = "receive FINISH"
-    SEND_DATA = "send"
-    RECV_DATA = "receive a message"
-    CLOSE = "close"
-    RECV_FINAL = "receive the final frame"
-    TRANSPORT_CLOSED = "transport closed"
-    REMOTE_ERROR = "remote protocol error"
-
-
-_S, _I = SessionState, _Input
-_HANDSHAKING = (_S.IDLE, _S.SENT_HELLO, _S.AWAIT_HELLO, _S.SENT_REPLY)
-_LIVE = (*_HANDSHAKING, _S.ESTABLISHED, _S.LOCAL_CLOSED, _S.REMOTE_CLOSED)
-
-TRANSITIONS: dict[tuple[SessionState, _Input], SessionState] = {
-    (_S.IDLE, _I.START): _S.SENT_HELLO,
-    (_S.SENT_HELLO, _I.RECV_REPLY): _S.ESTABLISHED,
-    (_S.AWAIT_HELLO, _I.RECV_HELLO): _S.SENT_REPLY,
-    (_S.SENT_REPLY, _I.RECV_FINISH): _S.ESTABLISHED,
-    (_S.ESTABLISHED, _I.SEND_DATA): _S.ESTABLISHED,
-    (_S.ESTABLISHED, _I.RECV_DATA): _S.ESTABLISHED,
-    (_S.LOCAL_CLOSED, _I.RECV_DATA): _S.LOCAL_CLOSED,
-    (_S.ESTABLISHED, _I.CLOSE): _S.LOCAL_CLOSED,
-    (_S.ESTABLISHED, _I.RECV_FINAL): _S.REMOTE_CLOSED,
-    (_S.LOCAL_CLOSED, _I.RECV_FINAL): _S.CLOSED,
-    (_S.REMOTE_CLOSED, _I.CLOSE): _S.CLOSED,
-    # close() never fails for a state reason: cleanup paths call it unconditionally.
-    (_S.LOCAL_CLOSED, _I.CLOSE): _S.LOCAL_CLOSED,
-    (_S.CLOSED, _I.CLOSE): _S.CLOSED,
-    (_S.FAILED, _I.CLOSE): _S.FAILED,
-    **{(s, _I.CLOSE): _S.CLOSED for s in _HANDSHAKING},
-    **{(s, _I.TRANSPORT_CLOSED): _S.CLOSED for s in (*_LIVE, _S.CLOSED)},
-    (_S.FAILED, _I.TRANSPORT_CLOSED): _S.FAILED,
-    **{(s, _I.REMOTE_ERROR): _S.FAILED for s in (*_LIVE, _S.CLOSED)},
-}
-"""(state, input) -> next state. Anything missing is a ``LocalProtocolError``."""
-
-
-@dataclass(frozen=True)
-class HandshakeComplete:
-    """The peer proved possession of ``peer`` (a trusted key); messages may flow."""
-
-    peer: PublicKey
-
-
-@dataclass(frozen=True)
-class MessageReceived:
-    """One application message from the peer, authenticated and in order."""
-
-    data: bytes
-
-    def __repr__(self) -> str:
-        return f"MessageReceived(<{len(self.data)} bytes>)"
-
-
-@dataclass(frozen=True)
-class SessionClosed:
-    """The peer's direction ended: its final frame (``CONNECTION_LOST`` if none came)."""
-
-    reason: CloseReason
-    message: str
-
-
-Event = HandshakeComplete | MessageReceived | SessionClosed
 
 
 class Session:
@@ -257,7 +152,7 @@ class Session:
         self._eph_sk: bytes | None = eph_sk
         # Any 24 bytes unique per key will do (the keys are fresh per session); deriving
         # them from the seed keeps the library from drawing randomness of its own.
-        self._own_hdr = hashlib.blake2b(_HEADER_DOMAIN, key=ephemeral_seed,
+        self._own_hdr = hashlib.blake2b(HEADER_DOMAIN, key=ephemeral_seed,
                                         digest_size=STREAM_HEADER_BYTES).digest()
         self._state = SessionState.IDLE if initiator else SessionState.AWAIT_HELLO
         self._peer: PublicKey | None = None
@@ -313,7 +208,7 @@ class Session:
         Raises:
             LocalProtocolError: not an initiator, or already started.
         """
-        next_state = self._next(_Input.START)
+        next_state = self._next(SessionInput.START)
         hello = Hello(label=self._label, key=self.local_key, eph=self._eph_pk)
         self._state = next_state
         return [hello.encode()]
@@ -383,14 +278,14 @@ class Session:
         """
         if not isinstance(data, bytes):
             raise LocalProtocolError("a message is bytes")
-        next_state = self._next(_Input.SEND_DATA)
+        next_state = self._next(SessionInput.SEND_DATA)
         self._check_drained()
         if len(data) > MAX_MESSAGE_BYTES:
             raise OversizeError(f"message of {len(data)} bytes is over the "
                                 f"{MAX_MESSAGE_BYTES}-byte cap")
         assert self._push is not None
         frame = sodium.crypto_secretstream_xchacha20poly1305_push(self._push, data,
-                                                                  tag=_TAG_MESSAGE)
+                                                                  tag=TAG_MESSAGE)
         self._state = next_state
         return frame
 
@@ -408,10 +303,10 @@ class Session:
             LocalProtocolError: ``reason`` is ``UNKNOWN`` or ``CONNECTION_LOST``, or
                 ``frames_to_send()`` holds frames that must go first.
         """
-        if reason not in _SENDABLE:
+        if reason not in SENDABLE:
             raise LocalProtocolError(f"{reason.name} is not a reason one can send")
-        next_state = self._next(_Input.CLOSE)
-        if self._push is None or self._state in _HANDSHAKING:
+        next_state = self._next(SessionInput.CLOSE)
+        if self._push is None or self._state in HANDSHAKING:
             # Before the peer is verified nothing is sent to it, not even a reason.
             self._push = None
             self._pending.clear()
@@ -419,10 +314,9 @@ class Session:
             self._drop_handshake_secrets()
             return None
         self._check_drained()
-        text = message.encode("utf-8")[:MAX_CLOSE_MESSAGE_BYTES].decode("utf-8", "ignore")
-        payload = encode({"code": int(reason), "message": text})
+        payload = encode_close(reason, message)
         frame = sodium.crypto_secretstream_xchacha20poly1305_push(self._push, payload,
-                                                                  tag=_TAG_FINAL)
+                                                                  tag=TAG_FINAL)
         self._push = None
         self._state = next_state
         return frame
@@ -435,13 +329,13 @@ class Session:
             came (a truncated session: messages may have been lost), else ``[]``.
         """
         state = self._state
-        self._state = self._next(_Input.TRANSPORT_CLOSED)
+        self._state = self._next(SessionInput.TRANSPORT_CLOSED)
         self._push = self._pull = None
         self._pending.clear()
         self._drop_handshake_secrets()
         if state in (SessionState.CLOSED, SessionState.FAILED, SessionState.REMOTE_CLOSED):
             return []
-        what = "during the handshake" if state in _HANDSHAKING else "without a final frame"
+        what = "during the handshake" if state in HANDSHAKING else "without a final frame"
         return [SessionClosed(CloseReason.CONNECTION_LOST, f"transport closed {what}")]
 
     def __repr__(self) -> str:
@@ -455,7 +349,7 @@ class Session:
     # --- handshake --------------------------------------------------------------------
 
     def _on_hello(self, frame: bytes) -> list[Event]:
-        next_state = self._next(_Input.RECV_HELLO)
+        next_state = self._next(SessionInput.RECV_HELLO)
         hello = decode_hello(frame)
         if hello.label != self._label:
             raise HandshakeError("the peer speaks another protocol label or version")
@@ -468,7 +362,7 @@ class Session:
         except nacl.exceptions.CryptoError as exc:
             raise HandshakeError("the peer's ephemeral key is unusable") from exc
         th = transcript_hash(self._label, hello.key, hello.eph, self.local_key, self._eph_pk)
-        self._push = _stream(self._own_hdr, tx)
+        self._push = open_stream(self._own_hdr, tx)
         sig = self._identity.sign(signature_input(initiator=False, th=th, hdr=self._own_hdr))
         reply = Reply(key=self.local_key, eph=self._eph_pk, hdr=self._own_hdr, sig=sig)
         self._eph_sk = None
@@ -481,7 +375,7 @@ class Session:
         return []
 
     def _on_reply(self, frame: bytes) -> list[Event]:
-        next_state = self._next(_Input.RECV_REPLY)
+        next_state = self._next(SessionInput.RECV_REPLY)
         reply = decode_reply(frame)
         self._check_peer_key(reply.key)
         if reply.eph == self._eph_pk:
@@ -493,8 +387,8 @@ class Session:
             rx, tx = sodium.crypto_kx_client_session_keys(self._eph_pk, self._eph_sk, reply.eph)
         except nacl.exceptions.CryptoError as exc:
             raise HandshakeError("the peer's ephemeral key is unusable") from exc
-        self._pull = _stream(reply.hdr, rx)
-        self._push = _stream(self._own_hdr, tx)
+        self._pull = open_stream(reply.hdr, rx)
+        self._push = open_stream(self._own_hdr, tx)
         sig = self._identity.sign(signature_input(initiator=True, th=th, hdr=self._own_hdr))
         self._eph_sk = None
         self._peer = reply.key
@@ -504,14 +398,14 @@ class Session:
         return [HandshakeComplete(peer=reply.key)]
 
     def _on_finish(self, frame: bytes) -> list[Event]:
-        next_state = self._next(_Input.RECV_FINISH)
+        next_state = self._next(SessionInput.RECV_FINISH)
         finish = decode_finish(frame)
         assert self._peer_claimed is not None and self._transcript_hash is not None
         assert self._rx_key is not None
         _verify(self._peer_claimed,
                 signature_input(initiator=True, th=self._transcript_hash, hdr=finish.hdr),
                 finish.sig)
-        self._pull = _stream(finish.hdr, self._rx_key)
+        self._pull = open_stream(finish.hdr, self._rx_key)
         self._rx_key = None
         self._peer = self._peer_claimed
         self._state = next_state
@@ -535,20 +429,20 @@ class Session:
         except (nacl.exceptions.CryptoError, ValueError) as exc:
             raise RemoteProtocolError("frame does not authenticate (tampered, replayed, "
                                       "reordered or from another session)") from exc
-        if tag == _TAG_MESSAGE:
-            self._state = self._next(_Input.RECV_DATA)
+        if tag == TAG_MESSAGE:
+            self._state = self._next(SessionInput.RECV_DATA)
             return [MessageReceived(plain)]
-        if tag != _TAG_FINAL:
+        if tag != TAG_FINAL:
             raise RemoteProtocolError(f"unexpected secretstream tag {tag}")
-        reason, message = _decode_close(plain)
-        self._state = self._next(_Input.RECV_FINAL)
+        reason, message = decode_close(plain)
+        self._state = self._next(SessionInput.RECV_FINAL)
         self._pull = None
         self._peer_final_seen = True
         return [SessionClosed(reason, message)]
 
     # --- helpers --------------------------------------------------------------------
 
-    def _next(self, inp: _Input) -> SessionState:
+    def _next(self, inp: SessionInput) -> SessionState:
         try:
             return TRANSITIONS[(self._state, inp)]
         except KeyError:
@@ -561,7 +455,7 @@ class Session:
                                      "handshake's last message must precede encrypted frames")
 
     def _fail(self) -> None:
-        self._state = self._next(_Input.REMOTE_ERROR)
+        self._state = self._next(SessionInput.REMOTE_ERROR)
         # Keep the push stream so close(PROTOCOL_ERROR) can still tell a verified peer
         # why; an unverified one gets nothing.
         if self._peer is None:
@@ -597,37 +491,8 @@ def simultaneous_dial_winner(a: Session, b: Session) -> Session | None:
     return a if ka.raw < kb.raw else b
 
 
-def _stream(header: bytes, key: bytes) -> sodium.crypto_secretstream_xchacha20poly1305_state:
-    # init_pull and init_push leave the same state for the same (header, key): libsodium
-    # derives both with HChaCha20(key, header[:16]) and header[16:] as nonce. Using
-    # init_pull for our sending side lets the header come from the caller's seed rather
-    # than libsodium's RNG; the peer sees an ordinary secretstream either way.
-    state = sodium.crypto_secretstream_xchacha20poly1305_state()
-    sodium.crypto_secretstream_xchacha20poly1305_init_pull(state, header, key)
-    return state
-
-
 def _verify(key: PublicKey, message: bytes, sig: bytes) -> None:
     try:
         key.verify(message, sig)
     except BadSignatureError as exc:
         raise HandshakeError("the peer's handshake signature does not verify") from exc
-
-
-def _decode_close(plain: bytes) -> tuple[CloseReason, str]:
-    try:
-        value = decode(plain, _CLOSE_LIMITS)
-    except EncodingError as exc:
-        raise RemoteProtocolError(f"malformed close frame: {exc}") from exc
-    if (not isinstance(value, dict) or tuple(value) != ("code", "message")
-            or not isinstance(value["code"], int) or isinstance(value["code"], bool)
-            or not isinstance(value["message"], str)):
-        raise RemoteProtocolError("a close frame is {code: int, message: str}")
-    code: int = value["code"]
-    try:
-        reason = CloseReason(code)
-    except ValueError:
-        reason = CloseReason.UNKNOWN
-    if reason not in _SENDABLE:
-        reason = CloseReason.UNKNOWN
-    return reason, value["message"]
