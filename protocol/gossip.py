@@ -8,7 +8,7 @@ Storage stays in the agent: the engine asks it to verify and store entries
 (:class:`EntriesReceived` → :meth:`GossipEngine.entries_stored`) and to read them
 (:class:`EntriesRequested` → :meth:`GossipEngine.send_entries`).
 
-Replication rules (docs/parts/gossip.md):
+Replication rules (docs/protocol.md §8, "Replication rules"):
 - A new entry (published here, or stored from a push or a small repair) is pushed
   at once to the eager peers, our neighbours in the broadcast tree
   (protocol.tree), and announced (IHAVE, batched for ``lazy_delay``) to the others.
@@ -30,7 +30,12 @@ Invariants:
 - ``receive`` either processes a whole message or raises ``RemoteProtocolError``
   without changing any state but counters.
 - The engine draws no randomness of its own: choices come from a seeded :class:`Prng`.
+
+The engine holds the state, the timers and the public API; what received messages
+do is :mod:`protocol.gossip_receive`, what goes out to peers
+:mod:`protocol.gossip_send`, and what to WANT :mod:`protocol.pull`.
 """
+
 
 from __future__ import annotations
 
@@ -39,8 +44,10 @@ import itertools
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 
-from protocol.entries import ForkProof, VerifiedEntry, decode_fork_proof, entry_hash
+from protocol.entries import ForkProof, VerifiedEntry
 from protocol.errors import EntraideError, LocalProtocolError, RemoteProtocolError
+from protocol.gossip_receive import Receiver
+from protocol.gossip_send import Sender, bump
 from protocol.gossip_types import (
     EntriesReceived,
     EntriesRequested,
@@ -53,32 +60,17 @@ from protocol.gossip_types import (
 )
 from protocol.keys import PublicKey
 from protocol.messages import (
-    HEAD_BYTES,
-    MAX_FORKED,
-    MAX_IHAVE,
     MAX_WANT_RANGES,
     PING_TOKEN_BYTES,
-    Announcement,
-    Beacon,
-    Entries,
-    Fork,
-    Graft,
     Have,
-    IHave,
-    Message,
     Ping,
-    Pong,
-    Prune,
-    VectorItem,
     Want,
     WantRange,
     decode_message,
-    encode_message,
     message_kind,
-    peek_entry,
 )
-from protocol.origins import STEP_CAP, OriginLog, OriginTable
-from protocol.peer_state import Counters, Frame, PeerState
+from protocol.origins import OriginTable
+from protocol.peer_state import Counters, PeerState
 from protocol.prng import Prng
 from protocol.pull import Puller
 from protocol.tree import BroadcastTree
@@ -94,9 +86,6 @@ __all__ = [
     "PeerStats",
     "PeerSynced",
 ]
-
-_SERVE_INFLIGHT = 2
-_PRUNE = encode_message(Prune())
 
 
 class GossipEngine:
@@ -145,12 +134,15 @@ class GossipEngine:
         self._timers: list[tuple[float, int, str, object]] = []
         self._scheduled: dict[tuple[str, object], float] = {}
         self._tick = itertools.count()
-        self._request_ids = itertools.count(1)
         self._totals = Counters()
         self._now = 0.0
         self._pull = Puller(self.params, self._table, self._peers, self._rng,
                             lambda at, kind, key: self._schedule(at, kind, key, earliest=True),
                             self._totals)
+        self._send = Sender(self.params, self._table, self._tree, self._peers, self._events,
+                            self._schedule, self._totals)
+        self._recv = Receiver(self.params, self._table, self._tree, self._pull, self._peers,
+                              self._events, self._send, self._totals)
         for key, (seq, digest) in (heads or {}).items():
             log = self._table.get(key.key_id, create=True, force=True)
             if log is None:
@@ -179,8 +171,8 @@ class GossipEngine:
         if peer in self._peers or peer == self.local:
             raise LocalProtocolError(f"cannot add peer {peer.fingerprint}")
         p = self._peers[peer] = PeerState(peer)
-        self._control(p, Have(self.digest()))
-        self._tree_out(self._tree.add_peer(peer, now))
+        self._send.control(p, Have(self.digest()))
+        self._send.tree_out(self._tree.add_peer(peer, now))
         if ("ae", None) not in self._scheduled:
             self._schedule(now + self._jitter(self.params.anti_entropy_interval), "ae", None)
         if self.params.ping_interval > 0:
@@ -193,7 +185,7 @@ class GossipEngine:
         if p is None:
             return
         self._pull.forget_peer(p)
-        self._tree_out(self._tree.remove_peer(peer, self._now))
+        self._send.tree_out(self._tree.remove_peer(peer, self._now))
         self._schedule(self._now, "flush", None)
 
     def is_eager(self, peer: PublicKey) -> bool:
@@ -225,13 +217,13 @@ class GossipEngine:
         self._now = now
         kind = message_kind(data)
         name = kind.name if kind is not None else "INVALID"
-        _bump(p.counters.frames_in, self._totals.frames_in, name, 1)
-        _bump(p.counters.bytes_in, self._totals.bytes_in, name, len(data))
+        bump(p.counters.frames_in, self._totals.frames_in, name, 1)
+        bump(p.counters.bytes_in, self._totals.bytes_in, name, len(data))
         try:
             msg = decode_message(data)
         except EntraideError as exc:
             raise RemoteProtocolError(f"undecodable gossip message: {exc}") from exc
-        self._dispatch(p, msg, now)
+        self._recv.dispatch(p, msg, now)
         self._flush(now)
 
     def next_event(self) -> GossipEvent | None:
@@ -252,11 +244,11 @@ class GossipEngine:
             return []
         self._now = now
         if p.ihave_due is not None and p.ihave_due <= now:
-            self._flush_ihave(p)
+            self._send.flush_ihave(p)
         frames = p.take(max_bytes, self.params.frame_bytes)
         for frame in frames:
-            self._count_out(p, frame)
-        self._serve(p)
+            self._send.count_out(p, frame)
+        self._send.serve(p)
         return [frame.data for frame in frames]
 
     def frames_to_send(self, now: float) -> list[tuple[PublicKey, bytes]]:
@@ -316,7 +308,7 @@ class GossipEngine:
                     break
                 log.set_key(entry.origin)
                 self._table.advance(log, entry.seq, entry.hash)
-                self._forward(log, entry.seq, entry.raw, live=True, source=None)
+                self._send.forward(log, entry.seq, entry.raw, live=True, source=None, now=now)
             taken += 1
         self._flush(now)
         return taken
@@ -351,20 +343,20 @@ class GossipEngine:
         self._now = now
         advanced, culprits = self._table.settle(batch, stored, invalid)
         for log, entry, item in advanced:
-            self._forward(log, entry.seq, entry.raw, live=item is not None and item.live,
-                          source=item.peer if item is not None else None)
+            self._send.forward(log, entry.seq, entry.raw, live=item is not None and item.live,
+                               source=item.peer if item is not None else None, now=now)
         for culprit, count in culprits.items():
             self._events.append(PeerMisbehaved(culprit, f"{count} entries failed verification"))
         if duplicates:
             self._totals.duplicates += duplicates
         for proof in forks:
-            self._on_fork(proof, None)
+            self._recv.on_fork(proof, None)
         self._flush(now)
 
     def fork_detected(self, proof: ForkProof, now: float) -> None:
         """The ledger found a fork: gossip the proof to every peer, ignore the origin."""
         self._now = now
-        self._on_fork(proof, None)
+        self._recv.on_fork(proof, None)
         self._flush(now)
 
     def clear_fork(self, origin: PublicKey, head: tuple[int, bytes] | None, now: float, *,
@@ -404,7 +396,7 @@ class GossipEngine:
         probe = Have(self.digest())
         for p in self._peers.values():
             p.forks_sent.discard(kid)
-            self._control(p, probe)
+            self._send.control(p, probe)
         self._flush(now)
         return True
 
@@ -422,7 +414,7 @@ class GossipEngine:
                 if first + len(raws) <= last:
                     p.serving.appendleft((kid, first + len(raws), last))
         p.queue_replies(list(raws), self.params.frame_bytes)
-        self._serve(p)
+        self._send.serve(p)
 
     # --- inspection --------------------------------------------------------------------
 
@@ -470,228 +462,6 @@ class GossipEngine:
         p = self._peers.get(peer)
         return p.queued_bytes() if p is not None else 0
 
-    # --- receiving ---------------------------------------------------------------------
-
-    def _dispatch(self, p: PeerState, msg: Message, now: float) -> None:
-        if isinstance(msg, Entries):
-            self._on_entries(p, msg, now)
-        elif isinstance(msg, IHave):
-            self._on_ihave(p, msg, now)
-        elif isinstance(msg, Want):
-            self._on_want(p, msg)
-        elif isinstance(msg, Have):
-            self._on_have(p, msg, now)
-        elif isinstance(msg, Beacon):
-            self._tree_out(self._tree.on_beacon(p.key, msg, now))
-        elif isinstance(msg, Graft):
-            self._tree.on_graft(p.key)
-        elif isinstance(msg, Prune):
-            self._tree.on_prune(p.key)
-        elif isinstance(msg, Fork):
-            try:
-                proof = decode_fork_proof(msg.proof)
-            except EntraideError as exc:
-                raise RemoteProtocolError(f"invalid fork proof: {exc}") from exc
-            self._on_fork(proof, p)
-        elif isinstance(msg, Ping):
-            self._control(p, Pong(msg.token))
-        elif isinstance(msg, Pong) and p.ping_token is not None and msg.token == p.ping_token:
-            p.rtt = now - p.ping_sent
-            p.ping_token = None
-
-    def _on_entries(self, p: PeerState, msg: Entries, now: float) -> None:
-        # Check every header before touching any state: one bad entry rejects the message.
-        headers = []
-        for raw in msg.raws:
-            try:
-                header = peek_entry(raw)
-            except EntraideError as exc:
-                raise RemoteProtocolError(f"ENTRIES holds a non-entry: {exc}") from exc
-            headers.append((self._table.kid(header.origin), header))
-        payload = sum(len(raw) for raw in msg.raws)
-        for c in (p.counters, self._totals):
-            c.entries_in += len(msg.raws)
-            c.payload_in += payload
-        new = dups = 0
-        for raw, (kid, header) in zip(msg.raws, headers, strict=True):
-            log = self._table.get(kid, create=True)
-            if (log is None or not log.active
-                    or (log.origin is not None and log.origin != header.origin)):
-                self._drop(p)  # untrusted, forked, over the cap, or a key id collision
-                continue
-            if log.origin is None:
-                log.origin = header.origin  # checked by the agent's verification
-            p.tell(kid, header.seq)
-            digest = entry_hash(raw)
-            live = msg.push or self._pull.live(log, header.seq)
-            self._pull.progress(log, p.key, header.seq, now)
-            verdict = self._table.classify(log, header.seq, header.prev, digest, raw, p.key,
-                                           live, now)
-            self._pull.step(log)
-            dups += verdict == "dup"
-            new += verdict == "new"
-            if verdict == "drop":
-                self._drop(p)
-        if dups:
-            p.counters.duplicates += dups
-            self._totals.duplicates += dups
-        if msg.push and dups and not new and not self._tree.eager(p.key):
-            # Pushed to us by a peer that is not our tree neighbour: a stale view of
-            # the tree (a PRUNE or beacon went missing). Tell it to stop.
-            self._control(p, _PRUNE)
-
-    def _on_ihave(self, p: PeerState, msg: IHave, now: float) -> None:
-        for item in msg.items:
-            log = self._table.get(item.origin, create=True)
-            if log is None or not log.active:
-                continue
-            p.tell(item.origin, item.seq)
-            if log.note_known(item.seq, now + self.params.ihave_timeout, now, STEP_CAP):
-                log.announcer = p.key
-                self._table.lagging[log] = None
-                self._pull.step(log)
-
-    def _on_want(self, p: PeerState, msg: Want) -> None:
-        for rng in msg.ranges:
-            log = self._table.logs.get(rng.origin)
-            if log is None or not log.active or log.seq == 0:
-                continue
-            p.tell(rng.origin, rng.from_seq - 1)
-            last = min(rng.to_seq, log.seq)
-            if rng.from_seq > last:
-                continue
-            if len(p.serving) >= self.params.serve_queue:
-                self._drop(p)
-                continue
-            # Small ranges are live repairs: serve them before any bulk catch-up.
-            if last - rng.from_seq < self.params.graft_max_gap:
-                p.serving.appendleft((rng.origin, rng.from_seq, last))
-            else:
-                p.serving.append((rng.origin, rng.from_seq, last))
-
-    def _on_have(self, p: PeerState, msg: Have, now: float) -> None:
-        mine = self.digest()
-        if msg.vector is None:
-            if msg.digest == mine:
-                self._synced(p, mine)
-            else:
-                self._send_vector(p)
-            return
-        theirs: dict[bytes, int] = {}
-        for item in msg.vector:
-            theirs[item.origin] = item.seq
-            log = self._table.get(item.origin, create=True)
-            if log is None or not log.active:
-                continue
-            p.tell(item.origin, item.seq)
-            if item.seq > log.seq:
-                # Wait for the eager copy like after an announcement: the newest
-                # entries in a vector are often still on their way down the tree.
-                log.swept = max(log.swept, item.seq)
-                if log.note_known(item.seq, now + self.params.ihave_timeout, now, STEP_CAP):
-                    self._table.lagging[log] = None
-                    self._pull.step(log)
-            else:
-                ours = log.hash_at(item.seq)
-                if ours is not None and ours[:HEAD_BYTES] != item.head:
-                    self._pull.probe(log, p, item.seq, now)
-        their_forks = set(msg.forked)
-        for kid, proof in self._table.forks.items():
-            if kid not in their_forks and kid not in p.forks_sent:
-                p.forks_sent.add(kid)
-                self._control(p, Fork(proof))
-        lacks = bool(their_forks - self._table.forks.keys()) or any(
-            log.seq > theirs.get(log.kid, 0) for log in self._table.vector_logs())
-        if lacks and p.last_full_sent != mine:
-            self._send_vector(p)
-        if msg.digest == mine:
-            self._synced(p, mine)
-
-    def _synced(self, p: PeerState, digest: bytes) -> None:
-        if p.synced_digest != digest:
-            p.synced_digest = digest
-            self._events.append(PeerSynced(p.key))
-
-    def _send_vector(self, p: PeerState) -> None:
-        mine = self.digest()
-        p.last_full_sent = mine
-        vector = tuple(VectorItem(log.kid, log.seq, log.hash[:HEAD_BYTES])
-                       for log in self._table.vector_logs())
-        self._control(p, Have(mine, vector, tuple(sorted(self._table.forks)[:MAX_FORKED])))
-
-    # --- forks -------------------------------------------------------------------------
-
-    def _on_fork(self, proof: ForkProof, source: PeerState | None) -> None:
-        kid = proof.origin.key_id
-        if self._table.trusted is not None and kid not in self._table.trusted:
-            return
-        if kid in self._table.forks:
-            if source is not None:
-                source.forks_sent.add(kid)
-            return
-        if not self._table.mark_forked(proof):
-            return
-        data = self._table.forks[kid]
-        for p in self._peers.values():
-            p.forks_sent.add(kid)
-            if p is not source:
-                self._control(p, Fork(data))
-        if source is not None:
-            self._events.append(ForkDetected(proof, source.key))
-
-    # --- forwarding --------------------------------------------------------------------
-
-    def _forward(self, log: OriginLog, seq: int, raw: bytes, *, live: bool,
-                 source: PublicKey | None) -> None:
-        """Push a newly stored entry to tree neighbours, announce it to the others."""
-        kid = log.kid
-        for p in self._peers.values():
-            if p.key == source or p.known(kid) >= seq:
-                continue
-            if live and self._tree.eager(p.key):
-                if p.push_bytes + len(raw) <= self.params.eager_queue_bytes:
-                    p.push.append(raw)
-                    p.push_bytes += len(raw)
-                    p.sent[kid] = seq
-                    continue
-                p.counters.backpressured += 1
-                self._totals.backpressured += 1
-            if seq > p.ihave.get(kid, 0):
-                p.ihave[kid] = seq
-            if p.ihave_due is None:
-                p.ihave_due = self._now + self.params.lazy_delay
-                self._schedule(p.ihave_due, "ihave", p.key)
-
-    def _flush_ihave(self, p: PeerState) -> None:
-        items = [Announcement(kid, seq) for kid, seq in p.ihave.items() if p.known(kid) < seq]
-        p.ihave.clear()
-        p.ihave_due = None
-        for a in items:
-            p.sent[a.origin] = a.seq
-        for i in range(0, len(items), MAX_IHAVE):
-            self._control(p, IHave(tuple(items[i:i + MAX_IHAVE])))
-
-    # --- requesting --------------------------------------------------------------------
-
-    # --- serving -----------------------------------------------------------------------
-
-    def _serve(self, p: PeerState) -> None:
-        """Ask the agent for the next entries ``p`` wants, while its reply queue has room."""
-        while (p.serving and len(p.requests) < _SERVE_INFLIGHT
-               and p.reply_bytes < self.params.reply_queue_bytes):
-            kid, first, last = p.serving.popleft()
-            log = self._table.logs.get(kid)
-            key = log.public_key() if log is not None and log.active else None
-            if key is None:
-                continue
-            end = min(last, first + self.params.serve_batch - 1)
-            if end < last:
-                p.serving.appendleft((kid, end + 1, last))
-            rid = next(self._request_ids)
-            p.requests[rid] = (kid, first, end)
-            self._events.append(EntriesRequested(p.key, key, first, end,
-                                                 self.params.serve_bytes, rid))
-
     # --- bookkeeping -------------------------------------------------------------------
 
     def _flush(self, now: float) -> None:
@@ -715,9 +485,9 @@ class GossipEngine:
                 ranges = [WantRange(*r) for r in p.want_out]
                 p.want_out = []
                 for i in range(0, len(ranges), MAX_WANT_RANGES):
-                    self._control(p, Want(tuple(ranges[i:i + MAX_WANT_RANGES])))
+                    self._send.control(p, Want(tuple(ranges[i:i + MAX_WANT_RANGES])))
             if p.serving:
-                self._serve(p)
+                self._send.serve(p)
         self._schedule(self._tree.next_timer(), "tree", None)
 
     def _on_timer(self, kind: str, key: object, now: float) -> None:
@@ -726,12 +496,13 @@ class GossipEngine:
         log = self._table.logs.get(key) if isinstance(key, bytes) else None
         if kind == "ae":
             if self._peers:
-                self._control(self._rng.choice(list(self._peers.values())), Have(self.digest()))
+                chosen = self._rng.choice(list(self._peers.values()))
+                self._send.control(chosen, Have(self.digest()))
             self._schedule(now + self._jitter(self.params.anti_entropy_interval), "ae", None)
         elif kind == "tree":
-            self._tree_out(self._tree.on_timer(now))
+            self._send.tree_out(self._tree.on_timer(now))
         elif kind == "ihave" and p is not None and p.ihave_due is not None:
-            self._flush_ihave(p)
+            self._send.flush_ihave(p)
         elif kind == "step" and log is not None:
             self._table.lagging[log] = None
         elif kind == "want_timeout" and log is not None:
@@ -739,7 +510,7 @@ class GossipEngine:
         elif kind == "ping" and p is not None:
             p.ping_token = self._rng.randbytes(PING_TOKEN_BYTES)
             p.ping_sent = now
-            self._control(p, Ping(p.ping_token))
+            self._send.control(p, Ping(p.ping_token))
             self._schedule(now + self.params.ping_interval, "ping", p.key)
         # "flush": nothing more; handle_timer's _flush does the work.
 
@@ -759,30 +530,3 @@ class GossipEngine:
         if p is None:
             raise LocalProtocolError(f"unknown peer {peer.fingerprint}")
         return p
-
-    def _tree_out(self, messages: list[tuple[PublicKey, Message]]) -> None:
-        for peer, msg in messages:
-            p = self._peers.get(peer)
-            if p is not None:
-                self._control(p, msg)
-
-    def _drop(self, p: PeerState) -> None:
-        p.counters.dropped += 1
-        self._totals.dropped += 1
-
-    def _control(self, p: PeerState, msg: Message | bytes) -> None:
-        if not p.queue_control(msg, self.params.control_queue):
-            self._drop(p)
-
-    def _count_out(self, p: PeerState, frame: Frame) -> None:
-        _bump(p.counters.frames_out, self._totals.frames_out, frame.kind, 1)
-        _bump(p.counters.bytes_out, self._totals.bytes_out, frame.kind, len(frame.data))
-        if frame.entries:
-            for c in (p.counters, self._totals):
-                c.entries_out += frame.entries
-                c.payload_out += frame.payload
-
-
-def _bump(mine: dict[str, int], total: dict[str, int], key: str, n: int) -> None:
-    mine[key] = mine.get(key, 0) + n
-    total[key] = total.get(key, 0) + n
