@@ -5,7 +5,7 @@ processes (each hosts its share in one asyncio loop: real ledgers on SQLite file
 real replicators, WebSocket sessions across processes), on a random connected overlay
 of degree 3-5, with the gossip settings ``entraide run`` uses by default. After a
 warm-up (the broadcast tree settles), entries of about 1 KiB are appended at random
-nodes (``append_own``, the node's durable submit path, then ``publish``) at 20/s.
+nodes (signed and durably stored as the node's submit path does, then ``publish``) at 20/s.
 Each node timestamps every entry as its ledger commits it (a ledger subscription,
 ``time.monotonic``, one clock for all processes on Linux).
 - publish-to-all latency: from the start of the append at the origin until the last
@@ -88,15 +88,18 @@ def _worker_main(conn: Connection, indices: list[int], root: str, seed: bytes,
 async def _worker(conn: Connection, indices: list[int], root: Path, seed: bytes,
                   description_chars: int) -> None:
     from agent.config.settings import GossipConfig
+    from agent.node.author import Author
     from agent.peering.replicator import TransportParams, TrustedPeer, gossip_params
     from agent.storage.ledger import OwnDraft
     from protocol.keys import PublicKey
+    from tests.agent._ledger_helpers import append_own
     from tests.agent.nodes import Node
 
     loop = asyncio.get_running_loop()
     params = gossip_params(GossipConfig())  # what `entraide run` uses by default
     nodes = {i: Node(f"P{i:02d}", identity(f"{seed!r}/{i}"), root / f"p{i:02d}",
                      params=params, transport=TransportParams()) for i in indices}
+    authors = {i: Author(node.identity) for i, node in nodes.items()}
     arrivals: dict[int, dict[str, float]] = {i: {} for i in indices}
     published: list[tuple[str, int, int, float]] = []
     tasks: set[asyncio.Task[Any]] = set()
@@ -109,8 +112,8 @@ async def _worker(conn: Connection, indices: list[int], root: Path, seed: bytes,
     async def publish(i: int, k: int) -> None:
         node = nodes[i]
         t0 = time.monotonic()
-        entries = await node.db.append_own([OwnDraft(_payload(k, description_chars),
-                                                     TLP.CLEAR)])
+        entries = await append_own(node.db, authors[i],
+                                   [OwnDraft(_payload(k, description_chars), TLP.CLEAR)])
         node.repl.publish(entries)
         published.append((entries[0].id, i, k, t0))
 

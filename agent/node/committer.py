@@ -1,5 +1,7 @@
 """The group committer: this node's own entries, signed and durably committed in rounds.
 
+Storage stores, the node authors: the committer has its :class:`~agent.node.author.Author`
+sign each round after the head it expects, and the ledger's ``store_own`` store it.
 Concurrent submissions that arrive while a commit is in flight are signed and committed
 together in the next single transaction (one fsync); each caller gets its own entries
 back, in order, and only after that durable commit. The next round is signed while the
@@ -14,11 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.errors import NodeStoppingError
+from agent.node.author import Author, Built
 from agent.storage.ledger import MAX_APPEND_BATCH, Head, Ledger, OwnDraft
-from agent.storage.queries import IndexRecord
 from protocol.entries import VerifiedEntry
 from protocol.errors import OversizeError
-from protocol.keys import PublicKey
 
 __all__ = ["MAX_QUEUED_ENTRIES", "GroupCommitter"]
 
@@ -32,7 +33,7 @@ class _Pending:
     future: asyncio.Future[list[VerifiedEntry]] = field(repr=False)
 
 
-_Signed = list[tuple[_Pending, list[tuple[VerifiedEntry, IndexRecord]]]]
+_Signed = list[tuple[_Pending, Built]]
 
 
 class GroupCommitter:
@@ -50,13 +51,21 @@ class GroupCommitter:
     N's commit fails, round N+1's entries (signed after entries that were never
     stored, and never shown to anyone) are dropped and signed again after the stored
     head, so the log has neither a gap nor two entries at one seq.
+
+    Args:
+        ledger: where each round is stored (``store_own``).
+        author: signs each round (this node's key; entries are this node's origin).
+        on_commit: called after each durable commit with its entries and the number
+            of submissions it answered (metrics, replication).
+        max_queued: entries queued before submitters wait for room.
     """
 
-    def __init__(self, ledger: Ledger, me: PublicKey,
+    def __init__(self, ledger: Ledger, author: Author,
                  on_commit: Callable[[list[VerifiedEntry], int], None],
                  max_queued: int = MAX_QUEUED_ENTRIES) -> None:
         self._ledger = ledger
-        self._me = me
+        self._author = author
+        self._me = author.public_key
         self._on_commit = on_commit
         self._max_queued = max_queued
         self._queue: deque[_Pending] = deque()
@@ -70,6 +79,18 @@ class GroupCommitter:
         self._task = asyncio.create_task(self._run(), name="entraide-group-commit")
 
     async def submit(self, drafts: list[OwnDraft]) -> list[VerifiedEntry]:
+        """Sign and durably store ``drafts`` as this node's next entries, in order.
+
+        Returns them once the transaction holding them committed; a caller that is
+        cancelled meanwhile does not abort the commit it shares with others.
+
+        Raises:
+            OversizeError: more than ``MAX_APPEND_BATCH`` drafts, or an entry over its cap.
+            PayloadError, EncodingError: a draft that cannot be signed (see
+                :meth:`Author.sign <agent.node.author.Author.sign>`).
+            ChainError, StorageError: the round could not be stored (nothing of it is).
+            NodeStoppingError: the committer is closing.
+        """
         if len(drafts) > MAX_APPEND_BATCH:
             raise OversizeError(f"at most {MAX_APPEND_BATCH} entries per submission")
         if not drafts:
@@ -156,7 +177,7 @@ class GroupCommitter:
         fail the others it was grouped with)."""
         drafts = [d for p in group for d in p.drafts]
         try:
-            built = await self._ledger.sign_own(drafts, head)
+            built = await self._author.sign(drafts, head)
         except Exception as exc:
             if len(group) == 1:
                 _settle(group[0].future, exc)
@@ -164,7 +185,7 @@ class GroupCommitter:
             out: _Signed = []
             for pending in group:
                 try:
-                    part = await self._ledger.sign_own(pending.drafts, head)
+                    part = await self._author.sign(pending.drafts, head)
                 except Exception as one:
                     _settle(pending.future, one)
                     continue

@@ -59,6 +59,7 @@ from agent.errors import (
 )
 from agent.jsoncodec import dumps_bytes
 from agent.metrics import Counter, Histogram, MetricFamily, Registry
+from agent.node.author import Author
 from agent.node.committer import MAX_QUEUED_ENTRIES, GroupCommitter
 from agent.storage.ledger import (
     ForkRecord,
@@ -304,10 +305,11 @@ class Node:
         self._tokens = TokenStore(data_dir)
         self._ledger = await Ledger.open(
             self._config.ledger_path(data_dir), identity=self._identity,
-            is_trusted_origin=self._is_trusted, clock=self.clock, randbytes=self._randbytes)
+            is_trusted_origin=self._is_trusted, clock=self.clock)
         self._lookups = LookupWorker(self._config.ledger_path(data_dir),
                                      enabled=self._lookup_worker)
-        self._committer = GroupCommitter(self._ledger, me, self._committed)
+        author = Author(self._identity, clock=self.clock, randbytes=self._randbytes)
+        self._committer = GroupCommitter(self._ledger, author, self._committed)
         self._committer.start()
         if self._replication_factory is not None:
             self._replication = self._replication_factory(self)

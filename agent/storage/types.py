@@ -18,6 +18,8 @@ from protocol.keys import PublicKey
 from protocol.payloads import Payload
 
 __all__ = [
+    "MAX_APPEND_BATCH",
+    "MAX_INGEST_BATCH",
     "BufferLimits",
     "ForkRecord",
     "Gap",
@@ -33,6 +35,12 @@ __all__ = [
     "VerifyProblem",
     "VerifyReport",
 ]
+
+MAX_APPEND_BATCH = 10_000
+"""Most own entries signed and stored in one transaction."""
+
+MAX_INGEST_BATCH = 10_000
+"""Most remote entries taken by one ``ingest`` call."""
 
 Head = tuple[int, bytes]
 """(seq, hash) of an origin's last entry: the shape ``check_successor`` takes."""

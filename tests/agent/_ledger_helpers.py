@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from agent.node.author import Author
 from agent.storage.ledger import Ledger, OwnDraft
 from protocol.entries import TLP, VerifiedEntry, sign_entry
 from protocol.envelope import seal_envelope
@@ -74,7 +77,45 @@ class Trust:
         return key in self.keys
 
 
+_APPEND_LOCKS: weakref.WeakKeyDictionary[Ledger, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+async def append_own(ledger: Ledger, author: Author,
+                     drafts: Sequence[OwnDraft]) -> list[VerifiedEntry]:
+    """Sign ``drafts`` after the ledger's stored head and store them durably: the
+    node's submit path (agent/node/committer.py) without its grouping. Calls on one
+    ledger run one after the other, as the committer's rounds do."""
+    drafts = list(drafts)
+    lock = _APPEND_LOCKS.setdefault(ledger, asyncio.Lock())
+
+    async def locked() -> list[VerifiedEntry]:
+        async with lock:
+            built = await author.sign(drafts, ledger.head(author.public_key))
+            return await ledger.store_own(built)
+
+    # Shielded as a whole, as the committer's rounds are: a caller that goes away does
+    # not release the next call before this one's entries are stored.
+    return await asyncio.shield(asyncio.ensure_future(locked()))
+
+
+class AuthoringLedger(Ledger):
+    """A ledger that also signs, for tests: ``append_own`` is :func:`append_own` with
+    the author :func:`open_ledger` gave it (the product's ledger only stores)."""
+
+    author: Author
+
+    async def append_own(self, drafts: Sequence[OwnDraft]) -> list[VerifiedEntry]:
+        return await append_own(self, self.author, drafts)
+
+
 async def open_ledger(path: Path, me: Identity, trust: Callable[[PublicKey], bool] | None = None,
-                      **kwargs: Any) -> Ledger:
-    return await Ledger.open(path, identity=me, is_trusted_origin=trust or (lambda _k: True),
-                             clock=lambda: 1_800_000_000.0, **kwargs)
+                      *, randbytes: Callable[[int], bytes] = os.urandom,
+                      **kwargs: Any) -> AuthoringLedger:
+    """A ledger of ``me`` at ``path`` whose clock stands still at 1_800_000_000 s, with
+    an ``append_own`` that signs as ``me`` (envelopes sealed with ``randbytes``)."""
+    clock = lambda: 1_800_000_000.0  # noqa: E731
+    ledger = await AuthoringLedger.open(path, identity=me,
+                                        is_trusted_origin=trust or (lambda _k: True),
+                                        clock=clock, **kwargs)
+    ledger.author = Author(me, clock=clock, randbytes=randbytes)
+    return ledger

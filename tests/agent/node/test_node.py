@@ -28,6 +28,7 @@ from agent.errors import (
     UnknownPeerError,
 )
 from agent.metrics import MetricFamily, parse_text
+from agent.node.author import Author
 from agent.node.committer import GroupCommitter
 from agent.node.node import (
     AlreadyRetractedError,
@@ -218,7 +219,7 @@ async def test_one_bad_submission_does_not_fail_the_ones_grouped_with_it(
         data_dir: DataDir) -> None:
     async with Node.open(data_dir) as node:
         committed: list[int] = []
-        committer = GroupCommitter(node.ledger, node.public_key,
+        committer = GroupCommitter(node.ledger, Author(identity("QC")),
                                     lambda entries, n: committed.append(n))
         committer.start()
         try:
@@ -234,22 +235,27 @@ async def test_one_bad_submission_does_not_fail_the_ones_grouped_with_it(
 
 
 class _GatedStore:
-    """Wraps the ledger's sign_own/store_own: records what is signed after which head,
-    holds the first store until released, and fails it if asked to."""
+    """Wraps the author's sign and the ledger's store_own: records what is signed after
+    which head, holds the first store until released, and fails it if asked to."""
 
     def __init__(self, node: Node, monkeypatch: pytest.MonkeyPatch, *, fail: bool) -> None:
         self.ledger = node.ledger
-        self.real_sign, self.real_store = self.ledger.sign_own, self.ledger.store_own
+        self.real_store = self.ledger.store_own
         self.signed: list[tuple[Any, list[int]]] = []
         self.stores: list[list[int]] = []
         self.release = asyncio.Event()
         self.fail = fail
         self.changed = asyncio.Condition()
-        monkeypatch.setattr(self.ledger, "sign_own", self.sign_own)
+        real_sign = Author.sign
+
+        async def sign(author: Author, drafts: Any, head: Any) -> Any:
+            return await self.sign_own(real_sign(author, drafts, head), head)
+
+        monkeypatch.setattr(Author, "sign", sign)
         monkeypatch.setattr(self.ledger, "store_own", self.store_own)
 
-    async def sign_own(self, drafts: Any, head: Any) -> Any:
-        built = await self.real_sign(drafts, head)
+    async def sign_own(self, signing: Any, head: Any) -> Any:
+        built = await signing
         async with self.changed:
             self.signed.append((head, [e.seq for e, _ in built]))
             self.changed.notify_all()
