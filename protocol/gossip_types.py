@@ -2,7 +2,7 @@
 
 Events are what the engine asks of the agent; the agent drains them with
 ``GossipEngine.next_event()`` after every call and answers through the engine's
-methods (docs/parts/gossip.md, "Driving the engine").
+methods (docs/protocol.md §8, "Driving the engine").
 """
 
 from __future__ import annotations

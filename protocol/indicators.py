@@ -1,4 +1,4 @@
-"""Indicator types and their one canonical text form (docs/parts/payloads.md §Indicators).
+"""Indicator types and their one canonical text form (docs/protocol.md §6, "Indicators").
 
 ``normalise_indicator(type, value)`` maps every accepted spelling of an indicator
 to exactly one string, so that the same address, domain or hash submitted by two
@@ -133,8 +133,9 @@ def normalise_url(value: str) -> str:
     return normalise_indicator(IndicatorType.URL, value)
 
 
-class _Invalid(Exception):
-    """Internal: why a value is refused; wrapped into a PayloadError with its type."""
+class _Invalid(PayloadError):
+    """Internal: why a value is refused, without its type; ``normalise_indicator``
+    catches it and raises a ``PayloadError`` naming the type, so it never escapes."""
 
 
 # --- IP addresses ----------------------------------------------------------------

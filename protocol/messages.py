@@ -1,4 +1,4 @@
-"""Gossip messages: what two peers say to each other inside a session (docs/parts/gossip.md).
+"""Gossip messages: what two peers say to each other inside a session (docs/protocol.md §8).
 
 Every message is one canonical value (protocol.encoding), an array whose first
 element is the message kind::

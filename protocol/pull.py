@@ -1,6 +1,6 @@
 """Pulling missing entries: which ranges to WANT, from whom, and when to give up.
 
-Rules (docs/parts/gossip.md, "Requests"):
+Rules (docs/protocol.md §8, "Replication rules"):
 - Only what is known to exist and *eligible* is requested: whatever told us of
   an entry (an announcement, a later entry, a vector) it waits ``ihave_timeout``
   for the eager copy first.

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from protocol.errors import PayloadError
@@ -426,15 +425,6 @@ def indicator_of(pattern: Pattern) -> tuple[IndicatorType, str] | None:
             and isinstance(c.value, int) and not isinstance(c.value, bool)):
         return IndicatorType.AUTONOMOUS_SYSTEM, f"AS{c.value}"
     return None
-
-
-def iter_object_types(pattern: Pattern) -> Iterator[str]:
-    """Every object type a pattern names, in order, once each."""
-    seen: set[str] = set()
-    for c in pattern.comparisons:
-        if c.object_type not in seen:
-            seen.add(c.object_type)
-            yield c.object_type
 
 
 # The exact texts pattern_for writes, with a value that needs no escape. Each is one

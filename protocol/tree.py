@@ -1,7 +1,7 @@
 """The broadcast tree: a hop-count BFS tree rooted at the smallest key id reachable.
 
 Eager pushes travel along this tree; every other link carries lazy announcements
-(docs/parts/gossip.md, "Broadcast tree"). Why not Plumtree's duplicate-driven
+(docs/protocol.md §8, "The broadcast tree"). Why not Plumtree's duplicate-driven
 pruning alone: with many origins publishing at once, concurrent duplicates prune
 different edges of the same cycle and the eager graph falls apart (measured: 20
 pieces for 200 nodes), so most entries arrive through slow lazy repair. A rooted

@@ -598,7 +598,7 @@ SIG_LABEL = b"entraide/handshake-sig/v1\x00"
 
 
 class RawPeer:
-    """docs/parts/session.md re-implemented without protocol/ (either role), using
+    """docs/protocol.md §7 re-implemented without protocol/ (either role), using
     libsodium's own random stream headers (init_push)."""
 
     def __init__(self, seed: bytes, *, initiator: bool, label: bytes = b"entraide/peer/v1"):
