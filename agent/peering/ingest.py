@@ -1,11 +1,13 @@
 """The replicator's ingest pipeline: entries the engine hands over, checked and stored.
 
-Two stages, in the order the engine handed the batches (docs/parts/transport.md):
+Two stages, in the order the engine handed the batches (docs/architecture.md, "From
+socket to ledger and back"):
 
 1. *check*: each batch is verified (signatures, encoding) and its clear payloads
-   decoded into index records, by a worker process for large batches
-   (agent/workers/verify.py) or a thread for small ones; up to ``verify_ahead``
-   batches are being checked ahead of the one being stored;
+   decoded into index records by the :class:`Verifier` (the node's
+   :class:`agent.workers.verify.VerifyPool`: a worker process for large batches, a
+   thread for small ones); up to ``verify_ahead`` batches are being checked ahead of
+   the one being stored;
 2. *store*: checked batches go to the ledger, which checks each entry's chain position
    and stores it in one transaction. Batches already checked when the previous
    transaction ends are stored together (up to ``store_max_entries``): a transaction
@@ -30,12 +32,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agent.workers.verify import Checked, VerifyWorker
+from agent.workers.verify import Checked
 from protocol.entries import ForkProof, VerifiedEntry
 from protocol.errors import EntraideError
 from protocol.gossip import EntriesReceived
 
-__all__ = ["IngestLimits", "IngestPipeline", "Report", "split_stored"]
+__all__ = ["IngestLimits", "IngestPipeline", "Report", "Verifier", "split_stored"]
 
 log = logging.getLogger("agent.peering.transport")
 
@@ -60,6 +62,17 @@ class Report:
     duplicates: int
     invalid: tuple[bytes, ...]
     forks: tuple[ForkProof, ...]
+
+
+class Verifier(Protocol):
+    """What checks the entries of one batch (:class:`agent.workers.verify.VerifyPool`).
+
+    ``check`` returns one verdict per raw entry, in order (None: refused), and must not
+    raise for a bad entry or a failing helper; an exception is a bug (logged, and the
+    batch is reported not stored, so the engine asks for it again).
+    """
+
+    async def check(self, raws: Sequence[bytes]) -> Checked: ...
 
 
 class _IngestingLedger(Protocol):
@@ -104,15 +117,15 @@ class IngestPipeline:
 
     Args:
         ledger: where entries are stored (``Ledger.ingest``).
-        checkers: the verify workers (batches go to the least busy one).
+        verifier: checks each batch (not closed by the pipeline).
         report: called with each batch's :class:`Report`, in the engine's order.
         limits: the caps.
     """
 
-    def __init__(self, ledger: _IngestingLedger, checkers: Sequence[VerifyWorker],
+    def __init__(self, ledger: _IngestingLedger, verifier: Verifier,
                  report: Callable[[Report], None], limits: IngestLimits) -> None:
         self._ledger = ledger
-        self._checkers = list(checkers)
+        self._verifier = verifier
         self._report = report
         self.limits = limits
         self._pending: deque[EntriesReceived] = deque()
@@ -156,8 +169,8 @@ class IngestPipeline:
                 self._checked_room.clear()
                 await self._checked_room.wait()
             event = self._pending.popleft()
-            checker = min(self._checkers, key=lambda c: c.in_flight)
-            self._checked.append((event, asyncio.ensure_future(checker.check(event.raws))))
+            self._checked.append(
+                (event, asyncio.ensure_future(self._verifier.check(event.raws))))
             self._checked_wake.set()
 
     async def store_stage(self) -> None:

@@ -1,10 +1,14 @@
 """Peer transport: the WebSocket listener and dialer that replicate the ledger.
 
-The pieces live in three modules (docs/parts/transport.md):
+The pieces (docs/architecture.md, "Peer transport"):
 
 - :mod:`agent.peering.links`: one link = one WebSocket carrying one session; handshake under
   a deadline, the writer task, the one-session-per-pair registry;
 - :mod:`agent.peering.dialer`: exponential backoff with jitter, one dial loop per peer;
+- :mod:`agent.peering.sessions`: the listener's handler and one dial, from handshake to close;
+- :mod:`agent.peering.registry`: the trust list, per-peer status, counters and metrics;
+- :mod:`agent.peering.params`: the transport's tunables and the engine's from the config;
+- :mod:`agent.peering.ingest`: received batches checked and stored in order;
 - :mod:`agent.peering.replicator`: :class:`Replicator`, the asyncio adapter of the gossip
   engine against the ledger.
 
@@ -22,14 +26,10 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from agent.peering.dialer import PEER_PATH, Backoff, peer_endpoint
-from agent.peering.replicator import (
-    PeerCounters,
-    PeerStatus,
-    Replicator,
-    TransportParams,
-    TrustedPeer,
-    gossip_params,
-)
+from agent.peering.ingest import Verifier
+from agent.peering.params import TransportParams, gossip_params
+from agent.peering.registry import PeerCounters, PeerStatus, TrustedPeer
+from agent.peering.replicator import Replicator
 
 if TYPE_CHECKING:
     from agent.node.node import Node
@@ -42,6 +42,7 @@ __all__ = [
     "Replicator",
     "TransportParams",
     "TrustedPeer",
+    "Verifier",
     "gossip_params",
     "peer_endpoint",
     "replication_factory",
@@ -52,19 +53,22 @@ __all__ = [
 def replication_factory(
     transport: TransportParams | None = None,
     *,
+    verifier: Verifier | None = None,
     randbytes: Callable[[int], bytes] = os.urandom,
 ) -> Callable[[Node], Replicator]:
     """A ``Node(replication=...)`` factory: a :class:`Replicator` over the started
     node's identity, ledger, live trust list and ``[gossip]`` config.
 
     Without ``transport``, the defaults, with the verify worker process started with
-    the node (a daemon's first catch-up comes right after it starts)."""
+    the node (a daemon's first catch-up comes right after it starts). ``verifier``:
+    the checker its owner (the process supervisor) starts and closes; None: the
+    replicator runs its own verify pool."""
     if transport is None:
         transport = TransportParams(verify_process_eager=True)
 
     def build(node: Node) -> Replicator:
         return Replicator(node.identity, lambda: node.trust, node.ledger, node.config.gossip,
-                          transport=transport, randbytes=randbytes)
+                          transport=transport, verifier=verifier, randbytes=randbytes)
 
     return build
 

@@ -12,8 +12,8 @@ Invariants:
 - No entry is accepted unless ``verify_entry`` accepted its exact bytes, here or in
   the worker; the worker never sees a secret (encrypted payloads are opened by the
   node, which holds the key).
-- What is in flight is bounded by the caller (the replicator's verify-ahead queue);
-  each frame from the worker is capped.
+- What is in flight is bounded by the caller (the ingest pipeline's verify-ahead
+  queue); each frame from the worker is capped.
 - Nothing hangs on the worker: a worker that dies, answers garbage or takes longer
   than ``deadline`` is killed, its batches are checked in a thread instead, and a new
   worker is started for later batches; after ``MAX_FAILURES`` failures in a row the
@@ -22,7 +22,9 @@ Invariants:
 - The worker ends when the node closes its stdin (:meth:`VerifyWorker.close`) or
   dies (stdin reaches end of file), so it never outlives the node.
 
-The process and its pipes are agent/workers/pipe.py's. A request is ``[raw, ...]``;
+:class:`VerifyPool` is what the node uses: the thread pool and the worker processes
+together, one object to start and close (whoever builds it owns it). The process and
+its pipes are agent/workers/pipe.py's. A request is ``[raw, ...]``;
 the reply ``[verdict, ...]``, where a verdict is ``None`` (refused), ``0`` (verified;
 the node decodes the payload), ``1`` (verified, payload unreadable: stored, not
 indexed) or the index record as a list (kind, doc, type, value, first_seen,
@@ -40,12 +42,12 @@ from typing import Any
 
 from agent.storage.queries import IndexRecord, build_record
 from agent.workers.gcsettings import settle_heap
-from agent.workers.pipe import PipeWorker, WorkerFailed, serve
+from agent.workers.pipe import PipeWorker, WorkerFailed, serve, usable_cores
 from protocol.entries import VerifiedEntry, _rebuild_verified, verify_entry
 from protocol.errors import EntraideError
 from protocol.payloads import decode_payload_with_fields
 
-__all__ = ["MAX_FAILURES", "Checked", "VerifyWorker", "check_in_thread"]
+__all__ = ["MAX_FAILURES", "Checked", "VerifyPool", "VerifyWorker", "check_in_thread"]
 
 MAX_FAILURES = 3
 """Worker failures in a row (no batch answered in between) before giving up on it."""
@@ -204,6 +206,100 @@ class VerifyWorker:
     async def close(self) -> None:
         """End the worker: close its stdin, wait briefly, then kill it."""
         await self.worker.close()
+
+
+class VerifyPool:
+    """The node's entry checkers: a thread pool and up to ``processes`` verify workers.
+
+    Args:
+        threads: threads checking small batches, and large ones no worker takes.
+        processes: worker processes wanted for large batches; at most one per usable
+            core, and none on a one-core host (a thread cannot use another core: the
+            GIL). 0: threads only.
+        min_batch: batches smaller than this stay in a thread (live gossip: a round
+            trip to a worker would only add latency).
+        eager: start the workers with :meth:`start` rather than with the first large
+            batches (which are checked in a thread while the workers start, ~0.5 s).
+
+    A batch goes to the least busy worker (fewest batches in flight); a worker failure
+    never fails a check (see :class:`VerifyWorker`). Lifecycle: build, :meth:`start`
+    once the event loop runs, :meth:`check` any number of times, :meth:`close` once.
+    Whoever builds the pool closes it.
+    """
+
+    def __init__(self, threads: int, processes: int, min_batch: int, eager: bool) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max(1, threads), thread_name_prefix="entraide-verify")
+        cores = usable_cores()
+        wanted = min(processes, cores) if cores >= 2 else 0
+        self.processes = wanted
+        """Worker processes this pool runs (0: threads only), after the core limit."""
+        self.eager = eager
+        # One VerifyWorker even with no process: it is the thread path then.
+        self._workers = tuple(VerifyWorker(self._executor, min_batch=min_batch,
+                                           enabled=wanted > 0)
+                              for _ in range(max(1, wanted)))
+        self._closed = False
+
+    @property
+    def workers(self) -> tuple[VerifyWorker, ...]:
+        """The workers, for tests and diagnostics (do not close them one by one)."""
+        return self._workers
+
+    @property
+    def pids(self) -> list[int]:
+        """The pids of the workers that are up and ready."""
+        return [pid for w in self._workers if (pid := w.pid) is not None]
+
+    @property
+    def processes_up(self) -> int:
+        """Workers up and taking batches now."""
+        return len(self.pids)
+
+    @property
+    def failures(self) -> int:
+        """Worker failures in a row, summed over the workers."""
+        return sum(w.failures for w in self._workers)
+
+    @property
+    def batches_in_worker(self) -> int:
+        """Batches checked by a worker process so far (the rest went to threads)."""
+        return sum(w.batches_in_worker for w in self._workers)
+
+    @property
+    def in_flight(self) -> int:
+        """Batches taken by :meth:`check` and not answered yet."""
+        return sum(w.in_flight for w in self._workers)
+
+    async def check(self, raws: Sequence[bytes]) -> Checked:
+        """Check ``raws`` with the least busy worker (or in a thread); never raises for a
+        worker failure. Not after :meth:`close` (the threads are gone: RuntimeError)."""
+        worker = min(self._workers, key=lambda w: w.in_flight)
+        return await worker.check(raws)
+
+    def start(self) -> None:
+        """The owner's start hook (no wait): an eager pool starts its worker processes
+        now; otherwise they start with the first large batch."""
+        if self.eager and self.processes:
+            for worker in self._workers:
+                worker.start()
+
+    async def ready(self) -> bool:
+        """Start every worker if need be and wait until each answers. False when the pool
+        has no process or one of them cannot start (its batches go to threads)."""
+        if not self.processes:
+            return False
+        return all(await asyncio.gather(*(w.ready() for w in self._workers)))
+
+    async def close(self) -> None:
+        """End every worker process, then the threads (waiting for running checks;
+        queued ones are cancelled). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for worker in self._workers:
+            await worker.close()
+        await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
 
 
 if __name__ == "__main__":

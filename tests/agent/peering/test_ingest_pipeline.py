@@ -119,7 +119,7 @@ async def test_ingest_pipeline_merges_ready_batches_and_reports_in_order(
 
     ledger.ingest = slow_first  # type: ignore[method-assign]
     checker = VerifyWorker(executor, enabled=False)
-    pipeline = IngestPipeline(ledger, [checker], reports.append,
+    pipeline = IngestPipeline(ledger, checker, reports.append,
                               IngestLimits(verify_ahead=8, store_max_entries=10_000))
     runner = asyncio.create_task(_run(pipeline, events, reports))
     while pipeline.pending_entries < 600 or any(not f.done() for _, f in pipeline._checked):
@@ -141,7 +141,7 @@ async def test_ingest_pipeline_reports_bad_entries_per_batch(
     events = [EntriesReceived(A.public_key, tuple(_raws(a[:5])), 1),
               EntriesReceived(A.public_key, (bad, *_raws(a[6:10])), 2)]
     reports: list[Report] = []
-    pipeline = IngestPipeline(ledger, [VerifyWorker(executor, enabled=False)], reports.append,
+    pipeline = IngestPipeline(ledger, VerifyWorker(executor, enabled=False), reports.append,
                               IngestLimits())
     await _run(pipeline, events, reports)
     assert reports[0].stored == tuple(a[:5]) and reports[0].invalid == ()
@@ -153,7 +153,7 @@ async def test_ingest_pipeline_reports_bad_entries_per_batch(
 async def test_ingest_pipeline_pauses_readers_over_its_cap(
         ledger: Ledger, executor: concurrent.futures.Executor) -> None:
     a = make_entries(A, 30)
-    pipeline = IngestPipeline(ledger, [VerifyWorker(executor, enabled=False)],
+    pipeline = IngestPipeline(ledger, VerifyWorker(executor, enabled=False),
                               lambda r: None, IngestLimits(max_entries=20))
     pipeline.add(EntriesReceived(A.public_key, tuple(_raws(a[:10])), 1))
     assert pipeline.room.is_set()

@@ -67,8 +67,8 @@ async def test_replicator_simultaneous_dial_leaves_exactly_one_session(
     # No URLs: nothing dials on its own; both sides dial each other at the same moment.
     async with Federation.start(tmp_path, 2, topology=(), seed=seed) as fed:
         a, b = fed.nodes
-        dials = [asyncio.create_task(a.repl._connect(DialTarget(b.name, b.key, b.url))),
-                 asyncio.create_task(b.repl._connect(DialTarget(a.name, a.key, a.url)))]
+        dials = [asyncio.create_task(a.repl.sessions.connect(DialTarget(b.name, b.key, b.url))),
+                 asyncio.create_task(b.repl.sessions.connect(DialTarget(a.name, a.key, a.url)))]
         await fed.wait_connected()
         fed.edges = {frozenset((0, 1))}
         await fed.wait_connected()

@@ -19,7 +19,7 @@ import pytest
 
 from agent.jsoncodec import loads
 from agent.storage.queries import build_record
-from agent.workers.verify import MAX_FAILURES, VerifyWorker, check_raws
+from agent.workers.verify import MAX_FAILURES, VerifyPool, VerifyWorker, check_raws
 from protocol.entries import TLP, VerifiedEntry, sign_entry, verify_entry
 from protocol.envelope import seal_envelope
 from protocol.keys import Identity
@@ -211,12 +211,13 @@ async def test_verify_worker_replicates_through_the_worker(tmp_path: Path) -> No
     async with Federation.start(tmp_path, 2, transport=FAST_TRANSPORT) as fed:
         a, b = fed.nodes
         await fed.wait_connected()
-        checkers = b.repl._checkers
-        assert checkers and all([await c.ready() for c in checkers])
+        pool = b.repl.verifier
+        assert isinstance(pool, VerifyPool) and pool.processes >= 1
+        assert await pool.ready() and pool.processes_up == pool.processes
         written = await a.write(600)
         await wait_for(lambda: b.head_seq(a.key) == 600, what="600 entries on b")
         assert (await b.db.get_entry(written[-1].id)) == written[-1]
-        assert sum(c.batches_in_worker for c in checkers) >= 1
+        assert pool.batches_in_worker >= 1
         page = await b.db.list_observations(origin=a.key, limit=5)
         assert page.items  # indexed from the worker's records
 
