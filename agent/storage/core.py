@@ -1,9 +1,10 @@
 """The ledger's core: its file, connections, in-memory heads and write transaction.
 
-One SQLite database in WAL mode (schema and durability argument in
-agent/storage/schema.py). One *writer* connection, used only under ``_write_lock``, and
-one read-only *reader* connection for queries, replication reads and verification,
-so readers never wait for a write transaction. :class:`LedgerCore` holds them and the
+One SQLite database in WAL mode (schema in agent/storage/schema.py; which commits are
+durable, and why, in agent/storage/ledger.py and agent/storage/ingest.py). One *writer*
+connection, used only under ``_write_lock``, and one read-only *reader* connection for
+queries, replication reads and verification, so readers never wait for a write
+transaction. :class:`LedgerCore` holds them and the
 state every path shares; the ingest path (agent/storage/ingest.py) and the public
 facade (agent/storage/ledger.py) build on it.
 
@@ -61,8 +62,7 @@ class LedgerCore:
     Args (of :meth:`open`):
         identity: this node. Its public key names its own origin (always trusted); its
             secret key only opens envelopes sealed to this node, so their payloads can
-            be indexed. The ledger signs nothing: the node's author does
-            (agent/node/author.py).
+            be indexed. The ledger signs nothing: the node's author does.
         is_trusted_origin: the live trust list; consulted on every ingest.
         clock: seconds since the epoch (``time.time``); fork and clear times carry it.
         buffer_limits: caps on entries held ahead of a gap.

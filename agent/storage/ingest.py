@@ -110,7 +110,7 @@ class LedgerIngest(LedgerCore):
 
         ``records``: index records already built from some of these entries' payloads,
         by entry hash (None: the payload does not decode), as the replicator's verify
-        worker returns them (agent/workers/verify.py); the others are decoded here.
+        worker returns them; the others are decoded here.
 
         Raises:
             OversizeError: more than ``MAX_INGEST_BATCH`` entries.

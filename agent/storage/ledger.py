@@ -1,7 +1,7 @@
 """The node's ledger: every entry of every trusted origin, durable and verifiable.
 
 :class:`Ledger` is the storage layer's public face. Storage stores, the node authors:
-this node's own entries arrive already signed (agent/node/author.py) and are stored by
+this node's own entries arrive already signed (by the node's author) and are stored by
 :meth:`Ledger.store_own`; remote entries are stored by ``ingest``
 (agent/storage/ingest.py); the file, connections and write transaction are in
 agent/storage/core.py; queries are answered by agent/storage/queries.py; verification,
@@ -96,7 +96,7 @@ class Ledger(LedgerIngest):
         """Store this node's own signed entries in one durable transaction.
 
         ``built``: entries in chain order with their index records, as the node's
-        author signs them (agent/node/author.py). One transaction and one fsync for the
+        author signs them. One transaction and one fsync for the
         whole batch; on return every entry is on disk (``synchronous=FULL``); on error
         nothing is stored. Entries signed after a head that is no longer the stored one
         (after entries that never got stored) are refused, not stored with a gap.

@@ -1,5 +1,5 @@
 """An indicator lookup answered whole from its own read-only SQLite connection: the code a
-process that answers lookups off the event loop runs (agent/workers/reader.py), and the
+process that answers lookups off the event loop runs (the read lane's readers), and the
 same SQL and JSON as the node's in-process answer."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def answer_indicator(conn: sqlite3.Connection, type: str, value: str,
 
 def connect_reader(path: str) -> sqlite3.Connection:
     """A read-only connection to the ledger at ``path`` for a process that answers
-    lookups (this worker, agent/workers/read_lane.py's readers)."""
+    lookups (the lookup worker, the read lane's readers)."""
     conn = sqlite3.connect(path, isolation_level=None)
     # A lookup here may wait for a lock (briefly: WAL readers rarely do); nothing else
     # waits on this process.

@@ -5,7 +5,7 @@ export running on a live node sees one consistent state while writes go on (WAL 
 the snapshot's pages until it ends). The ledger wraps them (``Ledger.verify``,
 ``Ledger.export_entries``, ``Ledger.import_entries``).
 
-Export format (docs/parts/ledger.md §Export)::
+Export format (this module is its definition)::
 
     "ENTRAIDE-LEDGER\\x01"
     record*  : kind (1 byte: "E" entry, "F" fork proof) || u32 length || bytes

@@ -1,4 +1,4 @@
-"""The ledger's SQLite schema and its forward migrations (docs/parts/ledger.md §Schema).
+"""The ledger's SQLite schema and its forward migrations.
 
 The database holds two kinds of tables:
 
