@@ -13,9 +13,10 @@ ready. The worker side is :func:`serve`.
 Invariants:
 - Nothing hangs on the worker: one that dies, breaks the framing, sends a frame over
   ``max_frame`` or misses a call's ``deadline`` is killed, and every call in flight
-  raises :class:`WorkerFailed` (the caller falls back to its in-process path). The
-  next call starts a new worker; after ``max_failures`` failures in a row (no call
-  answered in between) it is given up for good.
+  raises :class:`WorkerFailed` (the caller falls back to its in-process path). A new
+  worker starts with the first call after the node's restart delay; after the
+  policy's failures in a row (no call answered in between) it is given up for good
+  (agent/workers/policy.py: one policy for every helper process).
 - What is in flight is bounded: past ``max_in_flight`` calls, :meth:`PipeWorker.call`
   raises :class:`WorkerFailed` at once (the caller's own path takes the call).
 - The worker never outlives the node: it ends when its stdin reaches end of file,
@@ -37,6 +38,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
+from agent.workers.policy import RESTART, RestartPolicy
 from protocol.errors import EntraideError
 
 __all__ = ["PipeWorker", "WorkerFailed", "serve", "usable_cores"]
@@ -59,8 +61,11 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-class WorkerFailed(Exception):
-    """The worker is not there, died, broke the wire or missed the deadline."""
+class WorkerFailed(EntraideError):
+    """The worker is not there, died, broke the wire or missed the deadline.
+
+    Never reaches a client: every caller catches it and does the work in-process.
+    """
 
 
 # --- the worker side ---------------------------------------------------------------
@@ -168,7 +173,10 @@ class PipeWorker:
         deadline: seconds a start or a call may take before the worker is killed.
         max_in_flight: calls waiting for the worker at once; more fail at once.
         max_frame: largest reply accepted, in bytes.
-        max_failures: failures in a row before giving up on the worker for good.
+        policy: when to start again after a failure, when to give up
+            (default: the node's one policy).
+        max_failures: failures in a row before giving up for good (default: the
+            policy's).
 
     The process starts with the first :meth:`usable` (or :meth:`start`) and is
     usable once it said it is ready. Close with :meth:`close`.
@@ -176,13 +184,16 @@ class PipeWorker:
 
     def __init__(self, name: str, command: Sequence[str], *, enabled: bool = True,
                  deadline: float = 30.0, max_in_flight: int = 256,
-                 max_frame: int = 64 << 20, max_failures: int = 3) -> None:
+                 max_frame: int = 64 << 20, policy: RestartPolicy = RESTART,
+                 max_failures: int | None = None) -> None:
         self.name = name
         self._command = list(command)
         self.deadline = deadline
         self.max_in_flight = max_in_flight
         self.max_frame = max_frame
-        self.max_failures = max_failures
+        if max_failures is not None:
+            policy = RestartPolicy(policy.first_s, policy.most_s, max_failures)
+        self.policy = policy
         self.disabled = not enabled
         self.closed = False
         self.failures = 0
@@ -198,6 +209,13 @@ class PipeWorker:
         self._watchdog: asyncio.TimerHandle | None = None
         self._outbox: list[bytes] = []
         self._next_id = 1
+        self._restart_at = 0.0
+        """time.monotonic() before which no new worker starts (the restart delay)."""
+
+    @property
+    def max_failures(self) -> int:
+        """Failures in a row before the worker is given up (the policy's)."""
+        return self.policy.max_failures
 
     @property
     def pid(self) -> int | None:
@@ -205,17 +223,26 @@ class PipeWorker:
         return self._transport.get_pid() if self._ready and self._transport else None
 
     def usable(self) -> bool:
-        """True when the worker takes calls; starts it (without waiting) if need be."""
+        """True when the worker takes calls; starts it (without waiting) if need be,
+        unless a failed one's restart delay has not passed yet."""
         if self._ready or self.disabled or self.closed:
             return self._ready
-        if self._starting is None:
+        if self._starting is None and time.monotonic() >= self._restart_at:
             self._starting = asyncio.ensure_future(self._start())
         return False
 
     start = usable
 
+    @property
+    def running(self) -> bool:
+        """True while a worker takes calls."""
+        return self._ready
+
     async def ready(self) -> bool:
-        """Start the worker if need be and wait until it takes calls (False: it cannot)."""
+        """Start the worker if need be (after the restart delay, if one failed) and wait
+        until it takes calls (False: it cannot)."""
+        if not self.usable() and self._starting is None and not (self.disabled or self.closed):
+            await asyncio.sleep(max(0.0, self._restart_at - time.monotonic()))
         self.usable()
         if self._starting is not None:
             with contextlib.suppress(Exception):
@@ -353,13 +380,15 @@ class PipeWorker:
 
     def _failed(self, why: str) -> None:
         self.failures += 1
-        if self.failures >= self.max_failures:
+        if self.policy.gives_up(self.failures):
             self.disabled = True
             log.error("%s process failed (%s) %d times in a row: not used from now on",
                       self.name, why, self.failures)
         else:
-            log.warning("%s process failed (%s): a new one starts with the next call",
-                        self.name, why)
+            delay = self.policy.delay(self.failures)
+            self._restart_at = time.monotonic() + delay
+            log.warning("%s process failed (%s): a new one starts with the first call "
+                        "after %g s", self.name, why, delay)
 
     async def close(self, timeout: float = 2.0) -> None:
         """End the worker: close its stdin, wait up to ``timeout``, then kill it."""

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from agent.workers.pipe import PipeWorker, WorkerFailed
+from agent.workers.policy import RESTART, RestartPolicy
+from protocol.errors import EntraideError
 
 WAIT = 20.0  # a guard against hanging, not a latency requirement
 
@@ -139,3 +141,29 @@ async def test_disabled_worker_never_starts() -> None:
     with pytest.raises(WorkerFailed):
         await worker.call("x", _same)
     await worker.close()
+
+
+async def test_a_failed_worker_starts_again_only_after_the_policy_delay() -> None:
+    policy = RestartPolicy(first_s=0.3, most_s=1.0, max_failures=3)
+    worker = PipeWorker("exits", _worker("os._exit(3)"), policy=policy)
+    try:
+        await _ready(worker)
+        with pytest.raises(WorkerFailed):
+            await asyncio.wait_for(worker.call("die", _same), WAIT)
+        assert not worker.usable()  # within the delay: nothing starts
+        await asyncio.sleep(0.01)
+        assert worker.pid is None and not worker.running
+        started = asyncio.get_running_loop().time()
+        await _ready(worker)  # waits out the delay, then starts
+        assert asyncio.get_running_loop().time() - started >= 0.25
+    finally:
+        await worker.close()
+
+
+def test_the_restart_policy_doubles_its_delay_and_gives_up() -> None:
+    assert [RESTART.delay(n) for n in range(7)] == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
+    assert not RESTART.gives_up(2) and RESTART.gives_up(3)
+
+
+def test_worker_failed_is_an_entraide_error() -> None:
+    assert issubclass(WorkerFailed, EntraideError)
