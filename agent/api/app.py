@@ -78,7 +78,7 @@ from agent.api.observations import (
 )
 from agent.api.openapi import Operation, openapi_document
 from agent.api.stream import stream, stream_shutdown
-from agent.config.tokens import Scope, TokenRecord
+from agent.config.tokens import Scope, TokenRecord, authenticate
 from agent.errors import (
     AuthError,
     ConfigError,
@@ -227,17 +227,10 @@ OPENAPI: dict[str, Any] = openapi_document(
 
 
 def _authenticate(request: web.Request, scope: Scope) -> None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header or scheme.lower() != "bearer" or not token.strip():
-        raise AuthError("a bearer token is required (Authorization: Bearer <token>)")
-    record = request.app[NODE].tokens.authenticate(token.strip())
-    if record is None:
-        raise AuthError("unknown token")
-    if not record.scope.allows(scope):
-        raise ScopeError(f"this needs a token with the {scope} scope; this one has "
-                         f"{record.scope}")
-    request[TOKEN] = record
+    # The one check (agent/config/tokens.py); its AuthError and ScopeError become 401
+    # and 403 in error_middleware.
+    request[TOKEN] = authenticate(request.app[NODE].tokens,
+                                  request.headers.get("Authorization"), scope)
 
 
 def _guard(op: Operation) -> Callable[[web.Request], Any]:

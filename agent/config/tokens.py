@@ -12,6 +12,12 @@ with a name, a scope and a creation time::
 Scopes are ordered: ``read`` < ``write`` < ``admin``; a token allows its scope and
 every lower one.
 
+:func:`authenticate` is the one check of a request's ``Authorization`` header: the REST
+API, the event stream, ``/metrics``, TAXII and the read-lane reader processes all call
+it, and only differ in what they do with its :class:`~agent.errors.AuthError` (a 401
+or 403 in the API's or TAXII's error body; a reader gives the connection back to the
+node, which then answers that same error).
+
 Invariants:
 - The token text is shown once, by :meth:`TokenStore.create`; it is never stored,
   logged or put in a ``repr``.
@@ -25,6 +31,7 @@ Invariants:
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import logging
@@ -40,7 +47,7 @@ from typing import Any
 import tomli_w
 
 from agent.config.datadir import DataDir, FileStamp, atomic_write, file_stamp, read_bounded
-from agent.errors import ConfigError, UnknownTokenError
+from agent.errors import AuthError, ConfigError, ScopeError, UnknownTokenError
 
 __all__ = [
     "MAX_TOKENS",
@@ -48,7 +55,9 @@ __all__ = [
     "Scope",
     "TokenRecord",
     "TokenStore",
+    "authenticate",
     "hash_token",
+    "token_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -112,7 +121,8 @@ class TokenRecord:
 
 
 class TokenStore:
-    """The tokens of one data dir. ``authenticate`` is safe to call on every request.
+    """The tokens of one data dir. :meth:`authenticate` (a token to its record) is safe to
+    call on every request; a request's header is checked by the module's :func:`authenticate`.
 
     Args:
         data_dir: where tokens.toml lives.
@@ -276,6 +286,67 @@ class TokenStore:
         if self._logged_stamp is False or self._logged_stamp != stamp:
             self._logged_stamp = stamp
             log.error("API tokens unavailable, refusing every token: %s", exc)
+
+
+# --- requests ---------------------------------------------------------------------------
+
+_MISSING = "a bearer token is required (Authorization: Bearer <token>)"
+_MISSING_TAXII = ("authenticate with an Entraide API token: 'Authorization: Bearer <token>', "
+                  "or HTTP Basic with the token as password")
+
+
+def token_of(authorization: str | None, *, basic: bool = False) -> str | None:
+    """The token an ``Authorization`` header value carries, or None when it carries none.
+
+    ``Bearer <token>`` (scheme case-insensitive, surrounding spaces ignored). With
+    ``basic`` (TAXII clients), also ``Token <token>`` (taxii2-client's TokenAuth) and
+    HTTP ``Basic`` with the token as password, any user name, or the token alone as user
+    name. A malformed Basic value, another scheme or an empty token give None. Never
+    raises.
+    """
+    if not authorization:
+        return None
+    scheme, _, credentials = authorization.partition(" ")
+    scheme, credentials = scheme.lower(), credentials.strip()
+    if scheme == "bearer" or (basic and scheme == "token"):
+        return credentials or None
+    if basic and scheme == "basic":
+        try:
+            text = base64.b64decode(credentials, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        user, _, password = text.partition(":")
+        return password or user or None
+    return None
+
+
+def authenticate(store: TokenStore, authorization: str | None, scope: Scope, *,
+                 basic: bool = False) -> TokenRecord:
+    """The record of the token in ``authorization`` (an ``Authorization`` header value),
+    checked for ``scope``: the one authentication of every request the node answers.
+
+    Args:
+        store: the node's tokens (re-read when tokens.toml changes).
+        authorization: the header's value; None or "" when the request has none.
+        scope: what the request needs; the token's scope must allow it.
+        basic: also take TAXII's schemes (see :func:`token_of`); the message for a
+            missing token then names them.
+
+    Raises:
+        AuthError: no token (or not in an accepted scheme), or one ``store`` does not
+            know (the API answers 401 with a ``WWW-Authenticate`` challenge).
+        ScopeError: a known token whose scope does not allow ``scope`` (403).
+    """
+    token = token_of(authorization, basic=basic)
+    if token is None:
+        raise AuthError(_MISSING_TAXII if basic else _MISSING)
+    record = store.authenticate(token)
+    if record is None:
+        raise AuthError("unknown token")
+    if not record.scope.allows(scope):
+        raise ScopeError(f"this needs a token with the {scope} scope; this one has "
+                         f"{record.scope}")
+    return record
 
 
 def _record(file: str, index: int, table: Any) -> TokenRecord:

@@ -7,18 +7,17 @@ types it does not speak. Everything here raises :class:`TaxiiError`, which the
 sub-application's middleware turns into that error body.
 
 Invariants:
-- Every request is authenticated with one of the node's API tokens: ``Bearer <token>``,
-  ``Token <token>`` (taxii2-client's TokenAuth) or ``Basic`` with the token as password
-  (any user name; the token alone as user name works too). GET needs the read scope,
-  POST the write scope.
+- Every request is authenticated with one of the node's API tokens, by the node's one
+  check (:func:`agent.config.tokens.authenticate` with ``basic=True``): ``Bearer
+  <token>``, ``Token <token>`` (taxii2-client's TokenAuth) or ``Basic`` with the token
+  as password (any user name; the token alone as user name works too). GET needs the
+  read scope, POST the write scope; a failure is answered by :func:`auth_error`.
 - Filters are parsed strictly: a malformed or repeated parameter is a 400 (§3.4),
   an unknown ``match[...]`` field is ignored (§3.4 allows it).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from dataclasses import dataclass
@@ -26,10 +25,9 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.api.common import NODE
-from agent.config.tokens import Scope, TokenRecord
+from agent.errors import AuthError, ScopeError
 from agent.storage.taxii_index import VersionFilter
-from protocol.errors import PayloadError
+from protocol.errors import EntraideError, PayloadError
 from protocol.stix import format_us, parse_timestamp
 
 __all__ = [
@@ -40,7 +38,7 @@ __all__ = [
     "Filters",
     "TaxiiError",
     "accepts_taxii",
-    "authenticate",
+    "auth_error",
     "check_accept",
     "check_content_type",
     "error_response",
@@ -64,7 +62,7 @@ _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_f
           415: "unsupported_media_type", 422: "invalid", 500: "internal"}
 
 
-class TaxiiError(Exception):
+class TaxiiError(EntraideError):
     """An HTTP error, answered as a TAXII error message (or the API's error body to a
     client that does not accept TAXII; see :func:`error_response`)."""
 
@@ -151,41 +149,14 @@ def check_content_type(request: web.Request) -> None:
 # --- authentication ---------------------------------------------------------------------
 
 
-def _token_of(header: str) -> str | None:
-    scheme, _, credentials = header.partition(" ")
-    scheme, credentials = scheme.lower(), credentials.strip()
-    if scheme in ("bearer", "token"):
-        return credentials or None
-    if scheme == "basic":
-        try:
-            text = base64.b64decode(credentials, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        user, _, password = text.partition(":")
-        return password or user or None
-    return None
-
-
-def authenticate(request: web.Request, scope: Scope) -> TokenRecord:
-    """The token of the request, checked for ``scope``.
-
-    Raises:
-        TaxiiError: 401 (no token, unknown token; with a WWW-Authenticate challenge),
-            403 (the token's scope is too low).
-    """
-    token = _token_of(request.headers.get("Authorization", ""))
-    if token is None:
-        raise TaxiiError(401, "Unauthorized",
-                         "authenticate with an Entraide API token: 'Authorization: Bearer "
-                         "<token>', or HTTP Basic with the token as password",
-                         {"WWW-Authenticate": _CHALLENGE})
-    record = request.config_dict[NODE].tokens.authenticate(token)
-    if record is None:
-        raise TaxiiError(401, "Unauthorized", "unknown token", {"WWW-Authenticate": _CHALLENGE})
-    if not record.scope.allows(scope):
-        raise TaxiiError(403, "Forbidden", f"this needs a token with the {scope} scope; this "
-                                           f"one has {record.scope}", code="insufficient_scope")
-    return record
+def auth_error(exc: AuthError) -> TaxiiError:
+    """TAXII's answer to a failed :func:`agent.config.tokens.authenticate` (the node's one
+    authentication, called with ``basic=True`` for TAXII's schemes): 401 with a
+    WWW-Authenticate challenge naming Basic and Bearer, or 403 for a
+    :class:`~agent.errors.ScopeError`; the message is the check's own."""
+    if isinstance(exc, ScopeError):
+        return TaxiiError(403, "Forbidden", str(exc), code="insufficient_scope")
+    return TaxiiError(401, "Unauthorized", str(exc), {"WWW-Authenticate": _CHALLENGE})
 
 
 # --- filters ----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 import logging
@@ -13,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from agent.config.datadir import DataDir
-from agent.config.tokens import Scope, TokenStore, hash_token
-from agent.errors import ConfigError, UnknownTokenError
+from agent.config.tokens import Scope, TokenStore, authenticate, hash_token, token_of
+from agent.errors import AuthError, ConfigError, ScopeError, UnknownTokenError
 
 
 @pytest.fixture
@@ -176,3 +177,71 @@ def test_token_store_refuses_more_than_max_tokens(data_dir: DataDir) -> None:
     data_dir.tokens_path.write_text("".join(lines), "utf-8")
     with pytest.raises(ConfigError, match="1000"):
         TokenStore(data_dir).records()
+
+
+# --- the one check of a request -----------------------------------------------------
+
+
+def basic(text: str) -> str:
+    return "Basic " + base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("header", "bearer", "taxii"),
+    [
+        (None, None, None),
+        ("", None, None),
+        ("Bearer tok", "tok", "tok"),
+        ("bEaReR   tok  ", "tok", "tok"),
+        ("Bearer", None, None),
+        ("Bearer ", None, None),
+        ("Bearer\ttok", None, None),
+        ("Token tok", None, "tok"),
+        (basic("user:tok"), None, "tok"),
+        (basic("tok"), None, "tok"),
+        (basic("tok:"), None, "tok"),
+        (basic(":"), None, None),
+        ("Basic !!!", None, None),
+        ("Basic " + base64.b64encode(b"\xff:\xfe").decode(), None, None),
+        ("Digest tok", None, None),
+    ],
+)
+def test_token_of_reads_bearer_and_with_basic_taxii_s_schemes(
+    header: str | None, bearer: str | None, taxii: str | None
+) -> None:
+    assert token_of(header) == bearer
+    assert token_of(header, basic=True) == taxii
+
+
+def test_authenticate_returns_the_record_of_a_token_with_the_scope(data_dir: DataDir) -> None:
+    store = TokenStore(data_dir)
+    token = store.create(Scope.WRITE, "siem")
+    for scope in (Scope.READ, Scope.WRITE):
+        assert authenticate(store, f"Bearer {token}", scope).name == "siem"
+    assert authenticate(store, basic(f"x:{token}"), Scope.READ, basic=True).name == "siem"
+
+
+def test_authenticate_refuses_with_the_api_s_messages(data_dir: DataDir) -> None:
+    store = TokenStore(data_dir)
+    token = store.create(Scope.READ)
+    for header in (None, "", "Basic abc", f"Token {token}", "Bearer "):
+        with pytest.raises(AuthError, match=r"^a bearer token is required \(Authorization: "
+                                            r"Bearer <token>\)$") as missing:
+            authenticate(store, header, Scope.READ)
+        assert not isinstance(missing.value, ScopeError)
+    with pytest.raises(AuthError, match="HTTP Basic with the token as password"):
+        authenticate(store, None, Scope.READ, basic=True)
+    with pytest.raises(AuthError, match=r"^unknown token$") as unknown:
+        authenticate(store, "Bearer ent_" + "A" * 43, Scope.READ)
+    assert not isinstance(unknown.value, ScopeError)
+    with pytest.raises(ScopeError, match=r"^this needs a token with the write scope; this one "
+                                         r"has read$"):
+        authenticate(store, f"Bearer {token}", Scope.WRITE)
+
+
+def test_authenticate_fails_closed_on_a_broken_file(data_dir: DataDir) -> None:
+    store = TokenStore(data_dir)
+    token = store.create(Scope.ADMIN)
+    data_dir.tokens_path.write_text("not toml [", "utf-8")
+    with pytest.raises(AuthError, match=r"^unknown token$"):
+        authenticate(store, f"Bearer {token}", Scope.READ)
