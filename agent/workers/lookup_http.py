@@ -19,7 +19,10 @@ a body or its announcement (``Content-Length``, ``Transfer-Encoding``, ``Expect`
 ``token: visible-ASCII``; a head over :data:`MAX_HEAD` bytes; a missing, repeated or
 non-Bearer ``Authorization``.
 
-Sans-I/O: bytes in, a decision out.
+The head is parsed by httptools (llhttp, the parser family of aiohttp's own C parser),
+strictly (no leniency); this module then only checks what the parser reports against
+the narrow form above, and takes the token out of ``Authorization`` with the node's one
+header reading (:func:`agent.config.tokens.token_of`). Sans-I/O: bytes in, a decision out.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ import enum
 import re
 from dataclasses import dataclass
 from typing import Final
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from agent.config.tokens import token_of
 
 __all__ = ["HAND_BACK", "LOOKUP_ROUTE", "MAX_HEAD", "PREFIX", "HandBack", "Lookup", "next_request",
            "ok_response"]
@@ -39,10 +46,10 @@ MAX_HEAD: Final = 8190
 """Bytes of a request head (request line and headers) a reader parses; aiohttp's own
 line limit, so a longer head is aiohttp's to refuse."""
 
-_REQUEST_LINE = re.compile(
-    rb"GET /api/v1/indicators/([a-z0-9-]{1,64})/([A-Za-z0-9._:@-]{1,4096}) HTTP/1\.1")
-_HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\x21-\x7e](?:[\x20-\x7e]*"
-                     rb"[\x21-\x7e])?)?[ \t]*")
+_TARGET = re.compile(rb"/api/v1/indicators/([a-z0-9-]{1,64})/([A-Za-z0-9._:@-]{1,4096})")
+# A field value as llhttp hands it over (leading blanks dropped, trailing ones kept):
+# visible ASCII and inner spaces only, no tab or obs-text inside.
+_FIELD = re.compile(rb"[\x20-\x7e]*[ \t]*")
 # Headers that announce a body or change the connection: aiohttp's to handle.
 _REFUSED = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
 
@@ -67,6 +74,38 @@ class Lookup:
     size: int
 
 
+class _Head:
+    """httptools' callbacks for one head: its target, its one Authorization value, and
+    whether a header rules the request out."""
+
+    __slots__ = ("authorization", "complete", "refused", "target")
+
+    def __init__(self) -> None:
+        self.target = b""
+        self.authorization: bytes | None = None
+        self.refused = False
+        self.complete = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.target += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in _REFUSED or _FIELD.fullmatch(value) is None:
+            self.refused = True
+        elif name == b"connection":
+            self.refused |= value.rstrip(b" \t").lower() != b"keep-alive"
+        elif name == b"authorization":
+            self.refused |= self.authorization is not None
+            self.authorization = value
+
+    def on_body(self, body: bytes) -> None:
+        self.refused = True
+
+    def on_message_complete(self) -> None:
+        self.complete += 1
+
+
 def next_request(buf: bytes | bytearray) -> Lookup | HandBack | None:
     """The first request in ``buf``: a :class:`Lookup`, :data:`HAND_BACK`, or None when
     more bytes are needed to decide."""
@@ -76,37 +115,30 @@ def next_request(buf: bytes | bytearray) -> Lookup | HandBack | None:
     end = buf.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
     if end < 0:
         return None if len(buf) < MAX_HEAD + 4 else HAND_BACK
-    lines = bytes(buf[:end]).split(b"\r\n")
-    first = _REQUEST_LINE.fullmatch(lines[0])
-    if first is None:
+    size = end + 4
+    data = bytes(buf[:size])
+    head = _Head()
+    parser = HttpRequestParser(head)
+    try:
+        parser.feed_data(data)
+    except (HttpParserError, HttpParserUpgrade):
         return HAND_BACK
-    type, value = first.group(1), first.group(2)
+    # One whole message, exactly these bytes; the request line exactly as the node's
+    # router would read it (llhttp lets a doubled space through).
+    if (head.complete != 1 or head.refused or parser.get_method() != b"GET"
+            or parser.get_http_version() != "1.1"
+            or not data.startswith(b"GET %s HTTP/1.1\r\n" % head.target)):
+        return HAND_BACK
+    target = _TARGET.fullmatch(head.target)
+    if target is None or head.authorization is None:
+        return HAND_BACK
+    type, value = target.group(1), target.group(2)
     if value in (b".", b".."):  # a dot segment: the URL parser would remove it
         return HAND_BACK
-    authorization: bytes | None = None
-    for line in lines[1:]:
-        header = _HEADER.fullmatch(line)
-        if header is None:
-            return HAND_BACK
-        name = header.group(1).lower()
-        field = header.group(2) or b""
-        if name in _REFUSED:
-            return HAND_BACK
-        if name == b"connection":
-            if field.lower() != b"keep-alive":
-                return HAND_BACK
-        elif name == b"authorization":
-            if authorization is not None:
-                return HAND_BACK
-            authorization = field
-    if authorization is None:
+    token = token_of(head.authorization.decode("ascii"))
+    if token is None:
         return HAND_BACK
-    scheme, _, token = authorization.partition(b" ")
-    token = token.strip()
-    if scheme.lower() != b"bearer" or not token:
-        return HAND_BACK
-    return Lookup(type.decode("ascii"), value.decode("ascii"), token.decode("ascii"),
-                  end + 4)
+    return Lookup(type.decode("ascii"), value.decode("ascii"), token, size)
 
 
 def ok_response(body: bytes, date: bytes, server: bytes) -> bytes:

@@ -35,6 +35,11 @@ def test_a_plain_lookup_is_recognised() -> None:
     assert next_request(ipv6) == Lookup("ipv6-addr", "2001:DB8::1", TOKEN, len(ipv6))
 
 
+def test_blanks_around_a_field_value_are_not_part_of_it() -> None:
+    data = request(PATH, f"Authorization:\t Bearer {TOKEN} \t", "X-Empty:", "X-Pad:  a b  ")
+    assert next_request(data) == Lookup("ipv4-addr", "203.0.113.7", TOKEN, len(data))
+
+
 def test_more_bytes_are_awaited_only_while_a_lookup_is_possible() -> None:
     data = request(PATH, AUTH)
     for cut in (0, 1, 10, len(data) - 1):
@@ -73,6 +78,19 @@ def test_more_bytes_are_awaited_only_while_a_lookup_is_possible() -> None:
     request(PATH, AUTH, "X-Tab: a\tb"),
     request(PATH, AUTH, "X-Latin: caf\u00e9"),
     request(PATH, AUTH, "no colon"),
+    # Edges httptools (llhttp) decides, or that its answers are checked for:
+    request(PATH, AUTH, "X-Nul: a\x00b"),
+    request(PATH, AUTH, "X-Del: a\x7fb"),
+    request(PATH, AUTH, "Name : value"),
+    request(PATH, AUTH, "Connection: keep-alive, Upgrade"),
+    request(PATH, AUTH, line=f"GET {PATH} HTTP/1.1 "),
+    request(PATH, AUTH, line=f"GET {PATH}HTTP/1.1"),
+    request(PATH, AUTH, line=f"GET {PATH}"),
+    request(PATH, AUTH, line=f"GET {PATH} HTTP/2.0"),
+    request(PATH, f"Authorization: Token {TOKEN}"),
+    request(PATH, f"Authorization: Bearer\t{TOKEN}"),
+    f"GET {PATH} HTTP/1.1\nHost: t\n{AUTH}\r\n\r\n".encode(),  # bare LF
+    f"GET {PATH} HTTP/1.1\r\nHost: t\r{AUTH}\r\n\r\n".encode(),  # bare CR
 ])
 def test_anything_else_goes_back_to_the_node(data: bytes) -> None:
     assert next_request(data) is HAND_BACK
