@@ -44,6 +44,7 @@ from agent.api.common import (
     ApiSettings,
     ApiState,
     json_response,
+    server_header,
 )
 from agent.api.models import (
     BatchCreated,
@@ -388,6 +389,7 @@ def create_app(node: Node, *, clock: Callable[[], float] = time.perf_counter,
     if manage_node:
         app.cleanup_ctx.append(_node_context)
     app.on_shutdown.append(_shutdown)
+    app.on_response_prepare.append(server_header)
     return app
 
 

@@ -18,9 +18,11 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel
 
+from agent import SERVER
 from agent.jsoncodec import JSONDecodeError, dumps_bytes, loads
 from agent.metrics import Counter, Gauge, Histogram, Registry
 from agent.node.node import Node
+from protocol.errors import EntraideError
 
 __all__ = [
     "API_SETTINGS",
@@ -35,6 +37,7 @@ __all__ = [
     "parse_query",
     "read_body",
     "read_json",
+    "server_header",
 ]
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -42,8 +45,13 @@ MAX_BODY_BYTES = 1024 * 1024
 M = TypeVar("M", bound=BaseModel)
 
 
-class ApiError(Exception):
-    """An HTTP error with the API's error body: ``{"error": {"code", "message"}}``."""
+class ApiError(EntraideError):
+    """An HTTP error with the API's error body: ``{"error": {"code", "message"}}``.
+
+    Raised by the API's own request checks (body size, JSON, query); the app's error
+    middleware answers it with ``status``, ``headers`` and that body, before any other
+    :class:`~protocol.errors.EntraideError` is mapped by its class.
+    """
 
     def __init__(self, status: int, code: str, message: str,
                  headers: dict[str, str] | None = None) -> None:
@@ -106,6 +114,13 @@ class ApiState:
 NODE = web.AppKey("node", Node)
 STATE = web.AppKey("api_state", ApiState)
 API_SETTINGS = web.AppKey("api_settings", ApiSettings)
+
+
+async def server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: the node's own Server header (:data:`agent.SERVER`) on every
+    answer, the one the read-lane readers send too, instead of aiohttp's, which names
+    the Python and aiohttp versions."""
+    response.headers["Server"] = SERVER
 
 
 def json_response(value: Any, status: int = 200,

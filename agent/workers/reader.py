@@ -4,7 +4,9 @@ lives there).
 
 Invariants:
 - A reader only reads: its ledger connection is ``query_only``; it holds no key; it
-  authenticates with the node's tokens.toml (re-read when it changes, like the node).
+  authenticates with the node's one check (agent/config/tokens.py ``authenticate``)
+  against the node's tokens.toml (re-read when it changes, like the node).
+- Its answers are the node's bytes, down to the Server header (:data:`agent.SERVER`).
 - The first request it does not answer goes back to the node, unread, once every
   earlier answer is written.
 """
@@ -22,10 +24,9 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any, cast
 
-from aiohttp.http import SERVER_SOFTWARE
-
+from agent import SERVER
 from agent.config.datadir import DataDir
-from agent.config.tokens import Scope, TokenStore
+from agent.config.tokens import Scope, TokenStore, authenticate
 from agent.metrics import DEFAULT_LATENCY_BUCKETS, bucket_index
 from agent.storage.lookup import answer_indicator, connect_reader
 from agent.storage.queries import canonical_indicator
@@ -39,7 +40,7 @@ __all__ = ["main"]
 log = logging.getLogger(__name__)
 
 _STATS_S = 1.0
-_SERVER = SERVER_SOFTWARE.encode("ascii")
+_SERVER = SERVER.encode("ascii")  # the API app's Server header too
 
 class _Connection(asyncio.Protocol):
     """A client connection in a reader: answers lookups until one it does not answer."""
@@ -142,12 +143,14 @@ class _ReaderProcess:
         self._done = asyncio.get_running_loop().create_future()
 
     def answer(self, request: Lookup) -> bytes | None:
-        """The whole response to ``request``, or None when the node should answer."""
+        """The whole response to ``request``, or None when the node should answer
+        (among others when the node's one authentication refuses the token: the node
+        then gives the 401 or 403 the API gives)."""
         start = time.perf_counter()
-        record = self._tokens.authenticate(request.token)
-        if record is None or not record.scope.allows(Scope.READ):
-            return None
         try:
+            # lookup_http found exactly one "Bearer <token>" header: the same check
+            # as the API's, on the same scheme.
+            authenticate(self._tokens, "Bearer " + request.token, Scope.READ)
             type, value = canonical_indicator(request.type, request.value)
             body = answer_indicator(self._db, type, value, self._names)
         except (EntraideError, sqlite3.Error):

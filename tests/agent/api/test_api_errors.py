@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from agent import SERVER
 from agent.api.models import ErrorBody
 from agent.storage.queries import encode_cursor
 from protocol.entries import TLP, sign_entry
@@ -246,6 +247,33 @@ async def test_missing_or_unknown_token_is_401(api: Api, header: str | None) -> 
     body = await expect(api, 401, "POST", "/api/v1/observations", code="unauthorized",
                         scope=None, headers=headers, json_body=obs(ip(12)))
     assert body["error"]["message"]
+
+
+async def test_a_401_names_the_bearer_scheme_and_says_what_is_missing(api: Api) -> None:
+    for header, message in ((None, "a bearer token is required (Authorization: Bearer "
+                                   "<token>)"),
+                            ("Bearer ent_" + "A" * 43, "unknown token")):
+        headers = {} if header is None else {"Authorization": header}
+        async with api.client.get("/api/v1/status", headers=headers) as resp:
+            assert resp.status == 401
+            assert resp.headers["WWW-Authenticate"] == 'Bearer realm="entraide"'
+            assert (await resp.json())["error"]["message"] == message
+
+
+@pytest.mark.parametrize(("path", "scope", "status"), [
+    ("/api/v1/health", None, 200),
+    ("/api/v1/status", "read", 200),
+    ("/metrics", "read", 200),
+    ("/api/v1/status", None, 401),
+    ("/api/v1/nowhere", None, 404),
+    ("/taxii2/", None, 401),
+    ("/taxii2/", "read", 406),
+])
+async def test_every_answer_carries_the_node_s_server_header(
+        api: Api, path: str, scope: str | None, status: int) -> None:
+    async with api.client.get(path, headers=api.auth(scope)) as resp:
+        assert resp.status == status
+        assert resp.headers.getall("Server") == [SERVER]
 
 
 async def test_scope_too_low_is_403(api: Api) -> None:

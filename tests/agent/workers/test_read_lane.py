@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import SERVER
 from agent.cli.localfed import child_pids, free_ports
 from agent.config.datadir import DataDir
 from agent.config.settings import ApiConfig, PeerListenerConfig, load_node_config, write_node_config
@@ -167,6 +168,7 @@ async def test_readers_answer_as_the_node_does(tmp_path: Path) -> None:
             there = await reader.ask(get(path, d.tokens["read"]))
             assert here[0] == 200
             assert there == here
+            assert f"\r\nServer: {SERVER}\r\n".encode() in there[1]
         assert await d.metric("entraide_read_lane_returned_total") == 0
         # The readers' lookups count in the node's metrics, on the lookup route, within
         # a second: 5 by the node (lane_up's and the 4 above), 5 by the reader.
