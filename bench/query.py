@@ -195,15 +195,9 @@ async def _measure(node: FedNode, lookups: int, lists: int, distinct: int, per: 
         sample = await client.request("GET", lookup_paths(1)[0])
         result.params["observations_per_indicator"] = len(sample["observations"])
         check = _lookup_check(len(sample["origins"]))
-        # The first lookup started the lookup worker; time it once it answers.
+        # The first lookup connection started the read lane's readers; time them once
+        # they take connections (the lean runs' connections open with a lookup).
         deadline = time.perf_counter() + WORKER_START_S
-        while (not metric(await metrics(client), "entraide_lookup_worker_up")
-               and time.perf_counter() < deadline):
-            await asyncio.sleep(0.05)
-        result.params["lookup_worker"] = bool(
-            metric(await metrics(client), "entraide_lookup_worker_up"))
-        # ... and the read lane's readers, started by that first lookup connection:
-        # the lean runs' connections open with a lookup and go to them.
         while (not metric(await metrics(client), "entraide_read_lane_readers")
                and time.perf_counter() < deadline):
             await asyncio.sleep(0.05)

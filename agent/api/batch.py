@@ -1,26 +1,20 @@
-"""Observation batches validated and encoded on the second core (docs/parts/api.md).
+"""Observation batches validated and encoded: the one validation the in-process path
+and the batch worker share, and the batch worker's job (:func:`main`).
 
-``POST /api/v1/observations`` with ``{"observations": [...]}``: the node's event loop
-thread holds the GIL for everything it does, so parsing the JSON, validating every
-item, encoding its payload and building its index record (together about half of a
-batched submission's cost) are done here, in one worker process, while the loop
-goes on signing and committing. What comes back is each item's payload bytes and
-index record (:class:`PreparedObservation`), its TLP and its audience names; the node
-signs, stores and acknowledges as for any other submission.
+``POST /api/v1/observations`` with ``{"observations": [...]}`` (agent/api/models.py): every
+item is validated against the documented models, its payload encoded and its index
+record built (:class:`~agent.storage.types.PreparedObservation`), with its TLP and
+audience names. For a large body the node does this in the batch worker process
+(agent/workers/batch.py is the node side, agent/workers/supervisor.py starts it), so
+its event loop goes on signing and committing meanwhile.
 
 Invariants:
 - The worker accepts exactly what the in-process path accepts: the same JSON parse
   (NaN and infinities refused), the same models (:func:`validate_batch` is the one
   the in-process path runs) and the same payload encoder. On any doubt (a body that
-  does not parse, a bad item, an oversize batch, the worker gone) it answers None
-  and the caller runs the in-process path, which raises the API's documented error;
-  so no error message depends on where a batch was validated.
-- A batch is in the worker only while its request waits for it: one worker, requests
-  queued by the executor are bounded by the HTTP server's connections, each body by
-  ``MAX_BODY_BYTES``.
-- The worker is spawned (the node has threads) on first use, ends when the node
-  closes it or when its parent is gone (even after kill -9 of the node). If it cannot
-  start or dies, batches are validated in-process from then on.
+  does not parse, a bad item, an oversize batch) it answers None and the caller runs
+  the in-process path, which raises the API's documented error; so no error message
+  depends on where a batch was validated.
 - The worker is this node's own code in its own child process, holding no key: it
   sees only request bodies the API already authenticated, and what it returns is
   signed as it is (the same trust as the in-process path's objects).
@@ -43,16 +37,15 @@ from agent.api.models import (
 )
 from agent.jsoncodec import dumps, loads
 from agent.storage.types import PreparedObservation
-from agent.workers.pipe import usable_cores
-from agent.workers.spawned import SpawnedWorker
+from agent.workers.gcsettings import settle_heap
+from agent.workers.pipe import serve
 from protocol.entries import TLP
 from protocol.payloads import Observation, encode_payload_with_fields
 
 __all__ = [
-    "MIN_WORKER_BODY_BYTES",
-    "BatchPreparer",
     "Prepared",
     "PreparedObservation",
+    "main",
     "prepare_body",
     "prepare_observation",
     "split_routing",
@@ -60,10 +53,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-MIN_WORKER_BODY_BYTES = 16 * 1024
-"""Smaller bodies (about 60 observations) are validated in-process: the round trip
-to the worker costs more than it saves."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -160,54 +149,23 @@ def prepare_body(body: bytes) -> Prepared | None:
 # --- the worker process --------------------------------------------------------------
 
 
+def main() -> None:
+    """The batch worker process (started by agent/workers/supervisor.py; the node side
+    is agent/workers/batch.py): answers each body with its prepared items, or None."""
+    _warm_up()
+    settle_heap()  # imports done: later collections skip them (agent/workers/gcsettings.py)
+    serve(_handle)
+
+
+def _handle(body: Any) -> list[list[Any]] | None:
+    """One request (a body's bytes) answered on the wire of agent/workers/batch.py."""
+    prepared = prepare_body(body) if isinstance(body, bytes) else None
+    if prepared is None:
+        return None
+    return [[*p, tlp, None if audience is None else list(audience)]
+            for p, tlp, audience in prepared]
+
+
 def _warm_up() -> None:
     """Run first in the new worker, so its imports and validators are ready."""
     prepare_body(b'{"observations": [{"type": "ipv4-addr", "value": "192.0.2.1"}]}')
-
-
-
-class BatchPreparer:
-    """Prepares large batches in one worker process; close with :meth:`close`.
-
-    Args:
-        enabled: False (or a host with one core): never start the worker, every
-            :meth:`prepare` answers None.
-        min_bytes: bodies shorter than this are left to the caller.
-    """
-
-    def __init__(self, *, enabled: bool | None = None,
-                 min_bytes: int = MIN_WORKER_BODY_BYTES) -> None:
-        self.worker = SpawnedWorker(
-            "observation batch worker", "validating in-process", _warm_up,
-            enabled=usable_cores() >= 2 if enabled is None else enabled)
-        self._min_bytes = min_bytes
-        self.prepared = 0
-        """Batches the worker prepared (valid ones)."""
-
-    async def prepare(self, body: bytes) -> Prepared | None:
-        """:func:`prepare_body` in the worker; None when the body is small, the worker
-        is not (yet) running or is gone, or the body is not a valid batch."""
-        if len(body) < self._min_bytes or not self.worker.usable():
-            return None
-        try:
-            result: Prepared | None = await self.worker.call(prepare_body, body)
-        except Exception:  # the process is gone, or could not take the body (logged)
-            return None
-        if result is not None:
-            self.prepared += 1
-        return result
-
-    async def ready(self) -> bool:
-        """Start the worker if need be and wait until it takes bodies (tests, warm-up).
-        False when it cannot."""
-        return await self.worker.ready()
-
-    @property
-    def running(self) -> bool:
-        """True once the worker takes bodies (and until it is gone or closed)."""
-        return self.worker.running
-
-    async def close(self) -> None:
-        """Stop the worker, if one was started. Idempotent."""
-        await self.worker.close()
-

@@ -37,7 +37,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from agent.api.batch import BatchPreparer, PreparedObservation
 from agent.config.datadir import DataDir, FileStamp, file_stamp, passphrase_from_env
 from agent.config.settings import (
     NodeConfig,
@@ -71,7 +70,8 @@ from agent.storage.ledger import (
     VerifyReport,
 )
 from agent.storage.queries import canonical_indicator, format_ms, with_names
-from agent.workers.lookup import LookupWorker
+from agent.storage.types import PreparedObservation
+from agent.workers.batch import BatchWorker
 from protocol.entries import TLP, VerifiedEntry
 from protocol.errors import EntraideError
 from protocol.keys import Identity, PublicKey, b64url_encode
@@ -200,10 +200,9 @@ class Node:
         replication: builds the replicator from the started node (``None``: no peers).
         trust_poll_interval: seconds between checks of ``peers.toml``.
         registry: metrics registry (a new one by default).
-        batch_worker: validate large observation batches in a worker process
-            (agent/api/batch.py); default: when the host has two cores or more.
-        lookup_worker: answer indicator lookups in a worker process
-            (agent/workers/lookup.py); default: when the host has two cores or more.
+        batch_worker: validates large observation batches in a worker process
+            (agent/workers/batch.py; the supervisor's, which owns it: the node does not
+            close it); default None: every batch is validated in-process.
     """
 
     def __init__(
@@ -217,8 +216,7 @@ class Node:
         replication: ReplicationFactory | None = None,
         trust_poll_interval: float = DEFAULT_TRUST_POLL,
         registry: Registry | None = None,
-        batch_worker: bool | None = None,
-        lookup_worker: bool | None = None,
+        batch_worker: BatchWorker | None = None,
     ) -> None:
         self.data_dir = data_dir if isinstance(data_dir, DataDir) else DataDir(Path(data_dir))
         self.clock = clock
@@ -238,9 +236,7 @@ class Node:
         self._trust_lock = asyncio.Lock()
         self._trust_listeners: list[Callable[[], None]] = []
         self._committer: GroupCommitter | None = None
-        self._preparer = BatchPreparer(enabled=batch_worker)
-        self._lookup_worker = lookup_worker
-        self._lookups: LookupWorker | None = None
+        self._batch_worker = batch_worker
         self._replication: Replication = NullReplication()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
@@ -306,8 +302,6 @@ class Node:
         self._ledger = await Ledger.open(
             self._config.ledger_path(data_dir), identity=self._identity,
             is_trusted_origin=self._is_trusted, clock=self.clock)
-        self._lookups = LookupWorker(self._config.ledger_path(data_dir),
-                                     enabled=self._lookup_worker)
         author = Author(self._identity, clock=self.clock, randbytes=self._randbytes)
         self._committer = GroupCommitter(self._ledger, author, self._committed)
         self._committer.start()
@@ -340,9 +334,6 @@ class Node:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._committer is not None:
             await self._committer.close()
-        await self._preparer.close()
-        if self._lookups is not None:
-            await self._lookups.close()
         try:
             await self._replication.stop()
         except Exception:
@@ -509,13 +500,16 @@ class Node:
 
     async def prepare_batch(self, body: bytes) -> list[PreparedSubmission] | None:
         """A large ``{"observations": [...]}`` request body parsed, validated and encoded
-        in the batch worker (agent/api/batch.py), ready for :meth:`submit`.
+        in the batch worker (agent/workers/batch.py), ready for :meth:`submit`.
 
         Returns:
-            None when the body is small, the worker is not running, or the body is
-            not a valid batch: the caller validates it in-process (and reports why).
+            None when there is no worker, the body is small, the worker is not
+            running, or the body is not a valid batch: the caller validates it
+            in-process (and reports why).
         """
-        prepared = await self._preparer.prepare(body)
+        if self._batch_worker is None:
+            return None
+        prepared = await self._batch_worker.prepare(body)
         if prepared is None:
             return None
         tlps = TLP._value2member_map_
@@ -633,17 +627,13 @@ class Node:
         return with_names(await self.ledger.indicator(type, value), self.name_of_text)
 
     async def indicator_json(self, type: str, value: str) -> bytes:
-        """:meth:`indicator` as the API's JSON: from the lookup worker when it is
-        running (agent/workers/lookup.py), else in-process.
+        """:meth:`indicator` as the API's JSON, answered in-process (the fall-back of
+        the read lane's readers, agent/workers/read_lane.py, which answer the same bytes).
 
         Raises:
             PayloadError: unknown type or invalid value.
         """
         canonical = canonical_indicator(type, value)
-        if self._lookups is not None:
-            found = await self._lookups.indicator(*canonical, self.names_by_text())
-            if found is not None:
-                return found
         return dumps_bytes(await self.indicator(*canonical))
 
     def subscribe(self, maxsize: int = 1024) -> Subscription:
@@ -855,23 +845,6 @@ class Node:
                              "Entries waiting ahead of a gap.", "gauge", (),
                              {(): counts.held_ahead_of_gaps}),
             ]
-        families.append(MetricFamily(
-            "entraide_batch_worker_up", "1 while large observation batches are validated "
-            "in the batch worker process (agent/api/batch.py).", "gauge", (),
-            {(): 1.0 if self._preparer.running else 0.0}))
-        families.append(MetricFamily(
-            "entraide_batch_worker_batches_total",
-            "Observation batches validated and encoded in the batch worker process.",
-            "counter", (), {(): float(self._preparer.prepared)}))
-        lookups = self._lookups
-        families.append(MetricFamily(
-            "entraide_lookup_worker_up", "1 while indicator lookups are answered by the "
-            "lookup worker process (agent/workers/lookup.py).", "gauge", (),
-            {(): 1.0 if lookups is not None and lookups.running else 0.0}))
-        families.append(MetricFamily(
-            "entraide_lookup_worker_lookups_total",
-            "Indicator lookups answered by the lookup worker process.", "counter", (),
-            {(): float(lookups.answered if lookups is not None else 0)}))
         families.append(MetricFamily("entraide_trust_peers", "Peers in the trust list.",
                                      "gauge", (), {(): len(self._trust)}))
         connected: dict[tuple[str, ...], float] = {}

@@ -32,8 +32,7 @@ from aiohttp import web
 from agent import __version__
 from agent.api.common import NODE
 from agent.api.openapi import Operation
-from agent.config.tokens import Scope, TokenRecord, authenticate
-from agent.errors import AuthError
+from agent.config.tokens import Scope, TokenRecord
 from agent.node.node import Node
 from agent.storage.taxii_index import Collection, IndexPage, TaxiiIndex, VersionFilter
 from agent.taxii.http import (
@@ -41,7 +40,7 @@ from agent.taxii.http import (
     MEDIA_TAXII,
     Filters,
     TaxiiError,
-    auth_error,
+    authenticate,
     check_accept,
     check_content_type,
     date_headers,
@@ -57,6 +56,7 @@ from protocol.stix import format_us
 __all__ = [
     "API_ROOT",
     "COLLECTIONS",
+    "JUDGE",
     "MAX_CONTENT_LENGTH",
     "TAXII_PREFIX",
     "TAXII_ROUTES",
@@ -110,9 +110,12 @@ class _State:
     opening: asyncio.Lock = field(default_factory=asyncio.Lock)
     post_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     judge: Judge = field(default_factory=Judge)
+    """Thread only; the root app's :data:`JUDGE`, when set, is used instead."""
 
 
 _STATE = web.AppKey("taxii_state", _State)
+JUDGE = web.AppKey("taxii_judge", Judge)
+"""On the root app: the judge with the supervisor's judge process (agent/composition.py)."""
 _TOKEN = web.RequestKey("taxii_token", TokenRecord)
 
 
@@ -159,9 +162,7 @@ def _guarded(scope: Scope) -> Callable[[Callable[[web.Request], Awaitable[web.Re
     def wrap(handler: Callable[[web.Request], Awaitable[web.Response]]
              ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def guarded(request: web.Request) -> web.Response:
-            request[_TOKEN] = authenticate(request.config_dict[NODE].tokens,
-                                           request.headers.get("Authorization"), scope,
-                                           basic=True)
+            request[_TOKEN] = authenticate(request, scope)
             check_accept(request)
             return await handler(request)
 
@@ -324,7 +325,8 @@ async def post_objects(request: web.Request) -> web.Response:
     node = _node(request)
     index = await _index(request, sync=False)
     state = request.app[_STATE]
-    result = await add_objects(node, index, objects, state.post_lock, node.clock, state.judge)
+    judge = request.config_dict.get(JUDGE, state.judge)
+    result = await add_objects(node, index, objects, state.post_lock, node.clock, judge)
     document = result.document()
     await index.save_status(result.id, document)
     return taxii_response(document, status=202)
@@ -399,8 +401,6 @@ async def _taxii_errors(request: web.Request, handler: Any) -> web.StreamRespons
         return response
     except TaxiiError as exc:
         return error_response(request, exc)
-    except AuthError as exc:
-        return error_response(request, auth_error(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -429,7 +429,6 @@ def taxii_app() -> web.Application:
 
 async def _close(app: web.Application) -> None:
     state = app[_STATE]
-    await state.judge.close()
     if state.index is not None:
         await state.index.close()
         state.index = None

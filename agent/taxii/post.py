@@ -8,7 +8,9 @@ committed through the node's group committer before the status answers ``complet
 
 Judging (checking, mapping, rendering the object served) is CPU work, done off the
 event loop by a :class:`Judge`: in a worker thread, and for a large envelope, when the
-host has a core to spare, also in a worker process, chunk by chunk. Storing then
+host has a core to spare, also in the TAXII judge process (a pipe worker,
+agent/workers/pipe.py, started by agent/workers/supervisor.py; its job is :func:`main`),
+chunk by chunk. Storing then
 starts with the first chunk judged and takes, in each commit, every chunk judged
 meanwhile, so judging the rest overlaps signing and committing. Entries are created in
 the envelope's order either way.
@@ -27,18 +29,21 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import secrets
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.errors import StorageError
-from agent.node.node import Node, Submission, UnknownAudienceError
+from agent.errors import StorageError, UnknownAudienceError
+from agent.node.node import Node, Submission
 from agent.storage.ledger import MAX_APPEND_BATCH
 from agent.storage.taxii_index import Collection, KnownObject, TaxiiIndex
 from agent.taxii.http import TaxiiError
-from agent.workers.spawned import SpawnedWorker
+from agent.workers.gcsettings import settle_heap
+from agent.workers.pipe import PipeWorker, WorkerFailed, serve
 from protocol.entries import TLP, VerifiedEntry
 from protocol.errors import EntraideError, PayloadError
 from protocol.payloads import Observation, StixObject
@@ -51,8 +56,8 @@ from protocol.stix import (
     parse_timestamp,
 )
 
-__all__ = ["CHUNK", "DEFAULT_TLP", "MAX_OBJECTS", "PARALLEL_MIN", "Judge", "PostResult",
-           "add_objects", "parse_envelope"]
+__all__ = ["CHUNK", "COMMAND", "DEFAULT_TLP", "MAX_OBJECTS", "PARALLEL_MIN", "Judge",
+           "PostResult", "add_objects", "main", "parse_envelope"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,8 @@ PARALLEL_MIN = 400
 CHUNK = 200
 """Objects per chunk judged in the worker process (the first chunk, judged in a thread
 while the process starts on the next ones, is half that)."""
+COMMAND = (sys.executable, "-c", "from agent.taxii.post import main; main()")
+"""The TAXII judge process's command line (agent/workers/supervisor.py starts it)."""
 
 
 def parse_envelope(data: bytes) -> list[Any]:
@@ -136,62 +143,60 @@ _Judged = tuple[dict[int, tuple[bool, dict[str, str]]], list[_Item]]
 
 
 class Judge:
-    """Judges envelopes: in a worker thread, and large ones also in one worker process.
+    """Judges envelopes: in a worker thread, and large ones also in the judge process.
 
     The process is only worth it when a core is idle: on a busy host it competes with
     the node's own thread and slows the post down (see docs/benchmarks.md, taxii). So
     an envelope goes to it only when ``spare_core()`` says the host has a core to spare.
-    The process is started (spawned: the daemon has threads) by the first envelope
-    that would use it, which is judged in the thread meanwhile. If the process dies,
-    its chunks are judged in the thread and the process is not used again. Close with
-    :meth:`close`.
+    The process is started by the first envelope that would use it, which is judged
+    in the thread meanwhile. A chunk the process fails is judged in the thread; the
+    supervisor's policy (agent/workers/policy.py) says when the process is started
+    again or given up.
 
     Args:
-        processes: False for a judge that only ever uses the thread.
+        worker: the judge process (a pipe worker running :data:`COMMAND`), owned by
+            the supervisor; None for a judge that only ever uses the thread.
         spare_core: whether the host has a core to spare now (default: this process
             may use two cores or more, and the 1-minute load average, this node's own
             work included, leaves at least half of one idle).
     """
 
-    def __init__(self, *, processes: bool = True,
+    def __init__(self, worker: PipeWorker | None = None, *,
                  spare_core: Callable[[], bool] | None = None) -> None:
-        self.worker = SpawnedWorker("TAXII judge process", "judging in a thread", _warm_up,
-                                    enabled=processes)
+        self.worker = worker
         self._spare_core = spare_core or _spare_core
 
     def judge(self, objects: Sequence[Any], origin: str) -> list[Awaitable[_Judged]]:
         """The verdicts on ``objects`` to be stored as entries of ``origin`` (key text),
         chunk by chunk in envelope order (positions are the objects' indexes in
         ``objects``); the chunks are being judged already."""
-        if len(objects) < PARALLEL_MIN or not self._spare_core() or not self.worker.usable():
+        if (self.worker is None or len(objects) < PARALLEL_MIN or not self._spare_core()
+                or not self.worker.usable()):
             return [asyncio.ensure_future(asyncio.to_thread(_judge, objects, 0, origin, False))]
         first = CHUNK // 2
         parts: list[Awaitable[_Judged]] = [
             asyncio.ensure_future(asyncio.to_thread(_judge, objects[:first], 0, origin, False))]
         for at in range(first, len(objects), CHUNK):
             parts.append(asyncio.ensure_future(
-                self._in_process(objects[at:at + CHUNK], at, origin)))
+                self._in_process(self.worker, objects[at:at + CHUNK], at, origin)))
         return parts
 
     async def ready(self) -> bool:
         """Start the worker process if need be and wait until it takes chunks.
 
-        Returns False when it cannot (it failed to start: envelopes are then judged in
-        the thread only).
+        Returns False when there is none or it cannot start (envelopes are then judged
+        in the thread only).
         """
-        return await self.worker.ready()
+        return self.worker is not None and await self.worker.ready()
 
-    async def _in_process(self, objects: Sequence[Any], offset: int, origin: str) -> _Judged:
+    async def _in_process(self, worker: PipeWorker, objects: Sequence[Any], offset: int,
+                          origin: str) -> _Judged:
         try:
-            judged: _Judged = await self.worker.call(_judge, list(objects), offset, origin,
-                                                     True)
-        except Exception:  # the process is gone, or could not take the chunk (logged)
+            return await worker.call([list(objects), offset, origin], _unpickle)
+        except (WorkerFailed, ValueError, TypeError, OverflowError):
+            # The process failed, or the chunk does not go on the wire (an integer over
+            # 64 bits, a lone surrogate): the thread judges it, as it would all.
             return await asyncio.to_thread(_judge, objects, offset, origin, False)
-        return judged
-
-    async def close(self) -> None:
-        """Stop the worker process, if one was started."""
-        await self.worker.close()
 
 
 def _spare_core() -> bool:
@@ -203,6 +208,36 @@ def _spare_core() -> bool:
     return cores >= 2 and load <= cores - 0.5
 
 
+# --- the judge process ---------------------------------------------------------------
+
+
+def main() -> None:
+    """The TAXII judge process: answers ``[objects, offset, origin]`` with the verdicts
+    of :func:`_judge` (rendering included), pickled.
+
+    Pickled because the items hold validated payload models: rebuilding them from
+    plain data in the node would cost what the process saves. The process is this
+    node's own code, started by the node, holding no key, as the process pool that
+    judged before it (which pickled too); the node unpickles only what its own child
+    wrote on its own pipe.
+    """
+    _warm_up()
+    settle_heap()  # imports done: later collections skip them (agent/workers/gcsettings.py)
+    serve(_handle)
+
+
+def _handle(body: Any) -> bytes:
+    objects, offset, origin = body
+    return pickle.dumps(_judge(objects, offset, origin, True), pickle.HIGHEST_PROTOCOL)
+
+
+def _unpickle(reply: Any) -> _Judged:
+    if not isinstance(reply, bytes):
+        raise TypeError(f"not a judged chunk: {type(reply).__name__}")
+    judged = pickle.loads(reply)  # our own child's reply (see main())
+    if not isinstance(judged, tuple) or len(judged) != 2:
+        raise ValueError("not a judged chunk")
+    return judged
 
 
 def _warm_up() -> None:
@@ -225,7 +260,7 @@ async def add_objects(node: Node, index: TaxiiIndex, objects: Sequence[Any],
     """
     request_us = int(clock() * 1_000_000)
     result = PostResult(str(uuid.uuid4()), format_us(request_us, taxii=True))
-    parts = (judge or Judge(processes=False)).judge(objects, node.public_key.text)
+    parts = (judge or Judge()).judge(objects, node.public_key.text)
     outcome: dict[int, tuple[bool, dict[str, str]]] = {}
     try:
         async with lock:

@@ -1,4 +1,4 @@
-"""The batch worker (agent/api/batch.py): what it prepares is what the in-process path
+"""The batch worker (agent/api/batch.py, agent/workers/batch.py): what it prepares is what the in-process path
 would store, what it refuses the in-process path refuses with the API's own error,
 and a node whose worker is gone goes on validating in-process."""
 
@@ -13,14 +13,16 @@ from typing import Any
 import pytest
 
 from agent.api.batch import (
-    BatchPreparer,
     prepare_body,
     prepare_observation,
     validate_batch,
 )
-from agent.metrics import parse_text
+from agent.metrics import Registry, parse_text
 from agent.storage.queries import build_record
 from protocol.payloads import Observation, encode_payload
+from agent.workers.batch import COMMAND, BatchWorker
+from agent.workers.pipe import PipeWorker
+from agent.workers.supervisor import Supervisor
 from tests.agent._api_helpers import Api, ip, obs, running_api
 
 OBSERVATIONS = [
@@ -77,24 +79,37 @@ def test_prepare_body_answers_none_for_anything_but_a_valid_batch(body: bytes) -
 
 async def test_preparer_disabled_or_small_body_answers_none() -> None:
     body = json.dumps(_batch_body(300)).encode()
-    off = BatchPreparer(enabled=False)
+    off = BatchWorker(PipeWorker("batch worker", COMMAND, enabled=False))
     assert await off.prepare(body) is None
     assert not await off.ready()
-    small = BatchPreparer(enabled=True, min_bytes=len(body) + 1)
+    small = BatchWorker(PipeWorker("batch worker", COMMAND), min_bytes=len(body) + 1)
     assert await small.prepare(body) is None  # never starts the worker for it
-    assert small.worker.pool is None
-    await off.close()
-    await small.close()
+    assert small.worker.pid is None and not small.worker.running
+    await off.worker.close()
+    await small.worker.close()
 
 
 @pytest.fixture
 async def pair(tmp_path: Path) -> Any:
     """A node that validates large batches in its worker (started), and one that never
-    does, each with its own API."""
-    async with running_api(tmp_path / "w", batch_worker=True) as worker, \
-            running_api(tmp_path / "i", batch_worker=False) as inproc:
-        assert await worker.node._preparer.ready()
-        yield worker, inproc
+    does, each with its own API and its supervisor."""
+    on, off = Registry(), Registry()
+    workers = Supervisor(on, batch=True, judge=False)
+    without = Supervisor(off, batch=False, judge=False)
+    async with running_api(tmp_path / "w", registry=on, batch_worker=workers.batch) as worker, \
+            running_api(tmp_path / "i", registry=off) as inproc:
+        await workers.open()
+        await without.open()
+        try:
+            assert await workers.batch.ready()
+            WORKERS[worker.node] = workers
+            yield worker, inproc
+        finally:
+            await workers.close()
+            await without.close()
+
+
+WORKERS: dict[Any, Supervisor] = {}
 
 
 async def test_worker_stores_what_the_in_process_path_stores(pair: tuple[Api, Api]) -> None:
@@ -158,13 +173,12 @@ async def test_worker_errors_are_the_in_process_errors(pair: tuple[Api, Api],
 
 async def test_node_validates_in_process_once_its_worker_is_gone(pair: tuple[Api, Api]) -> None:
     worker, _ = pair
-    pool = worker.node._preparer.worker.pool
-    assert pool is not None
-    for pid in list(pool._processes):  # type: ignore[attr-defined]
-        os.kill(pid, signal.SIGKILL)
+    batch = WORKERS[worker.node].batch
+    assert batch.worker.pid is not None
+    os.kill(batch.worker.pid, signal.SIGKILL)
     first = await worker.submit(_batch_body(200))
     second = await worker.submit(_batch_body(200))
     assert first["count"] == second["count"] == 200
     assert second["seqs"][-1] == 400
-    assert worker.node._preparer.prepared == 0
+    assert batch.prepared == 0
     assert parse_text(worker.node.metrics.render())["entraide_batch_worker_up"][()] == 0

@@ -11,6 +11,8 @@ index equal to one rebuilt from the ledger.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,12 +21,18 @@ from typing import Any
 
 from agent.storage.taxii_index import Collection, TaxiiIndex, VersionFilter
 from agent.taxii.app import _origin_info
-from agent.taxii.post import CHUNK, PARALLEL_MIN, Judge, add_objects
+from agent.taxii.post import CHUNK, COMMAND, PARALLEL_MIN, Judge, add_objects
+from agent.workers.pipe import PipeWorker
 from protocol.entries import TLP
 from protocol.stix import TLP2_MARKINGS
 from tests.agent._api_helpers import ip, running_api
 
 T0 = "2024-01-01T00:00:00.000Z"
+
+
+def judge_process() -> PipeWorker:
+    """The judge process as the supervisor builds it (agent/workers/supervisor.py)."""
+    return PipeWorker("TAXII judge", COMMAND)
 
 
 def indicator(n: int, **extra: Any) -> dict[str, Any]:
@@ -47,7 +55,7 @@ async def test_add_objects_with_the_worker_process_keeps_every_verdict_and_the_o
         ledger_path = node.config.ledger_path(node.data_dir)
         index = await TaxiiIndex.open(tmp_path / "index.sqlite3", ledger_path, node.public_key,
                                       _origin_info(node), node.clock)
-        judge = Judge(spare_core=lambda: True)
+        judge = Judge(judge_process(), spare_core=lambda: True)
         lock = asyncio.Lock()
         try:
             assert await judge.ready()
@@ -100,17 +108,19 @@ async def test_add_objects_with_the_worker_process_keeps_every_verdict_and_the_o
                 await rebuilt.close()
             assert [row.json for row in again.rows] == [row.json for row in page.rows]
         finally:
-            await judge.close()
+            assert judge.worker is not None
+            await judge.worker.close()
             await index.close()
 
 
 async def test_judge_uses_the_process_only_when_a_core_is_spare() -> None:
     busy = True
-    judge = Judge(spare_core=lambda: not busy)
+    process = judge_process()
+    judge = Judge(process, spare_core=lambda: not busy)
     objects = [indicator(n) for n in range(PARALLEL_MIN)]
     try:
         parts = judge.judge(objects, "ed25519:" + "A" * 43)
-        assert len(parts) == 1 and judge.worker.pool is None  # busy host: the thread, no process
+        assert len(parts) == 1 and process.pid is None  # busy host: the thread, no process
         await asyncio.gather(*parts)
         busy = False
         assert await judge.ready()
@@ -118,33 +128,43 @@ async def test_judge_uses_the_process_only_when_a_core_is_spare() -> None:
         assert len(parts) > 1
         await asyncio.gather(*parts)
     finally:
-        await judge.close()
+        await process.close()
 
 
 async def test_judge_falls_back_to_the_thread_when_the_process_is_gone(tmp_path: Path) -> None:
-    judge = Judge(spare_core=lambda: True)
+    process = judge_process()
+    judge = Judge(process, spare_core=lambda: True)
     try:
         assert await judge.ready()
-        assert judge.worker.pool is not None
-        for process in list(judge.worker.pool._processes.values()):
-            process.kill()
-            process.join()
+        assert process.pid is not None
+        os.kill(process.pid, signal.SIGKILL)
         objects = [indicator(n) for n in range(PARALLEL_MIN)]
         verdicts = [await part for part in judge.judge(objects, "ed25519:" + "A" * 43)]
         assert sum(len(items) for _, items in verdicts) == PARALLEL_MIN
-        assert not await judge.ready()  # and it is not used again
+        assert [p for _, items in verdicts for p in (i.position for i in items)] == list(
+            range(PARALLEL_MIN))
+        assert process.failures == 1  # started again after the policy's delay
     finally:
-        await judge.close()
+        await process.close()
+
+
+async def test_judge_without_a_process_judges_in_the_thread() -> None:
+    judge = Judge(spare_core=lambda: True)
+    objects = [indicator(n) for n in range(PARALLEL_MIN)]
+    parts = judge.judge(objects, "ed25519:" + "A" * 43)
+    assert len(parts) == 1 and not await judge.ready()
+    assert sum(len(items) for _, items in await asyncio.gather(*parts)) == PARALLEL_MIN
 
 
 _HOLDER = """
 import asyncio, sys
-from agent.taxii.post import Judge
+from agent.taxii.post import COMMAND, Judge
+from agent.workers.pipe import PipeWorker
 
 async def main():
-    judge = Judge(spare_core=lambda: True)
+    judge = Judge(PipeWorker("TAXII judge", COMMAND), spare_core=lambda: True)
     assert await judge.ready()
-    print(*judge.worker.pool._processes, flush=True)
+    print(judge.worker.pid, flush=True)
     await asyncio.sleep(3600)
 
 asyncio.run(main())
