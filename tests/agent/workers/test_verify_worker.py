@@ -276,3 +276,38 @@ async def test_verify_worker_ends_when_the_node_is_killed() -> None:
         if node.returncode is None:
             node.kill()
             await node.wait()
+
+
+async def test_verify_pool_threads_only_without_processes() -> None:
+    pool = VerifyPool(threads=1, processes=0, min_batch=4, eager=True)
+    try:
+        pool.start()  # eager, but nothing to start
+        assert pool.processes == 0 and not await pool.ready() and pool.pids == []
+        entries = _entries(8)
+        assert (await pool.check([e.raw for e in entries])).entries == entries
+        assert pool.batches_in_worker == 0 and pool.failures == 0
+    finally:
+        await pool.close()
+        await pool.close()  # idempotent
+
+
+async def test_verify_pool_spreads_batches_over_its_workers() -> None:
+    pool = VerifyPool(threads=2, processes=2, min_batch=4, eager=True)
+    try:
+        if pool.processes < 2:
+            pytest.skip("needs two usable cores")
+        pool.start()
+        assert await pool.ready() and pool.processes_up == 2 and len(set(pool.pids)) == 2
+        entries = _entries(100)
+        chunks = [[e.raw for e in entries[i:i + 50]] for i in (0, 50)]
+        results = await asyncio.gather(*(pool.check(c) for c in chunks))
+        assert [e for r in results for e in r.entries] == entries
+        assert [w.batches_in_worker for w in pool.workers] == [1, 1]  # least busy first
+        assert pool.batches_in_worker == 2 and pool.in_flight == 0
+        pids = pool.pids
+    finally:
+        await pool.close()
+    assert pool.processes_up == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
