@@ -32,7 +32,8 @@ from aiohttp import web
 from agent import __version__
 from agent.api.common import NODE
 from agent.api.openapi import Operation
-from agent.config.tokens import Scope, TokenRecord
+from agent.config.tokens import Scope, TokenRecord, authenticate
+from agent.errors import AuthError
 from agent.node.node import Node
 from agent.storage.taxii_index import Collection, IndexPage, TaxiiIndex, VersionFilter
 from agent.taxii.http import (
@@ -40,7 +41,7 @@ from agent.taxii.http import (
     MEDIA_TAXII,
     Filters,
     TaxiiError,
-    authenticate,
+    auth_error,
     check_accept,
     check_content_type,
     date_headers,
@@ -162,7 +163,9 @@ def _guarded(scope: Scope) -> Callable[[Callable[[web.Request], Awaitable[web.Re
     def wrap(handler: Callable[[web.Request], Awaitable[web.Response]]
              ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def guarded(request: web.Request) -> web.Response:
-            request[_TOKEN] = authenticate(request, scope)
+            request[_TOKEN] = authenticate(request.config_dict[NODE].tokens,
+                                           request.headers.get("Authorization"), scope,
+                                           basic=True)
             check_accept(request)
             return await handler(request)
 
@@ -401,6 +404,8 @@ async def _taxii_errors(request: web.Request, handler: Any) -> web.StreamRespons
         return response
     except TaxiiError as exc:
         return error_response(request, exc)
+    except AuthError as exc:
+        return error_response(request, auth_error(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
