@@ -2,7 +2,7 @@
 reader processes, not by the node's main process.
 
 Why: at 1M observations a lookup through the node cost ~300 us of CPU (aiohttp in the
-main process, a pipe to the lookup worker, SQLite and JSON there), and with 32 clients
+main process, then SQLite and JSON), and with 32 clients
 on two cores the node's main process was the queue everyone waited in
 (docs/benchmarks.md, "Lookup"). A reader does the whole lookup on the connection it
 owns in ~150-200 us, and two of them use both cores.
@@ -15,7 +15,8 @@ How:
   node's aiohttp server as before.
 - A reader answers the lookups it can answer exactly as the node would
   (agent/workers/lookup_http.py: the same token check, the same canonical indicator, the same
-  SQL and JSON as agent/workers/lookup.py, the same response bytes). The first request
+  SQL and JSON as the node's in-process path, agent/storage/lookup.py, the same
+  response bytes). The first request
   it does not answer (another route, an error to give, anything unusual) sends the
   connection back to the node with that request's bytes unread, once every earlier
   answer is written; the node keeps it from then on.
@@ -27,8 +28,9 @@ Invariants:
   What it answers, the node would have answered with the same bytes (tested).
 - Origin names come from the node's trust list, sent when it changes.
 - Nothing is lost when a reader fails: a connection it holds is closed (a lookup is
-  a read; the client retries), new connections go to the node while it restarts;
-  after :data:`MAX_FAILURES` failures in a row the node keeps every connection.
+  a read; the client retries), new connections go to the node while it restarts
+  (after the node's restart delay, agent/workers/policy.py); after the policy's
+  failures in a row the node keeps every connection.
 - Bounded: each reader holds at most :data:`MAX_CONNECTIONS` connections and closes
   those idle for :data:`IDLE_S`; a head over 8 KiB goes back to the node; a client
   that does not read its answers is not read from.
@@ -51,22 +53,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from agent.metrics import DEFAULT_LATENCY_BUCKETS, MetricFamily
+from agent.metrics import DEFAULT_LATENCY_BUCKETS
 from agent.workers.control import control_pair, pack, receive, unpack
 from agent.workers.lookup_http import PREFIX
+from agent.workers.policy import RESTART, RestartPolicy
 
-__all__ = ["MAX_FAILURES", "RESTART_S", "SNIFF_S", "ReadLane", "Sniffer"]
+__all__ = ["SNIFF_S", "ReadLane", "Sniffer"]
 
 log = logging.getLogger(__name__)
 
 SNIFF_S = 1.0
 """A new connection that sent too little to decide in this long goes to the node."""
-RESTART_S = (1.0, 30.0)
-"""Delay before a failed reader is replaced: doubles per failure in a row, up to the
-second figure."""
-MAX_FAILURES = 3
-"""Reader failures in a row (none taking connections in between) before the lane stops
-starting them, as the other workers do."""
 
 # --- the node side -------------------------------------------------------------------
 
@@ -157,9 +154,11 @@ class ReadLane:
         names: the node's key text -> name table (:meth:`agent.node.node.Node.names_by_text`:
             the same object until the trust list changes); call
             :meth:`names_changed` when it does.
-        server: aiohttp's protocol factory, for connections that go back to the node.
+        server: aiohttp's protocol factory, for connections that go back to the node
+            (may be set as :attr:`server` later, before the first connection).
         on_served: called with (count, latency bucket counts, latency sum) of the lookups
             the readers answered, in :data:`DEFAULT_LATENCY_BUCKETS`.
+        policy: when a failed reader is replaced, when the lane gives up.
 
     The readers start when the first lookup connection arrives (that one stays with
     the node), so a node that is never asked a lookup runs none.
@@ -167,13 +166,15 @@ class ReadLane:
 
     def __init__(self, data_dir: Path, ledger_path: Path, *, readers: int,
                  names: Callable[[], dict[str, str]],
-                 server: Callable[[], asyncio.Protocol],
-                 on_served: Callable[[int, list[int], float], None]) -> None:
+                 on_served: Callable[[int, list[int], float], None],
+                 server: Callable[[], asyncio.Protocol] | None = None,
+                 policy: RestartPolicy = RESTART) -> None:
         self._data_dir = data_dir
         self._ledger_path = ledger_path
         self._size = readers
         self._names = names
-        self._server = server
+        self.server = server
+        self._policy = policy
         self._on_served = on_served
         self._readers: list[_Reader] = []
         self._next = 0
@@ -189,19 +190,6 @@ class ReadLane:
     def running(self) -> int:
         """Readers taking connections."""
         return sum(r.ready for r in self._readers)
-
-    def metric_families(self) -> list[MetricFamily]:
-        """The lane's figures, for the node's /metrics (a registry collector)."""
-        return [
-            MetricFamily("entraide_read_lane_readers", "Reader processes taking lookup "
-                         "connections (agent/workers/read_lane.py).", "gauge", (),
-                         {(): float(self.running)}),
-            MetricFamily("entraide_read_lane_connections_total", "Connections passed to a "
-                         "reader.", "counter", (), {(): float(self.offered)}),
-            MetricFamily("entraide_read_lane_returned_total", "Connections a reader gave "
-                         "back to the node (a request it does not answer).", "counter", (),
-                         {(): float(self.returned)}),
-        ]
 
     def offer(self, transport: asyncio.Transport, data: bytes) -> bool:
         """Pass the connection of ``transport`` (which has read ``data``) to a reader;
@@ -320,8 +308,10 @@ class ReadLane:
             raise ValueError("gave back something that is not a TCP connection")
         self.returned += 1
         loop = asyncio.get_running_loop()
+        server = self.server
+        assert server is not None  # set before the lane was offered a connection
         task = loop.create_task(
-            loop.connect_accepted_socket(lambda: _Handed(self._server, data), sock))
+            loop.connect_accepted_socket(lambda: _Handed(server, data), sock))
         self._taking_back.add(task)
         task.add_done_callback(self._taken_back)
 
@@ -364,13 +354,12 @@ class ReadLane:
     def _schedule_restart(self) -> None:
         if self._restart is not None or self._closed:
             return
-        if self._failures >= MAX_FAILURES:
-            if self._failures == MAX_FAILURES:
+        if self._policy.gives_up(self._failures):
+            if self._failures == self._policy.max_failures:
                 log.error("read lane: readers failed %d times in a row; the node serves "
-                          "every connection from now on", MAX_FAILURES)
+                          "every connection from now on", self._failures)
             return
-        first, most = RESTART_S
-        delay = min(most, first * 2 ** max(0, self._failures - 1))
+        delay = self._policy.delay(max(1, self._failures))
         self._restart = asyncio.get_running_loop().call_later(delay, self._fill)
 
     def _drop(self, reader: _Reader, *, terminate: bool = True) -> None:
