@@ -81,13 +81,18 @@ from agent.api.openapi import Operation, openapi_document
 from agent.api.stream import stream, stream_shutdown
 from agent.config.tokens import Scope, TokenRecord, authenticate
 from agent.errors import (
+    AlreadyRetractedError,
     AuthError,
     ConfigError,
     DuplicatePeerError,
     InvalidCursorError,
     NodeExistsError,
+    NodeStoppingError,
+    NotOwnEntryError,
     ScopeError,
     StorageError,
+    UnknownAudienceError,
+    UnknownEntryError,
     UnknownForkError,
     UnknownPeerError,
     UnknownTokenError,
@@ -96,14 +101,7 @@ from agent.errors import (
 from agent.jsoncodec import dumps
 from agent.metrics import CONTENT_TYPE
 from agent.misp.convert import MISP_ROUTES
-from agent.node.node import (
-    AlreadyRetractedError,
-    Node,
-    NodeStoppingError,
-    NotOwnEntryError,
-    UnknownAudienceError,
-    UnknownEntryError,
-)
+from agent.node.node import Node
 from agent.taxii.app import TAXII_PREFIX, TAXII_ROUTES, taxii_app
 from protocol.errors import (
     EncodingError,

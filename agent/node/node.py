@@ -15,13 +15,10 @@ Invariants:
   submissions that arrive while a commit is in flight are signed and committed
   together in the next single transaction (one fsync), then each caller gets its own
   entries back, in order. A submission is acknowledged only after that durable commit.
-- The trust list in memory is the last valid ``peers.toml``: changes made through the
-  API are written atomically (data-dir lock, temporary file, rename) and applied at
-  once; changes made by hand or by the CLI are noticed by polling the file's stamp
-  and applied once it has been stable for one poll interval. An invalid file is
-  logged and ignored (the previous list stays in force).
-- Audience names resolve against the trust list *and* this node's own name; this node
-  is always a recipient of its own encrypted entries, so it can read them back.
+- The trust list, and the names, keys and audiences resolved against it, live in
+  :class:`agent.node.membership.Membership` (its invariants are there); the JSON views
+  of the node's state in :mod:`agent.node.views`; what the node needs from replication
+  in :mod:`agent.node.replication`. The node delegates to them.
 """
 
 from __future__ import annotations
@@ -32,56 +29,55 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, TypeVar
 
-from agent.config.datadir import DataDir, FileStamp, file_stamp, passphrase_from_env
-from agent.config.settings import (
-    NodeConfig,
-    PeerEntry,
-    TrustList,
-    TrustListWatcher,
-    edit_trust_list,
-    load_node_config,
-)
+from agent.config.datadir import DataDir, passphrase_from_env
+from agent.config.settings import NodeConfig, PeerEntry, TrustList, load_node_config
 from agent.config.tokens import TokenStore
 from agent.errors import (
     AlreadyRetractedError,
     ConfigError,
     NodeStoppingError,
     NotOwnEntryError,
-    UnknownAudienceError,
     UnknownEntryError,
     UnknownForkError,
 )
 from agent.jsoncodec import dumps_bytes
 from agent.metrics import Counter, Histogram, MetricFamily, Registry
+from agent.node import views
 from agent.node.author import Author
 from agent.node.committer import MAX_QUEUED_ENTRIES, GroupCommitter
+from agent.node.membership import Membership
+from agent.node.replication import (
+    NullReplication,
+    PeerState,
+    PeerStatus,
+    Replication,
+    ReplicationFactory,
+)
+from agent.node.submission import PreparedSubmission, Submission, drafts
 from agent.storage.ledger import (
     ForkRecord,
     Ledger,
-    LedgerCounts,
     OwnDraft,
     Page,
     Subscription,
     VerifyReport,
 )
-from agent.storage.queries import canonical_indicator, format_ms, with_names
-from agent.storage.types import PreparedObservation
+from agent.storage.queries import canonical_indicator, with_names
 from agent.workers.batch import BatchWorker
 from protocol.entries import TLP, VerifiedEntry
-from protocol.errors import EntraideError
-from protocol.keys import Identity, PublicKey, b64url_encode
-from protocol.payloads import Observation, Payload, Retraction, Sighting
+from protocol.keys import Identity, PublicKey
+from protocol.payloads import Observation, Retraction, Sighting
 
 __all__ = [
     "ENV_PASSPHRASE",
     "MAX_QUEUED_ENTRIES",
     "Node",
     "NullReplication",
+    "PeerState",
     "PeerStatus",
     "PreparedSubmission",
     "Replication",
@@ -93,96 +89,8 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 ENV_PASSPHRASE = "ENTRAIDE_PASSPHRASE"
-"""Own entries waiting for the committer before submitters are made to wait."""
+"""The environment variable holding the passphrase of a sealed ``node.key``."""
 DEFAULT_TRUST_POLL = 1.0
-
-
-# --- replication interface ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PeerStatus:
-    """What replication knows about one peer."""
-
-    connected: bool = False
-    last_seen_ms: int | None = None
-
-
-@runtime_checkable
-class Replication(Protocol):
-    """What the node needs from the replicator (agent/peering/transport.py's ``Replicator``)."""
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    def publish(self, entries: Sequence[VerifiedEntry]) -> None:
-        """New own entries, durably committed: push them to peers."""
-
-    def update_trust(self, trust: TrustList) -> None:
-        """The trust list changed: end sessions of removed peers, dial new ones."""
-
-    def peer_status(self, key: PublicKey) -> PeerStatus: ...
-
-    async def clear_fork(self, origin: PublicKey) -> None:
-        """An admin cleared ``origin``'s fork in the ledger: replicate it again."""
-
-    def metric_families(self) -> Iterable[MetricFamily]:
-        """Replication metrics (entries in/out, bytes, duplicates, errors, per peer)."""
-
-
-ReplicationFactory = Callable[["Node"], Replication]
-
-
-class NullReplication:
-    """No peers: the node works alone (tests, a node with replication disabled)."""
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    def publish(self, entries: Sequence[VerifiedEntry]) -> None:
-        return None
-
-    def update_trust(self, trust: TrustList) -> None:
-        return None
-
-    def peer_status(self, key: PublicKey) -> PeerStatus:
-        return PeerStatus()
-
-    async def clear_fork(self, origin: PublicKey) -> None:
-        return None
-
-    def metric_families(self) -> Iterable[MetricFamily]:
-        return ()
-
-
-# --- submissions and the group committer ----------------------------------------------
-
-
-@dataclass(frozen=True)
-class Submission:
-    """One own entry to write: a payload, its TLP and its audience (peer names).
-
-    ``audience`` None means: nobody in particular (CLEAR, GREEN), or, for AMBER and
-    AMBER+STRICT, every member of the trust list now. RED needs explicit names.
-    """
-
-    payload: Payload
-    tlp: TLP = TLP.GREEN
-    audience: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True)
-class PreparedSubmission:
-    """A :class:`Submission` of an observation validated and encoded in the batch
-    worker (agent/api/batch.py; :meth:`Node.prepare_batch`)."""
-
-    payload: PreparedObservation
-    tlp: TLP
-    audience: tuple[str, ...] | None
 
 
 # --- the node -------------------------------------------------------------------------
@@ -224,17 +132,11 @@ class Node:
         self._passphrase = passphrase
         self._environ = environ
         self._replication_factory = replication
-        self._trust_poll_interval = trust_poll_interval
         self.metrics = registry or Registry()
         self._config: NodeConfig | None = None
         self._identity: Identity | None = None
         self._ledger: Ledger | None = None
         self._tokens: TokenStore | None = None
-        self._trust = TrustList()
-        self._names_by_text: tuple[TrustList, Identity | None, dict[str, str]] | None = None
-        self._watcher: TrustListWatcher | None = None
-        self._trust_lock = asyncio.Lock()
-        self._trust_listeners: list[Callable[[], None]] = []
         self._committer: GroupCommitter | None = None
         self._batch_worker = batch_worker
         self._replication: Replication = NullReplication()
@@ -249,11 +151,8 @@ class Node:
         self._commit_submitters: Histogram = self.metrics.histogram(
             "entraide_commit_submissions", "Submissions coalesced into one durable commit.",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128))
-        self._trust_reloads = self.metrics.counter(
-            "entraide_trust_reloads_total", "Trust-list changes applied, by source.",
-            ("source",))
-        self._trust_errors = self.metrics.counter(
-            "entraide_trust_reload_errors_total", "Invalid peers.toml seen (change ignored).")
+        self.members = Membership(self.data_dir, self.metrics, self._trust_applied,
+                                  poll_interval=trust_poll_interval)
         self.metrics.add_collector(self._collect)
 
     # -- life cycle
@@ -293,11 +192,8 @@ class Node:
         self._config = await asyncio.to_thread(load_node_config, data_dir)
         self._identity = await asyncio.to_thread(self._load_identity)
         me = self._identity.public_key
-        # Stamp first, list second: a change between the two is seen again, not missed.
-        initial_stamp = await asyncio.to_thread(file_stamp, data_dir.peers_path)
-        self._watcher = await asyncio.to_thread(
-            TrustListWatcher, data_dir, own_key=me, own_name=self._config.name)
-        self._trust = self._watcher.current
+        self.members.know_self(me, self._config.name)
+        initial_stamp = await self.members.start()
         self._tokens = TokenStore(data_dir)
         self._ledger = await Ledger.open(
             self._config.ledger_path(data_dir), identity=self._identity,
@@ -308,9 +204,9 @@ class Node:
         if self._replication_factory is not None:
             self._replication = self._replication_factory(self)
         await self._replication.start()
-        self._spawn(self._watch_trust(initial_stamp), "entraide-trust-watch")
+        self._spawn(self.members.watch(initial_stamp), "entraide-trust-watch")
         log.info("node %s started (%s), %d peers in the trust list",
-                 self._config.name, me.fingerprint, len(self._trust))
+                 self._config.name, me.fingerprint, len(self.trust))
 
     def _load_identity(self) -> Identity:
         passphrase = self._passphrase
@@ -376,102 +272,40 @@ class Node:
     @property
     def trust(self) -> TrustList:
         """The trust list in force now."""
-        return self._trust
+        return self.members.trust
 
     @property
     def replication(self) -> Replication:
         return self._replication
 
     def _is_trusted(self, key: PublicKey) -> bool:
-        return key in self._trust
+        return key in self.members.trust
+
+    # Who is who: answered by self.members (agent/node/membership.py has the contracts).
 
     def name_of(self, key: PublicKey) -> str | None:
         """This node's name for its own key, the trust-list name of a peer, else None."""
-        if self._identity is not None and key == self._identity.public_key:
-            return self.name
-        entry = self._trust.by_key(key)
-        return None if entry is None else entry.name
+        return self.members.name_of(key)
 
     def name_of_text(self, key_text: str) -> str | None:
-        """:meth:`name_of` for a key in text form (None if it does not parse)."""
-        # Key texts are canonical (one text per key), so an exact match is the same as
-        # parsing; parsing costs a point check (~60 us) and lists call this per item.
-        return self.names_by_text().get(key_text) if isinstance(key_text, str) else None
+        return self.members.name_of_text(key_text)
 
     def names_by_text(self) -> dict[str, str]:
-        """Key text -> name of this node and every peer in the trust list. The same
-        object until the trust list changes (do not modify it)."""
-        names = self._names_by_text
-        if names is None or names[0] is not self._trust or names[1] is not self._identity:
-            table = {p.key.text: p.name for p in self._trust}
-            if self._identity is not None and self._config is not None:
-                table[self._identity.public_key.text] = self._config.name
-            names = self._names_by_text = (self._trust, self._identity, table)
-        return names[2]
+        return self.members.names_by_text()
 
     def on_trust_change(self, listener: Callable[[], None]) -> Callable[[], None]:
-        """Call ``listener`` after each change of the trust list (from peers.toml or the
-        API); returns what removes it."""
-        self._trust_listeners.append(listener)
-        return lambda: self._trust_listeners.remove(listener)
+        return self.members.on_change(listener)
 
     def key_of(self, name_or_key: str) -> PublicKey:
-        """A peer's key from its name (exact, else ignoring case), this node's name, or
-        a key text.
-
-        Raises:
-            UnknownAudienceError: none of these.
-        """
-        if name_or_key.startswith("ed25519:"):
-            try:
-                return PublicKey.from_text(name_or_key)
-            except EntraideError as exc:
-                raise UnknownAudienceError(f"bad key {name_or_key[:60]!r}: {exc}") from exc
-        return self._resolve_name(name_or_key)
-
-    def _resolve_name(self, name: str) -> PublicKey:
-        entry = self._trust.by_name(name)
-        if entry is not None:
-            return entry.key
-        if name == self.name or name.casefold() == self.name.casefold():
-            return self.public_key
-        folded = name.casefold()
-        for peer in self._trust:
-            if peer.name.casefold() == folded:
-                return peer.key
-        raise UnknownAudienceError(f"{name[:70]!r} is not a peer in the trust list "
-                                   "nor this node's name")
+        """Raises UnknownAudienceError for neither a known name nor a key text."""
+        return self.members.key_of(name_or_key)
 
     def audience_names(self, audience: Sequence[bytes] | None) -> list[str] | None:
-        """Names (or key ids in hex) of an entry's audience, for display."""
-        if audience is None:
-            return None
-        by_id = {p.key.key_id: p.name for p in self._trust}
-        by_id[self.public_key.key_id] = self.name
-        return [by_id.get(kid, kid.hex()) for kid in audience]
+        return self.members.audience_names(audience)
 
     def recipients(self, tlp: TLP, audience: Sequence[str] | None) -> tuple[PublicKey, ...]:
-        """The recipients of an own entry (this node always among them when encrypted).
-
-        Raises:
-            UnknownAudienceError: an unknown name, RED without audience, an empty
-                audience, or an audience on a CLEAR/GREEN entry.
-        """
-        tlp = TLP(tlp)
-        if not tlp.encrypted:
-            if audience:
-                raise UnknownAudienceError(
-                    f"an audience applies only to AMBER, AMBER+STRICT and RED, not {tlp.value}")
-            return ()
-        if audience is None:
-            if tlp is TLP.RED:
-                raise UnknownAudienceError("RED needs an explicit audience (peer names)")
-            # AMBER without audience: every member known now, and this node.
-            return (self.public_key, *(p.key for p in self._trust))
-        if not audience:
-            raise UnknownAudienceError("the audience is empty")
-        keys = [self._resolve_name(name) for name in audience]
-        return tuple(dict.fromkeys([self.public_key, *keys]))
+        """Raises UnknownAudienceError (see :meth:`Membership.recipients`)."""
+        return self.members.recipients(tlp, audience)
 
     # -- writing
 
@@ -487,16 +321,7 @@ class Node:
             OversizeError: more than ``MAX_APPEND_BATCH`` entries.
             StorageError: the write failed or the node is stopping.
         """
-        # A batch's items nearly all share a TLP and audience: resolve each pair once.
-        resolved: dict[tuple[TLP, tuple[str, ...] | None], tuple[TLP, tuple[PublicKey, ...]]] = {}
-        drafts = []
-        for s in submissions:
-            route = resolved.get((s.tlp, s.audience))
-            if route is None:
-                route = resolved[(s.tlp, s.audience)] = (
-                    TLP(s.tlp), self.recipients(s.tlp, s.audience))
-            drafts.append(OwnDraft(s.payload, *route))
-        return await _started(self._committer).submit(drafts)
+        return await _started(self._committer).submit(drafts(submissions, self.recipients))
 
     async def prepare_batch(self, body: bytes) -> list[PreparedSubmission] | None:
         """A large ``{"observations": [...]}`` request body parsed, validated and encoded
@@ -538,7 +363,7 @@ class Node:
         if current is not None and current.get("retracted"):
             raise AlreadyRetractedError(f"{entry.id} is already retracted")
         payload = Retraction(of=entry.id, reason=reason)
-        recipients = self._same_audience(entry)
+        recipients = self.members.same_audience(entry.tlp, entry.audience)
         draft = OwnDraft(payload, entry.tlp, recipients)
         (retraction,) = await _started(self._committer).submit([draft])
         return retraction
@@ -572,12 +397,6 @@ class Node:
         """True for plaintext entries and for envelopes sealed to this node."""
         return not entry.tlp.encrypted or self.public_key.key_id in (entry.audience or ())
 
-    def _same_audience(self, entry: VerifiedEntry) -> tuple[PublicKey, ...]:
-        if not entry.tlp.encrypted:
-            return ()
-        ids = set(entry.audience or ())
-        return (self.public_key, *(p.key for p in self._trust if p.key.key_id in ids))
-
     def _committed(self, entries: list[VerifiedEntry], submissions: int) -> None:
         self._entries_out.inc(len(entries))
         self._commits.observe(len(entries))
@@ -592,8 +411,7 @@ class Node:
 
     def decorate(self, observation: dict[str, Any]) -> dict[str, Any]:
         """Add ``origin_name`` to an observation dict from the ledger (in place)."""
-        observation["origin_name"] = self.name_of_text(observation.get("origin", ""))
-        return observation
+        return views.decorate(self, observation)
 
     async def list_observations(self, **filters: Any) -> Page:
         """The ledger's list with ``origin_name`` on every item."""
@@ -644,43 +462,15 @@ class Node:
         return await self.ledger.verify()
 
     async def status(self) -> dict[str, Any]:
-        """Name, key, fingerprint, peers (connected, last seen), ledger counts, forks."""
-        counts: LedgerCounts = self.ledger.counts()
-        forks = await self.ledger.forks()
-        return {
-            "name": self.name,
-            "jurisdiction": self.config.jurisdiction,
-            "key": self.public_key.text,
-            "fingerprint": self.public_key.fingerprint,
-            "peer_url": self.config.peer_url,
-            "peers": self.peers(),
-            "ledger": {
-                "entries": counts.entries,
-                "origins": counts.origins,
-                "forked_origins": counts.forked_origins,
-                "held_ahead_of_gaps": counts.held_ahead_of_gaps,
-            },
-            "forks": [{
-                "origin": f.origin.text,
-                "origin_name": self.name_of(f.origin),
-                "seq": f.seq,
-                "detected": format_ms(f.detected_ms),
-                "cleared": None if f.cleared_ms is None else format_ms(f.cleared_ms),
-            } for f in forks],
-        }
+        """Name, key, fingerprint, peers (connected, last seen), ledger counts, forks
+        (:func:`agent.node.views.status`)."""
+        return await views.status(self)
 
     # -- forks
 
     def fork_json(self, record: ForkRecord) -> dict[str, Any]:
         """A fork record as the API shows it; ``proof`` (base64url) verifies alone."""
-        return {
-            "origin": record.origin.text,
-            "origin_name": self.name_of(record.origin),
-            "seq": record.seq,
-            "detected": format_ms(record.detected_ms),
-            "cleared": None if record.cleared_ms is None else format_ms(record.cleared_ms),
-            "proof": b64url_encode(record.proof),
-        }
+        return views.fork_json(self, record)
 
     async def forks(self) -> list[dict[str, Any]]:
         """Every fork the ledger recorded, oldest first (:meth:`fork_json`)."""
@@ -715,72 +505,27 @@ class Node:
 
     def peer_json(self, peer: PeerEntry) -> dict[str, Any]:
         """A trust-list entry with its fingerprint and replication state."""
-        state = self._peer_status(peer.key)
-        return {
-            "name": peer.name,
-            "jurisdiction": peer.jurisdiction,
-            "key": peer.key.text,
-            "fingerprint": peer.key.fingerprint,
-            "url": peer.url,
-            "connected": state.connected,
-            "last_seen": None if state.last_seen_ms is None else format_ms(state.last_seen_ms),
-            "forked": self._ledger is not None and self._ledger.is_forked(peer.key),
-        }
-
-    def _peer_status(self, key: PublicKey) -> PeerStatus:
-        try:
-            return self._replication.peer_status(key)
-        except Exception:
-            log.exception("replication peer_status failed")
-            return PeerStatus()
+        return views.peer_json(self, peer)
 
     def peers(self) -> list[dict[str, Any]]:
-        return [self.peer_json(p) for p in self._trust]
+        return [self.peer_json(p) for p in self.members.trust]
 
     def peer(self, name: str) -> PeerEntry:
         """Raises UnknownPeerError when no entry has that name."""
-        from agent.errors import UnknownPeerError
-
-        entry = self._trust.by_name(name)
-        if entry is None:
-            raise UnknownPeerError(f"no peer named {name[:70]!r} in the trust list")
-        return entry
+        return self.members.peer(name)
 
     async def add_peer(self, entry: PeerEntry) -> PeerEntry:
-        """Add a peer to peers.toml (atomically) and apply it now.
-
-        Raises:
-            DuplicatePeerError: its name or key is already trusted, or it is this node.
-            ConfigError: peers.toml is invalid (nothing changed).
-        """
-        await self._edit(lambda trust: trust.with_peer(
-            entry, own_key=self.public_key, own_name=self.name))
-        return entry
+        """Trust ``entry`` now (:meth:`Membership.add_peer`)."""
+        return await self.members.add_peer(entry)
 
     async def remove_peer(self, name: str) -> PeerEntry:
-        """Remove a peer from peers.toml (atomically) and apply it now: its sessions end
-        and its later entries are refused.
+        """Stop trusting ``name`` now: its sessions end and its later entries are
+        refused (:meth:`Membership.remove_peer`)."""
+        return await self.members.remove_peer(name)
 
-        Raises:
-            UnknownPeerError: no peer has that name.
-        """
-        removed = self.peer(name)
-        await self._edit(lambda trust: trust.without(name))
-        return removed
-
-    async def _edit(self, change: Callable[[TrustList], TrustList]) -> None:
-        async with self._trust_lock:
-            new = await asyncio.to_thread(
-                edit_trust_list, self.data_dir, change,
-                own_key=self.public_key, own_name=self.name)
-            self._apply_trust(new, "api")
-
-    def _apply_trust(self, new: TrustList, source: str) -> None:
-        if new == self._trust:
-            return
-        old = self._trust
-        self._trust = new
-        self._trust_reloads.inc(labels=(source,))
+    def _trust_applied(self, old: TrustList, new: TrustList) -> None:
+        # Membership's hook, run before the listeners: a removed peer's held entries
+        # go, and replication ends its sessions.
         for gone in old:
             if gone.key not in new and self._ledger is not None:
                 self._ledger.drop_held(gone.key)
@@ -788,71 +533,14 @@ class Node:
             self._replication.update_trust(new)
         except Exception:
             log.exception("replication did not take the new trust list")
-        for listener in list(self._trust_listeners):
-            try:
-                listener()
-            except Exception:
-                log.exception("a trust-list listener failed")
-        log.info("trust list now has %d peers (%s)", len(new), source)
-
-    async def _watch_trust(self, initial: FileStamp | None) -> None:
-        """Poll peers.toml; apply a change once the file has kept the same stamp for one
-        interval, so an editor's in-place rewrite (truncate, then write) is never read
-        half-way as an empty trust list."""
-        watcher = self._watcher
-        assert watcher is not None
-        path = self.data_dir.peers_path
-        settled = seen = initial
-        while True:
-            await asyncio.sleep(self._trust_poll_interval)
-            try:
-                stamp = await asyncio.to_thread(file_stamp, path)
-            except OSError as exc:
-                log.error("cannot stat %s: %s", path, exc)
-                continue
-            if stamp != seen:
-                seen = stamp  # still changing: look again next time
-                continue
-            if stamp == settled:
-                continue
-            settled = stamp
-            async with self._trust_lock:
-                try:
-                    new = await asyncio.to_thread(watcher.poll)
-                except (ConfigError, OSError) as exc:
-                    self._trust_errors.inc()
-                    log.error("peers.toml changed but is invalid, keeping the previous "
-                              "trust list: %s", exc)
-                    continue
-                if new is not None:
-                    self._apply_trust(new, "file")
 
     # -- metrics
 
     def _collect(self) -> Iterable[MetricFamily]:
         families: list[MetricFamily] = []
         if self._ledger is not None and not self._stopped:
-            counts = self._ledger.counts()
-            families += [
-                MetricFamily("entraide_ledger_entries", "Entries in the ledger (all origins).",
-                             "gauge", (), {(): counts.entries}),
-                MetricFamily("entraide_ledger_origins", "Origins with entries in the ledger.",
-                             "gauge", (), {(): counts.origins}),
-                MetricFamily("entraide_ledger_forked_origins",
-                             "Origins quarantined after a fork.", "gauge", (),
-                             {(): counts.forked_origins}),
-                MetricFamily("entraide_ledger_held_entries",
-                             "Entries waiting ahead of a gap.", "gauge", (),
-                             {(): counts.held_ahead_of_gaps}),
-            ]
-        families.append(MetricFamily("entraide_trust_peers", "Peers in the trust list.",
-                                     "gauge", (), {(): len(self._trust)}))
-        connected: dict[tuple[str, ...], float] = {}
-        for peer in self._trust:
-            connected[(peer.name,)] = 1.0 if self._peer_status(peer.key).connected else 0.0
-        families.append(MetricFamily("entraide_peer_connected",
-                                     "1 when a session with the peer is up.", "gauge",
-                                     ("peer",), connected))
+            families += views.ledger_families(self._ledger.counts())
+        families += views.trust_families(self.members.trust, self._replication)
         families.extend(self._replication.metric_families())
         return families
 
@@ -861,8 +549,3 @@ def _started(value: _T | None) -> _T:
     if value is None:
         raise NodeStoppingError("the node is not started")
     return value
-
-
-def utc_now(clock: Callable[[], float]) -> datetime:
-    """The clock's time as an aware UTC datetime."""
-    return datetime.fromtimestamp(clock(), UTC)

@@ -21,25 +21,20 @@ from agent.config.settings import (
     load_trust_list,
 )
 from agent.errors import (
+    AlreadyRetractedError,
     ConfigError,
     DuplicatePeerError,
+    NotOwnEntryError,
     StorageError,
+    UnknownAudienceError,
+    UnknownEntryError,
     UnknownForkError,
     UnknownPeerError,
 )
 from agent.metrics import MetricFamily, parse_text
 from agent.node.author import Author
 from agent.node.committer import GroupCommitter
-from agent.node.node import (
-    AlreadyRetractedError,
-    Node,
-    NotOwnEntryError,
-    PeerStatus,
-    Replication,
-    Submission,
-    UnknownAudienceError,
-    UnknownEntryError,
-)
+from agent.node.node import Node, PeerStatus, Replication, Submission
 from agent.storage.ledger import OwnDraft
 from protocol.entries import TLP, VerifiedEntry, sign_entry
 from protocol.errors import EncodingError, PassphraseError
