@@ -10,7 +10,7 @@ A client that reconnects with ``Last-Event-ID: <position>`` (browsers' EventSour
 it by themselves) gets every matching observation committed after that position,
 then the live ones. Without it, the stream starts at "now".
 
-How (design notes, docs/parts/api.md "Stream"):
+How (docs/operations.md, "The stream"):
 - *Catch-up* pages through the ledger in commit order from the position; *live*
   events come from a bounded ledger subscription taken before the last catch-up
   page, and events already sent by the catch-up are skipped, so nothing is lost or
@@ -40,7 +40,8 @@ from agent.api.observations import filters_of
 from agent.errors import InvalidCursorError
 from agent.jsoncodec import dumps
 from agent.storage.ledger import ObservationEvent, Subscription
-from agent.storage.queries import decode_cursor, encode_cursor
+from agent.storage.queries import decode_cursor
+from protocol.errors import EntraideError
 from protocol.indicators import normalise_indicator
 
 __all__ = ["parse_position", "stream"]
@@ -48,8 +49,9 @@ __all__ = ["parse_position", "stream"]
 log = logging.getLogger(__name__)
 
 
-class _Disconnect(Exception):
-    """End this stream (the reason goes to the metrics)."""
+class _Disconnect(EntraideError):
+    """End this stream (the reason goes to the metrics). Raised and caught inside
+    :func:`stream` only: it never reaches the error middleware."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -232,8 +234,3 @@ def stream_shutdown(streams: set[Any]) -> None:
     for client in list(streams):
         if client.subscription is not None:
             client.subscription.close()
-
-
-def first_position() -> str:
-    """The position before every observation: resume from here to replay all."""
-    return encode_cursor("observation", 0)
