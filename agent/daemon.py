@@ -1,15 +1,17 @@
-"""``entraide run``: the daemon, with its two listeners.
+"""``entraide run``: the daemon: listeners, signals, logging and the shutdown order
+around the node agent/composition.py builds.
 
-Start-up order: node (config, key, ledger, replication), then the peer listener,
-then the local API listener; the node is reported ready only when both listen. Any
-failure (bad config, missing or wrongly sealed key, port in use, ledger in use) is
-one line on stderr and exit status 1.
+Start-up order: the API app's start-up (the helper processes' supervisor, then the
+node: config, key, ledger, replication), then the peer listener, then the local API
+listener; the node is reported ready only when both listen. Any failure (bad config,
+missing or wrongly sealed key, port in use, ledger in use) is one line on stderr and
+exit status 1.
 
 Shutdown on SIGTERM or SIGINT, in this order, so nothing acknowledged is lost:
 1. the API listener stops accepting; requests in flight finish (their entries are
    committed before they are acknowledged);
 2. the node stops: queued submissions are committed, peer sessions closed with a
-   "shutdown" reason, the ledger closed;
+   "shutdown" reason, the ledger closed; then the helper processes end;
 3. the peer listener is torn down.
 """
 
@@ -21,7 +23,6 @@ import contextlib
 import json
 import logging
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -30,17 +31,12 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.api.app import create_app
-from agent.api.common import NODE, ApiState
+from agent.composition import compose
 from agent.config.datadir import DataDir, passphrase_from_env
 from agent.config.settings import LogConfig, load_node_config
 from agent.errors import ConfigError
-from agent.node.node import Node
-from agent.peering.transport import Replicator, replication_factory, start_peer_listener
+from agent.peering.transport import Replicator, start_peer_listener
 from agent.workers.gcsettings import settle_heap
-from agent.workers.lookup_http import LOOKUP_ROUTE
-from agent.workers.pipe import usable_cores
-from agent.workers.read_lane import ReadLane, Sniffer
 
 __all__ = ["JsonFormatter", "configure_logging", "run_command", "serve"]
 
@@ -86,34 +82,33 @@ async def serve(data_dir: DataDir, *, passphrase: bytes | None = None,
 
     ``ready`` is called once the node and both listeners are up. ``readers``: processes
     of the read lane (agent/workers/read_lane.py); default: ``[api] readers`` of the config,
-    else :func:`default_readers`.
+    else :func:`agent.workers.supervisor.default_readers`.
 
     Raises:
         ConfigError: bad config, a port in use.
         EntraideError: the node cannot start (key, passphrase, ledger).
     """
     stop = stop if stop is not None else _signal_event()
-    node = Node(data_dir, passphrase=passphrase, replication=replication_factory())
-    await node.start()
+    parts = compose(data_dir, passphrase=passphrase, readers=readers)
     peer_runner: web.AppRunner | None = None
-    api_runner: web.AppRunner | None = None
+    api_runner = web.AppRunner(parts.app, handle_signals=False, access_log=None,
+                               shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     api_server: asyncio.AbstractServer | None = None
-    lane: ReadLane | None = None
     try:
-        config = node.config
-        replicator = node.replication
+        await api_runner.setup()  # the supervisor opens, the node starts
+        config = parts.node.config
+        replicator = parts.node.replication
         assert isinstance(replicator, Replicator)
         peer_runner, peer_port = await _listen(
             "peer", lambda: start_peer_listener(replicator, config.peer.host, config.peer.port),
             config.peer.host, config.peer.port)
-        api_runner = web.AppRunner(create_app(node), handle_signals=False, access_log=None,
-                                   shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-        await api_runner.setup()
-        if readers is None:
-            readers = config.api.readers if config.api.readers is not None else default_readers()
-        lane = _read_lane(node, api_runner, readers)
-        api_server = await _listen("API", lambda: _api_server(api_runner, lane),
-                                   config.api.host, config.api.port)
+        server = api_runner.server
+        assert server is not None
+        factory = parts.workers.api_protocol(server)
+        api_server = await _listen(
+            "API", lambda: asyncio.get_running_loop().create_server(
+                factory, config.api.host, config.api.port),
+            config.api.host, config.api.port)
         log.info("node %s ready: API on http://%s:%d, peers on %s:%d (card URL %s)",
                  config.name, config.api.host, config.api.port, config.peer.host, peer_port,
                  config.peer_url)
@@ -127,54 +122,10 @@ async def serve(data_dir: DataDir, *, passphrase: bytes | None = None,
     finally:
         if api_server is not None:
             api_server.close()  # stop accepting; the runner finishes what is in flight
-        if lane is not None:
-            await lane.close()
-        if api_runner is not None:
-            await api_runner.cleanup()
-        await node.stop()
+        await api_runner.cleanup()  # requests finish, the node stops, the helpers end
         if peer_runner is not None:
             await peer_runner.cleanup()
         log.info("stopped")
-
-
-def default_readers() -> int:
-    """Read-lane processes by default: 2 on a host with two cores or more (more
-    readers than cores measured worse: docs/benchmarks.md, "Lookup"), none on one
-    core or where sockets cannot be passed between processes."""
-    if not hasattr(socket, "send_fds"):
-        return 0
-    return 0 if usable_cores() < 2 else 2
-
-
-def _read_lane(node: Node, runner: web.AppRunner, readers: int) -> ReadLane | None:
-    if readers <= 0:
-        return None
-    server = runner.server
-    assert server is not None
-    state = ApiState.create(node.metrics)
-    labels = ("GET", LOOKUP_ROUTE, "200")
-
-    def served(count: int, buckets: list[int], seconds: float) -> None:
-        state.requests.inc(count, labels)
-        state.latency.add_counts(buckets, seconds, labels[:2])
-
-    lane = ReadLane(node.data_dir.root, node.config.ledger_path(node.data_dir),
-                    readers=readers, names=node.names_by_text, server=server,
-                    on_served=served)
-    node.metrics.add_collector(lane.metric_families)
-    node.on_trust_change(lane.names_changed)
-    return lane
-
-
-async def _api_server(runner: web.AppRunner, lane: ReadLane | None) -> asyncio.AbstractServer:
-    """The API listener: aiohttp's server, with the read lane's sniffer in front."""
-    server = runner.server
-    assert server is not None
-    config = runner.app[NODE].config
-    factory: Callable[[], asyncio.Protocol] = (
-        server if lane is None else lambda: Sniffer(server, lane))
-    return await asyncio.get_running_loop().create_server(
-        factory, config.api.host, config.api.port)
 
 
 async def _listen(what: str, start: Any, host: str, port: int) -> Any:
