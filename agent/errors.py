@@ -25,6 +25,12 @@ the HTTP API maps these classes to statuses (noted on the right)::
     │   └── TransportClosed               misbehaviour; agent/peering/links.py)
     ├── AuthError                         no bearer token, or an unknown one           401
     │   └── ScopeError                    a known token without the scope needed       403
+    │                                     (both raised by agent/config/tokens.py
+    │                                     authenticate, the node's one token check)
+    ├── ApiError                          an answer of the API's own request checks
+    │                                     (agent/api/common.py; carries its status)
+    ├── TaxiiError                        an answer in TAXII's error body
+    │                                     (agent/taxii/http.py; carries its status)
     └── NodeNotRunningError               the CLI could not reach the node's local API
 
     EncodingError (protocol/errors.py)
