@@ -6,16 +6,17 @@ running node notices changes to peers.toml and tokens.toml by itself)::
     entraide init --name QC [...]     entraide id [--json]
     entraide peers add|remove|list    entraide token create|list|revoke
 
-Commands built elsewhere are listed in :data:`EXTERNAL_COMMANDS` and imported only
-when run, so ``entraide id`` never pays for aiohttp. Their contract::
+Every command is wired in :func:`build_parser` to a handler function. Handlers of
+commands built in other modules import them when run, so ``entraide id`` never pays
+for aiohttp. ``ledger export`` and ``ledger import`` (agent/cli/ledger.py) get their
+parsed arguments; the others parse their own, as *passthrough* commands::
 
     def run_command(argv: list[str], data_dir: pathlib.Path) -> int
 
 ``argv`` holds the arguments after the command words (``--data-dir`` removed, it is
 resolved here, wherever it was given); the function parses them itself (with
 ``prog="entraide <command>"``), may raise ``EntraideError`` or ``OSError`` (printed
-as one line, exit 1) and returns the exit status. Until the module exists the
-command prints "not yet available" and exits 2.
+as one line, exit 1) and returns the exit status.
 
 Exit statuses: 0 success, 1 an expected error (one line on stderr, no traceback),
 2 bad usage, 130 interrupted.
@@ -24,7 +25,6 @@ Exit statuses: 0 success, 1 an expected error (one line on stderr, no traceback)
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -44,38 +44,19 @@ from agent.config.settings import (
     parse_node_config,
 )
 from agent.config.tokens import Scope, TokenStore
+from agent.errors import ConfigError
 from protocol.cards import PeerCard, encode_card, parse_card
 from protocol.errors import EntraideError
 from protocol.keys import Identity, PublicKey
 
-__all__ = ["EXTERNAL_COMMANDS", "build_parser", "main"]
+__all__ = ["build_parser", "main"]
 
 PROG = "entraide"
 
-EXTERNAL_COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
-    ("run",): ("agent.daemon:run_command", "run the node (the daemon)"),
-    ("submit",): ("agent.cli.client:submit_command", "share an observation via the running node"),
-    ("query",): ("agent.cli.client:query_command", "search observations on the running node"),
-    ("ledger", "verify"): (
-        "agent.cli.client:ledger_verify_command",
-        "re-check every signature and hash chain of the ledger",
-    ),
-    ("forks", "list"): ("agent.cli.client:forks_list_command",
-                        "show the forks recorded (origins that signed two entries at one seq)"),
-    ("forks", "clear"): ("agent.cli.client:forks_clear_command",
-                         "accept a forked origin's entries again (after talking to its admin)"),
-    ("demo",): ("agent.cli.demo:demo_command", "run a local federation, end to end"),
-    ("import", "misp"): ("agent.cli.misp:import_misp_command",
-                         "share a MISP event's indicators via the running node"),
-    ("export", "misp"): ("agent.cli.misp:export_misp_command",
-                         "write observations as MISP event JSON"),
-}
-"""Command words → (``module:function``, help). The lead wires the real functions."""
-
-_GROUP_HELP: dict[tuple[str, ...], str] = {("ledger",): "inspect the local ledger",
-                                           ("forks",): "forked origins (via the running node)"}
-
 Handler = Callable[[argparse.Namespace, DataDir], int]
+"""A command parsed here: its arguments and the data dir; returns the exit status."""
+Passthrough = Callable[[list[str], DataDir], int]
+"""A command that parses its own arguments (the words after its command words)."""
 
 
 # --- commands ----------------------------------------------------------------------
@@ -219,37 +200,92 @@ def _cmd_token_revoke(args: argparse.Namespace, data_dir: DataDir) -> int:
     return 0
 
 
-def _external(words: tuple[str, ...]) -> Callable[[list[str], DataDir], int]:
-    target, _ = EXTERNAL_COMMANDS[words]
+# --- commands implemented elsewhere (imported when run) ------------------------------
+#
+# Each parses the arguments after its command words itself, with
+# ``prog="entraide <command>"``, and gets the data dir's root (see the module docstring).
 
-    def run(argv: list[str], data_dir: DataDir) -> int:
-        module_name, _, func_name = target.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise  # the module exists but something it imports is missing
-            module = None
-        func = getattr(module, func_name, None)
-        if func is None:
-            print(f"{PROG}: '{' '.join(words)}' is not yet available", file=sys.stderr)
-            return 2
-        status = func(argv, data_dir.root)
-        return int(status or 0)
 
-    return run
+def _run(argv: list[str], data_dir: DataDir) -> int:
+    from agent import daemon
+
+    return daemon.run_command(argv, data_dir.root)
+
+
+def _submit(argv: list[str], data_dir: DataDir) -> int:
+    from agent.cli import client
+
+    return client.submit_command(argv, data_dir.root)
+
+
+def _query(argv: list[str], data_dir: DataDir) -> int:
+    from agent.cli import client
+
+    return client.query_command(argv, data_dir.root)
+
+
+def _ledger_verify(argv: list[str], data_dir: DataDir) -> int:
+    from agent.cli import client
+
+    return client.ledger_verify_command(argv, data_dir.root)
+
+
+def _forks_list(argv: list[str], data_dir: DataDir) -> int:
+    from agent.cli import client
+
+    return client.forks_list_command(argv, data_dir.root)
+
+
+def _forks_clear(argv: list[str], data_dir: DataDir) -> int:
+    from agent.cli import client
+
+    return client.forks_clear_command(argv, data_dir.root)
+
+
+def _demo(argv: list[str], data_dir: DataDir) -> int:
+    from agent.cli import demo
+
+    return demo.demo_command(argv, data_dir.root)
+
+
+def _import_misp(argv: list[str], data_dir: DataDir) -> int:
+    from agent.cli import misp
+
+    return misp.import_misp_command(argv, data_dir.root)
+
+
+def _export_misp(argv: list[str], data_dir: DataDir) -> int:
+    from agent.cli import misp
+
+    return misp.export_misp_command(argv, data_dir.root)
+
+
+def _cmd_ledger_export(args: argparse.Namespace, data_dir: DataDir) -> int:
+    from agent.cli import ledger
+
+    return ledger.export_command(args, data_dir)
+
+
+def _cmd_ledger_import(args: argparse.Namespace, data_dir: DataDir) -> int:
+    from agent.cli import ledger
+
+    return ledger.import_command(args, data_dir)
 
 
 # --- parser ------------------------------------------------------------------------
 
 
-class _UsageError(Exception):
+class _UsageError(ConfigError):
     """Bad combination of options: reported like argparse does (exit 2)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``entraide`` parser. ``--data-dir`` is accepted before or after
-    the command words."""
+    the command words.
+
+    A command's handler is in ``handler`` (takes the parsed arguments) or, for a
+    command that parses its own arguments, in ``passthrough`` (takes the words left).
+    """
     # Subcommands get --data-dir with SUPPRESS so an absent one does not overwrite
     # a value given before the command.
     common = argparse.ArgumentParser(add_help=False)
@@ -277,6 +313,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(handler=handler)
         return p
 
+    def group(parent: Any, name: str, help_text: str, dest: str = "action") -> Any:
+        holder = sub(parent, name, help_text, None)
+        return holder.add_subparsers(metavar="ACTION", dest=dest, required=True)
+
+    def passthrough(parent: Any, name: str, help_text: str, handler: Passthrough) -> None:
+        # Its own parser handles -h and every option; only --data-dir is taken here.
+        p = parent.add_parser(name, help=help_text, add_help=False, allow_abbrev=False,
+                              parents=[common])
+        p.set_defaults(passthrough=handler)
+
     p = sub(commands, "init", "create a node: key pair, entraide.toml, empty trust list",
             _cmd_init, [json_flag])
     p.add_argument("--name", required=True, help="this node's peer name (e.g. QC)")
@@ -293,8 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passphrase-env", metavar="VAR",
                    help="also open a sealed node.key with this variable's passphrase")
 
-    peers = sub(commands, "peers", "edit the trust list (peers.toml)", None)
-    peer_cmds = peers.add_subparsers(metavar="ACTION", dest="action", required=True)
+    peer_cmds = group(commands, "peers", "edit the trust list (peers.toml)")
     p = sub(peer_cmds, "add", "trust a peer, from its card or its name and key",
             _cmd_peers_add, [json_flag])
     p.add_argument("--card", help="the peer's card (entraide1....)")
@@ -306,8 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     sub(peer_cmds, "list", "show the trust list", _cmd_peers_list, [json_flag])
 
-    token = sub(commands, "token", "manage local API tokens (tokens.toml)", None)
-    token_cmds = token.add_subparsers(metavar="ACTION", dest="action", required=True)
+    token_cmds = group(commands, "token", "manage local API tokens (tokens.toml)")
     p = sub(token_cmds, "create", "create a bearer token (printed once)",
             _cmd_token_create, [json_flag])
     p.add_argument("--scope", required=True, choices=[s.value for s in Scope])
@@ -317,20 +361,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub(token_cmds, "revoke", "delete a token", _cmd_token_revoke)
     p.add_argument("name", metavar="NAME")
 
-    groups: dict[tuple[str, ...], Any] = {(): commands}
-    for words, (_, help_text) in EXTERNAL_COMMANDS.items():
-        for depth in range(1, len(words)):
-            prefix = words[:depth]
-            if prefix not in groups:
-                group_help = _GROUP_HELP.get(prefix, " ".join(prefix) + " commands")
-                holder = sub(groups[prefix[:-1]], prefix[-1], group_help, None)
-                groups[prefix] = holder.add_subparsers(
-                    metavar="ACTION", dest=f"action{depth}", required=True
-                )
-        ext = groups[words[:-1]].add_parser(
-            words[-1], help=help_text, add_help=False, allow_abbrev=False, parents=[common]
-        )
-        ext.set_defaults(external=_external(words))
+    passthrough(commands, "run", "run the node (the daemon)", _run)
+    passthrough(commands, "submit", "share an observation via the running node", _submit)
+    passthrough(commands, "query", "search observations on the running node", _query)
+
+    ledger_cmds = group(commands, "ledger", "inspect, back up and restore the local ledger",
+                        "action1")
+    passthrough(ledger_cmds, "verify",
+                "re-check every signature and hash chain of the ledger", _ledger_verify)
+    passphrase = argparse.ArgumentParser(add_help=False)
+    passphrase.add_argument("--passphrase-env", default="ENTRAIDE_PASSPHRASE", metavar="VAR",
+                            help="variable holding the key passphrase, when the key is "
+                                 "sealed (default ENTRAIDE_PASSPHRASE)")
+    p = sub(ledger_cmds, "export", "write every entry and fork proof to a file (node stopped)",
+            _cmd_ledger_export, [json_flag, passphrase])
+    p.add_argument("file", metavar="FILE", help="the export to write (replaced if it exists)")
+    p = sub(ledger_cmds, "import",
+            "verify an export and store its entries (node stopped; all or nothing)",
+            _cmd_ledger_import, [json_flag, passphrase])
+    p.add_argument("file", metavar="FILE", help="an export written by 'entraide ledger export'")
+
+    forks_cmds = group(commands, "forks", "forked origins (via the running node)", "action1")
+    passthrough(forks_cmds, "list",
+                "show the forks recorded (origins that signed two entries at one seq)",
+                _forks_list)
+    passthrough(forks_cmds, "clear",
+                "accept a forked origin's entries again (after talking to its admin)",
+                _forks_clear)
+
+    passthrough(commands, "demo", "run a local federation, end to end", _demo)
+    import_cmds = group(commands, "import", "import commands", "action1")
+    passthrough(import_cmds, "misp", "share a MISP event's indicators via the running node",
+                _import_misp)
+    export_cmds = group(commands, "export", "export commands", "action1")
+    passthrough(export_cmds, "misp", "write observations as MISP event JSON", _export_misp)
     return parser
 
 
@@ -343,19 +407,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(args_list)
-        external = getattr(args, "external", None)
+        passthrough: Passthrough | None = getattr(args, "passthrough", None)
         handler: Handler | None = getattr(args, "handler", None)
-        if external is None and extra:
+        if passthrough is None and extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        if external is None and handler is None:
+        if passthrough is None and handler is None:
             parser.print_help(sys.stderr)
             return 2
     except SystemExit as exc:  # argparse: --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else 2
     data_dir = DataDir(resolve_data_dir(args.data_dir))
     try:
-        if external is not None:
-            return int(external(extra, data_dir))
+        if passthrough is not None:
+            return int(passthrough(extra, data_dir) or 0)
         assert handler is not None
         return handler(args, data_dir)
     except _UsageError as exc:
