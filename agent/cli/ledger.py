@@ -1,0 +1,131 @@
+"""``entraide ledger export FILE`` and ``entraide ledger import FILE``: backup and restore.
+
+Both work on a stopped node: they open the ledger file themselves, and the ledger
+admits one process at a time, so with the node running they stop at once with one
+line saying so. The export format and what an import checks are
+:mod:`agent.storage.maint`'s (every entry is verified from its bytes: the file is as
+hostile as a peer).
+
+An import is all or nothing: the whole file is read and verified first, without
+storing anything; only a file that is complete (its trailer matches what was read)
+and whose every entry and fork proof verifies is then stored. Entries of origins this
+node does not trust, or that are already stored, are counted, not errors (the same
+rules as replication).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from agent.config.datadir import DataDir
+from agent.config.settings import load_node_config, load_trust_list
+from agent.errors import ConfigError, StorageError
+from agent.storage.ledger import Ledger
+from agent.storage.maint import import_file
+from agent.storage.schema import lock_ledger
+from agent.storage.types import ImportResult, IngestResult
+from protocol.entries import ForkProof, VerifiedEntry
+from protocol.keys import Identity
+
+__all__ = ["export_command", "import_command"]
+
+
+def export_command(args: argparse.Namespace, data_dir: DataDir) -> int:
+    """Write every entry and fork proof of the ledger to ``args.file``.
+
+    Raises:
+        ConfigError: no node, or no ledger yet.
+        StorageError: the ledger is in use (the node runs), or cannot be read, or the
+            file cannot be written (no partial file is left).
+    """
+    counts = asyncio.run(_export(data_dir, Path(args.file), args.passphrase_env))
+    if args.json:
+        print(json.dumps(counts))
+    else:
+        print(f"Exported {counts['entries']} entries and {counts['fork_proofs']} fork "
+              f"proofs to {args.file}")
+    return 0
+
+
+def import_command(args: argparse.Namespace, data_dir: DataDir) -> int:
+    """Verify the export ``args.file``, then store its entries in this node's ledger.
+
+    Raises:
+        StorageError: not an export, damaged, truncated, or an entry or proof that
+            does not verify (nothing stored); the ledger is in use (the node runs).
+    """
+    result = asyncio.run(_import(data_dir, Path(args.file), args.passphrase_env))
+    counts = _result_json(result)
+    if args.json:
+        print(json.dumps(counts))
+    else:
+        print(f"Imported {args.file}: {result.stored} entries stored, {result.duplicates} "
+              f"already here, {result.refused} refused (untrusted or forked origins), "
+              f"{result.forks} new forks")
+    return 0
+
+
+async def _export(data_dir: DataDir, file: Path, passphrase_env: str) -> dict[str, Any]:
+    path = _ledger_path(data_dir)
+    if not path.exists():
+        raise ConfigError(f"{path}: no ledger yet (the node has never run)")
+    identity = _claim(data_dir, path, passphrase_env, "export")
+    ledger = await Ledger.open(path, identity=identity, is_trusted_origin=lambda _key: True)
+    try:
+        entries = await ledger.export_entries(file)
+        proofs = len(await ledger.forks())
+    finally:
+        await ledger.close()
+    return {"file": str(file), "entries": entries, "fork_proofs": proofs}
+
+
+async def _import(data_dir: DataDir, file: Path, passphrase_env: str) -> ImportResult:
+    path = _ledger_path(data_dir)
+    identity = _claim(data_dir, path, passphrase_env, "import")
+    checked = await import_file(file, _check_entries, _check_proof, batch_size=1000)
+    if checked.invalid:
+        raise StorageError(f"{file}: {checked.invalid} of its {checked.records} records do "
+                           f"not verify (first: {checked.first_invalid}); nothing imported")
+    if not checked.complete:
+        raise StorageError(f"{file} ends early or its trailer does not match what it holds "
+                           "(truncated or damaged); nothing imported")
+    trust = load_trust_list(data_dir)
+    ledger = await Ledger.open(path, identity=identity, is_trusted_origin=lambda k: k in trust)
+    try:
+        return await ledger.import_entries(file)
+    finally:
+        await ledger.close()
+
+
+def _ledger_path(data_dir: DataDir) -> Path:
+    data_dir.require_node()
+    return load_node_config(data_dir).ledger_path(data_dir)
+
+
+def _claim(data_dir: DataDir, path: Path, passphrase_env: str, verb: str) -> Identity:
+    """This node's identity, once sure no process (a running node) holds the ledger."""
+    try:
+        os.close(lock_ledger(path))
+    except StorageError as exc:
+        raise StorageError(f"{exc}; 'entraide ledger {verb}' needs the node stopped") from exc
+    passphrase = os.environ.get(passphrase_env, "").encode() or None
+    return data_dir.load_identity(passphrase)
+
+
+async def _check_entries(entries: list[VerifiedEntry]) -> IngestResult:
+    return IngestResult()  # the check pass stores nothing
+
+
+async def _check_proof(proof: ForkProof) -> bool:
+    return False
+
+
+def _result_json(result: ImportResult) -> dict[str, Any]:
+    return {"records": result.records, "stored": result.stored,
+            "duplicates": result.duplicates, "refused": result.refused,
+            "forks": result.forks, "invalid": result.invalid, "complete": result.complete}
