@@ -32,8 +32,8 @@ since the last full one are over a quarter of those it kept: CPython's rule)."""
 def settle_heap() -> None:
     """Collect once, freeze what is alive, and space later collections out.
 
-    For the process's entry point only (``entraide run``, the verify and lookup
-    workers, the batch worker and the TAXII judge): it changes the whole interpreter's
+    For the process's entry point only (``entraide run``, the verify workers,
+    the batch worker and the TAXII judge): it changes the whole interpreter's
     collector.
     """
     gc.collect()

@@ -167,7 +167,7 @@ class PipeWorker:
     """One worker process started with ``command``, called with :meth:`call`.
 
     Args:
-        name: for log lines (``"lookup worker"``).
+        name: for log lines (``"batch worker"``).
         command: the worker's command line; it must run :func:`serve`.
         enabled: False never starts a process (every call raises WorkerFailed).
         deadline: seconds a start or a call may take before the worker is killed.
