@@ -34,7 +34,7 @@ class Submission:
 @dataclass(frozen=True)
 class PreparedSubmission:
     """A :class:`Submission` of an observation validated and encoded in the batch
-    worker (agent/api/batch.py; :meth:`agent.node.node.Node.prepare_batch`)."""
+    worker (agent/workers/batch.py; :meth:`agent.node.node.Node.prepare_batch`)."""
 
     payload: PreparedObservation
     tlp: TLP
