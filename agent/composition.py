@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from agent.api.app import create_app
-from agent.api.common import NODE, STATE
 from agent.config.datadir import DataDir
 from agent.config.settings import NodeConfig, load_node_config
 from agent.metrics import Registry
@@ -30,6 +29,7 @@ from agent.peering.params import TransportParams
 from agent.peering.replicator import Replicator
 from agent.taxii.app import JUDGE
 from agent.taxii.post import Judge
+from agent.web.common import NODE, STATE
 from agent.workers.lookup_http import LOOKUP_ROUTE
 from agent.workers.supervisor import Supervisor, default_readers
 from agent.workers.verify import VerifyPool

@@ -28,7 +28,7 @@ the HTTP API maps these classes to statuses (noted on the right)::
     │                                     (both raised by agent/config/tokens.py
     │                                     authenticate, the node's one token check)
     ├── ApiError                          an answer of the API's own request checks
-    │                                     (agent/api/common.py; carries its status)
+    │                                     (agent/web/common.py; carries its status)
     ├── TaxiiError                        an answer in TAXII's error body
     │                                     (agent/taxii/http.py; carries its status)
     └── NodeNotRunningError               the CLI could not reach the node's local API

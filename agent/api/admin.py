@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from agent.api.common import NODE, ApiError, json_response, read_json
 from agent.api.models import PeerAdd
 from agent.config.settings import PeerEntry
 from agent.errors import ConfigError, UnknownAudienceError, UnknownForkError
+from agent.web.common import NODE, ApiError, json_response, read_json
 from protocol.cards import parse_card
 from protocol.errors import KeyFormatError
 

@@ -1,7 +1,7 @@
 """The local HTTP API (default 127.0.0.1:8470): the aiohttp app local tools talk to.
 
 ``create_app(node)`` builds it from :data:`ROUTES`, the one route table that both
-registers the handlers and produces ``/api/v1/openapi.json`` (agent/api/openapi.py).
+registers the handlers and produces ``/api/v1/openapi.json`` (agent/web/openapi.py).
 The reference for users is docs/parts/api.md.
 
 Invariants:
@@ -35,19 +35,9 @@ from agent.api.admin import (
     status,
     verify_ledger,
 )
-from agent.api.common import (
-    API_SETTINGS,
-    MAX_BODY_BYTES,
-    NODE,
-    STATE,
-    ApiError,
-    ApiSettings,
-    ApiState,
-    json_response,
-    server_header,
-)
 from agent.api.models import (
     BatchCreated,
+    ErrorBody,
     ForkList,
     ForkRecordOut,
     Health,
@@ -77,7 +67,6 @@ from agent.api.observations import (
     post_sighting,
     retract_observation,
 )
-from agent.api.openapi import Operation, openapi_document
 from agent.api.stream import stream, stream_shutdown
 from agent.config.tokens import Scope, TokenRecord, authenticate
 from agent.errors import (
@@ -103,6 +92,18 @@ from agent.metrics import CONTENT_TYPE
 from agent.misp.convert import MISP_ROUTES
 from agent.node.node import Node
 from agent.taxii.app import TAXII_PREFIX, TAXII_ROUTES, taxii_app
+from agent.web.common import (
+    API_SETTINGS,
+    MAX_BODY_BYTES,
+    NODE,
+    STATE,
+    ApiError,
+    ApiSettings,
+    ApiState,
+    json_response,
+    server_header,
+)
+from agent.web.openapi import Operation, openapi_document
 from protocol.errors import (
     EncodingError,
     EntraideError,
@@ -218,8 +219,8 @@ ROUTES: tuple[Operation, ...] = (
 )
 
 OPENAPI: dict[str, Any] = openapi_document(
-    ROUTES, title="Entraide local API", version=__version__,
-    description="The HTTP API a node offers to local tools (docs/parts/api.md).")
+    ROUTES, title="Entraide local API", version=__version__, error_model=ErrorBody,
+    description="The HTTP API a node offers to local tools (README.md, docs/operations.md).")
 
 
 # --- authentication ---------------------------------------------------------------------

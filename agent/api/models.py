@@ -2,7 +2,7 @@
 
 These models do two jobs: request models *validate* input (one validation per
 request; a failure is a 422 naming the fields), and every model, request or
-response, is what ``agent/api/openapi.py`` publishes in ``/api/v1/openapi.json``. The
+response, is what ``agent/web/openapi.py`` publishes in ``/api/v1/openapi.json``. The
 tests validate real responses against the response models, which forbid unknown
 fields, so the published document cannot drift from what the API sends.
 

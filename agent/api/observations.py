@@ -17,15 +17,6 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from agent.api.batch import split_routing, validate_batch
-from agent.api.common import (
-    NODE,
-    ApiError,
-    json_response,
-    parse_json,
-    parse_query,
-    read_body,
-    read_json,
-)
 from agent.api.models import (
     MAX_BATCH,
     ObservationQuery,
@@ -37,6 +28,15 @@ from agent.api.models import (
 )
 from agent.errors import UnknownAudienceError
 from agent.node.node import Node, Submission
+from agent.web.common import (
+    NODE,
+    ApiError,
+    json_response,
+    parse_json,
+    parse_query,
+    read_body,
+    read_json,
+)
 from protocol.entries import VerifiedEntry
 from protocol.payloads import Observation
 

@@ -34,13 +34,13 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.api.common import API_SETTINGS, NODE, STATE, ApiError, parse_query
 from agent.api.models import MAX_PAGE, StreamQuery
 from agent.api.observations import filters_of
 from agent.errors import InvalidCursorError
 from agent.jsoncodec import dumps
 from agent.storage.ledger import ObservationEvent, Subscription
 from agent.storage.queries import decode_cursor
+from agent.web.common import API_SETTINGS, NODE, STATE, ApiError, parse_query
 from protocol.errors import EntraideError
 from protocol.indicators import normalise_indicator
 

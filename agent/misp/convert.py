@@ -30,11 +30,11 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.api.common import NODE, ApiError, json_response, parse_query
-from agent.api.openapi import Operation
 from agent.config.tokens import Scope
 from agent.node.node import Submission
 from agent.storage.ledger import MAX_APPEND_BATCH
+from agent.web.common import NODE, ApiError, json_response, parse_query
+from agent.web.openapi import Operation
 from protocol.entries import TLP
 from protocol.errors import PayloadError
 from protocol.indicators import IndicatorType

@@ -5,14 +5,8 @@ state, the submissions it takes, what it needs from replication, and the group
 committer and author that sign and store its own entries."""
 
 from agent.node.membership import Membership
-from agent.node.node import ENV_PASSPHRASE, MAX_QUEUED_ENTRIES, Node
-from agent.node.replication import (
-    NullReplication,
-    PeerState,
-    PeerStatus,
-    Replication,
-    ReplicationFactory,
-)
+from agent.node.node import ENV_PASSPHRASE, MAX_QUEUED_ENTRIES, Node, ReplicationFactory
+from agent.node.replication import NullReplication, PeerState, PeerStatus, Replication
 from agent.node.submission import PreparedSubmission, Submission
 
 __all__ = [

@@ -55,7 +55,6 @@ from agent.node.replication import (
     PeerState,
     PeerStatus,
     Replication,
-    ReplicationFactory,
 )
 from agent.node.submission import PreparedSubmission, Submission, drafts
 from agent.storage.ledger import (
@@ -87,6 +86,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+
+ReplicationFactory = Callable[["Node"], Replication]
+"""Builds the replicator from the started node (``Node(replication=...)``)."""
 
 ENV_PASSPHRASE = "ENTRAIDE_PASSPHRASE"
 """The environment variable holding the passphrase of a sealed ``node.key``."""

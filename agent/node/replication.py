@@ -3,24 +3,21 @@
 The node talks to its replicator (agent/peering/replicator.py's ``Replicator``) only
 through :class:`Replication`; the node's package never imports the peering package
 (peering sits below the node in the layering: docs/architecture.md). A replicator is
-built from the started node by a :data:`ReplicationFactory`.
+built from the started node by a ``ReplicationFactory`` (agent/node/node.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from agent.config.settings import TrustList
 from agent.metrics import MetricFamily
 from protocol.entries import VerifiedEntry
 from protocol.keys import PublicKey
 
-if TYPE_CHECKING:
-    from agent.node.node import Node
-
-__all__ = ["NullReplication", "PeerState", "PeerStatus", "Replication", "ReplicationFactory"]
+__all__ = ["NullReplication", "PeerState", "PeerStatus", "Replication"]
 
 
 class PeerState(Protocol):
@@ -65,8 +62,6 @@ class Replication(Protocol):
         """Replication metrics (entries in/out, bytes, duplicates, errors, per peer)."""
 
 
-ReplicationFactory = Callable[["Node"], Replication]
-"""Builds the replicator from the started node (``Node(replication=...)``)."""
 
 
 class NullReplication:

@@ -21,18 +21,36 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiohttp import web
 
+from agent.config.settings import NodeConfig
+from agent.config.trust import TrustList
 from agent.peering.dialer import PEER_PATH, Backoff, peer_endpoint
 from agent.peering.ingest import Verifier
 from agent.peering.params import TransportParams, gossip_params
 from agent.peering.registry import PeerCounters, PeerStatus, TrustedPeer
 from agent.peering.replicator import Replicator
+from agent.storage.ledger import Ledger
+from protocol.keys import Identity
 
-if TYPE_CHECKING:
-    from agent.node.node import Node
+
+class StartedNode(Protocol):
+    """What :func:`replication_factory` reads from the started node
+    (agent/node/node.py's ``Node``): peering sits below the node and names none of it."""
+
+    @property
+    def identity(self) -> Identity: ...
+
+    @property
+    def trust(self) -> TrustList: ...
+
+    @property
+    def ledger(self) -> Ledger: ...
+
+    @property
+    def config(self) -> NodeConfig: ...
 
 __all__ = [
     "PEER_PATH",
@@ -40,6 +58,7 @@ __all__ = [
     "PeerCounters",
     "PeerStatus",
     "Replicator",
+    "StartedNode",
     "TransportParams",
     "TrustedPeer",
     "Verifier",
@@ -55,7 +74,7 @@ def replication_factory(
     *,
     verifier: Verifier | None = None,
     randbytes: Callable[[int], bytes] = os.urandom,
-) -> Callable[[Node], Replicator]:
+) -> Callable[[StartedNode], Replicator]:
     """A ``Node(replication=...)`` factory: a :class:`Replicator` over the started
     node's identity, ledger, live trust list and ``[gossip]`` config.
 
@@ -66,7 +85,7 @@ def replication_factory(
     if transport is None:
         transport = TransportParams(verify_process_eager=True)
 
-    def build(node: Node) -> Replicator:
+    def build(node: StartedNode) -> Replicator:
         return Replicator(node.identity, lambda: node.trust, node.ledger, node.config.gossip,
                           transport=transport, verifier=verifier, randbytes=randbytes)
 

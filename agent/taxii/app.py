@@ -30,8 +30,6 @@ from typing import Any
 from aiohttp import web
 
 from agent import __version__
-from agent.api.common import NODE
-from agent.api.openapi import Operation
 from agent.config.tokens import Scope, TokenRecord, authenticate
 from agent.errors import AuthError
 from agent.node.node import Node
@@ -51,6 +49,8 @@ from agent.taxii.http import (
     taxii_response,
 )
 from agent.taxii.post import Judge, add_objects, parse_envelope
+from agent.web.common import NODE
+from agent.web.openapi import Operation
 from protocol.errors import EntraideError
 from protocol.stix import format_us
 

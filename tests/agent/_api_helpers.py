@@ -15,11 +15,11 @@ import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
 
 from agent.api.app import create_app
-from agent.api.common import ApiSettings
 from agent.config.datadir import DataDir
 from agent.config.settings import NodeConfig, PeerEntry, TrustList, create_node, save_trust_list
 from agent.config.tokens import Scope, TokenStore
 from agent.node.node import Node
+from agent.web.common import ApiSettings
 from protocol.keys import Identity
 
 

@@ -30,9 +30,9 @@ from agent.api.models import (
     StatusOut,
     VerifyOut,
 )
-from agent.api.openapi import openapi_path
 from agent.config.settings import load_trust_list
 from agent.metrics import parse_text
+from agent.web.openapi import openapi_path
 from protocol.cards import PeerCard, encode_card
 from protocol.entries import TLP, sign_entry
 from protocol.envelope import seal_envelope

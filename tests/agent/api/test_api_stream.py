@@ -18,10 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent.api.common import STATE, ApiSettings
 from agent.api.models import ObservationOut
 from agent.metrics import parse_text
 from agent.storage.queries import encode_cursor
+from agent.web.common import STATE, ApiSettings
 from protocol.entries import TLP, sign_entry
 from protocol.payloads import Observation, encode_payload
 from tests.agent._api_helpers import Api, identity, ip, obs, running_api

@@ -1,6 +1,6 @@
-"""The batch worker (agent/api/batch.py, agent/workers/batch.py): what it prepares is what the in-process path
-would store, what it refuses the in-process path refuses with the API's own error,
-and a node whose worker is gone goes on validating in-process."""
+"""The batch worker (agent/api/batch.py, agent/workers/batch.py): what it prepares is
+what the in-process path would store, what it refuses the in-process path refuses
+with the API's own error, and a node whose worker is gone goes on validating in-process."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from agent.api.batch import (
 )
 from agent.metrics import Registry, parse_text
 from agent.storage.queries import build_record
-from protocol.payloads import Observation, encode_payload
 from agent.workers.batch import COMMAND, BatchWorker
 from agent.workers.pipe import PipeWorker
 from agent.workers.supervisor import Supervisor
+from protocol.payloads import Observation, encode_payload
 from tests.agent._api_helpers import Api, ip, obs, running_api
 
 OBSERVATIONS = [

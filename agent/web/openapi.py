@@ -83,8 +83,9 @@ def _path_params(path: str) -> list[str]:
 
 
 def openapi_document(operations: Sequence[Operation], *, title: str, version: str,
-                     description: str = "") -> dict[str, Any]:
-    """The OpenAPI 3.1 document of ``operations``.
+                     error_model: type[BaseModel], description: str = "") -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``operations``; ``error_model`` is the one error
+    shape every route shares.
 
     Raises:
         ValueError: two operations share an id or a (method, path).
@@ -96,9 +97,7 @@ def openapi_document(operations: Sequence[Operation], *, title: str, version: st
     if len(set(keys)) != len(keys):
         raise ValueError("each (method, path) must be unique")
 
-    from agent.api.models import ErrorBody  # the one error shape every route shares
-
-    wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorBody, "serialization")]
+    wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(error_model, "serialization")]
     for op in operations:
         wanted += [(m, "validation") for m in op.body]
         wanted += [(m, "serialization") for m in op.response]
@@ -117,7 +116,7 @@ def openapi_document(operations: Sequence[Operation], *, title: str, version: st
         props: dict[str, Any] = defs[name].get("properties", {})
         return props
 
-    error_ref = ref(ErrorBody, "serialization")
+    error_ref = ref(error_model, "serialization")
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
         item: dict[str, Any] = {
