@@ -32,7 +32,6 @@ from agent.taxii.post import Judge
 from agent.web.common import NODE, STATE
 from agent.workers.lookup_http import LOOKUP_ROUTE
 from agent.workers.supervisor import Supervisor, default_readers
-from agent.workers.verify import VerifyPool
 
 __all__ = ["Parts", "compose"]
 
@@ -61,13 +60,12 @@ def compose(data_dir: DataDir, *, passphrase: bytes | None = None,
     data_dir.require_node()
     config = load_node_config(data_dir)
     registry = Registry()
-    transport = TransportParams(verify_process_eager=True)  # the first catch-up comes soon
+    transport = TransportParams()
     if readers is None:
         readers = config.api.readers if config.api.readers is not None else default_readers()
     workers = Supervisor(
-        registry,
-        verify=VerifyPool(transport.verify_workers, transport.verify_processes,
-                          transport.verify_process_min, transport.verify_process_eager),
+        registry, verify_processes=transport.verify_processes,
+        verify_threads=transport.verify_workers, verify_min_batch=transport.verify_process_min,
         readers=readers, data_dir=data_dir.root, ledger_path=config.ledger_path(data_dir),
         names=lambda: node.names_by_text())
 

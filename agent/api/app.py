@@ -2,7 +2,7 @@
 
 ``create_app(node)`` builds it from :data:`ROUTES`, the one route table that both
 registers the handlers and produces ``/api/v1/openapi.json`` (agent/web/openapi.py).
-The reference for users is docs/parts/api.md.
+The reference for users is docs/operations.md, "The local HTTP API".
 
 Invariants:
 - Every route's scope is in the table; a route with a scope is reachable only with a

@@ -1,4 +1,5 @@
-"""The local API's bodies and query strings as pydantic models (docs/parts/api.md).
+"""The local API's bodies and query strings as pydantic models
+(docs/operations.md, "The local HTTP API").
 
 These models do two jobs: request models *validate* input (one validation per
 request; a failure is a 422 naming the fields), and every model, request or

@@ -1,4 +1,5 @@
-"""Local API handlers for observations, sightings and indicators (docs/parts/api.md).
+"""Local API handlers for observations, sightings and indicators
+(docs/operations.md, "The local HTTP API").
 
 Invariants:
 - A submission is validated whole before anything is written: one bad item of a

@@ -4,46 +4,51 @@
 ``ConfigError`` line naming the file and the field. Nothing here starts a task or
 opens a socket: the node and the CLI read and edit these files through this package."""
 
-from agent.config.datadir import (
-    DEFAULT_DATA_DIR,
-    ENV_HOME,
-    DataDir,
-    FileStamp,
-    atomic_write,
-    file_stamp,
-    passphrase_from_env,
-    read_bounded,
-    resolve_data_dir,
-)
-from agent.config.settings import (
-    ApiConfig,
-    GossipConfig,
-    LogConfig,
-    NodeConfig,
-    PeerListenerConfig,
-    StorageConfig,
-    create_node,
-    load_node_config,
-    parse_node_config,
-    write_node_config,
-)
-from agent.config.tokens import (
-    MAX_TOKENS,
-    TOKEN_PREFIX,
-    Scope,
-    TokenRecord,
-    TokenStore,
-    hash_token,
-)
-from agent.config.trust import (
-    MAX_PEERS,
-    PeerEntry,
-    TrustList,
-    TrustListWatcher,
-    edit_trust_list,
-    load_trust_list,
-    save_trust_list,
-)
+from typing import TYPE_CHECKING
+
+from agent.reexport import lazy_exports
+
+if TYPE_CHECKING:
+    from agent.config.datadir import (
+        DEFAULT_DATA_DIR,
+        ENV_HOME,
+        DataDir,
+        FileStamp,
+        atomic_write,
+        file_stamp,
+        passphrase_from_env,
+        read_bounded,
+        resolve_data_dir,
+    )
+    from agent.config.settings import (
+        ApiConfig,
+        GossipConfig,
+        LogConfig,
+        NodeConfig,
+        PeerListenerConfig,
+        StorageConfig,
+        create_node,
+        load_node_config,
+        parse_node_config,
+        write_node_config,
+    )
+    from agent.config.tokens import (
+        MAX_TOKENS,
+        TOKEN_PREFIX,
+        Scope,
+        TokenRecord,
+        TokenStore,
+        hash_token,
+    )
+    from agent.config.trust import (
+        MAX_PEERS,
+        PeerEntry,
+        TrustList,
+        TrustListWatcher,
+        edit_trust_list,
+        load_trust_list,
+        save_trust_list,
+    )
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -79,3 +84,5 @@ __all__ = [
     "save_trust_list",
     "write_node_config",
 ]
+
+__getattr__ = lazy_exports(__name__, __file__)

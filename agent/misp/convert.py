@@ -1,4 +1,4 @@
-"""MISP event JSON, in and out (docs/parts/taxii.md §MISP).
+"""MISP event JSON, in and out (docs/operations.md, "MISP").
 
 ``parse_misp`` turns MISP events (the JSON MISP exports, its REST search answers, or
 a list of events) into observations with their TLP, and reports every attribute it

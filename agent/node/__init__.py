@@ -4,10 +4,15 @@ beside it the trust-list membership (names, keys, audiences), the JSON views of 
 state, the submissions it takes, what it needs from replication, and the group
 committer and author that sign and store its own entries."""
 
-from agent.node.membership import Membership
-from agent.node.node import ENV_PASSPHRASE, MAX_QUEUED_ENTRIES, Node, ReplicationFactory
-from agent.node.replication import NullReplication, PeerState, PeerStatus, Replication
-from agent.node.submission import PreparedSubmission, Submission
+from typing import TYPE_CHECKING
+
+from agent.reexport import lazy_exports
+
+if TYPE_CHECKING:
+    from agent.node.membership import Membership
+    from agent.node.node import ENV_PASSPHRASE, MAX_QUEUED_ENTRIES, Node, ReplicationFactory
+    from agent.node.replication import NullReplication, PeerState, PeerStatus, Replication
+    from agent.node.submission import PreparedSubmission, Submission
 
 __all__ = [
     "ENV_PASSPHRASE",
@@ -22,3 +27,5 @@ __all__ = [
     "ReplicationFactory",
     "Submission",
 ]
+
+__getattr__ = lazy_exports(__name__, __file__)

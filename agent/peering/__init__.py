@@ -9,14 +9,19 @@ metrics) are kept by :mod:`~agent.peering.registry`. The package sits above stor
 the workers and below the node: it never imports :mod:`agent.node` at run time.
 """
 
-from agent.peering.dialer import PEER_PATH, Backoff, DialTarget, peer_endpoint
-from agent.peering.ingest import IngestLimits, IngestPipeline, Report, Verifier
-from agent.peering.links import IdleTimeout, PeerLink, TransportClosed
-from agent.peering.params import TransportParams, gossip_params
-from agent.peering.registry import PeerCounters, PeerRegistry, PeerStatus, TrustedPeer
-from agent.peering.replicator import Replicator
-from agent.peering.sessions import PeerSessions
-from agent.peering.transport import replication_factory, start_peer_listener
+from typing import TYPE_CHECKING
+
+from agent.reexport import lazy_exports
+
+if TYPE_CHECKING:
+    from agent.peering.dialer import PEER_PATH, Backoff, DialTarget, peer_endpoint
+    from agent.peering.ingest import IngestLimits, IngestPipeline, Report, Verifier
+    from agent.peering.links import IdleTimeout, PeerLink, TransportClosed
+    from agent.peering.params import TransportParams, gossip_params
+    from agent.peering.registry import PeerCounters, PeerRegistry, PeerStatus, TrustedPeer
+    from agent.peering.replicator import Replicator
+    from agent.peering.sessions import PeerSessions
+    from agent.peering.transport import replication_factory, start_peer_listener
 
 __all__ = [
     "PEER_PATH",
@@ -41,3 +46,5 @@ __all__ = [
     "replication_factory",
     "start_peer_listener",
 ]
+
+__getattr__ = lazy_exports(__name__, __file__)

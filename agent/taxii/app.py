@@ -1,4 +1,5 @@
-"""The TAXII 2.1 server on the local API listener, under ``/taxii2/`` (docs/parts/taxii.md).
+"""The TAXII 2.1 server on the local API listener, under ``/taxii2/``
+(docs/operations.md, "TAXII 2.1, STIX 2.1 and MISP").
 
 One API root, ``/taxii2/entraide/``, with two collections:
 

@@ -2,17 +2,22 @@
 keys and per-app state, the HTTP error type, bounded body reading, query parsing, JSON
 responses, the node's Server header, and the route table's OpenAPI description."""
 
-from agent.web.common import (
-    MAX_BODY_BYTES,
-    NODE,
-    STATE,
-    ApiError,
-    ApiState,
-    json_response,
-    parse_query,
-    server_header,
-)
-from agent.web.openapi import Operation, openapi_document
+from typing import TYPE_CHECKING
+
+from agent.reexport import lazy_exports
+
+if TYPE_CHECKING:
+    from agent.web.common import (
+        MAX_BODY_BYTES,
+        NODE,
+        STATE,
+        ApiError,
+        ApiState,
+        json_response,
+        parse_query,
+        server_header,
+    )
+    from agent.web.openapi import Operation, openapi_document
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -26,3 +31,5 @@ __all__ = [
     "parse_query",
     "server_header",
 ]
+
+__getattr__ = lazy_exports(__name__, __file__)

@@ -5,11 +5,16 @@ for request/reply workers (verify, batch, TAXII judge) and fd passing for the re
 lane's readers, which take over client connections.
 """
 
-from agent.workers.batch import BatchWorker
-from agent.workers.pipe import PipeWorker, WorkerFailed, serve, usable_cores
-from agent.workers.policy import RESTART, RestartPolicy
-from agent.workers.read_lane import ReadLane, Sniffer
-from agent.workers.supervisor import PROCESSES, Helper, Supervisor, default_readers
+from typing import TYPE_CHECKING
+
+from agent.reexport import lazy_exports
+
+if TYPE_CHECKING:
+    from agent.workers.batch import BatchWorker
+    from agent.workers.pipe import PipeWorker, WorkerFailed, serve, usable_cores
+    from agent.workers.policy import RESTART, RestartPolicy
+    from agent.workers.read_lane import ReadLane, Sniffer
+    from agent.workers.supervisor import PROCESSES, Helper, Supervisor, default_readers
 
 __all__ = [
     "PROCESSES",
@@ -26,3 +31,5 @@ __all__ = [
     "serve",
     "usable_cores",
 ]
+
+__getattr__ = lazy_exports(__name__, __file__)

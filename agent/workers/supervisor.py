@@ -38,6 +38,7 @@ from agent.workers.batch import BatchWorker
 from agent.workers.pipe import PipeWorker, usable_cores
 from agent.workers.policy import RESTART, RestartPolicy
 from agent.workers.read_lane import ReadLane, Sniffer
+from agent.workers.verify import VerifyPool
 
 __all__ = ["JUDGE_COMMAND", "PROCESSES", "Helper", "Supervisor", "default_readers"]
 
@@ -90,8 +91,10 @@ class Supervisor:
 
     Args:
         registry: where the helpers' metrics are collected while open.
-        verify: the verify workers' pool (``agent.workers.verify.VerifyPool``: start,
-            ready, close), or None when the replicator runs its own.
+        verify_processes: verify worker processes wanted (at most one per core, none on
+            one core; 0: the pool checks in threads only).
+        verify_threads: threads checking small batches and the rest.
+        verify_min_batch: received batches smaller than this stay in a thread.
         batch: run the batch worker (default: on two cores or more).
         judge: run the TAXII judge (default: yes; it is only used while a core is
             spare).
@@ -107,7 +110,9 @@ class Supervisor:
     :meth:`close` ends them all. Build, open and close on the node's event loop.
     """
 
-    def __init__(self, registry: Registry, *, verify: Any = None, batch: bool | None = None,
+    def __init__(self, registry: Registry, *, verify_processes: int = 0,
+                 verify_threads: int = 2, verify_min_batch: int = 64,
+                 batch: bool | None = None,
                  judge: bool = True, readers: int = 0, data_dir: Path | None = None,
                  ledger_path: Path | None = None,
                  names: Callable[[], dict[str, str]] = dict,
@@ -115,7 +120,10 @@ class Supervisor:
                  policy: RestartPolicy = RESTART) -> None:
         self._registry = registry
         self.policy = policy
-        self.verify = verify
+        self.verify = VerifyPool(verify_threads, verify_processes, verify_min_batch,
+                                 eager=True, policy=policy)
+        """The verify workers (the replicator checks received entries with it); started
+        with the supervisor, since a node's first catch-up comes right after it starts."""
         self.batch = BatchWorker(PipeWorker(
             "batch worker", BATCH_COMMAND,
             enabled=usable_cores() >= 2 if batch is None else batch, policy=policy))
@@ -134,8 +142,7 @@ class Supervisor:
         """Collect the helpers' metrics; start the verify workers the pool wants now."""
         self._open = True
         self._registry.add_collector(self.metric_families)
-        if self.verify is not None:
-            self.verify.start()
+        self.verify.start()
 
     async def close(self) -> None:
         """End every helper: readers (after the request each is answering), pipe workers
@@ -145,9 +152,8 @@ class Supervisor:
         self._open = False
         if self.lane is not None:
             await self.lane.close()
-        await asyncio.gather(self.batch.worker.close(), self.judge.close())
-        if self.verify is not None:
-            await self.verify.close()
+        await asyncio.gather(self.batch.worker.close(), self.judge.close(),
+                             self.verify.close())
         self._registry.remove_collector(self.metric_families)
 
     async def context(self, app: Any) -> AsyncIterator[None]:
@@ -181,6 +187,12 @@ class Supervisor:
     def metric_families(self) -> list[MetricFamily]:
         """Every helper's figures, for /metrics (a registry collector while open)."""
         families = [
+            MetricFamily("entraide_verify_workers_up", "Verify worker processes taking "
+                         "large batches of received entries (agent/workers/verify.py).",
+                         "gauge", (), {(): float(self.verify.processes_up)}),
+            MetricFamily("entraide_taxii_judge_up", "1 while large TAXII envelopes can be "
+                         "judged in the TAXII judge process (agent/taxii/post.py).",
+                         "gauge", (), {(): 1.0 if self.judge.running else 0.0}),
             MetricFamily("entraide_batch_worker_up", "1 while large observation batches "
                          "are validated in the batch worker process "
                          "(agent/workers/batch.py).", "gauge", (),

@@ -16,9 +16,10 @@ Invariants:
   queue); each frame from the worker is capped.
 - Nothing hangs on the worker: a worker that dies, answers garbage or takes longer
   than ``deadline`` is killed, its batches are checked in a thread instead, and a new
-  worker is started for later batches; after ``MAX_FAILURES`` failures in a row the
-  node checks everything in threads for good. Small batches (live gossip) are checked
-  in a thread too: a round trip to the worker would only add latency.
+  worker is started for later batches (after the delay of agent/workers/policy.py);
+  after the policy's failures in a row the node checks everything in threads for
+  good. Small batches (live gossip) are checked in a thread too: a round trip to the
+  worker would only add latency.
 - The worker ends when the node closes its stdin (:meth:`VerifyWorker.close`) or
   dies (stdin reaches end of file), so it never outlives the node.
 
@@ -43,14 +44,13 @@ from typing import Any
 from agent.storage.queries import IndexRecord, build_record
 from agent.workers.gcsettings import settle_heap
 from agent.workers.pipe import PipeWorker, WorkerFailed, serve, usable_cores
+from agent.workers.policy import RESTART, RestartPolicy
 from protocol.entries import VerifiedEntry, _rebuild_verified, verify_entry
 from protocol.errors import EntraideError
 from protocol.payloads import decode_payload_with_fields
 
-__all__ = ["MAX_FAILURES", "Checked", "VerifyPool", "VerifyWorker", "check_in_thread"]
+__all__ = ["Checked", "VerifyPool", "VerifyWorker", "check_in_thread"]
 
-MAX_FAILURES = 3
-"""Worker failures in a row (no batch answered in between) before giving up on it."""
 _DECODE_HERE = 0  # verified; the node builds the record (encrypted: it holds the key)
 _UNREADABLE = 1  # verified; the payload does not decode: stored, never indexed
 
@@ -127,6 +127,7 @@ class VerifyWorker:
         deadline: seconds a batch may take in the worker before it is killed
             (generous: a batch of 1,000 entries takes about 0.1 s).
         command: the worker's command line (tests start a faulty one).
+        policy: when to restart the worker, when to give up (the node's one policy).
 
     The process is started by the first large batch, which is checked in a thread
     meanwhile (agent/workers/pipe.py runs it). Close with :meth:`close`.
@@ -134,13 +135,14 @@ class VerifyWorker:
 
     def __init__(self, executor: concurrent.futures.Executor, *, min_batch: int = 64,
                  enabled: bool = True, deadline: float = 30.0,
-                 command: Sequence[str] | None = None) -> None:
+                 command: Sequence[str] | None = None,
+                 policy: RestartPolicy = RESTART) -> None:
         self._executor = executor
         self.min_batch = min_batch
         self.worker = PipeWorker(
             "verify worker",
             command or [sys.executable, "-c", "from agent.workers.verify import main; main()"],
-            enabled=enabled, deadline=deadline, max_failures=MAX_FAILURES)
+            enabled=enabled, deadline=deadline, policy=policy)
         self.batches_in_worker = 0  # for tests and diagnostics
         self.in_flight = 0  # batches taken by check() and not answered yet
 
@@ -220,6 +222,7 @@ class VerifyPool:
             trip to a worker would only add latency).
         eager: start the workers with :meth:`start` rather than with the first large
             batches (which are checked in a thread while the workers start, ~0.5 s).
+        policy: when to restart a worker, when to give up on it.
 
     A batch goes to the least busy worker (fewest batches in flight); a worker failure
     never fails a check (see :class:`VerifyWorker`). Lifecycle: build, :meth:`start`
@@ -227,7 +230,8 @@ class VerifyPool:
     Whoever builds the pool closes it.
     """
 
-    def __init__(self, threads: int, processes: int, min_batch: int, eager: bool) -> None:
+    def __init__(self, threads: int, processes: int, min_batch: int, eager: bool, *,
+                 policy: RestartPolicy = RESTART) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max(1, threads), thread_name_prefix="entraide-verify")
         cores = usable_cores()
@@ -237,7 +241,7 @@ class VerifyPool:
         self.eager = eager
         # One VerifyWorker even with no process: it is the thread path then.
         self._workers = tuple(VerifyWorker(self._executor, min_batch=min_batch,
-                                           enabled=wanted > 0)
+                                           enabled=wanted > 0, policy=policy)
                               for _ in range(max(1, wanted)))
         self._closed = False
 

@@ -18,7 +18,7 @@ import pytest
 AGENT = Path(__file__).resolve().parents[2] / "agent"
 
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"agent", "agent.errors", "agent.jsoncodec", "agent.metrics"}),
+    frozenset({"agent", "agent.errors", "agent.jsoncodec", "agent.metrics", "agent.reexport"}),
     frozenset({"agent.config"}),
     frozenset({"agent.storage"}),
     frozenset({"agent.workers"}),

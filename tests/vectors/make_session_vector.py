@@ -6,7 +6,7 @@ QC dials ON. Identity seeds are BLAKE2b-256("vector/QC") and BLAKE2b-256("vector
 (as in core.json); ephemeral seeds are BLAKE2b-256("vector/session/QC") and
 BLAKE2b-256("vector/session/ON"). Another implementation given the same seeds, the
 same ephemeral key pairs (crypto_kx_seed_keypair) and the same stream headers must
-produce the same bytes (docs/parts/session.md).
+produce the same bytes (docs/protocol.md §7).
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ import pytest
 
 from agent.jsoncodec import loads
 from agent.storage.queries import build_record
-from agent.workers.verify import MAX_FAILURES, VerifyPool, VerifyWorker, check_raws
+from agent.workers.policy import RESTART
+from agent.workers.verify import VerifyPool, VerifyWorker, check_raws
 from protocol.entries import TLP, VerifiedEntry, sign_entry, verify_entry
 from protocol.envelope import seal_envelope
 from protocol.keys import Identity
@@ -28,6 +29,7 @@ from tests.agent._ledger_helpers import open_ledger
 from tests.agent.nodes import FAST_TRANSPORT, Federation, make_entries, wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
+MAX_FAILURES = RESTART.max_failures
 
 
 @pytest.fixture
