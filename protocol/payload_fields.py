@@ -80,7 +80,10 @@ MAX_STIX_JSON_BYTES = 192 * 1024
 MAX_COUNT = (1 << 53) - 1  # the largest integer every JSON client reads exactly
 MAX_STIX_DEPTH = 64
 
-PAYLOAD_KINDS = ("observation", "sighting", "retraction", "alert", "rule", "stix")
+PAYLOAD_KINDS = ("observation", "sighting", "retraction", "alert", "rule", "stix",
+                 # protocol/aid.py
+                 "aid-request", "aid-offer", "aid-withdraw", "aid-accept", "aid-update",
+                 "aid-close", "capabilities")
 
 
 class Severity(StrEnum):

@@ -29,6 +29,15 @@ from typing import Annotated, Any, TypeAlias
 import msgpack
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from protocol.aid import (
+    AidAccept,
+    AidClose,
+    AidOffer,
+    AidRequest,
+    AidUpdate,
+    AidWithdraw,
+    Capabilities,
+)
 from protocol.encoding import Limits, decode, pack_trusted
 from protocol.errors import OversizeError, PayloadError
 from protocol.indicators import IndicatorType, normalise_indicator
@@ -107,11 +116,15 @@ __all__ = [
 # --- The union, encoding and decoding --------------------------------------------
 
 Payload: TypeAlias = Annotated[
-    Observation | Sighting | Retraction | Alert | Rule | StixObject,
+    Observation | Sighting | Retraction | Alert | Rule | StixObject
+    # mutual aid and the expertise directory (protocol/aid.py)
+    | AidRequest | AidOffer | AidWithdraw | AidAccept | AidUpdate | AidClose | Capabilities,
     Field(discriminator="kind"),
 ]
 _PAYLOAD = TypeAdapter[Payload](Payload)
-_PAYLOAD_TYPES = (Observation, Sighting, Retraction, Alert, Rule, StixObject)
+_PAYLOAD_TYPES = (Observation, Sighting, Retraction, Alert, Rule, StixObject,
+                  AidRequest, AidOffer, AidWithdraw, AidAccept, AidUpdate, AidClose,
+                  Capabilities)
 
 # Every valid payload fits these caps (the widest list is Alert.related; the deepest
 # value is a list or a description map inside the top-level map).
@@ -157,7 +170,9 @@ def encode_payload_with_fields(payload: Payload) -> tuple[bytes, dict[str, Any]]
     for key in _WIRE_ORDER[type(payload)]:
         item = dumped[key]
         if item is not None and item != []:
-            value[key] = _wire_value(item) if type(item) is dict else item
+            # Maps, and lists of maps (an aid request's needs), lose their None values.
+            nested = type(item) is dict or (type(item) is list and type(item[0]) is dict)
+            value[key] = _wire_value(item) if nested else item
     # A validated model's JSON dump holds only strings, booleans, integers within the
     # models' bounds (none reaches 2**53), lists of strings and maps of strings, so
     # sorting every map's keys is all the canonical form asks (code-point order of
@@ -178,6 +193,8 @@ def _wire_value(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _wire_value(item) for key, item in sorted(value.items())
                 if item is not None}
+    if isinstance(value, list):
+        return [_wire_value(item) for item in value]
     return value
 
 

@@ -103,7 +103,14 @@ def examples() -> list[Payload]:
              text='rule Example_Loader {\n\tstrings: $a = "evil"\n\tcondition: $a\n}\n',
              description=LocalizedText(en="Loader stage 1")),
         StixObject.from_object(STIX_INDICATOR),
+        *_aid_examples(),
     ]
+
+
+def _aid_examples() -> list[Payload]:
+    from tests.vectors.make_payload_vectors import INPUTS
+    return [parse_payload_json(i) for i in INPUTS
+            if str(i.get("kind", "")).startswith("aid-") or i.get("kind") == "capabilities"]
 
 
 # --- Round trips -----------------------------------------------------------------

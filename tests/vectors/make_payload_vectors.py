@@ -32,6 +32,23 @@ INPUTS = [
      "pattern": "[ipv4-addr:value = '203.0.113.7']", "valid_from": "2026-01-02T00:00:00Z",
      "created": "2026-01-02T00:00:00.000Z", "modified": "2026-01-02T00:00:00.000Z",
      "x_score": 1.5},
+    # mutual aid and the expertise directory (protocol/aid.py)
+    {"kind": "aid-request", "title": "Hôpitaux touchés par un rançongiciel",
+     "severity": "critical", "description": {"en": "EHR down", "fr": "DME en panne"},
+     "needs": [{"kind": "forensics", "detail": "disk images"},
+               {"kind": "incident-coordination"}],
+     "affected": {"sector": "health", "services": ["EHR"], "impact": "3 hospitals"},
+     "contact": {"name": "BC duty officer", "channel": "+1-250-555-0100"},
+     "related": ["ab" * 32], "respond_by": "2026-12-01T06:00:00-05:00"},
+    {"kind": "aid-offer", "request": "ab" * 32, "kinds": ["forensics"], "people": 2,
+     "on_site": True, "detail": {"fr": "Deux analystes"}, "contact": {"name": "CSIRT QC"}},
+    {"kind": "aid-withdraw", "request": "ab" * 32, "offer": "cd" * 32},
+    {"kind": "aid-accept", "request": "ab" * 32, "offer": "cd" * 32},
+    {"kind": "aid-update", "request": "ab" * 32, "status": "in-progress",
+     "note": {"en": "Imaging started", "fr": "Imagerie commencée"}},
+    {"kind": "aid-close", "request": "ab" * 32, "summary": {"en": "Restored"}},
+    {"kind": "capabilities", "skills": ["forensics", "recovery"], "languages": ["fr", "en"],
+     "hours": "24/7", "contact": {"name": "SOC", "channel": "soc@example.ca"}},
 ]
 
 
