@@ -15,6 +15,7 @@ closes the supervisor, so no helper goes away while the node still calls it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -88,13 +89,15 @@ def compose(data_dir: DataDir, *, passphrase: bytes | None = None,
 
     workers.on_served = served
     app.cleanup_ctx.append(workers.context)
-    app.cleanup_ctx.append(_node_lifecycle)
+    app.cleanup_ctx.append(functools.partial(_node_lifecycle, workers=workers))
     return Parts(config, node, workers, app)
 
 
-async def _node_lifecycle(app: web.Application) -> AsyncIterator[None]:
+async def _node_lifecycle(app: web.Application, *, workers: Supervisor
+                          ) -> AsyncIterator[None]:
     node = app[NODE]
     await node.start()
+    workers.node_started()  # not before: a node that cannot start needs no helper
     try:
         yield
     finally:

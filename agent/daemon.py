@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -32,9 +33,10 @@ from typing import Any
 from aiohttp import web
 
 from agent.composition import compose
-from agent.config.datadir import DataDir, passphrase_from_env
+from agent.config.datadir import DataDir, take_passphrase_from_env
 from agent.config.settings import LogConfig, load_node_config
 from agent.errors import ConfigError
+from agent.node.node import ENV_PASSPHRASE
 from agent.peering.transport import Replicator, start_peer_listener
 from agent.workers.gcsettings import settle_heap
 
@@ -153,14 +155,80 @@ def run_command(argv: list[str], data_dir: Path) -> int:
                              "(default: ENTRAIDE_PASSPHRASE, when the key is sealed)")
     parser.add_argument("--log-format", choices=("text", "json"), help="default: from config")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--passphrase-fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     dd = DataDir(data_dir)
     dd.require_node()
     config = load_node_config(dd)
+    if args.passphrase_fd is not None:
+        passphrase: bytes | None = _read_passphrase_fd(args.passphrase_fd)
+    else:
+        passphrase = take_passphrase_from_env(args.passphrase_env or ENV_PASSPHRASE,
+                                              required=args.passphrase_env is not None)
+        default_set = os.environ.pop(ENV_PASSPHRASE, None) is not None
+        if passphrase is not None or default_set:
+            _reexec_without_passphrase(argv, data_dir, passphrase)
     configure_logging(config.log, args.log_format, args.log_level)
-    passphrase = passphrase_from_env(args.passphrase_env) if args.passphrase_env else None
     with contextlib.suppress(KeyboardInterrupt):
         # The process is the node's own: its start-up heap is frozen once it is up
         # (agent/workers/gcsettings.py).
         asyncio.run(serve(dd, passphrase=passphrase, ready=settle_heap))
     return 0
+
+
+def _reexec_without_passphrase(argv: list[str], data_dir: Path,
+                               passphrase: bytes | None) -> None:
+    """Start ``entraide run`` again in this process (same pid), its environment without
+    the passphrase, which it reads from a pipe instead (None: there is none to pass, the
+    variable only had to go).
+
+    Why: deleting the variable from ``os.environ`` keeps it from the helper processes,
+    but ``/proc/PID/environ`` shows the environment the process was started with, to
+    the same user and to root, for as long as the daemon runs. An exec is the one way to
+    start over without it. The pipe holds the passphrase until the new image reads it
+    (a pipe's buffer is 64 KiB; a passphrase is short).
+    """
+    tail: list[str] = []
+    if passphrase is not None:
+        read_end, write_end = os.pipe()
+        try:
+            os.write(write_end, passphrase)
+        finally:
+            os.close(write_end)
+        os.set_inheritable(read_end, True)
+        tail = ["--passphrase-fd", str(read_end)]
+    rest, skip = [], False
+    for arg in argv:  # drop --passphrase-env VAR (the variable is gone)
+        if skip:
+            skip = False
+        elif arg == "--passphrase-env":
+            skip = True
+        elif not arg.startswith("--passphrase-env="):
+            rest.append(arg)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "agent.cli", "run", "--data-dir",
+                               str(data_dir), *rest, *tail],
+              dict(os.environ))
+
+
+def _read_passphrase_fd(fd: int) -> bytes:
+    """The passphrase written to pipe ``fd`` by :func:`_reexec_without_passphrase`.
+
+    Raises:
+        ConfigError: nothing readable there.
+    """
+    chunks: list[bytes] = []
+    try:
+        while chunk := os.read(fd, 4096):
+            chunks.append(chunk)
+            if sum(map(len, chunks)) > 64 * 1024:
+                raise ConfigError("--passphrase-fd: more than 64 KiB")
+    except OSError as exc:
+        raise ConfigError(f"--passphrase-fd {fd}: {exc.strerror or exc}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    if not chunks:
+        raise ConfigError(f"--passphrase-fd {fd}: no passphrase")
+    return b"".join(chunks)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         passphrase_from_env,
         read_bounded,
         resolve_data_dir,
+        take_passphrase_from_env,
     )
     from agent.config.settings import (
         ApiConfig,
@@ -38,7 +39,9 @@ if TYPE_CHECKING:
         Scope,
         TokenRecord,
         TokenStore,
+        authenticate,
         hash_token,
+        token_of,
     )
     from agent.config.trust import (
         MAX_PEERS,
@@ -71,6 +74,7 @@ __all__ = [
     "TrustList",
     "TrustListWatcher",
     "atomic_write",
+    "authenticate",
     "create_node",
     "edit_trust_list",
     "file_stamp",
@@ -82,6 +86,8 @@ __all__ = [
     "read_bounded",
     "resolve_data_dir",
     "save_trust_list",
+    "take_passphrase_from_env",
+    "token_of",
     "write_node_config",
 ]
 

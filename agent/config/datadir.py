@@ -52,6 +52,7 @@ __all__ = [
     "passphrase_from_env",
     "read_bounded",
     "resolve_data_dir",
+    "take_passphrase_from_env",
 ]
 
 ENV_HOME = "ENTRAIDE_HOME"
@@ -85,6 +86,23 @@ def passphrase_from_env(var: str, environ: Mapping[str, str] | None = None) -> b
     if not value:
         raise ConfigError(f"environment variable {var} is unset or empty (passphrase expected)")
     return value.encode("utf-8")
+
+
+def take_passphrase_from_env(var: str, *, required: bool) -> bytes | None:
+    """:func:`passphrase_from_env`, then the variable deleted from this process's
+    environment, so no process started later (helper processes, hooks) inherits it and
+    ``/proc/PID/environ`` no longer shows it. Unset and not ``required``: None.
+
+    Raises:
+        ConfigError: ``required`` and the variable is unset or empty.
+    """
+    if not required and not os.environ.get(var):
+        os.environ.pop(var, None)
+        return None
+    try:
+        return passphrase_from_env(var)
+    finally:
+        os.environ.pop(var, None)
 
 
 @dataclass(frozen=True)

@@ -139,9 +139,14 @@ class Supervisor:
         self._open = False
 
     async def open(self) -> None:
-        """Collect the helpers' metrics; start the verify workers the pool wants now."""
+        """Collect the helpers' metrics (helpers start on first use, or with
+        :meth:`node_started`)."""
         self._open = True
         self._registry.add_collector(self.metric_families)
+
+    def node_started(self) -> None:
+        """The node is up: start the helpers it wants at once (the verify workers: a
+        node's first catch-up comes right after it starts). No wait."""
         self.verify.start()
 
     async def close(self) -> None:
