@@ -21,6 +21,9 @@ the HTTP API maps these classes to statuses (noted on the right)::
     ├── UnknownForkError                  no fork recorded for that origin            404
     ├── NotOwnEntryError                  retracting another origin's entry            403
     ├── AlreadyRetractedError             retracting an entry twice                    409
+    ├── InvalidRuleError                  a rule or playbook its engine refuses (YARA,
+    │                                     Sigma, Suricata, Snort, the CACAO schema;
+    │                                     agent/tools), with line and reason          422
     ├── TransportError                    a peer connection closed or failed (I/O, not
     │   └── TransportClosed               misbehaviour; agent/peering/links.py)
     ├── AuthError                         no bearer token, or an unknown one           401
@@ -50,6 +53,7 @@ __all__ = [
     "ConfigError",
     "DuplicatePeerError",
     "InvalidCursorError",
+    "InvalidRuleError",
     "NodeExistsError",
     "NodeNotRunningError",
     "NodeStoppingError",
@@ -140,6 +144,20 @@ class NotOwnEntryError(EntraideError):
 
 class AlreadyRetractedError(EntraideError):
     """The entry was already retracted."""
+
+
+class InvalidRuleError(EntraideError, ValueError):
+    """A detection rule or playbook its engine refuses (agent/tools).
+
+    ``engine`` names the engine (yara, sigma, suricata, snort, cacao); ``line`` is the
+    1-based line of the text the engine points at, when it does; ``reason`` is the
+    engine's message.
+    """
+
+    def __init__(self, engine: str, line: int | None, reason: str) -> None:
+        self.engine, self.line, self.reason = engine, line, reason
+        where = "" if line is None else f" (line {line})"
+        super().__init__(f"{engine}{where}: {reason}")
 
 
 class InvalidCursorError(EncodingError):

@@ -20,6 +20,7 @@ AGENT = Path(__file__).resolve().parents[2] / "agent"
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"agent", "agent.errors", "agent.jsoncodec", "agent.metrics", "agent.reexport"}),
     frozenset({"agent.config"}),
+    frozenset({"agent.tools"}),
     frozenset({"agent.storage"}),
     frozenset({"agent.workers"}),
     frozenset({"agent.peering"}),
