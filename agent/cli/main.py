@@ -272,6 +272,18 @@ def _cmd_ledger_import(args: argparse.Namespace, data_dir: DataDir) -> int:
     return ledger.import_command(args, data_dir)
 
 
+def _cmd_backup(args: argparse.Namespace, data_dir: DataDir) -> int:
+    from agent.cli import backup
+
+    return backup.backup_command(args, data_dir)
+
+
+def _cmd_restore(args: argparse.Namespace, data_dir: DataDir) -> int:
+    from agent.cli import backup
+
+    return backup.restore_command(args, data_dir)
+
+
 # --- parser ------------------------------------------------------------------------
 
 
@@ -380,6 +392,17 @@ def build_parser() -> argparse.ArgumentParser:
             "verify an export and store its entries (node stopped; all or nothing)",
             _cmd_ledger_import, [json_flag, passphrase])
     p.add_argument("file", metavar="FILE", help="an export written by 'entraide ledger export'")
+
+    p = sub(commands, "backup", "write the whole node (config, trust list, token hashes, "
+            "key as stored, ledger) to one archive; works while the node runs",
+            _cmd_backup, [json_flag])
+    p.add_argument("file", metavar="FILE", help="the archive to write (mode 0600, replaced "
+                   "if it exists)")
+    p = sub(commands, "restore", "restore a node from a backup archive into a new or empty "
+            "data dir (node stopped)", _cmd_restore, [json_flag])
+    p.add_argument("file", metavar="FILE", help="an archive written by 'entraide backup'")
+    p.add_argument("--force", action="store_true",
+                   help="move a data dir that is not empty aside first (never deleted)")
 
     forks_cmds = group(commands, "forks", "forked origins (via the running node)", "action1")
     passthrough(forks_cmds, "list",
