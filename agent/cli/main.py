@@ -284,6 +284,12 @@ def _cmd_restore(args: argparse.Namespace, data_dir: DataDir) -> int:
     return backup.restore_command(args, data_dir)
 
 
+def _cmd_doctor(args: argparse.Namespace, data_dir: DataDir) -> int:
+    from agent.cli import doctor
+
+    return doctor.doctor_command(args, data_dir)
+
+
 # --- parser ------------------------------------------------------------------------
 
 
@@ -403,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE", help="an archive written by 'entraide backup'")
     p.add_argument("--force", action="store_true",
                    help="move a data dir that is not empty aside first (never deleted)")
+    p = sub(commands, "doctor", "check this node: files, disk, limits, the running node, "
+            "peers, clock skew, forks", _cmd_doctor, [json_flag])
+    p.add_argument("--api", metavar="URL", help="the node's API (default from entraide.toml)")
+    p.add_argument("--token", help="an admin token (default: the CLI's own)")
 
     forks_cmds = group(commands, "forks", "forked origins (via the running node)", "action1")
     passthrough(forks_cmds, "list",
