@@ -34,6 +34,7 @@ __all__ = [
     "MAX_HANDSHAKE_BYTES",
     "MAX_LABEL_BYTES",
     "PROTOCOL_LABEL",
+    "PROTOCOL_VERSION",
     "SIGNATURE_BYTES",
     "SIG_LABEL",
     "STREAM_HEADER_BYTES",
@@ -41,6 +42,7 @@ __all__ = [
     "Finish",
     "Hello",
     "Reply",
+    "check_label",
     "decode_finish",
     "decode_hello",
     "decode_reply",
@@ -49,11 +51,15 @@ __all__ = [
     "transcript_hash",
 ]
 
-PROTOCOL_LABEL = b"entraide/peer/v1"
+PROTOCOL_VERSION = 2
+"""The protocol version this build speaks: v2 entries sign a hash of the body (§3)."""
+
+_LABEL_PREFIX = b"entraide/peer/v"
+PROTOCOL_LABEL = _LABEL_PREFIX + str(PROTOCOL_VERSION).encode("ascii")
 """The protocol label and version; both sides must use the very same bytes."""
 
 SIG_LABEL = b"entraide/handshake-sig/v1\x00"
-"""Domain separation for handshake signatures (entries use b"entraide/entry/v1\\x00")."""
+"""Domain separation for handshake signatures (entries use b"entraide/entry/v2\\x00")."""
 
 MAX_LABEL_BYTES = 64
 MAX_HANDSHAKE_BYTES = 256
@@ -131,6 +137,30 @@ def decode_hello(frame: bytes) -> Hello:
     if not 1 <= len(label) <= MAX_LABEL_BYTES:
         raise HandshakeError(f"HELLO label must be 1..{MAX_LABEL_BYTES} bytes")
     return Hello(label=label, key=_key(fields), eph=_bin(fields, "eph", EPHEMERAL_KEY_BYTES))
+
+
+def check_label(peer_label: bytes, own_label: bytes) -> None:
+    """Refuse a HELLO whose label is not ``own_label``, naming both versions when the
+    peer speaks another version of this protocol (the version negotiation, §7).
+
+    Raises:
+        HandshakeError: the labels differ; e.g. "peer speaks protocol v1; this node
+            needs v2".
+    """
+    if peer_label == own_label:
+        return
+    theirs, ours = _label_version(peer_label), _label_version(own_label)
+    if theirs is not None and ours is not None:
+        raise HandshakeError(f"peer speaks protocol v{theirs}; this node needs v{ours}")
+    raise HandshakeError("the peer speaks another protocol label or version")
+
+
+def _label_version(label: bytes) -> int | None:
+    digits = label[len(_LABEL_PREFIX):]
+    if (label.startswith(_LABEL_PREFIX) and 1 <= len(digits) <= 4 and digits.isdigit()
+            and not digits.startswith(b"0")):
+        return int(digits)
+    return None
 
 
 def decode_reply(frame: bytes) -> Reply:

@@ -38,7 +38,7 @@ from typing import Any
 import msgpack
 
 from protocol.encoding import Limits, decode
-from protocol.entries import MAX_AUDIENCE, MAX_ENTRY_BYTES, MAX_SEQ
+from protocol.entries import MAX_AUDIENCE, MAX_ENTRY_BYTES, MAX_FORK_BYTES, MAX_SEQ, split_entry
 from protocol.errors import EncodingError, OversizeError
 from protocol.keys import KEY_ID_BYTES
 
@@ -87,13 +87,10 @@ DIGEST_BYTES = 16
 HEAD_BYTES = 16
 PING_TOKEN_BYTES = 8
 MAX_HOPS = 1024
-# A fork proof is encode([label, a.raw, b.raw]).
-MAX_FORK_BYTES = 2 * MAX_ENTRY_BYTES + 64
-
 _LIMITS = Limits(
     max_bytes=MAX_MESSAGE_BYTES,
     max_str=0,
-    max_bin=MAX_FORK_BYTES,
+    max_bin=max(MAX_FORK_BYTES, MAX_ENTRY_BYTES),
     max_array=max(MAX_VECTOR, MAX_IHAVE, MAX_BATCH, MAX_WANT_RANGES, MAX_FORKED),
     max_map=0,
     max_depth=3,
@@ -507,64 +504,29 @@ class EntryHeader:
 
 
 def peek_entry(raw: bytes) -> EntryHeader:
-    """Read ``[v, origin, seq, prev, ...]`` from an entry's bytes, without verifying.
+    """Read origin, seq and prev from an entry's header (§3), without verifying.
 
     Raises:
-        OversizeError: over ``MAX_ENTRY_BYTES``.
-        EncodingError: not an array of 9 starting with a version, a 32-byte origin, a
-            seq in range and a 32-byte or absent prev.
+        OversizeError: over ``MAX_ENTRY_BYTES``, or a part over its cap.
+        EncodingError: not the framing ``[header, body]``, or a header that is not an
+            array of 10 starting with a version, a 32-byte origin, a seq in range and a
+            32-byte or absent prev.
     """
-    if len(raw) > MAX_ENTRY_BYTES:
-        raise OversizeError(f"entry over {MAX_ENTRY_BYTES} bytes")
-    header = _peek_whole(raw)
-    if header is not None:
-        return header
-    # Not a well-formed entry as a whole: read just the header, as far as it goes, so
-    # the answer (a header, or the error) is the one this function always gave.
-    return _peek_stream(raw)
-
-
-def _peek_stream(raw: bytes) -> EntryHeader:
-    """:func:`peek_entry` by reading the array header and the first four fields only."""
-    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(raw), 1),
-                                max_str_len=16, max_bin_len=MAX_ENTRY_BYTES, max_ext_len=0,
-                                max_array_len=16, max_map_len=0)
+    header, _body = split_entry(raw)
     try:
-        unpacker.feed(raw)
-        if unpacker.read_array_header() != 9:
-            raise EncodingError("an entry is an array of 9 fields")
-        _v, origin, seq, prev = (unpacker.unpack() for _ in range(4))
-    except EncodingError:
-        raise
+        # One ``unpackb`` of the small header (a few hundred bytes).
+        value = msgpack.unpackb(header, raw=False, max_str_len=16, max_bin_len=64,
+                                max_ext_len=0, max_array_len=MAX_AUDIENCE, max_map_len=0)
     except Exception as exc:  # msgpack raises several unrelated types on hostile input
-        raise EncodingError(f"not an entry: {type(exc).__name__}") from exc
-    if not isinstance(origin, bytes) or len(origin) != 32:
+        raise EncodingError(f"not an entry header: {type(exc).__name__}") from exc
+    if type(value) is not list or len(value) != 10:
+        raise EncodingError("an entry header is an array of 10 fields")
+    v, origin, seq, prev = value[0], value[1], value[2], value[3]
+    if type(v) is not int:
+        raise EncodingError("entry version is an integer")
+    if type(origin) is not bytes or len(origin) != 32:
         raise EncodingError("entry origin is a 32-byte key")
     _check_seq(seq, "entry")
-    if prev is not None and (not isinstance(prev, bytes) or len(prev) != 32):
+    if prev is not None and (type(prev) is not bytes or len(prev) != 32):
         raise EncodingError("entry prev is a 32-byte hash")
-    return EntryHeader(origin, seq, prev)
-
-
-def _peek_whole(raw: bytes) -> EntryHeader | None:
-    """:func:`peek_entry` for an entry that unpacks whole; None for anything else.
-
-    One ``unpackb`` of the whole entry (about 1 us for a 250-byte entry) costs a
-    quarter of a streaming ``Unpacker`` built per entry. It gives the same values for
-    the fields the header is read from, and returns a header only when they pass the
-    same checks (and the version is a plain integer, which the streaming read needs
-    no cap for): then :func:`peek_entry`'s streaming path gives the same header.
-    """
-    try:
-        value = msgpack.unpackb(raw, raw=False, max_str_len=16, max_bin_len=MAX_ENTRY_BYTES,
-                                max_ext_len=0, max_array_len=MAX_AUDIENCE, max_map_len=0)
-    except Exception:  # hostile bytes: the streaming path names the error
-        return None
-    if type(value) is not list or len(value) != 9:
-        return None
-    v, origin, seq, prev = value[0], value[1], value[2], value[3]
-    if (type(v) is not int or type(origin) is not bytes or len(origin) != 32
-            or type(seq) is not int or not 1 <= seq <= MAX_SEQ
-            or (prev is not None and (type(prev) is not bytes or len(prev) != 32))):
-        return None
     return EntryHeader(origin, seq, prev)

@@ -47,6 +47,7 @@ from protocol.handshake import (
     Finish,
     Hello,
     Reply,
+    check_label,
     decode_finish,
     decode_hello,
     decode_reply,
@@ -351,8 +352,7 @@ class Session:
     def _on_hello(self, frame: bytes) -> list[Event]:
         next_state = self._next(SessionInput.RECV_HELLO)
         hello = decode_hello(frame)
-        if hello.label != self._label:
-            raise HandshakeError("the peer speaks another protocol label or version")
+        check_label(hello.label, self._label)
         self._check_peer_key(hello.key)
         if hello.eph == self._eph_pk:
             raise HandshakeError("the peer reflected our ephemeral key")

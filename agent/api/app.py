@@ -35,6 +35,7 @@ from agent.api.admin import (
     status,
     verify_ledger,
 )
+from agent.api.aid import AID_ROUTES
 from agent.api.models import (
     BatchCreated,
     ErrorBody,
@@ -214,6 +215,7 @@ ROUTES: tuple[Operation, ...] = (
               "node", media_type="text/plain"),
     Operation("GET", "/api/v1/openapi.json", openapi, "getOpenApi",
               "This API's OpenAPI document", None, "node"),
+    *AID_ROUTES,
     *MISP_ROUTES,
     *TAXII_ROUTES,
 )

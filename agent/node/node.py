@@ -47,6 +47,7 @@ from agent.errors import (
 from agent.jsoncodec import dumps_bytes
 from agent.metrics import Counter, Histogram, MetricFamily, Registry
 from agent.node import views
+from agent.node.aid import NodeAid
 from agent.node.author import Author
 from agent.node.committer import MAX_QUEUED_ENTRIES, GroupCommitter
 from agent.node.membership import Membership
@@ -69,7 +70,7 @@ from agent.storage.queries import canonical_indicator, with_names
 from agent.workers.batch import BatchWorker
 from protocol.entries import TLP, VerifiedEntry
 from protocol.keys import Identity, PublicKey
-from protocol.payloads import Observation, Retraction, Sighting
+from protocol.payloads import Observation, Payload, Retraction, Sighting
 
 __all__ = [
     "ENV_PASSPHRASE",
@@ -155,6 +156,7 @@ class Node:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128))
         self.members = Membership(self.data_dir, self.metrics, self._trust_applied,
                                   poll_interval=trust_poll_interval)
+        self.aid = NodeAid(self, self.metrics)  # mutual aid (agent/node/aid.py)
         self.metrics.add_collector(self._collect)
 
     # -- life cycle
@@ -207,6 +209,7 @@ class Node:
             self._replication = self._replication_factory(self)
         await self._replication.start()
         self._spawn(self.members.watch(initial_stamp), "entraide-trust-watch")
+        self._spawn(self.aid.watch(), "entraide-aid-watch")
         log.info("node %s started (%s), %d peers in the trust list",
                  self._config.name, me.fingerprint, len(self.trust))
 
@@ -324,6 +327,18 @@ class Node:
             StorageError: the write failed or the node is stopping.
         """
         return await _started(self._committer).submit(drafts(submissions, self.recipients))
+
+    async def submit_sealed(self, payload: Payload, tlp: TLP,
+                            recipients: tuple[PublicKey, ...]) -> VerifiedEntry:
+        """Sign and durably commit one own entry sealed to ``recipients`` (keys): a reply
+        that follows another entry's audience (agent/node/aid.py).
+
+        Raises:
+            StorageError: the write failed or the node is stopping.
+        """
+        (entry,) = await _started(self._committer).submit([OwnDraft(payload, TLP(tlp),
+                                                                    recipients)])
+        return entry
 
     async def prepare_batch(self, body: bytes) -> list[PreparedSubmission] | None:
         """A large ``{"observations": [...]}`` request body parsed, validated and encoded

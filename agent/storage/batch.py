@@ -56,7 +56,9 @@ class Batch:
     counters: dict[str, int]
     current: dict[bytes, OriginState]
     origins: dict[bytes, OriginState] = field(default_factory=dict)
-    entries: list[tuple[int, int, int, bytes, int, bytes]] = field(default_factory=list)
+    # (entry_no, origin_id, seq, hash, readable, header, body, body_state)
+    entries: list[tuple[int, int, int, bytes, int, bytes, bytes | None, str]] = field(
+        default_factory=list)
     observations: list[tuple[Any, ...]] = field(default_factory=list)
     sightings: list[tuple[Any, ...]] = field(default_factory=list)
     items: list[tuple[Any, ...]] = field(default_factory=list)
@@ -91,7 +93,8 @@ class Batch:
         """
         entry_no = self.take("entry")
         self.entries.append((entry_no, state.origin_id, entry.seq, entry.hash,
-                             int(record is not None), entry.raw))
+                             int(record is not None), entry.header, entry.body,
+                             "present" if entry.body is not None else "absent"))
         self.new_entries.append(entry)
         state.head_seq, state.head_hash = entry.seq, entry.hash
         if record is None:
@@ -139,8 +142,8 @@ class Batch:
                  for o in self.origins.values()])
         if self.entries:
             await db.executemany(
-                "INSERT INTO entries (entry_no, origin_id, seq, hash, readable, raw) "
-                "VALUES (?, ?, ?, ?, ?, ?)", self.entries)
+                "INSERT INTO entries (entry_no, origin_id, seq, hash, readable, header, body, "
+                "body_state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self.entries)
         if self.observations:
             await db.executemany(
                 "INSERT INTO observations (obs_no, entry_no, origin_id, ts, tlp, type, value, "

@@ -14,8 +14,8 @@ Invariants:
 - Entries ahead of a gap wait in a buffer bounded per origin and in total (entries and
   bytes); what does not fit is dropped and reported, never stored out of order. A
   failed write drops the entries it had taken out of the buffer (they are re-fetched).
-- An entry this node cannot read (sealed to others, or a payload that does not decode)
-  is stored as signed and never indexed.
+- An entry this node cannot read (sealed to others, a payload that does not decode, or
+  a header that arrived without its body) is stored as signed and never indexed.
 """
 
 from __future__ import annotations
@@ -29,7 +29,14 @@ from agent.storage.batch import Batch, OriginState
 from agent.storage.core import LedgerCore
 from agent.storage.queries import IndexRecord, build_record
 from agent.storage.types import MAX_INGEST_BATCH, ForkRecord, Gap, IngestResult, Refusal
-from protocol.entries import ForkProof, VerifiedEntry, check_successor, detect_fork, verify_entry
+from protocol.entries import (
+    ForkProof,
+    VerifiedEntry,
+    check_successor,
+    detect_fork,
+    join_entry,
+    verify_entry,
+)
 from protocol.envelope import open_envelope
 from protocol.errors import ChainError, EntraideError, OversizeError
 from protocol.keys import PublicKey
@@ -76,7 +83,10 @@ class LedgerIngest(LedgerCore):
 
 
     def _record_of(self, entry: VerifiedEntry) -> IndexRecord | None:
-        """The index record of an entry this node can read; None otherwise."""
+        """The index record of an entry this node can read; None otherwise (also for a
+        header-only entry: there is nothing to read)."""
+        if entry.body is None:
+            return None
         if entry.tlp.encrypted:
             assert entry.audience is not None
             if self._me.key_id not in entry.audience:
@@ -270,8 +280,9 @@ class LedgerIngest(LedgerCore):
         assert self._db is not None
         try:
             rows = list(await self._db.execute_fetchall(
-                "SELECT raw FROM entries WHERE origin_id = ? AND seq = ?", (origin_id, seq)))
-            return verify_entry(rows[0][0])
+                "SELECT header, body FROM entries WHERE origin_id = ? AND seq = ?",
+                (origin_id, seq)))
+            return verify_entry(join_entry(rows[0][0], rows[0][1]))
         except (sqlite3.Error, IndexError, EntraideError) as exc:
             raise StorageError(f"ledger damaged at origin #{origin_id} seq {seq} "
                                f"(run verify): {exc}") from exc

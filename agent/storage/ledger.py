@@ -33,7 +33,9 @@ from agent.storage.queries import IndexRecord, Page
 from agent.storage.types import (
     MAX_APPEND_BATCH,
     MAX_INGEST_BATCH,
+    BodyState,
     BufferLimits,
+    DroppedBodies,
     ForkRecord,
     Gap,
     Head,
@@ -48,7 +50,7 @@ from agent.storage.types import (
     VerifyProblem,
     VerifyReport,
 )
-from protocol.entries import VerifiedEntry, verify_entry
+from protocol.entries import VerifiedEntry, join_entry, verify_entry
 from protocol.errors import ChainError, EntraideError, OversizeError
 from protocol.keys import PublicKey
 
@@ -58,7 +60,9 @@ __all__ = [
     "MAX_SUBSCRIBERS",
     "RANGE_CHUNK_BYTES",
     "RANGE_CHUNK_ENTRIES",
+    "BodyState",
     "BufferLimits",
+    "DroppedBodies",
     "ForkRecord",
     "Gap",
     "Head",
@@ -143,7 +147,9 @@ class Ledger(LedgerIngest):
     async def read_range(self, origin: PublicKey, from_seq: int, to_seq: int, *,
                          max_entries: int = RANGE_CHUNK_ENTRIES,
                          max_bytes: int = RANGE_CHUNK_BYTES) -> AsyncIterator[list[bytes]]:
-        """The raw entries ``from_seq..to_seq`` (inclusive) of ``origin``, in chunks.
+        """The entries ``from_seq..to_seq`` (inclusive) of ``origin`` in wire form, in
+        chunks; an entry whose body was dropped (or never came) goes header-only
+        (docs/protocol.md §3, §8).
 
         Each chunk holds at most ``max_entries`` entries and ``max_bytes`` bytes (but
         always at least one entry). Stops at the origin's head.
@@ -155,13 +161,15 @@ class Ledger(LedgerIngest):
         seq = max(from_seq, 1)
         while seq <= to_seq:
             rows = await self._fetch(
-                "SELECT seq, raw FROM entries WHERE origin_id = ? AND seq BETWEEN ? AND ? "
-                "ORDER BY seq LIMIT ?", (origin_id, seq, to_seq, max_entries))
+                "SELECT seq, header, body FROM entries WHERE origin_id = ? "
+                "AND seq BETWEEN ? AND ? ORDER BY seq LIMIT ?",
+                (origin_id, seq, to_seq, max_entries))
             if not rows:
                 return
             chunk: list[bytes] = []
             size = 0
-            for row_seq, raw in rows:
+            for row_seq, header, body in rows:
+                raw = join_entry(header, body)
                 if chunk and size + len(raw) > max_bytes:
                     break
                 chunk.append(raw)
@@ -177,7 +185,8 @@ class Ledger(LedgerIngest):
         return bool(rows)
 
     async def get_entry(self, entry_id: str) -> VerifiedEntry | None:
-        """The stored entry with this id (64 hex), re-verified from its bytes.
+        """The stored entry with this id (64 hex), re-verified from its bytes; its
+        ``body`` is None when the body was dropped or never came.
 
         Raises:
             StorageError: the stored bytes no longer verify (the file was altered).
@@ -186,11 +195,11 @@ class Ledger(LedgerIngest):
             key = bytes.fromhex(entry_id)
         except (ValueError, TypeError):
             return None
-        rows = await self._fetch("SELECT raw FROM entries WHERE hash = ?", (key,))
+        rows = await self._fetch("SELECT header, body FROM entries WHERE hash = ?", (key,))
         if not rows:
             return None
         try:
-            entry = verify_entry(rows[0][0])
+            entry = verify_entry(join_entry(rows[0][0], rows[0][1]))
         except EntraideError as exc:
             raise StorageError(f"stored entry {entry_id} no longer verifies: {exc}") from exc
         if entry.hash != key:
@@ -235,6 +244,75 @@ class Ledger(LedgerIngest):
             raise StorageError(f"ledger query failed: {exc}") from exc
 
 
+    # -- dropping bodies (retention, erasure)
+
+    async def drop_bodies(self, entry_ids: Sequence[bytes], state: BodyState
+                          ) -> DroppedBodies:
+        """Drop the bodies of these entries (32-byte ids) and every row derived from them.
+
+        The headers stay: each entry remains a verified member of its origin's chain
+        (docs/protocol.md §3) and is served header-only. In one durable transaction
+        (``synchronous=FULL``): ``body`` becomes NULL, ``body_state`` becomes ``state``
+        and every query-table row of the entry (any table with an ``entry_no`` column
+        but ``entries``) is deleted. Unknown ids and entries already dropped are
+        skipped. The TAXII index is a separate file: the caller removes its rows with
+        :meth:`agent.storage.taxii_index.TaxiiIndex.forget_entries`.
+
+        Returns:
+            The ids whose entry lost its body here (or, arrived header-only, took the
+            new state) and the derived rows deleted, by table.
+
+        Raises:
+            ValueError: ``state`` is not EXPIRED or ERASED.
+            StorageError: the write failed (nothing changed) or the ledger is closed.
+        """
+        state = BodyState(state)
+        if state not in (BodyState.EXPIRED, BodyState.ERASED):
+            raise ValueError("bodies are dropped as expired or erased")
+        self._check_open()
+        ids = list(dict.fromkeys(bytes(i) for i in entry_ids))
+        if not ids:
+            return DroppedBodies()
+        return await self._shielded(self._drop_locked(ids, state))
+
+    async def _drop_locked(self, ids: list[bytes], state: BodyState) -> DroppedBodies:
+        async with self._write_lock:
+            self._check_open()
+            db = self._db
+            assert db is not None
+            dropped: list[tuple[int, bytes]] = []
+            counts: dict[str, int] = {}
+            try:
+                await db.execute("PRAGMA synchronous = FULL")
+                try:
+                    await db.execute("BEGIN IMMEDIATE")
+                    try:
+                        for i in range(0, len(ids), 500):
+                            part = ids[i:i + 500]
+                            dropped += [(r[0], r[1]) for r in await db.execute_fetchall(
+                                f"SELECT entry_no, hash FROM entries WHERE hash IN "
+                                f"({','.join('?' * len(part))}) "
+                                f"AND body_state IN ('present', 'absent')", part)]
+                        numbers = [(no,) for no, _hash in dropped]
+                        for table in await _derived_tables(db):
+                            cursor = await db.executemany(
+                                f"DELETE FROM {table} WHERE entry_no = ?", numbers)
+                            if cursor.rowcount > 0:
+                                counts[table] = cursor.rowcount
+                        await db.executemany(
+                            "UPDATE entries SET body = NULL, body_state = ?, readable = 0 "
+                            "WHERE entry_no = ?", [(state.value, no) for (no,) in numbers])
+                        await db.execute("COMMIT")
+                    except BaseException:
+                        if db.in_transaction:
+                            await db.execute("ROLLBACK")
+                        raise
+                finally:
+                    await db.execute("PRAGMA synchronous = NORMAL")
+            except sqlite3.Error as exc:
+                raise StorageError(f"ledger write failed: {exc}") from exc
+            return DroppedBodies(tuple(h for _no, h in dropped), counts)
+
     # -- verification, export and import (agent/storage/maint.py)
 
     async def verify(self) -> VerifyReport:
@@ -271,3 +349,17 @@ class Ledger(LedgerIngest):
         self._check_open()
         return await import_file(path, self.ingest, self.ingest_fork_proof,
                                  batch_size=min(batch_size, MAX_INGEST_BATCH))
+
+
+async def _derived_tables(db: Any) -> list[str]:
+    """The query tables: every table but ``entries`` with an ``entry_no`` column (so a
+    table added by a later migration is covered without a change here)."""
+    names = [r[0] for r in await db.execute_fetchall(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'entries' "
+        "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    tables = []
+    for name in names:
+        columns = await db.execute_fetchall(f"PRAGMA table_info('{name}')")
+        if any(c[1] == "entry_no" for c in columns):
+            tables.append(name)
+    return tables

@@ -1,4 +1,4 @@
-"""Ledger maintenance: full verification, export and import of raw entries.
+"""Ledger maintenance: full verification, export and import of entries.
 
 These work on a *snapshot*: a connection inside one read transaction, so a verify or an
 export running on a live node sees one consistent state while writes go on (WAL keeps
@@ -7,10 +7,12 @@ the snapshot's pages until it ends). The ledger wraps them (``Ledger.verify``,
 
 Export format (this module is its definition)::
 
-    "ENTRAIDE-LEDGER\\x01"
+    "ENTRAIDE-LEDGER\\x02"
     record*  : kind (1 byte: "E" entry, "F" fork proof) || u32 length || bytes
     trailer  : "Z" || u32 16 || u64 entries || u64 fork proofs
 
+An "E" record is an entry in wire form (docs/protocol.md §3), header-only when its
+body was dropped. Version 1 files held protocol v1 entries and are refused by name.
 Entries come in storage order, so each origin's chain is in chain order and an import
 stores it without buffering. Import verifies every entry from its bytes: the file is
 as hostile as a peer.
@@ -30,13 +32,21 @@ from typing import Any, BinaryIO
 import aiosqlite
 
 from agent.errors import StorageError
-from agent.storage.types import Head, ImportResult, IngestResult, VerifyProblem, VerifyReport
+from agent.storage.types import (
+    BodyState,
+    Head,
+    ImportResult,
+    IngestResult,
+    VerifyProblem,
+    VerifyReport,
+)
 from protocol.entries import (
     MAX_ENTRY_BYTES,
     ForkProof,
     VerifiedEntry,
     check_successor,
     decode_fork_proof,
+    join_entry,
     verify_entry,
 )
 from protocol.errors import ChainError, EncodingError, EntraideError
@@ -45,7 +55,8 @@ from protocol.keys import PublicKey
 __all__ = ["export_snapshot", "import_file", "verify_snapshot"]
 
 CHUNK = 512
-_MAGIC = b"ENTRAIDE-LEDGER\x01"
+_MAGIC = b"ENTRAIDE-LEDGER\x02"
+_V1_MAGIC = b"ENTRAIDE-LEDGER\x01"
 _RECORD = struct.Struct(">cI")
 _TRAILER = struct.Struct(">QQ")
 _MAX_PROOF_BYTES = 2 * MAX_ENTRY_BYTES + 64
@@ -65,19 +76,23 @@ async def rows(conn: aiosqlite.Connection, sql: str, args: Sequence[Any] = ()) -
 async def verify_snapshot(snap: aiosqlite.Connection) -> VerifyReport:
     """Re-check every stored entry from its bytes: signature, id, seq, chain and head.
 
-    Reports the first broken entry of each origin (origin, seq, what), every fork
-    proof that no longer verifies, and entries not on any origin's chain. A database
-    too damaged to read is reported as a problem with no origin.
+    A header whose body was dropped (or never came) is checked as a chain member; a
+    body that is there is checked against its header's hash. Counts the entries on the
+    chains by body state (``VerifyReport.bodies``). Reports the first broken entry of
+    each origin (origin, seq, what), every fork proof that no longer verifies, and
+    entries not on any origin's chain. A database too damaged to read is reported as a
+    problem with no origin.
     """
     problems: list[VerifyProblem] = []
     total = proofs = 0
+    bodies = {state.value: 0 for state in BodyState}
     origins: list[Any] = []
     try:
         origins = await rows(snap, "SELECT origin_id, key, head_seq, head_hash FROM origins "
                                    "ORDER BY key")
         for origin_id, key_raw, head_seq, head_hash in origins:
             key = PublicKey(key_raw)
-            head, problem, count = await _verify_origin(snap, origin_id, key)
+            head, problem, count = await _verify_origin(snap, origin_id, key, bodies)
             total += count
             if problem is None:
                 problem = _check_head(key, head, head_seq, head_hash)
@@ -103,18 +118,22 @@ async def verify_snapshot(snap: aiosqlite.Connection) -> VerifyReport:
         problems.append(VerifyProblem(None, None, str(exc)))
     except EntraideError as exc:
         problems.append(VerifyProblem(None, None, f"damaged origins table: {exc}"))
-    return VerifyReport(total, len(origins), proofs, tuple(problems))
+    return VerifyReport(total, len(origins), proofs, tuple(problems), bodies)
 
 
-async def _verify_origin(snap: aiosqlite.Connection, origin_id: int,
-                         key: PublicKey) -> tuple[Head | None, VerifyProblem | None, int]:
-    """Walk one origin's chain; the next chunk is read while this one is checked."""
+async def _verify_origin(snap: aiosqlite.Connection, origin_id: int, key: PublicKey,
+                         bodies: dict[str, int]
+                         ) -> tuple[Head | None, VerifyProblem | None, int]:
+    """Walk one origin's chain; the next chunk is read while this one is checked.
+    Adds the body state of each entry that checks to ``bodies``."""
     head: Head | None = None
     total = 0
-    sql = "SELECT seq, hash, raw FROM entries WHERE origin_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+    sql = ("SELECT seq, hash, header, body, body_state FROM entries WHERE origin_id = ? "
+           "AND seq > ? ORDER BY seq LIMIT ?")
     chunk = await rows(snap, sql, (origin_id, 0, CHUNK))
     while chunk:
-        check = asyncio.ensure_future(asyncio.to_thread(_check_chain, key, chunk, head))
+        check = asyncio.ensure_future(asyncio.to_thread(_check_chain, key, chunk, head,
+                                                        bodies))
         try:
             upcoming = await rows(snap, sql, (origin_id, chunk[-1][0], CHUNK))
         finally:
@@ -126,15 +145,20 @@ async def _verify_origin(snap: aiosqlite.Connection, origin_id: int,
     return head, None, total
 
 
-def _check_chain(key: PublicKey, chunk: list[Any],
-                 head: Head | None) -> tuple[Head | None, VerifyProblem | None, int]:
+def _check_chain(key: PublicKey, chunk: list[Any], head: Head | None,
+                 bodies: dict[str, int]) -> tuple[Head | None, VerifyProblem | None, int]:
     """Verify consecutive stored entries of one origin (runs in a worker thread)."""
     count = 0
-    for seq, stored_hash, raw in chunk:
-        if not isinstance(raw, bytes):
+    for seq, stored_hash, header, body, state in chunk:
+        if isinstance(state, bytes):  # the snapshot reads text as bytes
+            state = state.decode("ascii", "replace")
+        if not isinstance(header, bytes) or not isinstance(body, bytes | None):
             return head, VerifyProblem(key, seq, "entry is not stored as bytes"), count
+        if (body is not None) != (state == BodyState.PRESENT) or state not in bodies:
+            return head, VerifyProblem(key, seq, f"body state {state!r} does not match "
+                                       f"the stored body"), count
         try:
-            entry = verify_entry(raw)
+            entry = verify_entry(join_entry(header, body))
         except EntraideError as exc:
             return head, VerifyProblem(key, seq, f"entry bytes do not verify: {exc}"), count
         if entry.origin != key:
@@ -148,6 +172,7 @@ def _check_chain(key: PublicKey, chunk: list[Any],
         except ChainError as exc:
             return head, VerifyProblem(key, seq, f"chain broken: {exc}"), count
         head = (entry.seq, entry.hash)
+        bodies[state] += 1
         count += 1
     return head, None, count
 
@@ -185,9 +210,11 @@ async def export_snapshot(snap: aiosqlite.Connection, path: str | os.PathLike[st
     try:
         await asyncio.to_thread(out.write, _MAGIC)
         after = 0
-        while chunk := await rows(snap, "SELECT entry_no, raw FROM entries WHERE entry_no > ? "
-                                        "ORDER BY entry_no LIMIT ?", (after, CHUNK)):
-            data = b"".join(_RECORD.pack(b"E", len(raw)) + raw for _no, raw in chunk)
+        while chunk := await rows(snap, "SELECT entry_no, header, body FROM entries "
+                                        "WHERE entry_no > ? ORDER BY entry_no LIMIT ?",
+                                  (after, CHUNK)):
+            raws = [join_entry(header, body) for _no, header, body in chunk]
+            data = b"".join(_RECORD.pack(b"E", len(raw)) + raw for raw in raws)
             await asyncio.to_thread(out.write, data)
             count += len(chunk)
             after = chunk[-1][0]
@@ -239,7 +266,11 @@ async def import_file(
     tally = _ImportTally()
     pending: list[bytes] = []
     try:
-        if await asyncio.to_thread(stream.read, len(_MAGIC)) != _MAGIC:
+        magic = await asyncio.to_thread(stream.read, len(_MAGIC))
+        if magic == _V1_MAGIC:
+            raise StorageError(f"{source} holds protocol v1 entries, which this version "
+                               f"cannot read")
+        if magic != _MAGIC:
             raise StorageError(f"{source} is not an Entraide ledger export")
         while True:
             kind, data = await asyncio.to_thread(_read_record, stream)

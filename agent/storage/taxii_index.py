@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.errors import StorageError
-from protocol.entries import TLP, verify_entry
+from protocol.entries import TLP, verify_header
 from protocol.errors import EntraideError
 from protocol.keys import PublicKey
 from protocol.payloads import Alert, Observation, Payload, Rule, Sighting, StixObject
@@ -99,7 +99,7 @@ _LEDGER_CHUNK = " UNION ALL ".join(
     for table, kind, ts, tlp, doc, target, extra in (
         ("observations", "'observation'", "t.ts", "t.tlp", "t.doc", "NULL", ""),
         ("sightings", "'sighting'", "t.ts", "t.tlp", "t.doc", "t.target", ""),
-        ("retractions", "'retraction'", "NULL", "NULL", "e.raw", "t.target",
+        ("retractions", "'retraction'", "NULL", "NULL", "e.header", "t.target",
          " AND t.applied = 1"),
         ("items", "t.kind", "t.ts", "t.tlp", "t.doc", "NULL", ""),
     )
@@ -387,7 +387,7 @@ class TaxiiIndex:
     def _revoked(self, raw: bytes, target: bytes,
                  by_entry: dict[bytes, dict[str, Any] | str]) -> dict[str, Any] | None:
         try:
-            ts = verify_entry(raw).ts
+            ts = verify_header(raw).ts
         except EntraideError:
             return None  # the ledger's verify reports damaged entries; serve what is sound
         current = self._object_of_entry(bytes(target), by_entry)

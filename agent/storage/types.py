@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 from agent.storage.queries import IndexRecord
@@ -20,7 +21,9 @@ from protocol.payloads import Payload
 __all__ = [
     "MAX_APPEND_BATCH",
     "MAX_INGEST_BATCH",
+    "BodyState",
     "BufferLimits",
+    "DroppedBodies",
     "ForkRecord",
     "Gap",
     "Head",
@@ -162,14 +165,39 @@ class VerifyProblem:
     what: str
 
 
+class BodyState(StrEnum):
+    """Whether a stored entry still has its body (``entries.body_state``).
+
+    A header without its body is a valid chain member (docs/protocol.md §3).
+    """
+
+    PRESENT = "present"
+    EXPIRED = "expired"    # dropped here by retention
+    ERASED = "erased"      # dropped here on its origin's erasure
+    ABSENT = "absent"      # arrived header-only (dropped by the peer that sent it)
+
+
+@dataclass(frozen=True)
+class DroppedBodies:
+    """What :meth:`Ledger.drop_bodies` dropped: entry ids (32 bytes) whose body was
+    present and is now gone, and the derived rows deleted with them, by table."""
+
+    entries: tuple[bytes, ...] = ()
+    rows: dict[str, int] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class VerifyReport:
-    """Result of :meth:`Ledger.verify`: ``ok`` when no problem was found."""
+    """Result of :meth:`Ledger.verify`: ``ok`` when no problem was found.
+
+    ``bodies`` counts the entries on the chains by :class:`BodyState` value.
+    """
 
     entries: int
     origins: int
     fork_proofs: int
     problems: tuple[VerifyProblem, ...]
+    bodies: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -79,6 +79,9 @@ def check_raws(raws: Sequence[bytes]) -> list[Any]:
         if entry.tlp.encrypted:
             out.append(_DECODE_HERE)
             continue
+        if entry.body is None:  # header only (§3): nothing to index
+            out.append(_UNREADABLE)
+            continue
         try:
             payload, dumped = decode_payload_with_fields(entry.body)
             record = build_record(payload, entry.ts, dumped)

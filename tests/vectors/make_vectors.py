@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from protocol.entries import TLP, sign_entry
+from protocol.entries import TLP, detect_fork, sign_entry
 from protocol.envelope import seal_envelope
 from protocol.keys import Identity
 
@@ -48,14 +48,27 @@ def main() -> None:
                     audience=audience, body=body)
     entries = []
     for e in (e1, e2, e3):
+        assert e.body is not None
         entries.append({"author": "QC", "seq": e.seq, "prev": e.prev.hex() if e.prev else None,
                         "ts": e.ts, "tlp": e.tlp.value,
                         "audience": [a.hex() for a in e.audience] if e.audience else None,
-                        "body": e.body.hex(), "sig": e.sig.hex(), "raw": e.raw.hex(),
-                        "id": e.id})
+                        "body": e.body.hex(), "body_hash": e.body_hash.hex(),
+                        "body_len": e.body_len, "header": e.header.hex(),
+                        "sig": e.sig.hex(), "raw": e.raw.hex(), "id": e.id})
+    bare = e2.without_body()
+    # A fork: another entry signed at QC's seq 2.
+    e2b = sign_entry(qc, seq=2, prev=e1.hash, now_ms=1_790_000_000_600, tlp=TLP.GREEN,
+                     audience=None, body=b"equivocation")
+    proof = detect_fork(e2, e2b)
+    assert proof is not None
     print(json.dumps({
         "keys": keys,
         "entries": entries,
+        "header_only": {"entry_index": 1, "raw": bare.raw.hex(), "id": bare.id},
+        "fork": {"other": {"seq": 2, "ts": e2b.ts, "tlp": e2b.tlp.value,
+                           "body": (e2b.body or b"").hex(), "raw": e2b.raw.hex(),
+                           "id": e2b.id},
+                 "proof": proof.encode().hex()},
         "envelope": {"entry_index": 2, "plaintext": payload.hex(),
                      "randomness_label": "vector/envelope",
                      "readers": ["QC", "ON"], "non_readers": ["FED"]},
