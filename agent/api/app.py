@@ -68,6 +68,7 @@ from agent.api.observations import (
     post_sighting,
     retract_observation,
 )
+from agent.api.rules import RULE_ROUTES
 from agent.api.stream import stream, stream_shutdown
 from agent.config.tokens import Scope, TokenRecord, authenticate
 from agent.errors import (
@@ -216,6 +217,7 @@ ROUTES: tuple[Operation, ...] = (
     Operation("GET", "/api/v1/openapi.json", openapi, "getOpenApi",
               "This API's OpenAPI document", None, "node"),
     *AID_ROUTES,
+    *RULE_ROUTES,
     *MISP_ROUTES,
     *TAXII_ROUTES,
 )
