@@ -35,6 +35,7 @@ __all__ = [
     "MAX_NEED_CHARS",
     "MAX_NOTE_CHARS",
     "MAX_PAYLOAD_BYTES",
+    "MAX_PLAYBOOK_JSON_BYTES",
     "MAX_REFERENCES",
     "MAX_RELATED",
     "MAX_RULE_TEXT_BYTES",
@@ -77,13 +78,16 @@ MAX_NEEDS = 16
 MAX_NEED_CHARS = 200
 MAX_RULE_TEXT_BYTES = 128 * 1024
 MAX_STIX_JSON_BYTES = 192 * 1024
+MAX_PLAYBOOK_JSON_BYTES = 192 * 1024
 MAX_COUNT = (1 << 53) - 1  # the largest integer every JSON client reads exactly
 MAX_STIX_DEPTH = 64
 
 PAYLOAD_KINDS = ("observation", "sighting", "retraction", "alert", "rule", "stix",
                  # protocol/aid.py
                  "aid-request", "aid-offer", "aid-withdraw", "aid-accept", "aid-update",
-                 "aid-close", "capabilities")
+                 "aid-close", "capabilities",
+                 # shared tools (agent/tools)
+                 "playbook")
 
 
 class Severity(StrEnum):

@@ -1,8 +1,9 @@
-"""The payload models: the six kinds an entry's body can be, one frozen model each.
+"""The payload models: the seven kinds an entry's body can be, one frozen model each.
 
 ``Observation`` (an indicator seen), ``Sighting`` (an earlier entry's indicator seen
 again), ``Retraction`` (one's own entry withdrawn), ``Alert`` (a call for mutual aid),
-``Rule`` (a detection rule as text) and ``StixObject`` (any STIX 2.1 object, carried
+``Rule`` (a detection rule as text), ``Playbook`` (a CACAO 2.0 playbook as JSON
+text) and ``StixObject`` (any STIX 2.1 object, carried
 as canonical JSON text), told apart by ``kind`` (docs/protocol.md §6, "Kinds" and
 "Carried STIX 2.1 objects"). Their fields are the types of
 :mod:`protocol.payload_fields`; encoding and decoding are :mod:`protocol.payloads`.
@@ -36,6 +37,7 @@ from protocol.indicators import MAX_INDICATOR_CHARS, IndicatorType, normalise_in
 from protocol.payload_fields import (
     MAX_COUNT,
     MAX_NEEDS,
+    MAX_PLAYBOOK_JSON_BYTES,
     MAX_REFERENCES,
     MAX_RELATED,
     MAX_STIX_DEPTH,
@@ -63,6 +65,7 @@ __all__ = [
     "Confidence",
     "LocalizedText",
     "Observation",
+    "Playbook",
     "References",
     "Retraction",
     "Rule",
@@ -166,13 +169,76 @@ class Alert(_Model):
 
 
 class Rule(_Model):
-    """A detection rule, carried as text in its own language; not compiled or checked."""
+    """A detection rule, carried as text in its own language.
+
+    Not compiled here (protocol/ stays pure): the agent checks it with the real engine
+    on submit and on receipt (agent/tools). A later rule of the same origin with the
+    same ``rule_type`` and ``name``, or naming this one in ``supersedes``, replaces it.
+    """
 
     kind: Literal["rule"] = "rule"
     rule_type: RuleType
     name: Title
     text: RuleText
     description: LocalizedText | None = None
+    supersedes: EntryId | None = None
+
+
+def _playbook_json(text: str) -> str:
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys,
+                         parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError(f"is nested deeper than {MAX_STIX_DEPTH} levels") from None
+    except ValueError as exc:
+        raise ValueError(f"is not valid JSON ({exc})") from None
+    _check_depth(obj)
+    if not isinstance(obj, dict) or obj.get("type") != "playbook":
+        raise ValueError("must be a JSON object whose 'type' is \"playbook\" (CACAO 2.0)")
+    if _canonical_json(obj) != text:
+        raise ValueError("is not canonical JSON (compact, keys sorted); build it with "
+                         "Playbook.from_object")
+    return text
+
+
+class Playbook(_Model):
+    """An OASIS CACAO 2.0 playbook, carried as canonical JSON text (like ``StixObject``).
+
+    Only its JSON form and ``type`` are checked here; the agent checks it against the
+    CACAO schema on submit and on receipt (agent/tools/cacao.py).
+    """
+
+    kind: Literal["playbook"] = "playbook"
+    playbook_json: Annotated[
+        str,
+        StringConstraints(strict=True, max_length=MAX_PLAYBOOK_JSON_BYTES),
+        max_utf8_bytes(MAX_PLAYBOOK_JSON_BYTES),
+        AfterValidator(_playbook_json),
+    ]
+    supersedes: EntryId | None = None
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any], supersedes: str | None = None) -> Playbook:
+        """Wrap a playbook given as parsed JSON.
+
+        Raises:
+            PayloadError: not JSON-serialisable, too large, or not a playbook object.
+        """
+        try:
+            text = _canonical_json(obj)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise PayloadError(f"invalid playbook: not JSON ({exc})") from None
+        try:
+            return cls(playbook_json=text, supersedes=supersedes)
+        except ValidationError as exc:
+            raise PayloadError(format_validation_error(exc, "playbook")) from exc
+
+    @property
+    def object(self) -> dict[str, Any]:
+        """The playbook, freshly parsed."""
+        parsed = json.loads(self.playbook_json)
+        assert isinstance(parsed, dict)
+        return parsed
 
 
 # --- STIX objects ----------------------------------------------------------------

@@ -1,7 +1,8 @@
 """What an entry's body says: the payload models and their one encoding.
 
-A payload is one of six kinds, told apart by its ``kind`` field: ``observation``,
-``sighting``, ``retraction``, ``alert``, ``rule`` and ``stix`` (docs/protocol.md §6).
+A payload is one of the kinds in ``PAYLOAD_KINDS``, told apart by its ``kind`` field:
+``observation``, ``sighting``, ``retraction``, ``alert``, ``rule``, ``stix``, ``playbook``
+and the mutual-aid kinds (docs/protocol.md §6).
 TLP and audience are not payload fields: they belong to the entry that carries the
 payload (protocol/entries.py), and are refused here as unknown fields.
 
@@ -68,6 +69,7 @@ from protocol.payload_models import (
     Alert,
     LocalizedText,
     Observation,
+    Playbook,
     Retraction,
     Rule,
     Sighting,
@@ -97,6 +99,7 @@ __all__ = [
     "Note",
     "Observation",
     "Payload",
+    "Playbook",
     "Retraction",
     "Rule",
     "RuleType",
@@ -118,13 +121,15 @@ __all__ = [
 Payload: TypeAlias = Annotated[
     Observation | Sighting | Retraction | Alert | Rule | StixObject
     # mutual aid and the expertise directory (protocol/aid.py)
-    | AidRequest | AidOffer | AidWithdraw | AidAccept | AidUpdate | AidClose | Capabilities,
+    | AidRequest | AidOffer | AidWithdraw | AidAccept | AidUpdate | AidClose | Capabilities
+    # shared tools: CACAO 2.0 playbooks (checked against the schema by agent/tools)
+    | Playbook,
     Field(discriminator="kind"),
 ]
 _PAYLOAD = TypeAdapter[Payload](Payload)
 _PAYLOAD_TYPES = (Observation, Sighting, Retraction, Alert, Rule, StixObject,
                   AidRequest, AidOffer, AidWithdraw, AidAccept, AidUpdate, AidClose,
-                  Capabilities)
+                  Capabilities, Playbook)
 
 # Every valid payload fits these caps (the widest list is Alert.related; the deepest
 # value is a list or a description map inside the top-level map).

@@ -31,13 +31,13 @@ from typing import Any
 
 import aiosqlite
 
-from agent.errors import InvalidCursorError
+from agent.errors import InvalidCursorError, InvalidRuleError
 from agent.jsoncodec import dumps, loads
 from protocol.entries import TLP
 from protocol.errors import EncodingError, KeyFormatError, PayloadError
 from protocol.indicators import IndicatorType, normalise_indicator
 from protocol.keys import PublicKey, b64url_decode, b64url_encode
-from protocol.payloads import Observation, Payload, Retraction, Sighting
+from protocol.payloads import Observation, Payload, Playbook, Retraction, Rule, Sighting
 
 __all__ = [
     "DEFAULT_PAGE",
@@ -169,6 +169,8 @@ def build_record(payload: Payload, ts: int,
     """
     fields = payload.model_dump(mode="json") if dumped is None else dumped
     del fields["kind"]
+    if isinstance(payload, Rule | Playbook):
+        fields["valid"], fields["engine_message"] = tool_check(payload)
     doc = dumps(fields)
     if isinstance(payload, Observation):
         first = _to_ms(payload.first_seen) if payload.first_seen else ts
@@ -178,6 +180,23 @@ def build_record(payload: Payload, ts: int,
     if isinstance(payload, Sighting | Retraction):
         return IndexRecord(payload.kind, fields, doc, target=bytes.fromhex(payload.of))
     return IndexRecord(payload.kind, fields, doc)
+
+
+def tool_check(payload: Rule | Playbook) -> tuple[bool, str | None]:
+    """(valid, the engine's message) of a rule or playbook, checked by its real engine
+    (agent/tools) as it is stored, own or received: the query row keeps the verdict, so
+    an invalid remote rule is listed with ``"valid": false`` and never exported."""
+    from agent.tools.cacao import parse_playbook
+    from agent.tools.engines import check_rule
+
+    try:
+        if isinstance(payload, Rule):
+            check_rule(payload.rule_type.value, payload.text)
+        else:
+            parse_playbook(payload.playbook_json)
+    except InvalidRuleError as exc:
+        return False, str(exc)
+    return True, None
 
 
 def observation_dict(entry_id: str, origin: str, seq: int, ts: int, tlp: str,

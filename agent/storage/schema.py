@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import StorageError
+from agent.storage.rules import migrate_v5
 
 __all__ = [
     "MIGRATIONS",
@@ -169,6 +170,8 @@ def _v2(conn: sqlite3.Connection) -> None:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ledger, forks and query tables", _v1),
     Migration(2, "entry id and seq on observation rows", _v2),
+    Migration(5, "index of shared tools: rules and playbooks (agent/storage/rules.py)",
+              migrate_v5),
 )
 """Every migration, in order; the last one's version is :data:`SCHEMA_VERSION`."""
 
