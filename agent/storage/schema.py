@@ -3,9 +3,10 @@
 The database holds two kinds of tables:
 
 - the *ledger proper* (``origins``, ``entries``, ``forks``): every entry of every
-  trusted origin, as the exact bytes that were signed, plus each origin's head and
-  the fork proofs. These tables are the truth; everything in them can be re-checked
-  from the bytes alone (``Ledger.verify``).
+  trusted origin, as its signed header and its body kept apart (``body`` is NULL once
+  dropped by retention or erasure, or when it arrived header-only; ``body_state`` says
+  which), plus each origin's head and the fork proofs. These tables are the truth;
+  everything in them can be re-checked from the bytes alone (``Ledger.verify``).
 - the *query tables* (``observations``, ``sightings``, ``retractions``, ``items``):
   decoded payloads this node may read, for the local API. They are derived data,
   written in the same transaction as the entry they come from.
@@ -41,6 +42,7 @@ __all__ = [
     "migrate",
     "prepare_file",
     "schema_version",
+    "v1_ledger_message",
 ]
 
 
@@ -167,9 +169,28 @@ def _v2(conn: sqlite3.Connection) -> None:
                  "WHERE e.entry_no = observations.entry_no)")
 
 
+V1_ENTRIES_SCHEMA = 2
+"""The last schema whose ``entries`` hold protocol v1 entries (one signed blob each)."""
+
+
+def _v3(conn: sqlite3.Connection) -> None:
+    # Protocol v2 (docs/protocol.md §3): an entry is a signed header and a body kept
+    # apart, so retention and erasure drop a body without touching the chain. v1
+    # entries cannot be converted (they would need their authors to re-sign them):
+    # prepare_file refuses such a ledger before migrating; this is the last guard.
+    if conn.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is not None:
+        raise StorageError("the ledger holds protocol v1 entries, which this version "
+                           "cannot read")
+    conn.execute("ALTER TABLE entries RENAME COLUMN raw TO header")
+    conn.execute("ALTER TABLE entries ADD COLUMN body BLOB")
+    conn.execute("ALTER TABLE entries ADD COLUMN body_state TEXT NOT NULL DEFAULT 'present' "
+                 "CHECK (body_state IN ('present', 'expired', 'erased', 'absent'))")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ledger, forks and query tables", _v1),
     Migration(2, "entry id and seq on observation rows", _v2),
+    Migration(3, "protocol v2: entry header and body apart, body state", _v3),
     Migration(5, "index of shared tools: rules and playbooks (agent/storage/rules.py)",
               migrate_v5),
 )
@@ -278,6 +299,22 @@ def lock_ledger(path: Path) -> int:
     return fd
 
 
+def v1_ledger_message(path: Path) -> str:
+    """The one line that refuses a ledger of protocol v1 entries (docs/operations.md)."""
+    return (f"the ledger at {path} holds protocol v1 entries, which this version cannot "
+            f"read; stop the node, move the ledger aside (keep it as a record) and start "
+            f"again: the node catches up with every origin's chain from its peers, and "
+            f"'entraide init --force' is not needed (the node key and config are kept)")
+
+
+def _refuse_v1_entries(conn: sqlite3.Connection, path: Path) -> None:
+    """Raise StorageError (one line naming ``path``) for a ledger of v1 entries."""
+    version = schema_version(conn)
+    if 0 < version <= V1_ENTRIES_SCHEMA and conn.execute(
+            "SELECT 1 FROM entries LIMIT 1").fetchone() is not None:
+        raise StorageError(v1_ledger_message(path))
+
+
 def prepare_file(path: Path, *, owner: bytes, now_ms: int, software: str) -> None:
     """Put the database at ``path`` in WAL mode, migrate it and check its owner.
 
@@ -299,6 +336,7 @@ def prepare_file(path: Path, *, owner: bytes, now_ms: int, software: str) -> Non
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":
             raise StorageError(f"the ledger {path} cannot use WAL mode (got {mode})")
+        _refuse_v1_entries(conn, path)
         migrate(conn, now_ms=now_ms, software=software)
         row = conn.execute("SELECT value FROM meta WHERE key = 'node_key'").fetchone()
         if row is None:
