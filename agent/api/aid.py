@@ -26,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from agent.api.batch import split_routing
 from agent.api.models import Audience, EntryIdText, TlpLabel
 from agent.config.tokens import Scope
+from agent.jsoncodec import dumps
+from agent.node.aid import NodeAid
 from agent.web.common import NODE, ApiError, json_response, parse_query, read_json
 from agent.web.openapi import Operation
 from protocol.aid import (
@@ -42,7 +44,7 @@ from protocol.entries import TLP
 from protocol.payload_models import LocalizedText
 from protocol.payloads import Severity, UtcDatetime, parse_payload_json
 
-__all__ = ["AID_ROUTES"]
+__all__ = ["AID_ROUTES", "forward_aid_events"]
 
 _MAX_PAGE = 500
 
@@ -340,3 +342,16 @@ AID_ROUTES: tuple[Operation, ...] = (
               Scope.READ, "aid", query=CapabilitiesQuery, response=(CapabilityList,),
               errors=(422,)),
 )
+
+
+async def forward_aid_events(aid: NodeAid, write: Callable[[str], Awaitable[None]]) -> None:
+    """Send every new aid entry as ``event: aid`` (``data.kind``: request, offer,
+    withdraw, accept, update, close) until cancelled: the stream's side task
+    (agent/api/stream.py). Aid events are live only (no ``id:``, not replayed)."""
+    queue = aid.subscribe()
+    try:
+        while True:
+            event = await queue.get()
+            await write(f"event: aid\ndata: {dumps(event)}\n\n")
+    finally:
+        aid.unsubscribe(queue)

@@ -23,6 +23,9 @@ How (docs/operations.md, "The stream"):
   events, one write may block at most ``stream_write_timeout`` seconds; a client too
   slow for either is disconnected (it resumes with Last-Event-ID).
 - Comment lines (``: ping``) keep idle connections alive through proxies.
+- A stream not filtered by indicator also carries ``event: aid`` (``data.kind``:
+  request, offer, withdraw, accept, update, close; live only, no ``id:``), sent by
+  a side task (``forward_aid_events``, agent/api/aid.py).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
+from agent.api.aid import forward_aid_events
 from agent.api.models import MAX_PAGE, StreamQuery
 from agent.api.observations import filters_of
 from agent.errors import InvalidCursorError
@@ -201,11 +205,14 @@ async def stream(request: web.Request) -> web.StreamResponse:
     state.streams.add(client)
     state.streams_open.inc()
     reason = "client_gone"
+    aid_task: asyncio.Task[None] | None = None
     try:
         await client.write("retry: 2000\n: entraide stream\n\n")
         base, skip, _ = await client.catch_up(base, skip)
         sub = node.subscribe(settings.stream_queue)
         client.subscription = sub
+        if filters["type"] is None and filters["value"] is None:  # event: aid (api/aid.py)
+            aid_task = asyncio.create_task(forward_aid_events(node.aid, client.write))
         if state.closing:
             raise _Disconnect("shutdown")
         base, skip, recent = await client.catch_up(base, skip)
@@ -219,6 +226,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
         reason = "error"
         log.exception("stream ended by an error: %s", exc)
     finally:
+        if aid_task is not None:
+            aid_task.cancel()
         if sub is not None:
             sub.close()
         state.streams.discard(client)
