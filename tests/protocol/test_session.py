@@ -27,6 +27,7 @@ from protocol.session import (
     MAX_CLOSE_MESSAGE_BYTES,
     MAX_FRAME_BYTES,
     MAX_MESSAGE_BYTES,
+    PROTOCOL_LABEL,
     TRANSITIONS,
     CloseReason,
     Event,
@@ -61,7 +62,7 @@ def trusting(*idents: Identity) -> Callable[[PublicKey], bool]:
 
 
 def make(ident: Identity, *, initiator: bool, trusts: tuple[Identity, ...],
-         label: bytes = b"entraide/peer/v1", seed: bytes | None = None) -> Session:
+         label: bytes = PROTOCOL_LABEL, seed: bytes | None = None) -> Session:
     return Session(ident, initiator=initiator, is_trusted=trusting(*trusts),
                    ephemeral_seed=seed or fresh_seed(), label=label)
 
@@ -171,10 +172,19 @@ def test_session_is_trusted_sees_the_claimed_key() -> None:
 
 
 def test_session_refuses_wrong_label() -> None:
-    init = make(QC, initiator=True, trusts=(ON,), label=b"entraide/peer/v2")
+    init = make(QC, initiator=True, trusts=(ON,), label=b"other/protocol")
     resp = make(ON, initiator=False, trusts=(QC,))
     [hello] = init.start()
     with pytest.raises(HandshakeError, match="label"):
+        resp.receive(hello)
+    assert resp.frames_to_send() == []
+
+
+def test_session_refuses_a_protocol_v1_peer_by_name() -> None:
+    init = make(QC, initiator=True, trusts=(ON,), label=b"entraide/peer/v1")
+    resp = make(ON, initiator=False, trusts=(QC,))
+    [hello] = init.start()
+    with pytest.raises(HandshakeError, match=r"^peer speaks protocol v1; this node needs v2$"):
         resp.receive(hello)
     assert resp.frames_to_send() == []
 
@@ -601,7 +611,7 @@ class RawPeer:
     """docs/protocol.md §7 re-implemented without protocol/ (either role), using
     libsodium's own random stream headers (init_push)."""
 
-    def __init__(self, seed: bytes, *, initiator: bool, label: bytes = b"entraide/peer/v1"):
+    def __init__(self, seed: bytes, *, initiator: bool, label: bytes = PROTOCOL_LABEL):
         self.sk = nacl.signing.SigningKey(seed)
         self.key = bytes(self.sk.verify_key)
         self.eph, self.eph_sk = sodium.crypto_kx_keypair()
