@@ -23,6 +23,7 @@ from aiohttp import web
 
 from agent.api.app import create_app
 from agent.config.datadir import DataDir
+from agent.config.hosts import HostPolicy
 from agent.config.settings import NodeConfig, load_node_config
 from agent.metrics import Registry
 from agent.node.node import Node
@@ -77,7 +78,7 @@ def compose(data_dir: DataDir, *, passphrase: bytes | None = None,
     node = Node(data_dir, passphrase=passphrase, registry=registry, replication=replicator,
                 batch_worker=workers.batch)
     node.on_trust_change(workers.trust_changed)
-    app = create_app(node)
+    app = create_app(node, hosts=HostPolicy.of(config.api.allowed_hosts))
     app[JUDGE] = Judge(workers.judge)
     state = app[STATE]
     labels = ("GET", LOOKUP_ROUTE, "200")

@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from pydantic import ValidationError
 
 from agent import __version__
@@ -70,6 +70,7 @@ from agent.api.observations import (
 )
 from agent.api.rules import RULE_ROUTES
 from agent.api.stream import stream, stream_shutdown
+from agent.config.hosts import HostPolicy
 from agent.config.tokens import Scope, TokenRecord, authenticate
 from agent.errors import (
     AlreadyRetractedError,
@@ -122,6 +123,7 @@ log = logging.getLogger(__name__)
 _OPENAPI_TEXT = web.AppKey("openapi_text", str)
 TOKEN = web.RequestKey("token", TokenRecord)
 _CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
+_HOSTS = web.AppKey("hosts", HostPolicy)
 STREAM_PATH = "/api/v1/stream"
 
 
@@ -216,8 +218,8 @@ ROUTES: tuple[Operation, ...] = (
               "node", media_type="text/plain"),
     Operation("GET", "/api/v1/openapi.json", openapi, "getOpenApi",
               "This API's OpenAPI document", None, "node"),
-    *AID_ROUTES,
     *RULE_ROUTES,
+    *AID_ROUTES,
     *MISP_ROUTES,
     *TAXII_ROUTES,
 )
@@ -337,6 +339,22 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return _error(500, "internal", "internal error (see the node's log)")
 
 
+@web.middleware
+async def host_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Refuse a ``Host`` or ``Origin`` the node does not answer to: DNS rebinding
+    (agent/config/hosts.py). Outermost: nothing else runs for such a request."""
+    policy: HostPolicy = request.app[_HOSTS]
+    if not policy.allows_host(request.headers.get(hdrs.HOST)):
+        return _error(421, "misdirected_request",
+                      "this node's API does not answer to that Host; list the name in "
+                      "[api] allowed_hosts of entraide.toml to reach it by name")
+    if not policy.allows_origin(request.headers.get(hdrs.ORIGIN)):
+        return _error(403, "forbidden_origin",
+                      "requests from that Origin are refused (a web page on another site)")
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
 _METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
 
 
@@ -367,8 +385,8 @@ async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamRe
 
 
 def create_app(node: Node, *, clock: Callable[[], float] = time.perf_counter,
-               settings: ApiSettings | None = None, manage_node: bool = False
-               ) -> web.Application:
+               settings: ApiSettings | None = None, manage_node: bool = False,
+               hosts: HostPolicy | None = None) -> web.Application:
     """The local API app for ``node``.
 
     Args:
@@ -376,10 +394,13 @@ def create_app(node: Node, *, clock: Callable[[], float] = time.perf_counter,
         clock: monotonic seconds, for request latencies.
         settings: stream tuning (see :class:`ApiSettings`).
         manage_node: start the node with the app and stop it on cleanup.
+        hosts: the names it answers to besides IP literals and localhost (from
+            ``[api] allowed_hosts``; default: none).
     """
-    app = web.Application(middlewares=[metrics_middleware, error_middleware],
+    app = web.Application(middlewares=[host_middleware, metrics_middleware, error_middleware],
                           client_max_size=MAX_BODY_BYTES)
     app[NODE] = node
+    app[_HOSTS] = hosts or HostPolicy()
     app[_CLOCK] = clock
     app[API_SETTINGS] = settings or ApiSettings()
     app[STATE] = ApiState.create(node.metrics)

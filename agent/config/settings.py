@@ -89,6 +89,11 @@ class ApiConfig(ConfigModel):
     readers: int | None = Field(None, ge=0, le=64)
     """Read-lane processes that answer indicator lookups on the connections they own
     (agent/workers/read_lane.py); 0: none; default: 2 on a host with two cores or more."""
+    allowed_hosts: list[Annotated[str, Field(min_length=1, max_length=253,
+                                             pattern=r"^[A-Za-z0-9.-]+$")]] = Field(
+        default_factory=list, max_length=64)
+    """Host names (not IP addresses: those are always answered) the API answers to in
+    ``Host`` and ``Origin``, for tools that reach it by a DNS name (agent/config/hosts.py)."""
 
 
 class PeerListenerConfig(ConfigModel):

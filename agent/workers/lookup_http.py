@@ -4,6 +4,7 @@ A reader (agent/workers/read_lane.py) owns a client's connection and answers its
 without the node's main process. It parses only a narrow, exact form of one request:
 
     GET /api/v1/indicators/{type}/{value} HTTP/1.1   (no query, no body)
+    Host: <host>                                       (exactly once)
     Authorization: Bearer <token>                      (exactly once)
 
 Anything else, or anything it is unsure of, is not an error here: :func:`next_request`
@@ -17,7 +18,8 @@ escapes, a query or a fragment; a value outside ``[A-Za-z0-9._:@-]`` (URLs, for 
 a body or its announcement (``Content-Length``, ``Transfer-Encoding``, ``Expect``),
 ``Upgrade``, ``Connection`` other than ``keep-alive``; a header line that is not
 ``token: visible-ASCII``; a head over :data:`MAX_HEAD` bytes; a missing, repeated or
-non-Bearer ``Authorization``.
+non-Bearer ``Authorization``; a missing or repeated ``Host``; any ``Origin`` (a browser:
+the node's middleware judges it).
 
 The head is parsed by httptools (llhttp, the parser family of aiohttp's own C parser),
 strictly (no leniency); this module then only checks what the parser reports against
@@ -72,17 +74,20 @@ class Lookup:
     value: str
     token: str
     size: int
+    host: str
+    """The ``Host`` header (the reader holds it to agent/config/hosts.py's policy)."""
 
 
 class _Head:
     """httptools' callbacks for one head: its target, its one Authorization value, and
     whether a header rules the request out."""
 
-    __slots__ = ("authorization", "complete", "refused", "target")
+    __slots__ = ("authorization", "complete", "host", "refused", "target")
 
     def __init__(self) -> None:
         self.target = b""
         self.authorization: bytes | None = None
+        self.host: bytes | None = None
         self.refused = False
         self.complete = 0
 
@@ -98,6 +103,11 @@ class _Head:
         elif name == b"authorization":
             self.refused |= self.authorization is not None
             self.authorization = value
+        elif name == b"host":
+            self.refused |= self.host is not None
+            self.host = value.rstrip(b" \t")
+        elif name == b"origin":  # a browser: the node's middleware judges its Origin
+            self.refused = True
 
     def on_body(self, body: bytes) -> None:
         self.refused = True
@@ -130,7 +140,7 @@ def next_request(buf: bytes | bytearray) -> Lookup | HandBack | None:
             or not data.startswith(b"GET %s HTTP/1.1\r\n" % head.target)):
         return HAND_BACK
     target = _TARGET.fullmatch(head.target)
-    if target is None or head.authorization is None:
+    if target is None or head.authorization is None or head.host is None:
         return HAND_BACK
     type, value = target.group(1), target.group(2)
     if value in (b".", b".."):  # a dot segment: the URL parser would remove it
@@ -138,7 +148,8 @@ def next_request(buf: bytes | bytearray) -> Lookup | HandBack | None:
     token = token_of(head.authorization.decode("ascii"))
     if token is None:
         return HAND_BACK
-    return Lookup(type.decode("ascii"), value.decode("ascii"), token, size)
+    return Lookup(type.decode("ascii"), value.decode("ascii"), token, size,
+                  head.host.decode("ascii"))
 
 
 def ok_response(body: bytes, date: bytes, server: bytes) -> bytes:

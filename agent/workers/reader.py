@@ -26,6 +26,8 @@ from typing import Any, cast
 
 from agent import SERVER
 from agent.config.datadir import DataDir
+from agent.config.hosts import HostPolicy
+from agent.config.settings import load_node_config
 from agent.config.tokens import Scope, TokenStore, authenticate
 from agent.metrics import DEFAULT_LATENCY_BUCKETS, bucket_index
 from agent.storage.lookup import answer_indicator, connect_reader
@@ -134,6 +136,7 @@ class _ReaderProcess:
         self.connections: set[_Connection] = set()
         self._starting: set[asyncio.Task[Any]] = set()
         self._tokens = TokenStore(DataDir(data_dir))
+        self._hosts = HostPolicy.of(load_node_config(DataDir(data_dir)).api.allowed_hosts)
         self._db: sqlite3.Connection = connect_reader(str(ledger_path))
         self._names: dict[str, str] = {}
         self._buckets = DEFAULT_LATENCY_BUCKETS
@@ -147,6 +150,8 @@ class _ReaderProcess:
         (among others when the node's one authentication refuses the token: the node
         then gives the 401 or 403 the API gives)."""
         start = time.perf_counter()
+        if not self._hosts.allows_host(request.host):
+            return None  # the node's middleware gives the 421
         try:
             # lookup_http found exactly one "Bearer <token>" header: the same check
             # as the API's, on the same scheme.

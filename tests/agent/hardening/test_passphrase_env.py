@@ -53,7 +53,7 @@ def test_passphrase_env_is_gone_from_the_daemon_and_its_helpers(tmp_path: Path) 
         assert len(pids) >= 2, "no helper process to check"
         for pid in pids:
             environ = _environ(pid)
-            assert SECRET.encode() not in environ, f"process {pid} (node {process.pid}) still holds the passphrase"
+            assert SECRET.encode() not in environ, f"process {pid} still holds the passphrase"
             assert b"NODE_PW=" not in environ and b"ENTRAIDE_PASSPHRASE=" not in environ
     finally:
         os.killpg(process.pid, signal.SIGTERM)

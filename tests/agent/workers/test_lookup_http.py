@@ -20,24 +20,25 @@ PATH = "/api/v1/indicators/ipv4-addr/203.0.113.7"
 
 def request(path: str = PATH, *headers: str, line: str | None = None) -> bytes:
     first = line if line is not None else f"GET {path} HTTP/1.1"
-    return ("\r\n".join([first, "Host: 127.0.0.1:8470", *headers]) + "\r\n\r\n").encode()
+    return ("\r\n".join([first, f"Host: {HOST}", *headers]) + "\r\n\r\n").encode()
 
 
 AUTH = f"Authorization: Bearer {TOKEN}"
+HOST = "127.0.0.1:8470"
 
 
 def test_a_plain_lookup_is_recognised() -> None:
     data = request(PATH, "Accept: */*", AUTH, "User-Agent: curl/8", "Connection: keep-alive")
     assert next_request(data + b"GET /next") == Lookup("ipv4-addr", "203.0.113.7", TOKEN,
-                                                        len(data))
+                                                        len(data), HOST)
     ipv6 = request("/api/v1/indicators/ipv6-addr/2001:DB8::1", f"authorization:  bearer "
                    f"{TOKEN}  ")
-    assert next_request(ipv6) == Lookup("ipv6-addr", "2001:DB8::1", TOKEN, len(ipv6))
+    assert next_request(ipv6) == Lookup("ipv6-addr", "2001:DB8::1", TOKEN, len(ipv6), HOST)
 
 
 def test_blanks_around_a_field_value_are_not_part_of_it() -> None:
     data = request(PATH, f"Authorization:\t Bearer {TOKEN} \t", "X-Empty:", "X-Pad:  a b  ")
-    assert next_request(data) == Lookup("ipv4-addr", "203.0.113.7", TOKEN, len(data))
+    assert next_request(data) == Lookup("ipv4-addr", "203.0.113.7", TOKEN, len(data), HOST)
 
 
 def test_more_bytes_are_awaited_only_while_a_lookup_is_possible() -> None:
@@ -128,3 +129,15 @@ async def test_the_answer_is_aiohttp_s_bytes() -> None:
     date = re.search(rb"\r\nDate: ([^\r]*)", got)
     assert date is not None
     assert ok_response(body, date[1], SERVER_SOFTWARE.encode()) == got
+
+
+def test_the_host_is_read_and_a_browser_request_goes_back() -> None:
+    data = request(PATH, AUTH)
+    found = next_request(data)
+    assert isinstance(found, Lookup) and found.host == HOST
+    # Origin: only browsers send it; the node's middleware judges it, not the reader.
+    assert next_request(request(PATH, AUTH, "Origin: http://127.0.0.1:8470")) is HAND_BACK
+    twice = f"GET {PATH} HTTP/1.1\r\nHost: a\r\nHost: b\r\n{AUTH}\r\n\r\n".encode()
+    assert next_request(twice) is HAND_BACK
+    no_host = f"GET {PATH} HTTP/1.1\r\n{AUTH}\r\n\r\n".encode()
+    assert next_request(no_host) is HAND_BACK

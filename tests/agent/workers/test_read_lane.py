@@ -59,12 +59,12 @@ class Raw:
 
 def get(path: str, token: str | None, extra: str = "") -> bytes:
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
-    return f"GET {path} HTTP/1.1\r\nHost: t\r\n{auth}{extra}\r\n".encode()
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}{extra}\r\n".encode()
 
 
 def post(path: str, token: str, doc: object) -> bytes:
     body = json.dumps(doc).encode()
-    return (f"POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n"
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
             ).encode() + body
 
@@ -261,7 +261,7 @@ async def test_names_follow_the_trust_list_on_a_reader(tmp_path: Path) -> None:
         assert status == 200 and json.loads(body)["origins"] == ["ON"]
         admin = await d.on_node()
         status, _, _ = await admin.ask(
-            f"DELETE /api/v1/peers/ON HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer "
+            f"DELETE /api/v1/peers/ON HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
             f"{d.tokens['admin']}\r\n\r\n".encode())
         assert status == 200
         here = await admin.ask(get(indicator(value), d.tokens["read"]))
@@ -282,3 +282,29 @@ async def test_a_connection_that_says_too_little_goes_to_the_node(tmp_path: Path
         status, _, _ = await conn.ask(whole[15:])
         assert status == 200
         assert await d.metric("entraide_read_lane_connections_total") == offered
+
+
+async def test_a_rebinding_host_or_a_foreign_origin_is_refused_by_node_and_reader(
+        tmp_path: Path) -> None:
+    # DNS rebinding (agent/config/hosts.py): a page on evil.example whose name now points
+    # at 127.0.0.1 sends "Host: evil.example:PORT". The node answers 421 and changes
+    # nothing; a reader hands such a lookup back, so the answer is the node's 421.
+    async with daemon(tmp_path) as d:
+        await d.lane_up(1)
+        path = indicator("203.0.113.7")
+        for first in (get(path, d.tokens["read"]), get("/api/v1/health", None)):
+            evil = first.replace(b"Host: 127.0.0.1", b"Host: evil.example:8470")
+            conn = await d.connect()
+            status, _, body = await conn.ask(evil)
+            conn.close()
+            assert status == 421
+            assert json.loads(body)["error"]["code"] == "misdirected_request"
+        write = post("/api/v1/observations", d.tokens["write"],
+                     {"type": "ipv4-addr", "value": "203.0.113.66", "confidence": 80})
+        conn = await d.connect()
+        status, _, body = await conn.ask(write.replace(
+            b"\r\nContent-Type", b"\r\nOrigin: http://evil.example\r\nContent-Type"))
+        assert (status, json.loads(body)["error"]["code"]) == (403, "forbidden_origin")
+        status, _, body = await conn.ask(get(indicator("203.0.113.66"), d.tokens["read"]))
+        assert status == 200 and json.loads(body)["observations"] == []
+        conn.close()
