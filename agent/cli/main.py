@@ -297,6 +297,18 @@ class _UsageError(ConfigError):
     """Bad combination of options: reported like argparse does (exit 2)."""
 
 
+def _aid(argv: list[str], data_dir: DataDir) -> int:
+    from agent.cli import aid
+
+    return aid.aid_command(argv, data_dir.root)
+
+
+def _capabilities(argv: list[str], data_dir: DataDir) -> int:
+    from agent.cli import aid
+
+    return aid.capabilities_command(argv, data_dir.root)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``entraide`` parser. ``--data-dir`` is accepted before or after
     the command words.
@@ -423,6 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
                 _forks_clear)
 
     passthrough(commands, "demo", "run a local federation, end to end", _demo)
+    passthrough(commands, "aid", "requests for assistance during an incident (request, list, "
+                "show, offer, accept, update, close) / demandes d'assistance", _aid)
+    passthrough(commands, "capabilities", "the expertise directory (set, list) / "
+                "le répertoire d'expertise", _capabilities)
     import_cmds = group(commands, "import", "import commands", "action1")
     passthrough(import_cmds, "misp", "share a MISP event's indicators via the running node",
                 _import_misp)

@@ -7,6 +7,7 @@ thread but can read none of it; BC accepts QC's offer, QC posts a note, BC close
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -140,3 +141,30 @@ def test_aid_expertise_directory_answers_who_can_help(fed: LocalFederation) -> N
     assert suggested["audience"] == ["QC"]  # FED is not available now
     assert fed["BC"].call("GET", "/api/v1/capabilities?need=malware-analysis")[
         "capabilities"] == []
+
+
+def test_aid_cli_a_duty_officer_can_follow(fed: LocalFederation) -> None:
+    bc, qc = fed["BC"], fed["QC"]
+    out = bc.cli("aid", "request", "--title", "Ransomware: payroll system", "--severity",
+                 "high", "--need", "forensics:memory images", "--need", "recovery",
+                 "--description-en", "Payroll encrypted", "--description-fr",
+                 "Paie chiffrée", "--contact", "BC duty officer", "--channel", "+1-250-555-0100",
+                 "--tlp", "RED", "--to", "QC", "--json").stdout
+    rid = json.loads(out)["id"]
+    wait_for(lambda: qc.cli("aid", "show", rid, check=False).returncode == 0, DEADLINE_S,
+             "QC to read the request")
+    offer = json.loads(qc.cli("aid", "offer", rid, "--kind", "forensics", "--detail-fr",
+                              "Une équipe de deux", "--people", "2", "--json").stdout)["id"]
+    refused = qc.cli("aid", "close", rid, "--summary-en", "not mine", check=False)
+    assert refused.returncode != 0 and "not_requester" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    wait_for(lambda: offer[:16] in bc.cli("aid", "show", rid).stdout, DEADLINE_S,
+             "BC to see QC's offer")
+    bc.cli("aid", "accept", rid, offer)
+    shown = bc.cli("aid", "close", rid, "--summary-en", "Payroll restored", "--summary-fr",
+                   "Paie rétablie").stdout
+    assert "closed" in shown and "Payroll restored / Paie rétablie" in shown
+    listed = json.loads(bc.cli("aid", "list", "--mine", "--status", "closed", "--json").stdout)
+    assert rid in {r["id"] for r in listed}
+    table = bc.cli("aid", "list", "--mine").stdout
+    assert "status/statut" in table and rid[:16] in table
