@@ -197,7 +197,7 @@ async def retract_playbook(request: web.Request) -> web.Response:
     return await _retract(request, "playbook")
 
 
-_ID = "{id:[0-9a-fA-F]{64}}"
+_ID = "{id}"  # 64 hex; anything else is 404 (storage.rules.get_tool)
 _W = (400, 413, 422, 503)
 
 RULE_ROUTES: tuple[Operation, ...] = (

@@ -360,7 +360,8 @@ _GUARDED = [(op.method, op.path, op.scope) for op in ROUTES if op.scope is not N
 
 
 def _concrete(path: str) -> str:
-    return (path.replace("{id}", "0" * 64).replace("{name}", "ON").replace("{origin}", "ON")
+    return (path.replace("{id}", "0" * 64).replace("{offer}", "1" * 64).replace("{name}", "ON")
+            .replace("{origin}", "ON")
             .replace("{type}", "ipv4-addr").replace("{value:.+}", "192.0.2.1"))
 
 
