@@ -61,6 +61,7 @@ __all__ = [
     "SightingSubmit",
     "StatusOut",
     "StreamQuery",
+    "TrustFileOut",
     "VerifyOut",
     "VerifyProblemOut",
 ]
@@ -351,6 +352,14 @@ class ForkList(_Out):
     forks: list[ForkRecordOut]
 
 
+class TrustFileOut(_Out):
+    """Whether peers.toml as it is on disk is in force; ``error`` says why not (the
+    previous trust list then stays in force, whole)."""
+
+    valid: bool
+    error: str | None
+
+
 class StatusOut(_Out):
     name: str
     jurisdiction: str | None
@@ -358,6 +367,7 @@ class StatusOut(_Out):
     fingerprint: str
     peer_url: str
     peers: list[PeerOut]
+    trust_file: TrustFileOut
     ledger: LedgerCountsOut
     forks: list[ForkOut]
 

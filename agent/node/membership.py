@@ -62,6 +62,9 @@ class Membership:
             ("source",))
         self._errors = registry.counter(
             "entraide_trust_reload_errors_total", "Invalid peers.toml seen (change ignored).")
+        self.file_error: str | None = None
+        """Why peers.toml as it is on disk is not in force (None: it is): shown in the
+        node's status and metrics until the file is valid again."""
 
     def know_self(self, key: PublicKey, name: str) -> None:
         """This node's key and name (once loaded): they resolve like a member's."""
@@ -265,9 +268,15 @@ class Membership:
                 try:
                     new = await asyncio.to_thread(watcher.poll)
                 except (ConfigError, OSError) as exc:
+                    # Never half-applied: the whole previous list stays in force, and
+                    # the error stays visible (status, metric) until the file is fixed.
                     self._errors.inc()
+                    self.file_error = str(exc)
                     log.error("peers.toml changed but is invalid, keeping the previous "
-                              "trust list: %s", exc)
+                              "trust list until it is fixed: %s", exc)
                     continue
+                if self.file_error is not None:
+                    self.file_error = None
+                    log.warning("peers.toml is valid again")
                 if new is not None:
                     self._apply(new, "file")

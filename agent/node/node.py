@@ -557,7 +557,8 @@ class Node:
         families: list[MetricFamily] = []
         if self._ledger is not None and not self._stopped:
             families += views.ledger_families(self._ledger.counts())
-        families += views.trust_families(self.members.trust, self._replication)
+        families += views.trust_families(self.members.trust, self._replication,
+                                         self.members.file_error)
         families.extend(self._replication.metric_families())
         return families
 

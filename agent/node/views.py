@@ -96,6 +96,8 @@ async def status(node: Node) -> dict[str, Any]:
         "fingerprint": node.public_key.fingerprint,
         "peer_url": node.config.peer_url,
         "peers": node.peers(),
+        "trust_file": {"valid": node.members.file_error is None,
+                       "error": node.members.file_error},
         "ledger": {
             "entries": counts.entries,
             "origins": counts.origins,
@@ -128,7 +130,8 @@ def ledger_families(counts: LedgerCounts) -> list[MetricFamily]:
     ]
 
 
-def trust_families(trust: TrustList, replication: Replication) -> list[MetricFamily]:
+def trust_families(trust: TrustList, replication: Replication,
+                   file_error: str | None = None) -> list[MetricFamily]:
     """The trust list's size and, per peer, whether a session is up."""
     connected: dict[tuple[str, ...], float] = {}
     for peer in trust:
@@ -136,6 +139,9 @@ def trust_families(trust: TrustList, replication: Replication) -> list[MetricFam
     return [
         MetricFamily("entraide_trust_peers", "Peers in the trust list.",
                      "gauge", (), {(): len(trust)}),
+        MetricFamily("entraide_trust_file_valid", "0 while peers.toml on disk is invalid "
+                     "(the previous trust list stays in force), else 1.", "gauge", (),
+                     {(): 0.0 if file_error else 1.0}),
         MetricFamily("entraide_peer_connected", "1 when a session with the peer is up.",
                      "gauge", ("peer",), connected),
     ]

@@ -19,6 +19,7 @@ from agent.config.settings import (
     create_node,
     edit_trust_list,
     load_trust_list,
+    save_trust_list,
 )
 from agent.errors import (
     AlreadyRetractedError,
@@ -426,6 +427,17 @@ async def test_trust_list_changes_on_disk_are_picked_up(data_dir: DataDir) -> No
         await wait_until(lambda: parse_text(node.metrics.render())
                          ["entraide_trust_reload_errors_total"][()] >= 1)
         assert [p.name for p in node.trust] == ["ON", "FED", "BC"]
+        # ... and said loudly until fixed (issue 17: a removal with a typo did not apply,
+        # silently): the status names the problem and a gauge says the file is invalid.
+        status = await node.status()
+        assert status["trust_file"]["valid"] is False
+        assert "peers.toml" in status["trust_file"]["error"]
+        assert parse_text(node.metrics.render())["entraide_trust_file_valid"][()] == 0
+        # A valid file again: applied whole, and the alarm goes.
+        await asyncio.to_thread(save_trust_list, data_dir, node.trust.without("BC"))
+        await wait_until(lambda: identity("BC").public_key not in node.trust)
+        assert (await node.status())["trust_file"] == {"valid": True, "error": None}
+        assert parse_text(node.metrics.render())["entraide_trust_file_valid"][()] == 1
 
 
 # --- status and replication hooks -------------------------------------------------------
