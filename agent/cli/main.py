@@ -309,6 +309,18 @@ def _capabilities(argv: list[str], data_dir: DataDir) -> int:
     return aid.capabilities_command(argv, data_dir.root)
 
 
+def _rules(argv: list[str], data_dir: DataDir) -> int:
+    from agent.cli import rules
+
+    return rules.rules_command(argv, data_dir.root)
+
+
+def _playbooks(argv: list[str], data_dir: DataDir) -> int:
+    from agent.cli import rules
+
+    return rules.playbooks_command(argv, data_dir.root)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``entraide`` parser. ``--data-dir`` is accepted before or after
     the command words.
@@ -439,6 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
                 "show, offer, accept, update, close) / demandes d'assistance", _aid)
     passthrough(commands, "capabilities", "the expertise directory (set, list) / "
                 "le répertoire d'expertise", _capabilities)
+    passthrough(commands, "rules", "detection rules (submit, list, show, export, retract) / "
+                "règles de détection", _rules)
+    passthrough(commands, "playbooks", "CACAO playbooks (submit, list, show, retract) / "
+                "playbooks CACAO", _playbooks)
     import_cmds = group(commands, "import", "import commands", "action1")
     passthrough(import_cmds, "misp", "share a MISP event's indicators via the running node",
                 _import_misp)

@@ -1,0 +1,330 @@
+"""``entraide rules ...`` and ``entraide playbooks ...``: shared tools through the running
+node's local API (routes: agent/api/rules.py; engines: agent/tools/).
+
+Commands (help and output in English and French)::
+
+    entraide rules submit FILE --type yara|sigma|suricata|snort [--name N] [--tlp T]
+                               [--audience A,B] [--description-en/-fr ...] [--supersedes ID]
+    entraide rules list [--type T] [--origin NAME] [--current] [--include-retracted]
+    entraide rules show ID
+    entraide rules export --type T [-o FILE]
+    entraide rules retract ID [--reason TEXT]
+    entraide playbooks submit FILE [--tlp T] [--audience A,B] [--supersedes ID]
+    entraide playbooks list | show ID | retract ID
+
+``FILE`` may be ``-`` (standard input). A rule the engine refuses is one line on stderr
+with the engine's message and line (422 ``invalid_rule``), exit 1, and nothing is
+written. ``export`` writes the ruleset file the engine loads as is (to ``-o FILE``
+atomically, else to standard output); how many rules were left out for a clashing name
+or sid goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from agent.cli.client import ApiError, _client, _common, _csv, call_api, render_table
+from agent.config.datadir import atomic_write
+from agent.errors import ConfigError, NodeNotRunningError
+from protocol.payload_fields import RuleType
+
+__all__ = ["playbooks_command", "rules_command"]
+
+MAX_FILE_BYTES = 512 * 1024  # above every API bound (rule text, playbook body)
+_TYPES = [t.value for t in RuleType]
+_TLPS = ["CLEAR", "GREEN", "AMBER", "AMBER+STRICT", "RED"]
+_TIMEOUT_S = 30.0
+
+
+def _read(path: str) -> str:
+    """The file's text (``-``: standard input), bounded, UTF-8.
+
+    Raises:
+        ConfigError: too large or not UTF-8 (one line, nothing sent).
+        OSError: it cannot be read.
+    """
+    if path == "-":
+        raw = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
+    else:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES} bytes / "
+                          f"plus de {MAX_FILE_BYTES} octets")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text / pas du texte UTF-8 "
+                          f"(byte / octet {exc.start})") from None
+
+
+def _get_text(base: str, token: str, path: str) -> tuple[str, dict[str, str]]:
+    """GET a ``text/plain`` answer (the export): its text and headers; errors as
+    :func:`agent.cli.client.call_api` raises them."""
+    request = urllib.request.Request(base + path, method="GET", headers={
+        "Authorization": f"Bearer {token}", "Accept": "text/plain"})
+    try:
+        with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
+            return response.read().decode("utf-8"), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        try:
+            error = json.loads(exc.read())["error"]
+            raise ApiError(exc.code, str(error["code"]), str(error["message"])) from exc
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(exc.code, "http_error", exc.reason) from exc
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        raise NodeNotRunningError(
+            f"no node answers at {base} (is 'entraide run' running?)") from exc
+
+
+def _print(args: argparse.Namespace, value: Any, human: str) -> int:
+    print(json.dumps(value, ensure_ascii=False) if args.json else human)
+    return 0
+
+
+def _loc(text: dict[str, Any] | None) -> str:
+    if not text:
+        return ""
+    return " / ".join(v for v in (text.get("en"), text.get("fr")) if v)
+
+
+def _state(item: dict[str, Any]) -> str:
+    if not item.get("valid", True):
+        return "INVALID / INVALIDE"
+    if item.get("retracted"):
+        return "retracted / retirée"
+    if item.get("superseded_by"):
+        return "superseded / remplacée"
+    return "current / en vigueur"
+
+
+def _show_rule(r: dict[str, Any]) -> str:
+    lines = [f"{r['name']}  [{r['rule_type']}]  {r['tlp']}",
+             f"  id: {r['id']}",
+             f"  from / de: {r.get('origin_name') or r['origin']}    seq {r['seq']}",
+             f"  state / état: {_state(r)}"]
+    if not r.get("valid", True):
+        lines.append(f"  engine / moteur: {r.get('engine_message')}")
+    if r.get("superseded_by"):
+        lines.append(f"  superseded by / remplacée par: {r['superseded_by']}")
+    if r.get("description"):
+        lines.append(f"  {_loc(r['description'])}")
+    if r.get("audience"):
+        lines.append(f"  audience / destinataires: {', '.join(r['audience'])}")
+    lines.append("")
+    lines.append(r["text"].rstrip("\n"))
+    return "\n".join(lines)
+
+
+def _show_playbook(p: dict[str, Any]) -> str:
+    book = p.get("playbook") or {}
+    lines = [f"{book.get('name', '?')}  [CACAO {book.get('spec_version', '?')}]  {p['tlp']}",
+             f"  id: {p['id']}",
+             f"  playbook: {book.get('id', '?')}",
+             f"  from / de: {p.get('origin_name') or p['origin']}    seq {p['seq']}",
+             f"  state / état: {_state(p)}"]
+    if not p.get("valid", True):
+        lines.append(f"  schema / schéma: {p.get('engine_message')}")
+    if book.get("description"):
+        lines.append(f"  {book['description']}")
+    if book.get("playbook_types"):
+        lines.append(f"  types: {', '.join(book['playbook_types'])}")
+    lines.append(f"  steps / étapes: {len(book.get('workflow') or {})}")
+    return "\n".join(lines)
+
+
+def _routing(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tlp", type=str.upper, default="GREEN", choices=_TLPS,
+                   help="default GREEN / par défaut GREEN")
+    p.add_argument("--audience", "--to", dest="audience",
+                   help="peer names, comma-separated / destinataires, séparés par des virgules")
+    p.add_argument("--supersedes", metavar="ID",
+                   help="the entry id this version replaces / l'entrée que celle-ci remplace")
+
+
+def _list_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--origin", metavar="NAME", help="only this member's / d'un seul membre")
+    p.add_argument("--current", action="store_true",
+                   help="hide superseded versions / masquer les versions remplacées")
+    p.add_argument("--include-retracted", action="store_true",
+                   help="show retracted ones too / inclure les retirées")
+    p.add_argument("--limit", type=int, default=100, help="at most / au plus (1-1000)")
+    _common(p)
+
+
+def _list_params(args: argparse.Namespace) -> dict[str, str]:
+    params = {"limit": str(args.limit)}
+    if args.origin:
+        params["origin"] = args.origin
+    if args.current:
+        params["current"] = "true"
+    if args.include_retracted:
+        params["include_retracted"] = "true"
+    return params
+
+
+def _retract(args: argparse.Namespace, base: str, token: str, kind: str) -> int:
+    body = {"reason": args.reason} if args.reason else {}
+    got = call_api(base, token, "POST", f"/api/v1/{kind}/{_entry_id(args.id)}/retract", body)
+    return _print(args, got, f"retracted / retirée: {got['of']}  (entry / entrée {got['id']})")
+
+
+def _entry_id(text: str) -> str:
+    """An entry id (64 hex) for a path; anything else is refused before any request."""
+    if len(text) != 64 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise ConfigError(f"{text[:80]!r}: not an entry id (64 hex digits) / "
+                          "pas un identifiant d'entrée (64 chiffres hexadécimaux)")
+    return text.lower()
+
+
+def rules_command(argv: list[str], data_dir: Path) -> int:
+    """``entraide rules ACTION ...`` (see the module docstring)."""
+    parser = argparse.ArgumentParser(
+        prog="entraide rules",
+        description="Detection rules shared with the federation, checked by their engines / "
+                    "règles de détection partagées, vérifiées par leur moteur.")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    p = actions.add_parser("submit", help="share a rule / partager une règle")
+    p.add_argument("file", metavar="FILE", help="the rule file, or - / le fichier, ou -")
+    p.add_argument("--type", required=True, choices=_TYPES, dest="rule_type")
+    p.add_argument("--name", help="default: the file name / par défaut : le nom du fichier")
+    p.add_argument("--description-en", metavar="TEXT", help="description in English")
+    p.add_argument("--description-fr", metavar="TEXTE", help="description en français")
+    _routing(p)
+    _common(p)
+
+    p = actions.add_parser("list", help="rules this node can read / règles lisibles")
+    p.add_argument("--type", choices=_TYPES, dest="rule_type")
+    _list_args(p)
+
+    p = actions.add_parser("show", help="one rule / une règle")
+    p.add_argument("id", metavar="ID")
+    _common(p)
+
+    p = actions.add_parser("export", help="one ruleset file the engine loads / un fichier de "
+                                          "règles que le moteur charge")
+    p.add_argument("--type", required=True, choices=_TYPES, dest="rule_type")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write here (atomically) / écrire ici (default: standard output)")
+    _common(p)
+
+    p = actions.add_parser("retract", help="withdraw one of this node's rules / retirer une "
+                                           "règle de ce nœud")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--reason", help="why / pourquoi")
+    _common(p)
+
+    args = parser.parse_args(argv)
+    if args.action == "submit":
+        text = _read(args.file)  # before any request: a bad file sends nothing
+    base, token = _client(args, data_dir)
+
+    if args.action == "submit":
+        body: dict[str, Any] = {
+            "rule_type": args.rule_type, "text": text, "tlp": args.tlp,
+            "name": args.name or (Path(args.file).stem if args.file != "-" else args.rule_type)}
+        description = {k: v for k, v in (("en", args.description_en),
+                                         ("fr", args.description_fr)) if v}
+        if description:
+            body["description"] = description
+        if args.audience:
+            body["audience"] = _csv(args.audience)
+        if args.supersedes:
+            body["supersedes"] = _entry_id(args.supersedes)
+        created = call_api(base, token, "POST", "/api/v1/rules", body)
+        return _print(args, created, f"{created['id']}  seq {created['seq']}  {created['tlp']}"
+                                     "  valid / valide")
+    if args.action == "list":
+        params = _list_params(args)
+        if args.rule_type:
+            params["type"] = args.rule_type
+        found = call_api(base, token, "GET",
+                         "/api/v1/rules?" + urllib.parse.urlencode(params))["rules"]
+        if not args.json and not found:
+            print("(no rules / aucune règle)", file=sys.stderr)
+        return _print(args, found, render_table(
+            ["id", "type", "name/nom", "from/de", "tlp", "state/état"],
+            [[r["id"][:16], r["rule_type"], r["name"], r.get("origin_name") or r["origin"][:16],
+              r["tlp"], _state(r)] for r in found]))
+    if args.action == "show":
+        got = call_api(base, token, "GET", f"/api/v1/rules/{_entry_id(args.id)}")
+        return _print(args, got, _show_rule(got))
+    if args.action == "export":
+        query = urllib.parse.urlencode({"type": args.rule_type})
+        text, headers = _get_text(base, token, f"/api/v1/rules/export?{query}")
+        skipped = int(headers.get("X-Entraide-Skipped", "0") or 0)
+        if args.output:
+            atomic_write(Path(args.output), text.encode("utf-8"), mode=0o644)
+        if args.json:
+            print(json.dumps({"type": args.rule_type, "bytes": len(text.encode("utf-8")),
+                              "skipped": skipped, "output": args.output}))
+        elif not args.output:
+            sys.stdout.write(text)
+        if skipped and not args.json:
+            print(f"{skipped} rule(s) left out: a name or sid clash / {skipped} règle(s) "
+                  "écartée(s) : nom ou sid en double", file=sys.stderr)
+        return 0
+    return _retract(args, base, token, "rules")
+
+
+def playbooks_command(argv: list[str], data_dir: Path) -> int:
+    """``entraide playbooks ACTION ...`` (see the module docstring)."""
+    parser = argparse.ArgumentParser(
+        prog="entraide playbooks",
+        description="OASIS CACAO 2.0 playbooks shared with the federation, checked against "
+                    "their schema / playbooks CACAO 2.0 partagés, vérifiés selon leur schéma.")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = actions.add_parser("submit", help="share a playbook / partager un playbook")
+    p.add_argument("file", metavar="FILE", help="CACAO 2.0 JSON, or - / JSON CACAO 2.0, ou -")
+    _routing(p)
+    _common(p)
+    p = actions.add_parser("list", help="playbooks this node can read / playbooks lisibles")
+    _list_args(p)
+    p = actions.add_parser("show", help="one playbook / un playbook")
+    p.add_argument("id", metavar="ID")
+    _common(p)
+    p = actions.add_parser("retract", help="withdraw one of this node's playbooks / retirer "
+                                           "un playbook de ce nœud")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--reason", help="why / pourquoi")
+    _common(p)
+
+    args = parser.parse_args(argv)
+    if args.action == "submit":
+        try:
+            playbook = json.loads(_read(args.file))
+        except ValueError as exc:
+            raise ConfigError(f"{args.file}: not JSON / pas du JSON ({exc})") from None
+    base, token = _client(args, data_dir)
+
+    if args.action == "submit":
+        params = {"tlp": args.tlp}
+        if args.audience:
+            params["audience"] = ",".join(_csv(args.audience))
+        if args.supersedes:
+            params["supersedes"] = _entry_id(args.supersedes)
+        created = call_api(base, token, "POST",
+                           "/api/v1/playbooks?" + urllib.parse.urlencode(params), playbook)
+        return _print(args, created, f"{created['id']}  seq {created['seq']}  {created['tlp']}"
+                                     "  valid / valide")
+    if args.action == "list":
+        found = call_api(base, token, "GET", "/api/v1/playbooks?"
+                         + urllib.parse.urlencode(_list_params(args)))["playbooks"]
+        if not args.json and not found:
+            print("(no playbooks / aucun playbook)", file=sys.stderr)
+        return _print(args, found, render_table(
+            ["id", "name/nom", "from/de", "tlp", "state/état"],
+            [[p["id"][:16], str((p.get("playbook") or {}).get("name", "?")),
+              p.get("origin_name") or p["origin"][:16], p["tlp"], _state(p)] for p in found]))
+    if args.action == "show":
+        got = call_api(base, token, "GET", f"/api/v1/playbooks/{_entry_id(args.id)}")
+        return _print(args, got, _show_playbook(got))
+    return _retract(args, base, token, "playbooks")
