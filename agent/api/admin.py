@@ -13,6 +13,7 @@ from aiohttp import web
 from agent.api.models import PeerAdd
 from agent.config.settings import PeerEntry
 from agent.errors import ConfigError, UnknownAudienceError, UnknownForkError
+from agent.storage.types import bodies_json
 from agent.web.common import NODE, ApiError, json_response, read_json
 from protocol.cards import parse_card
 from protocol.errors import KeyFormatError
@@ -95,7 +96,7 @@ async def verify_ledger(request: web.Request) -> web.Response:
     report = await node.verify_ledger()
     return json_response({
         "ok": report.ok, "entries": report.entries, "origins": report.origins,
-        "fork_proofs": report.fork_proofs,
+        "fork_proofs": report.fork_proofs, "bodies": bodies_json(report.bodies),
         "problems": [{"origin": None if p.origin is None else p.origin.text,
                       "origin_name": None if p.origin is None else node.name_of(p.origin),
                       "seq": p.seq, "what": p.what} for p in report.problems],

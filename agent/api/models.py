@@ -37,6 +37,7 @@ __all__ = [
     "ROUTING_FIELDS",
     "BatchCreated",
     "BatchRouting",
+    "BodiesOut",
     "ErrorBody",
     "ErrorDetail",
     "ForkList",
@@ -379,11 +380,22 @@ class VerifyProblemOut(_Out):
     what: str
 
 
+class BodiesOut(_Out):
+    """Entries on the chains by what this node holds of their body (docs/protocol.md
+    §3): a header without its body is a valid chain member."""
+
+    present: int
+    expired: int
+    erased: int
+    absent: int
+
+
 class VerifyOut(_Out):
     ok: bool
     entries: int
     origins: int
     fork_proofs: int
+    bodies: BodiesOut
     problems: list[VerifyProblemOut]
 
 

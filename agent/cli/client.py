@@ -30,6 +30,7 @@ from agent.config.datadir import DataDir, atomic_write
 from agent.config.settings import load_node_config
 from agent.config.tokens import Scope, TokenStore
 from agent.errors import ConfigError, NodeNotRunningError
+from agent.storage.types import bodies_json
 from protocol.errors import EntraideError
 
 __all__ = ["forks_clear_command", "forks_list_command", "ledger_verify_command",
@@ -282,6 +283,10 @@ def ledger_verify_command(argv: list[str], data_dir: Path) -> int:
         print(json.dumps(report))
     elif report["ok"]:
         print(f"ok: {report['entries']} entries from {report['origins']} origins verified")
+        bodies = report.get("bodies") or {}
+        if any(bodies.get(state) for state in ("expired", "erased", "absent")):
+            print("bodies: " + ", ".join(f"{bodies.get(state, 0)} {state}" for state in
+                                         ("present", "expired", "erased", "absent")))
     else:
         print(f"BROKEN: {report['problems'][0]['what']}", file=sys.stderr)
     return 0 if report["ok"] else 1
@@ -308,7 +313,7 @@ def verify_report_json(report: Any) -> dict[str, Any]:
     """The JSON shape of a ``VerifyReport`` (shared with the API)."""
     return {
         "ok": report.ok, "entries": report.entries, "origins": report.origins,
-        "fork_proofs": report.fork_proofs,
+        "fork_proofs": report.fork_proofs, "bodies": bodies_json(report.bodies),
         "problems": [{"origin": None if p.origin is None else p.origin.text, "seq": p.seq,
                       "what": p.what} for p in report.problems],
     }

@@ -37,6 +37,7 @@ __all__ = [
     "Subscription",
     "VerifyProblem",
     "VerifyReport",
+    "bodies_json",
 ]
 
 MAX_APPEND_BATCH = 10_000
@@ -184,6 +185,11 @@ class DroppedBodies:
 
     entries: tuple[bytes, ...] = ()
     rows: dict[str, int] = field(default_factory=dict)
+
+
+def bodies_json(counts: dict[str, int]) -> dict[str, int]:
+    """Every :class:`BodyState` with its count (0 when none), for answers and output."""
+    return {state.value: counts.get(state.value, 0) for state in BodyState}
 
 
 @dataclass(frozen=True)

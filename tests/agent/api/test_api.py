@@ -290,7 +290,8 @@ async def test_ledger_verify_reports_ok(api: Api) -> None:
     status, body = await api.call("GET", "/api/v1/ledger/verify")
     assert status == 200
     VerifyOut.model_validate(body)
-    assert body == {"ok": True, "entries": 6, "origins": 2, "fork_proofs": 0, "problems": []}
+    assert body == {"ok": True, "entries": 6, "origins": 2, "fork_proofs": 0, "problems": [],
+                    "bodies": {"present": 6, "expired": 0, "erased": 0, "absent": 0}}
 
 
 async def test_metrics_parse_as_prometheus_text(api: Api) -> None:
