@@ -54,9 +54,10 @@ async def test_verify_passes_on_an_untouched_ledger(path: Path) -> None:
 
 async def test_verify_detects_an_entry_blob_edited_with_sqlite(path: Path) -> None:
     entries = await populate(path)
-    damaged = bytearray(entries[2].raw)
-    damaged[-70] ^= 0x01  # inside the body, just before the signature
-    edit(path, "UPDATE entries SET raw = ? WHERE seq = 3 AND origin_id = ?", (bytes(damaged),))
+    damaged = bytearray(entries[2].header)
+    damaged[-70] ^= 0x01  # inside the signed header (its body length), before the signature
+    edit(path, "UPDATE entries SET header = ? WHERE seq = 3 AND origin_id = ?",
+         (bytes(damaged),))
     report = await verify(path)
     assert not report.ok
     assert report.first is not None
@@ -69,8 +70,8 @@ async def test_verify_detects_a_validly_signed_substitute(path: Path) -> None:
     # Whoever holds Alice's key could re-sign seq 3; the chain still gives it away.
     twin = sign_entry(ALICE, seq=3, prev=entries[1].hash, now_ms=1, tlp=TLP.GREEN,
                       audience=None, body=encode_payload(observation("192.0.2.1")))
-    edit(path, "UPDATE entries SET raw = ?, hash = ? WHERE seq = 3 AND origin_id = ?",
-         (twin.raw, twin.hash))
+    edit(path, "UPDATE entries SET header = ?, body = ?, hash = ? WHERE seq = 3 AND "
+         "origin_id = ?", (twin.header, twin.body, twin.hash))
     report = await verify(path)
     assert report.first == VerifyProblem(
         ALICE.public_key, 4, "chain broken: seq 4: prev does not match the hash of seq 3")
@@ -128,7 +129,10 @@ async def test_verify_rechecks_stored_fork_proofs(path: Path) -> None:
         report = await ledger.verify()
         assert report.ok and report.fork_proofs == 1
     conn = sqlite3.connect(path)
-    conn.execute("UPDATE forks SET proof = substr(proof, 1, length(proof) - 1) || x'00'")
+    (stored,) = conn.execute("SELECT proof FROM forks").fetchone()
+    damaged = bytearray(stored)
+    damaged[-1] ^= 0x01  # the last byte of the second header's signature
+    conn.execute("UPDATE forks SET proof = ?", (bytes(damaged),))
     conn.commit()
     conn.close()
     report = await verify(path)
@@ -140,9 +144,10 @@ async def test_get_observation_reports_verification_status(path: Path) -> None:
     async with await open_ledger(path, ME, Trust(ALICE.public_key)) as ledger:
         found = await ledger.get_observation(entries[1].id)
         assert found is not None and found["verified"] is True
-    damaged = bytearray(entries[1].raw)
+    damaged = bytearray(entries[1].header)
     damaged[-70] ^= 0x01
-    edit(path, "UPDATE entries SET raw = ? WHERE seq = 2 AND origin_id = ?", (bytes(damaged),))
+    edit(path, "UPDATE entries SET header = ? WHERE seq = 2 AND origin_id = ?",
+         (bytes(damaged),))
     async with await open_ledger(path, ME, Trust(ALICE.public_key)) as ledger:
         found = await ledger.get_observation(entries[1].id)
         assert found is not None and found["verified"] is False
