@@ -39,9 +39,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from protocol.aid import AidRequest
 from protocol.entries import TLP
 from protocol.indicators import IndicatorType
 from protocol.payloads import Alert, Observation, Payload, Retraction, Rule, Sighting, StixObject
+from protocol.stix_aid import aid_request_to_stix
 from protocol.stix_check import check_stix_object
 from protocol.stix_common import (
     EXTENSION_ID,
@@ -324,6 +326,9 @@ def payload_to_stix(payload: Payload, ref: EntryRef, *,
         return sighting_to_stix(payload, ref, target_ref or entry_stix_id("indicator", payload.of))
     if isinstance(payload, Rule):
         return rule_to_stix(payload, ref)
+    if isinstance(payload, AidRequest):  # protocol/stix_aid.py
+        return aid_request_to_stix(payload, entry_id=ref.id, origin=ref.origin, seq=ref.seq,
+                                   ts=ref.ts, tlp=ref.tlp)
     if isinstance(payload, Alert):
         return alert_to_stix(payload, ref)
     if isinstance(payload, StixObject):

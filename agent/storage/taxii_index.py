@@ -38,10 +38,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.errors import StorageError
+from protocol.aid import AidRequest
 from protocol.entries import TLP, verify_header
 from protocol.errors import EntraideError
 from protocol.keys import PublicKey
-from protocol.payloads import Alert, Observation, Payload, Rule, Sighting, StixObject
+from protocol.payloads import Alert, Observation, Payload, Playbook, Rule, Sighting, StixObject
 from protocol.stix import (
     EntryRef,
     entry_stix_id,
@@ -376,7 +377,16 @@ class TaxiiIndex:
         model = _MODELS.get(kind)
         if model is None:
             return None
-        if not isinstance(payload, model):
+        if kind in _TOOL_KINDS:
+            # The engine's verdict is on the row (queries.tool_check, own or received):
+            # a rule or playbook its engine refused is never served.
+            fields = json.loads(doc)
+            if fields.pop("valid", True) is False:
+                return None
+            fields.pop("engine_message", None)
+            if not isinstance(payload, model):
+                payload = model.model_validate({**fields, "kind": kind})
+        elif not isinstance(payload, model):
             payload = model.model_validate({**json.loads(doc), "kind": kind})
         target_ref = None
         if target is not None:
@@ -560,10 +570,13 @@ class TaxiiIndex:
         return None if row is None else dict(json.loads(row[0]))
 
 
-_MODELS: dict[str, type[Observation | Sighting | Rule | Alert | StixObject]] = {
+_MODELS: dict[str, type[Observation | Sighting | Rule | Alert | StixObject | Playbook
+                        | AidRequest]] = {
+    "aid-request": AidRequest,  # protocol/stix_aid.py
     "observation": Observation, "sighting": Sighting, "rule": Rule, "alert": Alert,
-    "stix": StixObject,
+    "stix": StixObject, "playbook": Playbook,
 }
+_TOOL_KINDS = frozenset({"rule", "playbook"})
 
 
 

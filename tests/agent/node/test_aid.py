@@ -114,3 +114,34 @@ async def test_aid_request_is_never_below_amber_and_red_needs_an_audience(
         assert status == 422
         assert bc.node.ledger.counts().entries == n
 
+
+
+async def test_aid_request_is_served_by_taxii_as_a_valid_incident(tmp_path: Path) -> None:
+    from stix2validator import ValidationOptions, validate_instance
+
+    from agent.taxii.app import API_ROOT, COLLECTIONS
+    from protocol.stix_aid import INCIDENT_CORE_EXTENSION_ID
+
+    async with running_api(tmp_path, "BC", ("QC",)) as bc:
+        _, created = await bc.call("POST", "/api/v1/aid/requests", scope="write",
+                                   json_body=REQUEST)
+        await bc.call("POST", f"/api/v1/aid/requests/{created['id']}/close", scope="write",
+                      json_body={"summary": {"en": "done"}})
+
+        async def incidents() -> list[dict[str, object]]:
+            async with bc.client.get(
+                    f"{API_ROOT}collections/{COLLECTIONS[0].id}/objects/",
+                    headers={"Accept": "application/taxii+json;version=2.1",
+                             **bc.auth("read")}) as resp:
+                assert resp.status == 200
+                body = await resp.json(content_type=None)
+            return [o for o in body.get("objects", []) if o["type"] == "incident"]
+
+        async def served() -> bool:
+            return len(await incidents()) == 1
+        await wait_for(served, timeout=10, what="the incident served")
+        (incident,) = await incidents()
+        result = validate_instance(incident, ValidationOptions())
+        assert result.is_valid, [str(e) for e in result.errors]
+        assert incident["name"] == REQUEST["title"]
+        assert INCIDENT_CORE_EXTENSION_ID in incident["extensions"]  # type: ignore[operator]
