@@ -3,9 +3,9 @@
 Protocol v2 (docs/protocol.md §3). An entry is a signed *header* and a *body*. The
 header is a canonical msgpack array::
 
-    [v, origin, seq, prev, ts, tlp, audience, body_hash, body_len, sig]
+    [v, origin, seq, prev, ts, tlp, audience, body_hash, body_len, expires_ms, sig]
 
-``sig`` is Ed25519 by ``origin`` over ``ENTRY_SIG_LABEL || encode([v .. body_len])``;
+``sig`` is Ed25519 by ``origin`` over ``ENTRY_SIG_LABEL || encode([v .. expires_ms])``;
 ``body_hash`` is BLAKE2b-256 of the body personalised with ``BODY_HASH_PERSON``. The
 entry id is the hex BLAKE2b-256 of the header's encoding, so it stays the same when the
 body is dropped, and ``prev`` chains headers. On the wire and in ``VerifiedEntry.raw``
@@ -23,6 +23,9 @@ Invariants:
 - ``audience`` is present exactly when the TLP is encrypted (AMBER, AMBER+STRICT,
   RED); it is strictly ascending, so one set of recipients has one encoding.
 - ``prev`` is absent exactly when ``seq == 1``.
+- ``expires_ms`` is 0 (the body never expires) or after ``ts``: the instant, resolved
+  by the origin (protocol/retention.py) and signed, after which no holder keeps the
+  body (§3, retention). A relay cannot change it without breaking the signature.
 """
 
 from __future__ import annotations
@@ -105,7 +108,8 @@ class TLP(StrEnum):
 
 
 _VERIFY_TOKEN = object()
-_NINE_FIELDS = b"\x99"  # msgpack fixarray of 9: the signed fields of a header
+_SIGNED_FIELDS = b"\x9a"  # msgpack fixarray of 10: the signed fields of a header
+_HEADER_FIELDS = 11
 _SIG_TAIL = 2 + SIG_BYTES
 _NIL = 0xC0
 
@@ -203,6 +207,7 @@ class VerifiedEntry:
     audience: tuple[bytes, ...] | None
     body_hash: bytes
     body_len: int
+    expires_ms: int
     sig: bytes
     header: bytes
     body: bytes | None
@@ -254,24 +259,25 @@ _set_attr = object.__setattr__
 
 def _verified(fields: list[Any], origin: PublicKey, tlp: TLP, header: bytes,
               body: bytes | None, raw: bytes) -> VerifiedEntry:
-    """A ``VerifiedEntry`` of a header's 10 decoded fields, for this module's builders.
+    """A ``VerifiedEntry`` of a header's 11 decoded fields, for this module's builders.
 
     Same object as ``VerifiedEntry(..., _VERIFY_TOKEN)``, without the frozen
     dataclass's ``__init__`` (fifteen ``object.__setattr__`` calls, about half the cost
     of rebuilding a verified entry in the node): the instance dict is set at once.
     """
-    v, _o, seq, prev, ts, _t, audience, b_hash, b_len, sig = fields
+    v, _o, seq, prev, ts, _t, audience, b_hash, b_len, expires_ms, sig = fields
     entry: VerifiedEntry = _new_object(VerifiedEntry)
     _set_attr(entry, "__dict__", {
         "v": v, "origin": origin, "seq": seq, "prev": prev, "ts": ts, "tlp": tlp,
         "audience": None if audience is None else tuple(audience),
-        "body_hash": b_hash, "body_len": b_len, "sig": sig, "header": header,
+        "body_hash": b_hash, "body_len": b_len, "expires_ms": expires_ms, "sig": sig,
+        "header": header,
         "body": body, "raw": raw, "hash": header_hash(header), "_token": _VERIFY_TOKEN})
     return entry
 
 
 def _check_fields(seq: int, prev: bytes | None, ts: int, tlp: TLP,
-                  audience: tuple[bytes, ...] | None, b_len: int) -> None:
+                  audience: tuple[bytes, ...] | None, b_len: int, expires_ms: int) -> None:
     """Field rules shared by signing and verifying; raises EncodingError."""
     if not 1 <= seq <= MAX_SEQ:
         raise EncodingError("seq must be between 1 and 2^63-1")
@@ -283,6 +289,8 @@ def _check_fields(seq: int, prev: bytes | None, ts: int, tlp: TLP,
         raise EncodingError("ts out of range")
     if not 0 <= b_len <= MAX_BODY_BYTES:
         raise EncodingError(f"body over {MAX_BODY_BYTES} bytes")
+    if expires_ms != 0 and not ts < expires_ms <= MAX_TS:
+        raise EncodingError("expires_ms is 0 (never) or after ts")
     if tlp.encrypted:
         if audience is None or not audience:
             raise EncodingError(f"{tlp.value} entries carry an audience")
@@ -305,6 +313,7 @@ def sign_entry(
     tlp: TLP,
     audience: tuple[bytes, ...] | None,
     body: bytes,
+    expires_ms: int = 0,
 ) -> VerifiedEntry:
     """Build and sign the next entry of ``identity``'s log (header and body).
 
@@ -315,16 +324,20 @@ def sign_entry(
         audience: sorted recipient key ids (from :func:`protocol.envelope.seal_envelope`)
             for encrypted TLPs, None otherwise.
         body: payload bytes, or the envelope for encrypted TLPs.
+        expires_ms: when every holder drops the body (ms since the epoch, after
+            ``now_ms``), from :func:`protocol.retention.resolve`; 0 for never.
 
     Raises:
         EncodingError: a field out of range or inconsistent with the TLP.
     """
     tlp = TLP(tlp)
     body = bytes(body)
-    _check_fields(seq, prev, now_ms, tlp, audience, len(body))
+    if isinstance(expires_ms, bool) or not isinstance(expires_ms, int):
+        raise EncodingError("expires_ms is an integer")
+    _check_fields(seq, prev, now_ms, tlp, audience, len(body), expires_ms)
     fields: list[Any] = [ENTRY_VERSION, identity.public_key.raw, seq, prev, now_ms, tlp.value,
                          None if audience is None else list(audience), body_hash(body),
-                         len(body)]
+                         len(body), expires_ms]
     # Every field was checked above: no maps, floats or out-of-range integers.
     sig = identity.sign(ENTRY_SIG_LABEL + pack_trusted(fields))
     fields.append(sig)
@@ -364,16 +377,17 @@ def verify_header(header: bytes) -> VerifiedEntry:
 
 def _verify(header: bytes, body: bytes | None, raw: bytes) -> VerifiedEntry:
     value = decode(header, _HEADER_LIMITS)
-    if not isinstance(value, list) or len(value) != 10:
-        raise EncodingError("an entry header is an array of 10 fields")
-    v, origin_raw, seq, prev, ts, tlp_text, audience_list, b_hash, b_len, sig = value
+    if not isinstance(value, list) or len(value) != _HEADER_FIELDS:
+        raise EncodingError(f"an entry header is an array of {_HEADER_FIELDS} fields")
+    (v, origin_raw, seq, prev, ts, tlp_text, audience_list, b_hash, b_len, expires_ms,
+     sig) = value
     if v != ENTRY_VERSION or isinstance(v, bool):
         raise EncodingError(f"unknown entry version {v!r}")
     if not isinstance(origin_raw, bytes):
         raise EncodingError("origin is a byte string")
     origin = _origin_key(origin_raw)
-    if not _is_int(seq) or not _is_int(ts) or not _is_int(b_len):
-        raise EncodingError("seq, ts and body_len are integers")
+    if not _is_int(seq) or not _is_int(ts) or not _is_int(b_len) or not _is_int(expires_ms):
+        raise EncodingError("seq, ts, body_len and expires_ms are integers")
     if prev is not None and not isinstance(prev, bytes):
         raise EncodingError("prev is a byte string")
     if not isinstance(tlp_text, str) or tlp_text not in TLP._value2member_map_:
@@ -386,13 +400,13 @@ def _verify(header: bytes, body: bytes | None, raw: bytes) -> VerifiedEntry:
         raise EncodingError("body_hash is a 32-byte hash")
     if not isinstance(sig, bytes) or len(sig) != SIG_BYTES:
         raise EncodingError("sig is a 64-byte string")
-    _check_fields(seq, prev, ts, tlp, audience, b_len)
+    _check_fields(seq, prev, ts, tlp, audience, b_len, expires_ms)
     if body is not None and (len(body) != b_len or body_hash(body) != b_hash):
         raise EncodingError("the body does not match the header's body hash and length")
     # ``header`` is canonical (decode re-packed it to the same bytes), so the encoding
-    # of the signed fields is ``header`` with a 9-element array header instead of 10 and
+    # of the signed fields is ``header`` with a 10-element array header instead of 11 and
     # without the trailing sig (bin 8: c4 40 and 64 bytes): no second packing.
-    origin.verify(ENTRY_SIG_LABEL + _NINE_FIELDS + header[1:-_SIG_TAIL], sig)
+    origin.verify(ENTRY_SIG_LABEL + _SIGNED_FIELDS + header[1:-_SIG_TAIL], sig)
     return _verified(value, origin, tlp, header, body, raw)
 
 

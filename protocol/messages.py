@@ -509,7 +509,7 @@ def peek_entry(raw: bytes) -> EntryHeader:
     Raises:
         OversizeError: over ``MAX_ENTRY_BYTES``, or a part over its cap.
         EncodingError: not the framing ``[header, body]``, or a header that is not an
-            array of 10 starting with a version, a 32-byte origin, a seq in range and a
+            array of 11 starting with a version, a 32-byte origin, a seq in range and a
             32-byte or absent prev.
     """
     header, _body = split_entry(raw)
@@ -519,8 +519,8 @@ def peek_entry(raw: bytes) -> EntryHeader:
                                 max_ext_len=0, max_array_len=MAX_AUDIENCE, max_map_len=0)
     except Exception as exc:  # msgpack raises several unrelated types on hostile input
         raise EncodingError(f"not an entry header: {type(exc).__name__}") from exc
-    if type(value) is not list or len(value) != 10:
-        raise EncodingError("an entry header is an array of 10 fields")
+    if type(value) is not list or len(value) != 11:
+        raise EncodingError("an entry header is an array of 11 fields")
     v, origin, seq, prev = value[0], value[1], value[2], value[3]
     if type(v) is not int:
         raise EncodingError("entry version is an integer")

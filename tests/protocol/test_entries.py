@@ -50,7 +50,7 @@ AMBER = entry(tlp=TLP.AMBER, audience=(b"\x01" * 8, b"\x02" * 8))
 
 
 def fields_of(e: VerifiedEntry) -> list[object]:
-    """The header's 10 decoded fields."""
+    """The header's 11 decoded fields."""
     value = decode(e.header)
     assert isinstance(value, list)
     return value
@@ -110,7 +110,7 @@ def test_entries_verified_entry_cannot_be_forged_by_construction() -> None:
 
 
 def test_entries_signature_is_domain_separated() -> None:
-    fields = fields_of(FIRST)[:9]
+    fields = fields_of(FIRST)[:10]
     assert QC.public_key.verify(ENTRY_SIG_LABEL + encode(fields), FIRST.sig)
     with pytest.raises(BadSignatureError):
         QC.public_key.verify(encode(fields), FIRST.sig)
@@ -128,7 +128,7 @@ def test_entries_any_flipped_byte_fails(data: st.DataObject) -> None:
 
 FIELD_CHANGES = {
     1: ON.public_key.raw, 2: 3, 3: b"\x00" * 32, 4: 1001, 5: "CLEAR", 7: b"\x01" * 32,
-    8: 5, 9: b"\x00" * 64,
+    8: 5, 9: 999_999, 10: b"\x00" * 64,
 }
 
 
@@ -158,7 +158,7 @@ def test_entries_non_canonical_encodings_rejected() -> None:
     fields = fields_of(SECOND)
     # Same value, non-shortest integer for seq (uint64 instead of fixint).
     packer = msgpack.Packer(use_bin_type=True)
-    head = b"\x9a" + b"".join(packer.pack(f) for f in fields[:2])
+    head = b"\x9b" + b"".join(packer.pack(f) for f in fields[:2])
     seq64 = b"\xcf" + (2).to_bytes(8, "big")
     tail = b"".join(packer.pack(f) for f in fields[3:])
     with pytest.raises(EncodingError):
@@ -189,6 +189,28 @@ def test_entries_non_canonical_encodings_rejected() -> None:
 def test_entries_sign_refuses_inconsistent_fields(kwargs: dict[str, object]) -> None:
     with pytest.raises(EncodingError):
         entry(**kwargs)  # type: ignore[arg-type]
+
+
+def test_entries_expiry_is_signed_and_after_ts() -> None:
+    dated = sign_entry(QC, seq=1, prev=None, now_ms=1000, tlp=TLP.GREEN, audience=None,
+                       body=b"body", expires_ms=5000)
+    assert dated.expires_ms == 5000 and FIRST.expires_ms == 0
+    assert verify_entry(dated.raw).expires_ms == 5000
+    assert verify_entry(dated.without_body().raw).expires_ms == 5000
+    assert dated.id != FIRST.id
+    # A relay that stretches or removes the expiry breaks the signature.
+    for changed in (0, 9000):
+        fields = fields_of(dated)
+        fields[9] = changed
+        with pytest.raises(BadSignatureError):
+            verify_entry(wire(fields, dated.body))
+    for bad in (1000, 999, -1, 1 << 63):
+        with pytest.raises(EncodingError):
+            sign_entry(QC, seq=1, prev=None, now_ms=1000, tlp=TLP.GREEN, audience=None,
+                       body=b"body", expires_ms=bad)
+    with pytest.raises(EncodingError):
+        sign_entry(QC, seq=1, prev=None, now_ms=1000, tlp=TLP.GREEN, audience=None,
+                   body=b"body", expires_ms=True)
 
 
 def test_entries_verify_refuses_unknown_version_and_oversize() -> None:

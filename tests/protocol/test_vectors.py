@@ -36,8 +36,9 @@ def test_vectors_entries_sign_and_verify_exactly(index: int) -> None:
     entry = sign_entry(IDS[v["author"]], seq=v["seq"],
                        prev=bytes.fromhex(v["prev"]) if v["prev"] else None,
                        now_ms=v["ts"], tlp=TLP(v["tlp"]), audience=audience,
-                       body=bytes.fromhex(v["body"]))
+                       body=bytes.fromhex(v["body"]), expires_ms=v["expires_ms"])
     assert entry.raw.hex() == v["raw"]
+    assert entry.expires_ms == v["expires_ms"] == decode(bytes.fromhex(v["header"]))[9]
     assert entry.header.hex() == v["header"]
     assert entry.sig.hex() == v["sig"]
     assert entry.id == v["id"]
@@ -49,7 +50,7 @@ def test_vectors_entries_sign_and_verify_exactly(index: int) -> None:
     assert v["body_len"] == len(body) and entry.body_len == len(body)
     assert v["id"] == hashlib.blake2b(header, digest_size=32).hexdigest()
     assert v["raw"] == encode([header, body]).hex()
-    signed = b"entraide/entry/v2\x00" + encode(decode(header)[:9])
+    signed = b"entraide/entry/v2\x00" + encode(decode(header)[:10])
     assert IDS[v["author"]].public_key.verify(signed, bytes.fromhex(v["sig"])) is not None
 
 

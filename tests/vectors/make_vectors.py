@@ -44,8 +44,10 @@ def main() -> None:
     payload = b"AMBER: 203.0.113.7 is a C2 server"
     audience, body = seal_envelope(payload, [qc.public_key, on.public_key],
                                    counter_rand("vector/envelope"))
+    # An AMBER entry whose body every holder drops after 365 days (expires_ms, §3).
     e3 = sign_entry(qc, seq=3, prev=e2.hash, now_ms=1_790_000_001_000, tlp=TLP.AMBER,
-                    audience=audience, body=body)
+                    audience=audience, body=body,
+                    expires_ms=1_790_000_001_000 + 365 * 86_400_000)
     entries = []
     for e in (e1, e2, e3):
         assert e.body is not None
@@ -53,7 +55,8 @@ def main() -> None:
                         "ts": e.ts, "tlp": e.tlp.value,
                         "audience": [a.hex() for a in e.audience] if e.audience else None,
                         "body": e.body.hex(), "body_hash": e.body_hash.hex(),
-                        "body_len": e.body_len, "header": e.header.hex(),
+                        "body_len": e.body_len, "expires_ms": e.expires_ms,
+                        "header": e.header.hex(),
                         "sig": e.sig.hex(), "raw": e.raw.hex(), "id": e.id})
     bare = e2.without_body()
     # A fork: another entry signed at QC's seq 2.
