@@ -32,6 +32,7 @@ public name of those is re-exported here.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -41,8 +42,18 @@ from typing import Any
 
 from protocol.aid import AidRequest
 from protocol.entries import TLP
+from protocol.errors import PayloadError
 from protocol.indicators import IndicatorType
-from protocol.payloads import Alert, Observation, Payload, Retraction, Rule, Sighting, StixObject
+from protocol.payloads import (
+    Alert,
+    Observation,
+    Payload,
+    Playbook,
+    Retraction,
+    Rule,
+    Sighting,
+    StixObject,
+)
 from protocol.stix_aid import aid_request_to_stix
 from protocol.stix_check import check_stix_object
 from protocol.stix_common import (
@@ -69,6 +80,7 @@ from protocol.stix_pattern import pattern_for
 __all__ = [
     "EXTENSION_ID",
     "IDENTITY_EPOCH",
+    "PLAYBOOK_EXTENSION_ID",
     "RESERVED_TAG_PREFIXES",
     "SCO_TYPES",
     "TLP1_MARKINGS",
@@ -87,6 +99,7 @@ __all__ = [
     "observation_text",
     "parse_timestamp",
     "payload_to_stix",
+    "playbook_to_stix",
     "revoke",
     "stix_uuid",
     "tlp_marking",
@@ -292,7 +305,62 @@ def rule_to_stix(rule: Rule, ref: EntryRef) -> dict[str, Any]:
     description = None
     if rule.description is not None and rule.description.fr is not None:
         description = rule.description.model_dump(exclude_none=True)
-    return _finish(obj, ref, _extension(ref, "rule", description=description))
+    return _finish(obj, ref, _extension(ref, "rule", rule_type=rule.rule_type.value,
+                                        supersedes=rule.supersedes, description=description))
+
+
+PLAYBOOK_EXTENSION_ID = "extension-definition--1e1c1bd7-c527-4215-8e18-e199e74da57c"
+"""The STIX 2.1 extension of ``course-of-action`` that carries a security playbook
+(CACAO among others) whole, base64 in ``playbook_bin`` (github.com/cyentific-rni/
+stix2.1-coa-playbook-extension, schema ``course-of-action_playbook.json``)."""
+
+
+def _stix_time(value: Any) -> str | None:
+    """A CACAO timestamp as STIX wants it, or None when it is not one."""
+    try:
+        return format_us(parse_timestamp(value))
+    except PayloadError:
+        return None
+
+
+def playbook_to_stix(playbook: Playbook, ref: EntryRef) -> dict[str, Any]:
+    """A CACAO 2.0 playbook as a ``course-of-action`` carrying the playbook extension
+    (:data:`PLAYBOOK_EXTENSION_ID`): the playbook's canonical JSON, base64, in
+    ``playbook_bin`` (so it comes back byte for byte), its id, types and times beside."""
+    book = playbook.object
+    ts = format_ms(ref.ts)
+    obj = _common("course-of-action", entry_stix_id("course-of-action", ref.id), ts, ts, ref)
+    name = book.get("name")
+    obj["name"] = name if isinstance(name, str) and name else str(book.get("id", "playbook"))
+    description = book.get("description")
+    if isinstance(description, str) and description:
+        obj["description"] = description
+    obj["external_references"] = [{"source_name": "entraide", "external_id": ref.id}]
+    carried: dict[str, Any] = {
+        "extension_type": "property-extension", "type": "playbook",
+        "playbook_id": book.get("id"), "created": ts, "modified": ts,
+        "playbook_creator": identity_id(ref.origin), "playbook_standard": "cacao",
+        "playbook_bin": base64.b64encode(playbook.playbook_json.encode()).decode("ascii"),
+    }
+    for ours, theirs in (("created", "playbook_creation_time"),
+                         ("modified", "playbook_modification_time"),
+                         ("valid_from", "playbook_valid_from"),
+                         ("valid_until", "playbook_valid_until")):
+        when = _stix_time(book.get(ours))
+        if when is not None:
+            carried[theirs] = when
+    types = book.get("playbook_types")
+    if isinstance(types, list) and types and all(isinstance(t, str) for t in types):
+        carried["playbook_type"] = types
+    labels = book.get("labels")
+    if isinstance(labels, list) and labels and all(isinstance(t, str) for t in labels):
+        carried["labels"] = labels
+    if isinstance(description, str) and description:
+        carried["description"] = description
+    extension = _extension(ref, "playbook", supersedes=playbook.supersedes)
+    _finish(obj, ref, extension)
+    obj["extensions"] = {PLAYBOOK_EXTENSION_ID: carried, **extension}
+    return obj
 
 
 def alert_to_stix(alert: Alert, ref: EntryRef) -> dict[str, Any]:
@@ -326,6 +394,8 @@ def payload_to_stix(payload: Payload, ref: EntryRef, *,
         return sighting_to_stix(payload, ref, target_ref or entry_stix_id("indicator", payload.of))
     if isinstance(payload, Rule):
         return rule_to_stix(payload, ref)
+    if isinstance(payload, Playbook):
+        return playbook_to_stix(payload, ref)
     if isinstance(payload, AidRequest):  # protocol/stix_aid.py
         return aid_request_to_stix(payload, entry_id=ref.id, origin=ref.origin, seq=ref.seq,
                                    ts=ref.ts, tlp=ref.tlp)
