@@ -70,6 +70,9 @@ def export_misp_command(argv: list[str], data_dir: Path) -> int:
     parser.add_argument("--limit", type=int, default=10_000,
                         help="at most this many observations, newest first (default 10000)")
     parser.add_argument("--include-retracted", action="store_true")
+    parser.add_argument("--no-rules", action="store_true",
+                        help="leave out the shared detection rules (yara, sigma, snort; "
+                             "left out too with --type)")
     parser.add_argument("--info", help="the event's info line")
     parser.add_argument("-o", "--output", help="write here instead of stdout")
     _common(parser)
@@ -91,10 +94,24 @@ def export_misp_command(argv: list[str], data_dir: Path) -> int:
         cursor = page.get("next")
         if not cursor:
             break
+    rules: list[dict[str, Any]] = []
+    cursor = None
+    while not args.no_rules and not args.type and len(rules) < args.limit:
+        rule_params = {"current": "true", "limit": str(min(_PAGE, 1000))}
+        if args.origin:
+            rule_params["origin"] = args.origin
+        if cursor:
+            rule_params["cursor"] = cursor
+        page = call_api(base, token, "GET",
+                        "/api/v1/rules?" + urllib.parse.urlencode(rule_params))
+        rules += [r for r in page["rules"] if r.get("valid", True)]
+        cursor = page.get("next")
+        if not cursor:
+            break
     status = call_api(base, token, "GET", "/api/v1/status")
     info = args.info or f"Entraide export from node {status['name']}"
-    text = json.dumps(export_misp(observations, info=info, now=datetime.now(UTC)),
-                      ensure_ascii=False, indent=1)
+    text = json.dumps(export_misp(observations, info=info, now=datetime.now(UTC),
+                                  rules=rules), ensure_ascii=False, indent=1)
     if args.output:
         Path(args.output).write_text(text + "\n", encoding="utf-8")
         print(f"wrote {len(observations)} attributes to {args.output}", file=sys.stderr)

@@ -90,6 +90,11 @@ _TLP_ORDER = (TLP.CLEAR, TLP.GREEN, TLP.AMBER, TLP.AMBER_STRICT, TLP.RED)
 _SEVERITY = {"1": "high", "2": "medium", "3": "low"}
 _THREAT_LEVEL = {"critical": "1", "high": "1", "medium": "2", "low": "3"}
 _MAX_EVENTS = 1000
+# Rule languages as MISP attribute types (MISP keeps Suricata rules as snort).
+_RULE_TYPES = {"yara": ("yara", "Payload installation"),
+               "sigma": ("sigma", "Payload installation"),
+               "snort": ("snort", "Network activity"),
+               "suricata": ("snort", "Network activity")}
 
 
 @dataclass
@@ -214,10 +219,15 @@ def _attribute(attribute: Mapping[str, Any], event_tags: list[str], event_tlp: T
 
 
 def export_misp(observations: Sequence[Mapping[str, Any]], *, info: str,
-                now: datetime) -> dict[str, Any]:
-    """Observations (as the API returns them) as one MISP event, ``{"Event": {...}}``.
+                now: datetime, rules: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """Observations and detection rules (as the API returns them) as one MISP event,
+    ``{"Event": {...}}``.
 
-    Attribute uuids derive from entry ids, so exporting twice gives the same uuids.
+    A rule is a ``yara``, ``sigma`` or ``snort`` attribute (a Suricata rule a ``snort``
+    one, as MISP does, tagged ``entraide:rule-type="suricata"`` so it comes back as
+    itself) whose comment is the rule's name; an invalid, retracted or superseded rule
+    is left out. Attribute uuids derive from entry ids, so exporting twice gives the
+    same uuids.
     """
     attributes = []
     tlps: list[TLP] = []
@@ -243,6 +253,22 @@ def export_misp(observations: Sequence[Mapping[str, Any]], *, info: str,
         attributes.append(attribute)
         level = _THREAT_LEVEL.get(obs.get("severity") or "", "4")
         threat = min(threat, level)
+    for rule in rules:
+        if not rule.get("valid", True) or rule.get("retracted") or rule.get("superseded_by"):
+            continue
+        tlp = TLP(rule["tlp"])
+        tlps.append(tlp)
+        misp_type, category = _RULE_TYPES[rule["rule_type"]]
+        tags = [{"name": _TAG_OF_TLP[tlp]}]
+        if rule["rule_type"] != misp_type:
+            tags.append({"name": f'entraide:rule-type="{rule["rule_type"]}"'})
+        if rule.get("origin_name"):
+            tags.append({"name": f'entraide:origin="{rule["origin_name"]}"'})
+        attributes.append({
+            "uuid": stix_uuid("misp-attribute:" + rule["id"]), "type": misp_type,
+            "category": category, "value": rule["text"], "to_ids": True,
+            "comment": rule["name"], "timestamp": str(int(rule["ts"]) // 1000),
+            "distribution": "5", "Tag": tags})
     event: dict[str, Any] = {
         "uuid": stix_uuid(f"misp-event:{info}:{now.isoformat()}"), "info": info,
         "date": now.astimezone(UTC).strftime("%Y-%m-%d"), "threat_level_id": threat,
