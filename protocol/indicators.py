@@ -29,6 +29,7 @@ from protocol.errors import PayloadError
 
 __all__ = [
     "MAX_INDICATOR_CHARS",
+    "PERSONAL_DATA_TYPES",
     "IndicatorType",
     "normalise_domain",
     "normalise_indicator",
@@ -59,6 +60,14 @@ class IndicatorType(StrEnum):
     FILE_SHA512 = "file:sha512"
     CVE = "cve"
     AUTONOMOUS_SYSTEM = "autonomous-system"
+
+
+PERSONAL_DATA_TYPES: frozenset[str] = frozenset({IndicatorType.EMAIL_ADDR.value})
+"""Indicator types whose values can identify a person (docs/privacy.md). An observation
+of one is at least AMBER unless its submitter says otherwise, has a shorter default
+retention (protocol/retention.py), and its value never appears in logs, metrics or
+error messages (``agent.errors.redact``). A new type that can name a person (an
+account name, a phone number) joins this set when it is added."""
 
 
 def normalise_indicator(type: IndicatorType | str, value: str) -> str:
