@@ -21,6 +21,11 @@ the HTTP API maps these classes to statuses (noted on the right)::
     ├── UnknownForkError                  no fork recorded for that origin            404
     ├── NotOwnEntryError                  retracting another origin's entry            403
     ├── AlreadyRetractedError             retracting an entry twice                    409
+    ├── AlreadyErasedError                erasing an entry twice                       409
+    ├── ErasedError                       the entry's body was erased by its origin    410
+    ├── BelowTargetError                  an entry about another entry asks for a lower
+    │                                     TLP than that entry's                        422
+    ├── WiderAudienceError                ... or an audience beyond that entry's       409
     ├── InvalidRuleError                  a rule or playbook its engine refuses (YARA,
     │                                     Sigma, Suricata, Snort, the CACAO schema;
     │                                     agent/tools), with line and reason          422
@@ -48,10 +53,13 @@ from __future__ import annotations
 from protocol.errors import EncodingError, EntraideError
 
 __all__ = [
+    "AlreadyErasedError",
     "AlreadyRetractedError",
     "AuthError",
+    "BelowTargetError",
     "ConfigError",
     "DuplicatePeerError",
+    "ErasedError",
     "InvalidCursorError",
     "InvalidRuleError",
     "NodeExistsError",
@@ -67,6 +75,7 @@ __all__ = [
     "UnknownPeerError",
     "UnknownTokenError",
     "UntrustedPeerError",
+    "WiderAudienceError",
 ]
 
 
@@ -144,6 +153,24 @@ class NotOwnEntryError(EntraideError):
 
 class AlreadyRetractedError(EntraideError):
     """The entry was already retracted."""
+
+
+class AlreadyErasedError(EntraideError):
+    """The entry was already erased."""
+
+
+class ErasedError(EntraideError):
+    """The entry's body was erased by its origin: only its header is kept."""
+
+
+class BelowTargetError(EntraideError, ValueError):
+    """An entry about another entry (a sighting...) asked for a lower TLP than that
+    entry's: it takes at least the target's TLP (docs/privacy.md)."""
+
+
+class WiderAudienceError(EntraideError):
+    """An entry about an encrypted entry asked for recipients outside that entry's
+    audience: it takes at most the target's audience (docs/privacy.md)."""
 
 
 class InvalidRuleError(EntraideError, ValueError):

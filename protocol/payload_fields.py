@@ -87,7 +87,9 @@ PAYLOAD_KINDS = ("observation", "sighting", "retraction", "alert", "rule", "stix
                  "aid-request", "aid-offer", "aid-withdraw", "aid-accept", "aid-update",
                  "aid-close", "capabilities",
                  # shared tools (agent/tools)
-                 "playbook")
+                 "playbook",
+                 # erasure and its receipts (protocol/erasure.py)
+                 "erasure", "erasure-receipt")
 
 
 class Severity(StrEnum):

@@ -40,6 +40,7 @@ from protocol.aid import (
     Capabilities,
 )
 from protocol.encoding import Limits, decode, pack_trusted
+from protocol.erasure import Erasure, ErasureReceipt
 from protocol.errors import OversizeError, PayloadError
 from protocol.indicators import IndicatorType, normalise_indicator
 from protocol.payload_fields import (
@@ -94,6 +95,8 @@ __all__ = [
     "PAYLOAD_KINDS",
     "Alert",
     "EntryId",
+    "Erasure",
+    "ErasureReceipt",
     "IndicatorType",
     "LocalizedText",
     "Note",
@@ -123,13 +126,15 @@ Payload: TypeAlias = Annotated[
     # mutual aid and the expertise directory (protocol/aid.py)
     | AidRequest | AidOffer | AidWithdraw | AidAccept | AidUpdate | AidClose | Capabilities
     # shared tools: CACAO 2.0 playbooks (checked against the schema by agent/tools)
-    | Playbook,
+    | Playbook
+    # erasure of an entry's body and its receipts (protocol/erasure.py)
+    | Erasure | ErasureReceipt,
     Field(discriminator="kind"),
 ]
 _PAYLOAD = TypeAdapter[Payload](Payload)
 _PAYLOAD_TYPES = (Observation, Sighting, Retraction, Alert, Rule, StixObject,
                   AidRequest, AidOffer, AidWithdraw, AidAccept, AidUpdate, AidClose,
-                  Capabilities, Playbook)
+                  Capabilities, Playbook, Erasure, ErasureReceipt)
 
 # Every valid payload fits these caps (the widest list is Alert.related; the deepest
 # value is a list or a description map inside the top-level map).

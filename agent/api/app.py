@@ -36,6 +36,7 @@ from agent.api.admin import (
     verify_ledger,
 )
 from agent.api.aid import AID_ROUTES
+from agent.api.erasure import ERASURE_ROUTES
 from agent.api.models import (
     BatchCreated,
     ErrorBody,
@@ -73,10 +74,13 @@ from agent.api.stream import stream, stream_shutdown
 from agent.config.hosts import HostPolicy
 from agent.config.tokens import Scope, TokenRecord, authenticate
 from agent.errors import (
+    AlreadyErasedError,
     AlreadyRetractedError,
     AuthError,
+    BelowTargetError,
     ConfigError,
     DuplicatePeerError,
+    ErasedError,
     InvalidCursorError,
     NodeExistsError,
     NodeStoppingError,
@@ -89,6 +93,7 @@ from agent.errors import (
     UnknownPeerError,
     UnknownTokenError,
     UntrustedPeerError,
+    WiderAudienceError,
 )
 from agent.jsoncodec import dumps
 from agent.metrics import CONTENT_TYPE
@@ -171,7 +176,7 @@ ROUTES: tuple[Operation, ...] = (
               response=(ObservationList,), errors=(400, 422)),
     Operation("GET", "/api/v1/observations/{id}", get_observation, "getObservation",
               "One observation, with origin name and verification status", Scope.READ,
-              "observations", response=(ObservationOut,), errors=(404,)),
+              "observations", response=(ObservationOut,), errors=(404, 410)),
     Operation("POST", "/api/v1/observations/{id}/retract", retract_observation,
               "retractObservation", "Retract one of this node's own observations",
               Scope.WRITE, "observations", status=201, body=(RetractRequest,),
@@ -218,6 +223,7 @@ ROUTES: tuple[Operation, ...] = (
               "node", media_type="text/plain"),
     Operation("GET", "/api/v1/openapi.json", openapi, "getOpenApi",
               "This API's OpenAPI document", None, "node"),
+    *ERASURE_ROUTES,
     *RULE_ROUTES,
     *AID_ROUTES,
     *MISP_ROUTES,
@@ -263,6 +269,10 @@ _ERRORS: tuple[tuple[type[BaseException], int, str], ...] = (
     (UnknownForkError, 404, "not_found"),
     (NotOwnEntryError, 403, "not_own_entry"),
     (AlreadyRetractedError, 409, "already_retracted"),
+    (AlreadyErasedError, 409, "already_erased"),
+    (ErasedError, 410, "erased"),
+    (BelowTargetError, 422, "tlp_below_target"),
+    (WiderAudienceError, 409, "audience_wider_than_target"),
     (UnknownAudienceError, 422, "unknown_audience"),
     (UntrustedPeerError, 422, "untrusted_peer"),
     (InvalidCursorError, 400, "bad_cursor"),

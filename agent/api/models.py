@@ -139,9 +139,10 @@ class ObservationBatch(_In):
 
 
 class SightingSubmit(Sighting):
-    """A sighting of an existing entry this node can read, with its TLP and audience."""
+    """A sighting of an existing entry this node can read, with its TLP and audience:
+    by default the target's TLP and audience; never a lower TLP nor a wider audience."""
 
-    tlp: TlpLabel = TLP.GREEN
+    tlp: TlpLabel | None = None
     audience: Audience | None = None
 
 

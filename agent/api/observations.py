@@ -167,7 +167,8 @@ async def post_sighting(request: web.Request) -> web.Response:
     item = SightingSubmit.model_validate(data)
     given = item.model_fields_set
     entry = await node.add_sighting(
-        item.of, count=item.count, seen_at=item.seen_at, note=item.note, tlp=item.tlp,
+        item.of, count=item.count, seen_at=item.seen_at, note=item.note,
+        tlp=item.tlp,  # None: the target's TLP
         audience=item.audience if "audience" in given else None)
     return json_response({"id": entry.id, "seq": entry.seq, "ts": entry.ts, "of": item.of,
                           "tlp": entry.tlp.value,

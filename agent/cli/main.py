@@ -242,6 +242,12 @@ def _forks_clear(argv: list[str], data_dir: DataDir) -> int:
     return client.forks_clear_command(argv, data_dir.root)
 
 
+def _erase(argv: list[str], data_dir: DataDir) -> int:
+    from agent.cli import erase
+
+    return erase.erase_command(argv, data_dir.root)
+
+
 def _demo(argv: list[str], data_dir: DataDir) -> int:
     from agent.cli import demo
 
@@ -406,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     passthrough(commands, "run", "run the node (the daemon)", _run)
     passthrough(commands, "submit", "share an observation via the running node", _submit)
     passthrough(commands, "query", "search observations on the running node", _query)
+    passthrough(commands, "erase", "erase one of this node's entries on every node / "
+                "effacer une entrée de ce nœud sur tous les nœuds", _erase)
 
     ledger_cmds = group(commands, "ledger", "inspect, back up and restore the local ledger",
                         "action1")

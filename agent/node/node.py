@@ -38,11 +38,13 @@ from agent.config.settings import NodeConfig, PeerEntry, TrustList, load_node_co
 from agent.config.tokens import TokenStore
 from agent.errors import (
     AlreadyRetractedError,
+    BelowTargetError,
     ConfigError,
     NodeStoppingError,
     NotOwnEntryError,
     UnknownEntryError,
     UnknownForkError,
+    WiderAudienceError,
 )
 from agent.jsoncodec import dumps_bytes
 from agent.metrics import Counter, Histogram, MetricFamily, Registry
@@ -50,6 +52,7 @@ from agent.node import views
 from agent.node.aid import NodeAid
 from agent.node.author import Author
 from agent.node.committer import MAX_QUEUED_ENTRIES, GroupCommitter
+from agent.node.erasure import NodeErasure
 from agent.node.membership import Membership
 from agent.node.replication import (
     NullReplication,
@@ -57,6 +60,7 @@ from agent.node.replication import (
     PeerStatus,
     Replication,
 )
+from agent.node.retention import Sweeper
 from agent.node.submission import PreparedSubmission, Submission, drafts
 from agent.storage.ledger import (
     ForkRecord,
@@ -69,6 +73,7 @@ from agent.storage.ledger import (
 from agent.storage.queries import canonical_indicator, with_names
 from agent.workers.batch import BatchWorker
 from protocol.entries import TLP, VerifiedEntry
+from protocol.erasure import covers
 from protocol.keys import Identity, PublicKey
 from protocol.payloads import Observation, Payload, Retraction, Sighting
 
@@ -157,6 +162,11 @@ class Node:
         self.members = Membership(self.data_dir, self.metrics, self._trust_applied,
                                   poll_interval=trust_poll_interval)
         self.aid = NodeAid(self, self.metrics)  # mutual aid (agent/node/aid.py)
+        # expired bodies dropped on a timer (agent/node/retention.py)
+        self.retention = Sweeper(lambda: self.ledger,
+                                 lambda: self.config.ledger_path(self.data_dir), self.clock,
+                                 self.metrics)
+        self.erasure = NodeErasure(self, self.metrics)  # erasure (agent/node/erasure.py)
         self.metrics.add_collector(self._collect)
 
     # -- life cycle
@@ -202,7 +212,8 @@ class Node:
         self._ledger = await Ledger.open(
             self._config.ledger_path(data_dir), identity=self._identity,
             is_trusted_origin=self._is_trusted, clock=self.clock)
-        author = Author(self._identity, clock=self.clock, randbytes=self._randbytes)
+        author = Author(self._identity, clock=self.clock, randbytes=self._randbytes,
+                        retention=self._config.retention.policy())
         self._committer = GroupCommitter(self._ledger, author, self._committed)
         self._committer.start()
         if self._replication_factory is not None:
@@ -210,6 +221,8 @@ class Node:
         await self._replication.start()
         self._spawn(self.members.watch(initial_stamp), "entraide-trust-watch")
         self._spawn(self.aid.watch(), "entraide-aid-watch")
+        self._spawn(self.retention.run(), "entraide-retention-sweep")
+        self._spawn(self.erasure.watch(), "entraide-erasure-watch")
         log.info("node %s started (%s), %d peers in the trust list",
                  self._config.name, me.fingerprint, len(self.trust))
 
@@ -265,6 +278,11 @@ class Node:
     @property
     def public_key(self) -> PublicKey:
         return self.identity.public_key
+
+    @property
+    def ledger_path(self) -> Path:
+        """The ledger's file (the TAXII index lives beside it)."""
+        return self.config.ledger_path(self.data_dir)
 
     @property
     def ledger(self) -> Ledger:
@@ -386,20 +404,44 @@ class Node:
         return retraction
 
     async def add_sighting(self, of_id: str, *, count: int = 1, seen_at: datetime | None = None,
-                           note: str | None = None, tlp: TLP = TLP.GREEN,
+                           note: str | None = None, tlp: TLP | None = None,
                            audience: Sequence[str] | None = None) -> VerifiedEntry:
         """Record that this node saw the indicator of entry ``of_id`` (any origin's).
 
+        The sighting takes at least the target's TLP and, for an encrypted target, at
+        most its audience (docs/privacy.md): by default exactly the target's TLP and
+        the members still known of its audience.
+
         Raises:
             UnknownEntryError: no readable entry with that id.
+            BelowTargetError: ``tlp`` is lower than the target's (nothing written).
+            WiderAudienceError: ``audience`` names a reader outside the target's.
             UnknownAudienceError: a bad audience.
             PayloadError/ValidationError: bad count, time or note.
         """
         entry = await self._readable_entry(of_id)
         payload = Sighting(of=entry.id, count=count, seen_at=seen_at, note=note)
-        names = None if audience is None else tuple(audience)
-        (sighting,) = await self.submit([Submission(payload, TLP(tlp), names)])
-        return sighting
+        tlp = entry.tlp if tlp is None else TLP(tlp)
+        if not covers(tlp, entry.tlp):
+            raise BelowTargetError(
+                f"a sighting of a {entry.tlp.value} entry is {entry.tlp.value} or higher, "
+                f"not {tlp.value} / le signalement d'une entrée {entry.tlp.value} est "
+                f"{entry.tlp.value} ou plus, pas {tlp.value}")
+        if not entry.tlp.encrypted:
+            names = None if audience is None else tuple(audience)
+            (sighting,) = await self.submit([Submission(payload, tlp, names)])
+            return sighting
+        if audience is None:
+            recipients = self.members.same_audience(entry.tlp, entry.audience)
+        else:
+            recipients = self.recipients(tlp, audience)
+            allowed = set(entry.audience or ()) | {self.public_key.key_id}
+            outside = [k for k in recipients if k.key_id not in allowed]
+            if outside:
+                raise WiderAudienceError(
+                    "the sighting's audience must stay within its target's audience / "
+                    "l'audience du signalement doit rester dans celle de l'entrée visée")
+        return await self.submit_sealed(payload, tlp, recipients)
 
     async def _readable_entry(self, entry_id: str) -> VerifiedEntry:
         entry_id = entry_id.lower() if isinstance(entry_id, str) else ""
@@ -443,11 +485,13 @@ class Node:
 
         Raises:
             UnknownEntryError: unknown, not an observation, or not readable here.
+            ErasedError: its origin erased it (only the header is kept).
         """
         if not isinstance(entry_id, str) or len(entry_id) != 64:
             raise UnknownEntryError("no such observation")
         result = await self.ledger.get_observation(entry_id.lower())
         if result is None:
+            await self.erasure.check_erased(entry_id.lower())  # 410 once erased
             raise UnknownEntryError(f"no observation {entry_id}")
         entry = await self.ledger.get_entry(result["id"])
         result["audience"] = None if entry is None else self.audience_names(entry.audience)

@@ -126,8 +126,10 @@ class LedgerCore:
     async def _connect(self) -> None:
         try:
             self._db = await aiosqlite.connect(self._path, isolation_level=None)
+            # secure_delete: a dropped body's bytes (erasure, retention) are zeroed in
+            # the pages and freelist, not merely unlinked (docs/privacy.md, "Erasure").
             for pragma in ("foreign_keys = ON", "synchronous = NORMAL", "busy_timeout = 5000",
-                           "cache_size = -16384", "temp_store = MEMORY"):
+                           "cache_size = -16384", "temp_store = MEMORY", "secure_delete = ON"):
                 await self._db.execute(f"PRAGMA {pragma}")
             self._rdb = await aiosqlite.connect(self._path, isolation_level=None)
             for pragma in ("query_only = ON", "busy_timeout = 5000", "cache_size = -32768",

@@ -20,6 +20,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Sequence
@@ -312,6 +313,34 @@ class Ledger(LedgerIngest):
             except sqlite3.Error as exc:
                 raise StorageError(f"ledger write failed: {exc}") from exc
             return DroppedBodies(tuple(h for _no, h in dropped), counts)
+
+    async def scrub(self, attempts: int = 50, pause: float = 0.02) -> bool:
+        """Checkpoint the WAL into the ledger file and truncate it to zero bytes, so no
+        older version of a page (a dropped body, a deleted row) is left in the WAL.
+
+        Deleted content is zeroed in the file itself (``secure_delete``, set on the
+        write connection). A reader in the middle of a transaction holds the checkpoint
+        back: it is retried ``attempts`` times, ``pause`` seconds apart.
+
+        Returns:
+            True when the WAL was checkpointed whole and truncated.
+
+        Raises:
+            StorageError: the ledger is closed or the checkpoint failed.
+        """
+        for _ in range(max(1, attempts)):
+            async with self._write_lock:
+                self._check_open()
+                db = self._db
+                assert db is not None
+                try:
+                    rows = list(await db.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)"))
+                except sqlite3.Error as exc:
+                    raise StorageError(f"ledger checkpoint failed: {exc}") from exc
+            if rows and rows[0][0] == 0:
+                return True
+            await asyncio.sleep(pause)
+        return False
 
     # -- verification, export and import (agent/storage/maint.py)
 

@@ -110,7 +110,8 @@ def examples() -> list[Payload]:
 def _aid_examples() -> list[Payload]:
     from tests.vectors.make_payload_vectors import INPUTS
     return [parse_payload_json(i) for i in INPUTS
-            if str(i.get("kind", "")).startswith("aid-") or i.get("kind") == "capabilities"]
+            if str(i.get("kind", "")).startswith(("aid-", "erasure"))
+            or i.get("kind") == "capabilities"]
 
 
 # --- Round trips -----------------------------------------------------------------

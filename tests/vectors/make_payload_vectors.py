@@ -49,6 +49,9 @@ INPUTS = [
     {"kind": "aid-close", "request": "ab" * 32, "summary": {"en": "Restored"}},
     {"kind": "capabilities", "skills": ["forensics", "recovery"], "languages": ["fr", "en"],
      "hours": "24/7", "contact": {"name": "SOC", "channel": "soc@example.ca"}},
+    # erasure and its receipt (protocol/erasure.py)
+    {"kind": "erasure", "of": "AB" * 32, "reason": "Citizen's request (Law 25)"},
+    {"kind": "erasure-receipt", "of": "ab" * 32, "erasure": "cd" * 32},
 ]
 
 
