@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tomli_w
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from agent.config.datadir import DataDir, atomic_write
 from agent.config.fields import (
@@ -41,7 +41,18 @@ from agent.config.trust import (
 )
 from agent.errors import NodeExistsError
 from protocol.cards import validate_peer_name, validate_peer_url
+from protocol.entries import TLP
+from protocol.errors import EncodingError
 from protocol.keys import DEFAULT_KDF, Identity
+from protocol.payloads import PAYLOAD_KINDS
+from protocol.retention import (
+    ANY_KIND,
+    DEFAULT_POLICY,
+    MAX_RULES,
+    PERSONAL_DATA,
+    RetentionPolicy,
+    parse_duration,
+)
 
 __all__ = [
     "MAX_PEERS",
@@ -51,6 +62,7 @@ __all__ = [
     "NodeConfig",
     "PeerEntry",
     "PeerListenerConfig",
+    "RetentionConfig",
     "StorageConfig",
     "TrustList",
     "TrustListWatcher",
@@ -150,6 +162,56 @@ class StorageConfig(ConfigModel):
         return data
 
 
+_RETENTION_KINDS = frozenset(PAYLOAD_KINDS) | {ANY_KIND, PERSONAL_DATA}
+
+
+class RetentionConfig(ConfigModel):
+    """``[retention]``: how long this node's OWN entries keep their bodies, by payload
+    kind (or ``"*"``, ``"personal-data"``) and TLP, e.g.
+    ``observation = {CLEAR = "3y", AMBER = "1y", RED = "180d"}``. Each cell replaces
+    the default of ``protocol.retention.DEFAULT_POLICY``; durations 1h..100y (h, d, w,
+    y). The expiry is resolved when an entry is signed and travels in its header, so
+    other origins' entries follow their origin's policy, never this one.
+    """
+
+    rules: dict[str, dict[str, str]] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kinds_at_top(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "rules" not in data:
+            return {"rules": data}
+        return data
+
+    @field_validator("rules")
+    @classmethod
+    def _check(cls, rules: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        if len(rules) > MAX_RULES:
+            raise ValueError(f"at most {MAX_RULES} kinds")
+        for kind, by_tlp in rules.items():
+            if kind not in _RETENTION_KINDS:
+                raise ValueError(f"unknown kind {kind[:40]!r} (a payload kind, "
+                                 f"'{PERSONAL_DATA}' or '{ANY_KIND}')")
+            for label, text in by_tlp.items():
+                if label not in TLP._value2member_map_:
+                    raise ValueError(f"{kind}: unknown TLP {label[:20]!r}")
+                try:
+                    parse_duration(text)
+                except EncodingError as exc:
+                    raise ValueError(f"{kind}.{label}: {exc}") from exc
+        return rules
+
+    @model_serializer
+    def _dump(self) -> dict[str, dict[str, str]]:
+        return self.rules
+
+    def policy(self) -> RetentionPolicy:
+        """The default policy with this section's cells in place of its own."""
+        return DEFAULT_POLICY.merged({
+            kind: {TLP(label): parse_duration(text) for label, text in by_tlp.items()}
+            for kind, by_tlp in self.rules.items()})
+
+
 class NodeConfig(ConfigModel):
     """``<data-dir>/entraide.toml``."""
 
@@ -160,6 +222,7 @@ class NodeConfig(ConfigModel):
     gossip: GossipConfig = GossipConfig()
     log: LogConfig = LogConfig()
     storage: StorageConfig = StorageConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @field_validator("name")
     @classmethod

@@ -13,6 +13,8 @@ Invariants:
 - AMBER, AMBER+STRICT and RED payloads are sealed to their recipients and to this node
   (so it can read its own entries); CLEAR and GREEN carry no recipients.
 - All of a call's entries carry one timestamp (``clock`` read once per call).
+- Every entry carries the expiry its payload earns under this node's retention policy
+  (``protocol.retention.resolve``, docs/protocol.md §3), resolved here, once, and signed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
 
 from agent.storage.queries import IndexRecord, build_record
 from agent.storage.types import MAX_APPEND_BATCH, Head, OwnDraft, PreparedObservation
@@ -29,6 +33,7 @@ from protocol.envelope import seal_envelope
 from protocol.errors import EncodingError, OversizeError
 from protocol.keys import Identity, PublicKey
 from protocol.payloads import Payload, decode_payload, encode_payload_with_fields
+from protocol.retention import DEFAULT_POLICY, RetentionPolicy, resolve
 
 __all__ = ["Author", "Built"]
 
@@ -45,11 +50,14 @@ class Author:
         identity: this node; its key signs every own entry.
         clock: seconds since the epoch (``time.time``); entries carry it in ms.
         randbytes: randomness for envelopes (``os.urandom``).
+        retention: this node's policy (``[retention]``), for its own entries' expiry.
     """
 
     def __init__(self, identity: Identity, *, clock: Callable[[], float] = time.time,
-                 randbytes: Callable[[int], bytes] = os.urandom) -> None:
+                 randbytes: Callable[[int], bytes] = os.urandom,
+                 retention: RetentionPolicy = DEFAULT_POLICY) -> None:
         self._identity = identity
+        self._retention = retention
         self._me = identity.public_key
         self._clock = clock
         self._randbytes = randbytes
@@ -101,12 +109,17 @@ class Author:
             if isinstance(draft.payload, PreparedObservation):
                 prepared = draft.payload
                 data = prepared.data
-            elif isinstance(draft.payload, bytes | bytearray | memoryview):
-                data = bytes(draft.payload)
-                model = decode_payload(data)
+                expires = resolve("observation", tlp, prepared.type,
+                                  _ms_of_text(prepared.fields.get("valid_until")), now_ms,
+                                  self._retention)
             else:
-                model = draft.payload
-                data, dumped = encode_payload_with_fields(model)
+                if isinstance(draft.payload, bytes | bytearray | memoryview):
+                    data = bytes(draft.payload)
+                    model = decode_payload(data)
+                else:
+                    model = draft.payload
+                    data, dumped = encode_payload_with_fields(model)
+                expires = _expiry(model, tlp, now_ms, self._retention)
             if tlp.encrypted:
                 if not draft.recipients:
                     raise EncodingError(f"a {tlp.value} entry needs recipients")
@@ -117,7 +130,7 @@ class Author:
             else:
                 audience, body = None, data
             entry = sign_entry(self._identity, seq=seq + 1, prev=prev, now_ms=now_ms,
-                               tlp=tlp, audience=audience, body=body)
+                               tlp=tlp, audience=audience, body=body, expires_ms=expires)
             if prepared is not None:
                 out.append((entry, prepared.record(entry.ts)))
             else:
@@ -125,3 +138,19 @@ class Author:
                 out.append((entry, build_record(model, entry.ts, dumped)))
             seq, prev = entry.seq, entry.hash
         return out
+
+
+def _expiry(model: Payload, tlp: TLP, now_ms: int, policy: RetentionPolicy) -> int:
+    """``expires_ms`` of an entry carrying ``model`` signed at ``now_ms``."""
+    indicator = getattr(model, "type", None)
+    until: Any = getattr(model, "valid_until", None)
+    until_ms = None if not isinstance(until, datetime) else int(until.timestamp() * 1000)
+    return resolve(model.kind, tlp, None if indicator is None else str(indicator),
+                   until_ms, now_ms, policy)
+
+
+def _ms_of_text(text: object) -> int | None:
+    """Milliseconds of a payload's JSON instant (``...Z``), None when absent."""
+    if not isinstance(text, str):
+        return None
+    return int(datetime.fromisoformat(text).timestamp() * 1000)

@@ -62,6 +62,7 @@ class Batch:
     observations: list[tuple[Any, ...]] = field(default_factory=list)
     sightings: list[tuple[Any, ...]] = field(default_factory=list)
     items: list[tuple[Any, ...]] = field(default_factory=list)
+    expiries: list[tuple[int, int]] = field(default_factory=list)  # (entry_no, expires_ms)
     retractions: list[tuple[int, int, bytes, str]] = field(default_factory=list)
     forks: list[tuple[int, int, bytes, int]] = field(default_factory=list)
     cleared: list[tuple[int, int]] = field(default_factory=list)
@@ -96,6 +97,8 @@ class Batch:
                              int(record is not None), entry.header, entry.body,
                              "present" if entry.body is not None else "absent"))
         self.new_entries.append(entry)
+        if entry.expires_ms and entry.body is not None:
+            self.expiries.append((entry_no, entry.expires_ms))
         state.head_seq, state.head_hash = entry.seq, entry.hash
         if record is None:
             return
@@ -158,6 +161,9 @@ class Batch:
             await db.executemany(
                 "INSERT INTO items (item_no, entry_no, kind, origin_id, ts, tlp, doc) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)", self.items)
+        if self.expiries:
+            await db.executemany("INSERT INTO expiries (entry_no, expires_ms) VALUES (?, ?)",
+                                 self.expiries)
         for entry_no, origin_id, target, doc in self.retractions:
             # Void unless it names an entry of its own origin (design: retraction). The
             # target is always stored already: its hash was needed to write the retraction.

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import StorageError
+from agent.storage.retention import migrate_v6
 from agent.storage.rules import migrate_v5
 
 __all__ = [
@@ -193,6 +194,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "protocol v2: entry header and body apart, body state", _v3),
     Migration(5, "index of shared tools: rules and playbooks (agent/storage/rules.py)",
               migrate_v5),
+    Migration(6, "expiry index of stored bodies (agent/storage/retention.py)", migrate_v6),
 )
 """Every migration, in order; the last one's version is :data:`SCHEMA_VERSION`."""
 
