@@ -19,7 +19,8 @@ from pathlib import Path
 
 from bench.common import REPO, Context, Result, machine_info, stderr_log, table, write_results
 
-SCENARIOS = ("baseline", "submit", "ingest", "propagation", "catchup", "query", "taxii")
+SCENARIOS = ("baseline", "submit", "ingest", "propagation", "catchup", "query", "taxii",
+             "aid")
 
 
 def main(argv: list[str] | None = None) -> int:
