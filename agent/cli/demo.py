@@ -9,8 +9,11 @@ some links are dialled, so entries must be relayed:
                        └─────┘ (no direct link from QC to ON, AB or BC)
 
 The demo submits a handful of realistic observations (one AMBER to a subset, one
-retraction), shows who received what, when, and who could read what, verifies
-every ledger, and exits 0 (or stays up with ``--keep``).
+retraction), shows who received what, when, and who could read what. Then mutual aid
+(:func:`aid_scene`): BC's hospitals are hit, BC asks FED and QC (RED) for help, both
+offer, BC accepts QC, ON shares a Sigma rule every node can export, BC closes with a
+bilingual summary; ON and AB relay the thread sealed. It verifies every ledger and
+exits 0 (or stays up with ``--keep``).
 """
 
 from __future__ import annotations
@@ -25,16 +28,18 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from agent.cli.client import render_table
-from agent.cli.localfed import LocalFederation, wait_for, wait_idle
+from agent.cli.client import ApiError, render_table
+from agent.cli.localfed import FedNode, LocalFederation, wait_for, wait_idle
+from protocol.errors import EntraideError
 
-__all__ = ["demo_command", "run_demo"]
+__all__ = ["aid_scene", "demo_command", "run_demo"]
 
 NODES = [("FED", "Gouvernement du Canada"), ("QC", "Québec"), ("ON", "Ontario"),
          ("AB", "Alberta"), ("BC", "British Columbia")]
 # Who dials whom: not all directly connected, so entries are relayed.
 LINKS = [("QC", "FED"), ("FED", "ON"), ("ON", "AB"), ("AB", "BC")]
 SYNC_TIMEOUT_S = 60.0
+DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
 
 
 def _say(text: str) -> None:
@@ -130,6 +135,9 @@ def run_demo(keep: bool = False, root: Path | None = None) -> int:
         _say("read: verified, stored and readable there. sealed: verified and stored, but "
              "encrypted for its audience only.\n")
 
+        aid_scene(nodes)
+        _say("")
+
         timing_rows = []
         for node in nodes:
             status = node.call("GET", "/api/v1/status")
@@ -162,6 +170,161 @@ def run_demo(keep: bool = False, root: Path | None = None) -> int:
         fed.stop()
         if own_root and not keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+AID_REQUEST: dict[str, Any] = {
+    "title": "Ransomware in BC hospitals / Rançongiciel dans des hôpitaux de la C.-B.",
+    "severity": "critical",
+    "description": {"en": "Electronic health records are down in three hospitals.",
+                    "fr": "Les dossiers médicaux électroniques sont en panne dans trois "
+                          "hôpitaux."},
+    "needs": [{"kind": "forensics", "detail": "disk and memory images of 40 hosts"},
+              {"kind": "incident-coordination"}],
+    "affected": {"sector": "health", "services": ["EHR", "imaging"],
+                 "impact": "surgeries delayed"},
+    "mitigations": {"en": "Network segmented; backups offline.",
+                    "fr": "Réseau segmenté; sauvegardes hors ligne."},
+    "contact": {"name": "BC duty officer / agent de service C.-B.",
+                "channel": "+1-250-555-0100"},
+    "tlp": "RED", "audience": ["FED", "QC"],
+}
+AID_HELPERS = ("FED", "QC")
+
+
+def aid_scene(nodes: list[FedNode]) -> None:
+    """Mutual aid, step by step, each step one signed entry (docs/operations.md, "Mutual
+    aid"); prints what happens and a table of who could read each step and how long it
+    took to reach them ("read": readable there; "sealed": held, relayed, unreadable:
+    the request answers 404 there).
+
+    Raises:
+        EntraideError: a step did not reach every node in time, or a node outside the
+            request's audience could read it.
+    """
+    by_name = {n.name: n for n in nodes}
+    bc = by_name["BC"]
+    rid = ""
+    rows: list[list[str]] = []
+
+    def thread_ids(node: FedNode) -> set[str]:
+        try:
+            view = node.call("GET", f"/api/v1/aid/requests/{rid}")
+        except ApiError as exc:
+            if exc.status == 404:
+                return set()
+            raise
+        return ({view["id"]} | {o["id"] for o in view["offers"]}
+                | {u["id"] for u in view["updates"]})
+
+    def rule_readable(node: FedNode, entry_id: str) -> bool:
+        try:
+            return bool(node.call("GET", f"/api/v1/rules/{entry_id}")["valid"])
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    def step(label: str, author: FedNode, path: str, body: Any, readers: set[str],
+             is_rule: bool = False) -> dict[str, Any]:
+        """Post one entry at ``author``; time its arrival (held) and reading at the others."""
+        nonlocal rid
+        before = author.entries()
+        t0 = time.monotonic()
+        result: dict[str, Any] = author.call("POST", path, body)
+        entry_id = result["id"]
+        if not rid:
+            rid = entry_id
+        held: dict[str, float] = {}
+        read: dict[str, float] = {}
+        others = [n for n in nodes if n is not author]
+        readers = readers - {author.name}
+
+        def readable(node: FedNode) -> bool:
+            return rule_readable(node, entry_id) if is_rule else entry_id in thread_ids(node)
+
+        def arrived() -> bool:
+            for node in others:
+                if node.name not in held and node.entries() > before:
+                    held[node.name] = time.monotonic() - t0
+                if (node.name in readers and node.name in held and node.name not in read
+                        and readable(node)):
+                    read[node.name] = time.monotonic() - t0
+            return len(held) == len(others) and readers <= set(read)
+
+        wait_for(arrived, SYNC_TIMEOUT_S, f"{label} to reach every node", interval=0.01)
+        cells = []
+        for node in nodes:
+            if node is author:
+                cells.append("author")
+            elif node.name in read:
+                cells.append(f"read {read[node.name] * 1000:.0f} ms")
+            else:
+                if readable(node):
+                    raise EntraideError(f"{node.name} could read {label}")
+                cells.append(f"sealed {held[node.name] * 1000:.0f} ms")
+        rows.append([f"{author.name}: {label}", *cells])
+        return result
+
+    everyone = {n.name for n in nodes}
+    thread = set(AID_HELPERS) | {"BC"}
+    _say("Mutual aid / Entraide: BC's hospitals are hit by ransomware at 3 a.m.")
+    step("RED aid request", bc, "/api/v1/aid/requests", AID_REQUEST, set(AID_HELPERS))
+    _say(f"BC asks {' and '.join(AID_HELPERS)} (RED) for forensics and incident "
+         f"coordination: request {rid[:16]}")
+    path = f"/api/v1/aid/requests/{rid}"
+    qc_offer = step("offer forensics (fr)", by_name["QC"], path + "/offers", {
+        "kinds": ["forensics"], "people": 2, "on_site": False,
+        "detail": {"fr": "Deux analystes en criminalistique, en français, dès maintenant",
+                   "en": "Two forensic analysts, in French, right now"},
+        "contact": {"name": "CSIRT Québec"}}, thread)["id"]
+    _say("QC offers forensics: « Deux analystes en criminalistique, en français, "
+         "dès maintenant »")
+    step("offer coordination", by_name["FED"], path + "/offers", {
+        "kinds": ["incident-coordination"], "people": 1,
+        "detail": {"en": "A coordinator from the federal operations centre",
+                   "fr": "Un coordonnateur du centre des opérations fédéral"}}, thread)
+    _say("FED offers incident coordination")
+    accepted = step("accepts QC's offer", bc, f"{path}/offers/{qc_offer}/accept",
+                    {"note": {"en": "Thank you, please start", "fr": "Merci, allez-y"}},
+                    set(AID_HELPERS))
+    _say(f"BC accepts QC's offer: the request is {accepted['status']}")
+    sigma = (DEMO_DATA / "anydesk_silent_install.yml").read_text(encoding="utf-8")
+    rule = step("GREEN sigma rule", by_name["ON"], "/api/v1/rules", {
+        "rule_type": "sigma", "name": "AnyDesk Silent Installation", "text": sigma,
+        "description": {"en": "Remote access used by the ransomware operators",
+                        "fr": "Accès à distance utilisé par les opérateurs du rançongiciel"},
+        "tlp": "GREEN"}, everyone - {"ON"}, is_rule=True)
+    exports = []
+    for node in nodes:
+        text = node.cli("rules", "export", "--type", "sigma").stdout
+        if "AnyDesk Silent Installation" not in text:
+            raise EntraideError(f"{node.name}'s Sigma export lacks ON's rule {rule['id']}")
+        exports.append(node.name)
+    _say(f"ON shares the SigmaHQ rule 'AnyDesk Silent Installation'; checked by pySigma "
+         f"on receipt, it is in the Sigma export of {', '.join(exports)} "
+         f"(entraide rules export --type sigma)")
+    closed = step("closes with a summary", bc, path + "/close", {
+        "summary": {"en": "EHR restored from offline backups; QC's images found the entry "
+                          "point (AnyDesk).",
+                    "fr": "Dossiers rétablis depuis les sauvegardes hors ligne; les images de "
+                          "QC ont révélé le point d'entrée (AnyDesk)."}}, set(AID_HELPERS))
+    summary = closed["summary"]
+    _say(f"BC closes the request ({closed['status']}):\n  en: {summary['en']}\n"
+         f"  fr: {summary['fr']}")
+    sealed = [n.name for n in nodes if n.name not in thread]
+    for name in sealed:
+        try:
+            by_name[name].call("GET", path)
+            raise EntraideError(f"{name} could read BC's RED request")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+    _say("\nWho could read each step of the thread, and how long it took to reach them:")
+    _say(render_table(["aid step", *[n.name for n in nodes]], rows))
+    _say("Times count from the author's POST (its engine check included: ON's first Sigma "
+         "rule loads pySigma).")
+    _say(f"{' and '.join(sealed)} hold the request sealed and relay it: "
+         f"GET /api/v1/aid/requests/{rid[:16]}... answers 404 there.")
 
 
 def demo_command(argv: list[str], data_dir: Path) -> int:
