@@ -74,6 +74,9 @@ def configure_logging(config: LogConfig, fmt: str | None = None, level: str | No
     root.handlers[:] = [handler]
     root.setLevel((level or config.level).upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiosqlite logs every statement with its parameters at DEBUG: indicator values,
+    # personal data included (docs/privacy.md). Never below INFO.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 
 async def serve(data_dir: DataDir, *, passphrase: bytes | None = None,

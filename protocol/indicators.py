@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 import unicodedata
@@ -34,6 +35,7 @@ __all__ = [
     "normalise_domain",
     "normalise_indicator",
     "normalise_url",
+    "shown_value",
 ]
 
 MAX_INDICATOR_CHARS = 2048
@@ -68,6 +70,17 @@ of one is at least AMBER unless its submitter says otherwise, has a shorter defa
 retention (protocol/retention.py), and its value never appears in logs, metrics or
 error messages (``agent.errors.redact``). A new type that can name a person (an
 account name, a phone number) joins this set when it is added."""
+
+
+def shown_value(type: str, value: str) -> str:
+    """How a value may appear in a log line, metric or error message: quoted (first 80
+    characters) for most types; for a personal-data type, never the value, only
+    ``<redacted sha256:xxxxxxxx>`` (the first 8 hex digits of its SHA-256), enough
+    to match two lines about one value without showing it."""
+    if str(type) in PERSONAL_DATA_TYPES:
+        digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        return f"<redacted sha256:{digest}>"
+    return repr(value[:80])
 
 
 def normalise_indicator(type: IndicatorType | str, value: str) -> str:
@@ -121,7 +134,7 @@ def normalise_indicator(type: IndicatorType | str, value: str) -> str:
     try:
         return _NORMALISERS[kind](text)
     except _Invalid as exc:
-        raise PayloadError(f"{kind.value}: {text[:80]!r} {exc}") from None
+        raise PayloadError(f"{kind.value}: {shown_value(kind.value, text)} {exc}") from None
 
 
 def normalise_domain(value: str) -> str:

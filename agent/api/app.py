@@ -119,6 +119,7 @@ from protocol.errors import (
     OversizeError,
     PayloadError,
 )
+from protocol.indicators import shown_value
 from protocol.payloads import format_validation_error
 
 __all__ = ["OPENAPI", "ROUTES", "ApiSettings", "create_app", "error_body"]
@@ -340,12 +341,15 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
                 challenge = ({"WWW-Authenticate": 'Bearer realm="entraide"'}
                              if status_code == 401 else None)
                 if status_code >= 500:
-                    log.error("request %s %s failed: %s", request.method, request.path, exc)
+                    log.error("request %s %s failed: %s", request.method,
+                              loggable_path(request.path), exc)
                 return _error(status_code, code, str(exc), challenge)
-        log.exception("unexpected error on %s %s", request.method, request.path)
+        log.exception("unexpected error on %s %s", request.method,
+                      loggable_path(request.path))
         return _error(500, "internal", f"{type(exc).__name__}: {exc}")
     except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.path)
+        log.exception("unexpected error on %s %s", request.method,
+                      loggable_path(request.path))
         return _error(500, "internal", "internal error (see the node's log)")
 
 
@@ -438,3 +442,15 @@ async def _shutdown(app: web.Application) -> None:
     state = app[STATE]
     state.closing = True
     stream_shutdown(state.streams)
+
+
+_LOOKUP_PREFIX = "/api/v1/indicators/"
+
+
+def loggable_path(path: str) -> str:
+    """``path`` as a log line may show it: a lookup's indicator value goes through
+    ``shown_value`` (a personal-data value is never logged; docs/privacy.md)."""
+    if not path.startswith(_LOOKUP_PREFIX):
+        return path
+    kind, _, value = path[len(_LOOKUP_PREFIX):].partition("/")
+    return f"{_LOOKUP_PREFIX}{kind}/{shown_value(kind, value)}" if value else path

@@ -40,6 +40,7 @@ from agent.storage.types import PreparedObservation
 from agent.workers.gcsettings import settle_heap
 from agent.workers.pipe import serve
 from protocol.entries import TLP
+from protocol.indicators import PERSONAL_DATA_TYPES
 from protocol.payloads import Observation, encode_payload_with_fields
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "main",
     "prepare_body",
     "prepare_observation",
+    "default_tlp",
     "split_routing",
     "validate_batch",
 ]
@@ -103,12 +105,22 @@ def validate_batch(data: dict[str, Any]) -> list[Routed]:
     out: list[Routed] = []
     for observation, route in zip(observations, routes, strict=True):
         given = route.model_fields_set
-        tlp = route.tlp if "tlp" in given or defaults.tlp is None else defaults.tlp
+        if "tlp" in given:
+            tlp = route.tlp
+        else:
+            tlp = default_tlp(observation) if defaults.tlp is None else defaults.tlp
         audience = route.audience
         if "audience" not in given and tlp.encrypted:
             audience = defaults.audience  # a batch's audience applies to encrypted items
         out.append((observation, tlp, audience))
     return out
+
+
+def default_tlp(observation: Observation) -> TLP:
+    """The TLP of an observation submitted without one: AMBER for a personal-data
+    indicator type (protocol.indicators.PERSONAL_DATA_TYPES; docs/privacy.md), GREEN
+    otherwise. A TLP given explicitly, lower or not, is taken as given."""
+    return TLP.AMBER if observation.type.value in PERSONAL_DATA_TYPES else TLP.GREEN
 
 
 # --- prepared observations -----------------------------------------------------------

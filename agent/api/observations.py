@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from agent.api.batch import split_routing, validate_batch
+from agent.api.batch import default_tlp, split_routing, validate_batch
 from agent.api.models import (
     MAX_BATCH,
     ObservationQuery,
@@ -89,7 +89,8 @@ def _one(data: dict[str, Any]) -> Submission:
     except ValidationError:
         ObservationSubmit.model_validate(data)  # raises the documented error
         raise
-    return Submission(observation, route.tlp, route.audience)
+    tlp = route.tlp if "tlp" in route.model_fields_set else default_tlp(observation)
+    return Submission(observation, tlp, route.audience)
 
 
 def _batch(data: dict[str, Any]) -> list[Submission]:
