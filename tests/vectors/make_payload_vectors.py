@@ -49,6 +49,12 @@ INPUTS = [
     {"kind": "aid-close", "request": "ab" * 32, "summary": {"en": "Restored"}},
     {"kind": "capabilities", "skills": ["forensics", "recovery"], "languages": ["fr", "en"],
      "hours": "24/7", "contact": {"name": "SOC", "channel": "soc@example.ca"}},
+    # a CACAO 2.0 playbook, carried as canonical JSON text (protocol/payload_models.py)
+    {"kind": "playbook", "playbook_json": json.dumps(
+        {"type": "playbook", "spec_version": "cacao-2.0",
+         "id": "playbook--7d2e0ba4-7d5c-4b4e-9d2b-4b1c1f0f6a11",
+         "name": "Isoler un poste compromis", "created": "2026-01-02T00:00:00.000Z"},
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False)},
     # erasure and its receipt (protocol/erasure.py)
     {"kind": "erasure", "of": "AB" * 32, "reason": "Citizen's request (Law 25)"},
     {"kind": "erasure-receipt", "of": "ab" * 32, "erasure": "cd" * 32},

@@ -146,8 +146,12 @@ async def test_import_refuses_a_file_that_is_not_an_export(tmp_path: Path) -> No
     bogus = tmp_path / "bogus"
     bogus.write_bytes(b"hello")
     huge = tmp_path / "huge"
-    huge.write_bytes(b"ENTRAIDE-LEDGER\x01" + struct.pack(">cI", b"E", 1 << 30))
+    huge.write_bytes(b"ENTRAIDE-LEDGER\x02" + struct.pack(">cI", b"E", 1 << 30))
+    old = tmp_path / "v1"
+    old.write_bytes(b"ENTRAIDE-LEDGER\x01" + struct.pack(">cI", b"E", 10))
     async with await open_ledger(tmp_path / "b.sqlite3", ME) as ledger:
+        with pytest.raises(StorageError, match="holds protocol v1 entries"):
+            await ledger.import_entries(old)
         with pytest.raises(StorageError, match="not an Entraide ledger export"):
             await ledger.import_entries(bogus)
         with pytest.raises(StorageError, match="damaged export"):
