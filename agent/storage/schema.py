@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import StorageError
+from agent.storage.aid import migrate_v4
 from agent.storage.retention import migrate_v6
 from agent.storage.rules import migrate_v5
 
@@ -192,6 +193,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ledger, forks and query tables", _v1),
     Migration(2, "entry id and seq on observation rows", _v2),
     Migration(3, "protocol v2: entry header and body apart, body state", _v3),
+    Migration(4, "thread index of mutual-aid entries (agent/storage/aid.py)", migrate_v4),
     Migration(5, "index of shared tools: rules and playbooks (agent/storage/rules.py)",
               migrate_v5),
     Migration(6, "expiry index of stored bodies (agent/storage/retention.py)", migrate_v6),
