@@ -46,10 +46,10 @@ from protocol.payloads import Observation, encode_payload_with_fields
 __all__ = [
     "Prepared",
     "PreparedObservation",
+    "default_tlp",
     "main",
     "prepare_body",
     "prepare_observation",
-    "default_tlp",
     "split_routing",
     "validate_batch",
 ]

@@ -37,18 +37,14 @@ from agent.config.datadir import DataDir, passphrase_from_env
 from agent.config.settings import NodeConfig, PeerEntry, TrustList, load_node_config
 from agent.config.tokens import TokenStore
 from agent.errors import (
-    AlreadyRetractedError,
-    BelowTargetError,
     ConfigError,
     NodeStoppingError,
-    NotOwnEntryError,
     UnknownEntryError,
     UnknownForkError,
-    WiderAudienceError,
 )
 from agent.jsoncodec import dumps_bytes
 from agent.metrics import Counter, Histogram, MetricFamily, Registry
-from agent.node import views
+from agent.node import about, views
 from agent.node.aid import NodeAid
 from agent.node.author import Author
 from agent.node.committer import MAX_QUEUED_ENTRIES, GroupCommitter
@@ -73,9 +69,8 @@ from agent.storage.ledger import (
 from agent.storage.queries import canonical_indicator, with_names
 from agent.workers.batch import BatchWorker
 from protocol.entries import TLP, VerifiedEntry
-from protocol.erasure import covers
 from protocol.keys import Identity, PublicKey
-from protocol.payloads import Observation, Payload, Retraction, Sighting
+from protocol.payloads import Observation, Payload
 
 __all__ = [
     "ENV_PASSPHRASE",
@@ -383,67 +378,27 @@ class Node:
         return await self.submit([Submission(o, TLP(tlp), names) for o in observations])
 
     async def retract(self, entry_id: str, reason: str | None = None) -> VerifiedEntry:
-        """Retract one of this node's own entries. The retraction is sent with the
-        target's TLP, to the target's audience members still known.
-
-        Raises:
-            UnknownEntryError: no entry with that id this node can read.
-            NotOwnEntryError: the entry is another origin's.
-            AlreadyRetractedError: it was already retracted.
-        """
-        entry = await self._readable_entry(entry_id)
-        if entry.origin != self.public_key:
-            raise NotOwnEntryError("only the origin that wrote an entry can retract it")
-        current = await self.ledger.get_observation(entry.id)
-        if current is not None and current.get("retracted"):
-            raise AlreadyRetractedError(f"{entry.id} is already retracted")
-        payload = Retraction(of=entry.id, reason=reason)
-        recipients = self.members.same_audience(entry.tlp, entry.audience)
-        draft = OwnDraft(payload, entry.tlp, recipients)
-        (retraction,) = await _started(self._committer).submit([draft])
-        return retraction
+        """Retract one of this node's own entries (agent/node/about.py has the rules)."""
+        return await about.retract(self, entry_id, reason)
 
     async def add_sighting(self, of_id: str, *, count: int = 1, seen_at: datetime | None = None,
                            note: str | None = None, tlp: TLP | None = None,
                            audience: Sequence[str] | None = None) -> VerifiedEntry:
-        """Record that this node saw the indicator of entry ``of_id`` (any origin's).
+        """Record a sighting of entry ``of_id`` (agent/node/about.py has the rules)."""
+        return await about.add_sighting(self, of_id, count=count, seen_at=seen_at, note=note,
+                                        tlp=tlp, audience=audience)
 
-        The sighting takes at least the target's TLP and, for an encrypted target, at
-        most its audience (docs/privacy.md): by default exactly the target's TLP and
-        the members still known of its audience.
+    async def submit_drafts(self, drafts: Sequence[OwnDraft]) -> list[VerifiedEntry]:
+        """Sign and commit ready drafts through the group committer (acknowledged once
+        durable)."""
+        return await _started(self._committer).submit(list(drafts))
+
+    async def readable_entry(self, entry_id: str) -> VerifiedEntry:
+        """The entry ``entry_id`` when this node can read it.
 
         Raises:
-            UnknownEntryError: no readable entry with that id.
-            BelowTargetError: ``tlp`` is lower than the target's (nothing written).
-            WiderAudienceError: ``audience`` names a reader outside the target's.
-            UnknownAudienceError: a bad audience.
-            PayloadError/ValidationError: bad count, time or note.
+            UnknownEntryError: no such entry readable here.
         """
-        entry = await self._readable_entry(of_id)
-        payload = Sighting(of=entry.id, count=count, seen_at=seen_at, note=note)
-        tlp = entry.tlp if tlp is None else TLP(tlp)
-        if not covers(tlp, entry.tlp):
-            raise BelowTargetError(
-                f"a sighting of a {entry.tlp.value} entry is {entry.tlp.value} or higher, "
-                f"not {tlp.value} / le signalement d'une entrée {entry.tlp.value} est "
-                f"{entry.tlp.value} ou plus, pas {tlp.value}")
-        if not entry.tlp.encrypted:
-            names = None if audience is None else tuple(audience)
-            (sighting,) = await self.submit([Submission(payload, tlp, names)])
-            return sighting
-        if audience is None:
-            recipients = self.members.same_audience(entry.tlp, entry.audience)
-        else:
-            recipients = self.recipients(tlp, audience)
-            allowed = set(entry.audience or ()) | {self.public_key.key_id}
-            outside = [k for k in recipients if k.key_id not in allowed]
-            if outside:
-                raise WiderAudienceError(
-                    "the sighting's audience must stay within its target's audience / "
-                    "l'audience du signalement doit rester dans celle de l'entrée visée")
-        return await self.submit_sealed(payload, tlp, recipients)
-
-    async def _readable_entry(self, entry_id: str) -> VerifiedEntry:
         entry_id = entry_id.lower() if isinstance(entry_id, str) else ""
         if len(entry_id) != 64 or any(c not in "0123456789abcdef" for c in entry_id):
             raise UnknownEntryError(f"no entry {entry_id[:64]!r}")

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-import struct
-import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,12 +29,19 @@ from typing import Any
 
 import aiosqlite
 
-from agent.errors import InvalidCursorError, InvalidRuleError
+from agent.errors import InvalidRuleError
 from agent.jsoncodec import dumps, loads
+from agent.storage.cursors import (
+    decode_cursor,
+    decode_time_cursor,
+    encode_cursor,
+    encode_time_cursor,
+    format_ms,
+)
 from protocol.entries import TLP
-from protocol.errors import EncodingError, KeyFormatError, PayloadError
+from protocol.errors import EncodingError, PayloadError
 from protocol.indicators import IndicatorType, normalise_indicator
-from protocol.keys import PublicKey, b64url_decode, b64url_encode
+from protocol.keys import PublicKey
 from protocol.payloads import Observation, Payload, Playbook, Retraction, Rule, Sighting
 
 __all__ = [
@@ -63,76 +68,6 @@ FAST_ROWS = 32
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
-
-
-# --- cursors ----------------------------------------------------------------------
-
-# A cursor is base64url(tag || u64 big-endian row number). The tag keeps a cursor of one
-# list from being replayed on another. Forging one only moves the caller's own window,
-# so strict validation is enough: no MAC.
-_CURSOR = struct.Struct(">cQ")
-_TAGS = {"observation": b"o", "sighting": b"s", "item": b"i"}
-
-
-def encode_cursor(kind: str, row: int) -> str:
-    """The opaque cursor after ``row`` in the ``kind`` list (observation, sighting, item)."""
-    return b64url_encode(_CURSOR.pack(_TAGS[kind], row))
-
-
-def decode_cursor(kind: str, text: str) -> int:
-    """The row number inside a cursor issued by :func:`encode_cursor` for ``kind``.
-
-    Raises:
-        InvalidCursorError: not a cursor of this list (bad text, size, tag or range).
-    """
-    if not isinstance(text, str) or len(text) != 12:
-        raise InvalidCursorError("invalid cursor")
-    try:
-        tag, row = _CURSOR.unpack(b64url_decode(text))
-    except (KeyFormatError, struct.error) as exc:
-        raise InvalidCursorError("invalid cursor") from exc
-    if tag != _TAGS[kind] or row >= 1 << 62:
-        raise InvalidCursorError(f"invalid cursor for the {kind} list")
-    return int(row)
-
-
-_TIME_CURSOR = struct.Struct(">cqQ")
-
-
-def encode_time_cursor(ts: int, row: int) -> str:
-    """The cursor after (ts, obs_no) in an observation list ordered by time."""
-    return b64url_encode(_TIME_CURSOR.pack(b"t", ts, row))
-
-
-def decode_time_cursor(text: str) -> tuple[int, int]:
-    """(ts, obs_no) inside a cursor from :func:`encode_time_cursor`.
-
-    Raises:
-        InvalidCursorError: not such a cursor.
-    """
-    if not isinstance(text, str) or len(text) != 23:
-        raise InvalidCursorError("invalid cursor for a list ordered by time")
-    try:
-        tag, ts, row = _TIME_CURSOR.unpack(b64url_decode(text))
-    except (KeyFormatError, struct.error) as exc:
-        raise InvalidCursorError("invalid cursor") from exc
-    if tag != b"t" or row >= 1 << 62:
-        raise InvalidCursorError("invalid cursor for a list ordered by time")
-    return int(ts), int(row)
-
-
-def format_ms(ms: int) -> str:
-    """RFC 3339 UTC text of a ms timestamp, as the payloads write datetimes.
-
-    From ``time.gmtime``: a tenth of the cost of a datetime and ``strftime``, and a
-    lookup writes two of these.
-    """
-    seconds, milli = divmod(ms, 1000)
-    t = time.gmtime(seconds)
-    text = f"{t[0]:04d}-{t[1]:02d}-{t[2]:02d}T{t[3]:02d}:{t[4]:02d}:{t[5]:02d}"
-    if milli:
-        text += f".{milli:03d}".rstrip("0")
-    return text + "Z"
 
 
 def _to_ms(value: datetime) -> int:

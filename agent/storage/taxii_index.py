@@ -31,14 +31,21 @@ import contextlib
 import json
 import os
 import sqlite3
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.errors import StorageError
+from agent.storage.taxii_forget import forget_entries, index_path
+from agent.storage.taxii_types import (
+    Collection,
+    IndexPage,
+    IndexRow,
+    KnownObject,
+    OriginInfo,
+    VersionFilter,
+)
 from protocol.aid import AidRequest
 from protocol.entries import TLP, verify_header
 from protocol.errors import EntraideError
@@ -106,57 +113,6 @@ _LEDGER_CHUNK = " UNION ALL ".join(
         ("items", "t.kind", "t.ts", "t.tlp", "t.doc", "NULL", ""),
     )
 ) + " ORDER BY 1 LIMIT :limit"
-
-
-class Collection(StrEnum):
-    """The two collections: everything this node can read, and its own entries."""
-
-    ALL = "in_all"
-    OWN = "in_own"
-
-
-@dataclass(frozen=True)
-class VersionFilter:
-    """``match[version]``: any of last / first / all / exact versions (µs)."""
-
-    last: bool = True
-    first: bool = False
-    all: bool = False
-    exact: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class IndexRow:
-    """One served object version."""
-
-    row: int
-    added_us: int
-    stix_id: str
-    version: str
-    json: str
-
-
-@dataclass(frozen=True)
-class IndexPage:
-    rows: list[IndexRow]
-    more: bool
-
-
-OriginInfo = Callable[[str], tuple[str | None, str | None]]
-"""origin key text → (display name, jurisdiction), from the trust list."""
-
-
-@dataclass(frozen=True)
-class KnownObject:
-    """What the post path knows of an entry it has just stored: its payload and, when
-    it rendered the entry's object already, the object's text (``object_json``) with
-    its id, version and spec_version (``json`` None: the index renders it)."""
-
-    payload: Payload
-    json: str | None = None
-    stix_id: str = ""
-    version: str | None = None
-    spec_version: str = "2.1"
 
 
 @dataclass
@@ -585,66 +541,3 @@ _TOOL_KINDS = frozenset({"rule", "playbook"})
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-
-
-# -- erasure (docs/privacy.md, "Erasure")
-
-
-def index_path(ledger_path: Path) -> Path:
-    """The TAXII index file beside a ledger (``<ledger stem>.taxii.sqlite3``)."""
-    return ledger_path.with_name(ledger_path.stem + ".taxii.sqlite3")
-
-
-def forget_entries(path: Path, entry_hashes: Sequence[bytes], *, attempts: int = 50) -> int:
-    """Delete every object row of these entries (32-byte ids) from the index file at
-    ``path``, with every version of the same STIX ids (a retraction's revoked copy
-    repeats the object), then checkpoint and truncate its WAL: no trace is left.
-
-    Runs on its own connection (``secure_delete`` on, so deleted rows are zeroed), so
-    the node calls it whether or not the TAXII app has opened the index; blocking: call
-    it in a thread. A missing file is nothing to forget.
-
-    Returns:
-        The rows deleted.
-
-    Raises:
-        StorageError: the file cannot be written.
-    """
-    ids = [bytes(h) for h in entry_hashes]
-    if not ids or not path.exists():
-        return 0
-    try:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=5.0)
-    except sqlite3.Error as exc:
-        raise StorageError(f"cannot open the TAXII index {path}: {exc}") from exc
-    try:
-        conn.execute("PRAGMA secure_delete = ON")
-        deleted = 0
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for i in range(0, len(ids), _SQL_PARAMS):
-                part = ids[i:i + _SQL_PARAMS]
-                marks = ",".join("?" * len(part))
-                stix_ids = [r[0] for r in conn.execute(
-                    f"SELECT DISTINCT stix_id FROM objects WHERE entry_hash IN ({marks})", part)]
-                deleted += conn.execute(
-                    f"DELETE FROM objects WHERE entry_hash IN ({marks})", part).rowcount
-                for j in range(0, len(stix_ids), _SQL_PARAMS):
-                    some = stix_ids[j:j + _SQL_PARAMS]
-                    deleted += conn.execute(
-                        f"DELETE FROM objects WHERE stix_id IN ({','.join('?' * len(some))})",
-                        some).rowcount
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        for _ in range(max(1, attempts)):
-            if conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0:
-                break
-            time.sleep(0.02)
-        return deleted
-    except sqlite3.Error as exc:
-        raise StorageError(f"TAXII index: cannot forget erased entries: {exc}") from exc
-    finally:
-        conn.close()

@@ -1,0 +1,77 @@
+"""Erased entries leave the TAXII index with no trace (docs/privacy.md, "Erasure"):
+their rows deleted with ``secure_delete`` on, every version of the same STIX ids, and
+the WAL truncated. Its own connection, so the node calls it whether or not the TAXII
+app has opened the index."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent.errors import StorageError
+
+__all__ = ["forget_entries", "index_path"]
+
+_SQL_PARAMS = 400
+
+
+def index_path(ledger_path: Path) -> Path:
+    """The TAXII index file beside a ledger (``<ledger stem>.taxii.sqlite3``)."""
+    return ledger_path.with_name(ledger_path.stem + ".taxii.sqlite3")
+
+
+def forget_entries(path: Path, entry_hashes: Sequence[bytes], *, attempts: int = 50) -> int:
+    """Delete every object row of these entries (32-byte ids) from the index file at
+    ``path``, with every version of the same STIX ids (a retraction's revoked copy
+    repeats the object), then checkpoint and truncate its WAL: no trace is left.
+
+    Runs on its own connection (``secure_delete`` on, so deleted rows are zeroed), so
+    the node calls it whether or not the TAXII app has opened the index; blocking: call
+    it in a thread. A missing file is nothing to forget.
+
+    Returns:
+        The rows deleted.
+
+    Raises:
+        StorageError: the file cannot be written.
+    """
+    ids = [bytes(h) for h in entry_hashes]
+    if not ids or not path.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot open the TAXII index {path}: {exc}") from exc
+    try:
+        conn.execute("PRAGMA secure_delete = ON")
+        deleted = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for i in range(0, len(ids), _SQL_PARAMS):
+                part = ids[i:i + _SQL_PARAMS]
+                marks = ",".join("?" * len(part))
+                stix_ids = [r[0] for r in conn.execute(
+                    f"SELECT DISTINCT stix_id FROM objects WHERE entry_hash IN ({marks})", part)]
+                deleted += conn.execute(
+                    f"DELETE FROM objects WHERE entry_hash IN ({marks})", part).rowcount
+                for j in range(0, len(stix_ids), _SQL_PARAMS):
+                    some = stix_ids[j:j + _SQL_PARAMS]
+                    deleted += conn.execute(
+                        f"DELETE FROM objects WHERE stix_id IN ({','.join('?' * len(some))})",
+                        some).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        for _ in range(max(1, attempts)):
+            if conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0:
+                break
+            time.sleep(0.02)
+        return deleted
+    except sqlite3.Error as exc:
+        raise StorageError(f"TAXII index: cannot forget erased entries: {exc}") from exc
+    finally:
+        conn.close()
