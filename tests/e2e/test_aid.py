@@ -83,7 +83,10 @@ def test_aid_request_offers_accept_close_across_a_relay_that_cannot_read(
     got = _sees(bc, path, lambda r: len(r["offers"]) == 2)
     assert {o["origin_name"] for o in got["offers"]} == {"QC", "FED"}
 
-    # Illegal transitions: each gets its status and changes nothing.
+    # Illegal transitions: each gets its status and changes nothing. First every node
+    # holds every entry so far (FED's offer may still be on its way to QC).
+    wait_for(lambda: len({n.entries() for n in (bc, qc, on, ff)}) == 1, DEADLINE_S,
+             "every node to hold the request and both offers", interval=0.1)
     before = bc.entries(), qc.entries()
     assert _status(qc, "POST", f"{path}/offers/{qc_offer}/accept") == (403, "not_requester")
     assert _status(qc, "POST", f"{path}/close", {"summary": {"en": "x"}}) == (
