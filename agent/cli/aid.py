@@ -21,12 +21,19 @@ Errors are one line on stderr (the API's message, in both languages) and exit 1.
 from __future__ import annotations
 
 import argparse
-import json
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from agent.cli.client import _client, _common, _csv, call_api, render_table
+from agent.cli.client import (
+    _client,
+    _common,
+    _csv,
+    call_api,
+    localized,
+    print_result,
+    render_table,
+)
 from protocol.aid import NeedKind
 
 __all__ = ["aid_command", "capabilities_command"]
@@ -54,17 +61,6 @@ def _need(text: str) -> dict[str, str]:
     return {"kind": kind.strip(), **({"detail": detail.strip()} if detail.strip() else {})}
 
 
-def _print(args: argparse.Namespace, value: Any, human: str) -> int:
-    print(json.dumps(value, ensure_ascii=False) if args.json else human)
-    return 0
-
-
-def _loc(text: dict[str, Any] | None) -> str:
-    if not text:
-        return ""
-    return " / ".join(v for v in (text.get("en"), text.get("fr")) if v)
-
-
 def _show(r: dict[str, Any]) -> str:
     lines = [
         f"{r['title']}  [{r['severity']}]  {r.get('tlp', '')}",
@@ -73,16 +69,17 @@ def _show(r: dict[str, Any]) -> str:
         + ("    OVERDUE / EN RETARD" if r.get("overdue") else ""),
         "  needs / besoins: " + ", ".join(
             n["kind"] + (f" ({n['detail']})" if n.get("detail") else "") for n in r["needs"]),
-        f"  {_loc(r.get('description'))}",
+        f"  {localized(r.get('description'))}",
         f"  contact: {r['contact']['name']} {r['contact'].get('channel') or ''}".rstrip(),
     ]
     if r.get("respond_by"):
         lines.append(f"  respond by / répondre avant: {r['respond_by']}")
     for o in r.get("offers", []):
-        lines.append(f"  offer / offre {o['id'][:16]}  {o.get('origin_name') or o['origin']}  "
-                     f"{o['status']}  {', '.join(o['kinds'])}  {_loc(o.get('detail'))}".rstrip())
+        who = o.get("origin_name") or o["origin"]
+        lines.append(f"  offer / offre {o['id'][:16]}  {who}  {o['status']}  "
+                     f"{', '.join(o['kinds'])}  {localized(o.get('detail'))}".rstrip())
     for u in r.get("updates", []):
-        text = _loc(u.get("note") or u.get("summary") or u.get("reason"))
+        text = localized(u.get("note") or u.get("summary") or u.get("reason"))
         lines.append(f"  {u['kind']}  {u.get('origin_name') or u['origin']}  {text}".rstrip())
     if r.get("invalid"):
         lines.append(f"  entries without effect / entrées sans effet: {len(r['invalid'])}")
@@ -191,21 +188,21 @@ def aid_command(argv: list[str], data_dir: Path) -> int:
                 body[key] = value
         created = api("POST", root, body)
         audience = ", ".join(created.get("audience") or [])
-        return _print(args, created, f"{created['id']}  {created['status']}  "
+        return print_result(args, created, f"{created['id']}  {created['status']}  "
                                      f"{created.get('tlp')} -> {audience}")
     if args.action == "list":
         params = {k: v for k, v in (("status", args.status), ("need", args.need)) if v}
         if args.mine:
             params["mine"] = "true"
         found = api("GET", f"{root}?{urllib.parse.urlencode(params)}")["requests"]
-        return _print(args, found, render_table(
+        return print_result(args, found, render_table(
             ["id", "from/de", "status/statut", "severity", "offers/offres", "title/titre"],
             [[r["id"][:16], r.get("origin_name") or r["origin"][:16],
               r["status"] + (" OVERDUE" if r.get("overdue") else ""), r["severity"],
               str(r.get("offer_count", 0)), r["title"]] for r in found]))
     if args.action == "show":
         got = api("GET", f"{root}/{args.id}")
-        return _print(args, got, _show(got))
+        return print_result(args, got, _show(got))
     if args.action == "offer":
         offer: dict[str, Any] = {"kinds": _csv(args.kind), "on_site": args.on_site}
         for key, value in (("detail", _text(args, "detail")), ("people", args.people),
@@ -217,25 +214,25 @@ def aid_command(argv: list[str], data_dir: Path) -> int:
             offer["contact"] = {"name": args.contact,
                                 **({"channel": args.channel} if args.channel else {})}
         created = api("POST", f"{root}/{args.id}/offers", offer)
-        return _print(args, created, f"{created['id']}  {created['status']}")
+        return print_result(args, created, f"{created['id']}  {created['status']}")
     if args.action in ("accept", "withdraw"):
         note = _text(args, "note")
         key = "note" if args.action == "accept" else "reason"
         got = api("POST", f"{root}/{args.id}/offers/{args.offer}/{args.action}",
                   {key: note} if note else {})
-        return _print(args, got, _show(got))
+        return print_result(args, got, _show(got))
     if args.action == "update":
         update: dict[str, Any] = {"note": _text(args, "note") or {}}
         if args.status:
             update["status"] = args.status
         got = api("POST", f"{root}/{args.id}/updates", update)
-        return _print(args, got, _show(got))
+        return print_result(args, got, _show(got))
     if args.action == "close":
         got = api("POST", f"{root}/{args.id}/close", {"summary": _text(args, "summary") or {}})
-        return _print(args, got, _show(got))
+        return print_result(args, got, _show(got))
     params = {"need": args.need, **({"language": args.language} if args.language else {})}
     got = api("GET", f"/api/v1/aid/suggest?{urllib.parse.urlencode(params)}")
-    return _print(args, got, "audience / destinataires: " + (",".join(got["audience"])
+    return print_result(args, got, "audience / destinataires: " + (",".join(got["audience"])
                                                             or "(none / aucun)"))
 
 
@@ -272,11 +269,11 @@ def capabilities_command(argv: list[str], data_dir: Path) -> int:
             body["contact"] = {"name": args.contact,
                                **({"channel": args.channel} if args.channel else {})}
         got = call_api(base, token, "PUT", "/api/v1/capabilities", body)
-        return _print(args, got, f"{got['id']}  {got['updated']}")
+        return print_result(args, got, f"{got['id']}  {got['updated']}")
     params = {k: v for k, v in (("need", args.need), ("language", args.language)) if v}
     found = call_api(base, token, "GET",
                      f"/api/v1/capabilities?{urllib.parse.urlencode(params)}")["capabilities"]
-    return _print(args, found, render_table(
+    return print_result(args, found, render_table(
         ["member/membre", "skills/compétences", "languages/langues", "hours/heures",
          "available/disponible"],
         [[c.get("origin_name") or c["origin"][:16], ",".join(c.get("skills", [])),

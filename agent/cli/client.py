@@ -92,12 +92,28 @@ def call_api(base: str, token: str, method: str, path: str, body: Any = None) ->
         ApiError: the node answered with an error.
     """
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data, method=method, headers={
-        "Authorization": f"Bearer {token}", "Content-Type": "application/json",
-        "Accept": "application/json"})
+    raw, _ = _request(base, token, method, path, data, "application/json")
+    return json.loads(raw or b"null")
+
+
+def call_api_text(base: str, token: str, path: str) -> tuple[str, dict[str, str]]:
+    """GET a ``text/plain`` answer (a ruleset export): its text and headers; errors as
+    :func:`call_api` raises them."""
+    raw, headers = _request(base, token, "GET", path, None, "text/plain")
+    return raw.decode("utf-8"), headers
+
+
+def _request(base: str, token: str, method: str, path: str, data: bytes | None,
+             accept: str) -> tuple[bytes, dict[str, str]]:
+    """The one HTTP exchange with the node: the answer's bytes and headers, or the
+    node's error as :class:`ApiError`."""
+    headers = {"Authorization": f"Bearer {token}", "Accept": accept}
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
-            return json.loads(response.read() or b"null")
+            return response.read(), dict(response.headers)
     except urllib.error.HTTPError as exc:
         try:
             error = json.loads(exc.read())["error"]
@@ -107,6 +123,19 @@ def call_api(base: str, token: str, method: str, path: str, body: Any = None) ->
     except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
         raise NodeNotRunningError(
             f"no node answers at {base} (is 'entraide run' running?)") from exc
+
+
+def print_result(args: argparse.Namespace, value: Any, human: str) -> int:
+    """Print ``value`` as JSON with ``--json``, else the ``human`` text; exit status 0."""
+    print(json.dumps(value, ensure_ascii=False) if args.json else human)
+    return 0
+
+
+def localized(text: dict[str, Any] | None) -> str:
+    """A ``{"en", "fr"}`` text on one line: both languages that are there."""
+    if not text:
+        return ""
+    return " / ".join(v for v in (text.get("en"), text.get("fr")) if v)
 
 
 def _client(argv_ns: argparse.Namespace, data_dir: Path) -> tuple[str, str]:

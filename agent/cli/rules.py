@@ -30,9 +30,18 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from agent.cli.client import ApiError, _client, _common, _csv, call_api, render_table
+from agent.cli.client import (
+    _client,
+    _common,
+    _csv,
+    call_api,
+    call_api_text,
+    localized,
+    print_result,
+    render_table,
+)
 from agent.config.datadir import atomic_write
-from agent.errors import ConfigError, NodeNotRunningError
+from agent.errors import ConfigError
 from protocol.payload_fields import RuleType
 
 __all__ = ["playbooks_command", "rules_command"]
@@ -40,7 +49,6 @@ __all__ = ["playbooks_command", "rules_command"]
 MAX_FILE_BYTES = 512 * 1024  # above every API bound (rule text, playbook body)
 _TYPES = [t.value for t in RuleType]
 _TLPS = ["CLEAR", "GREEN", "AMBER", "AMBER+STRICT", "RED"]
-_TIMEOUT_S = 30.0
 
 
 def _read(path: str) -> str:
@@ -65,36 +73,6 @@ def _read(path: str) -> str:
                           f"(byte / octet {exc.start})") from None
 
 
-def _get_text(base: str, token: str, path: str) -> tuple[str, dict[str, str]]:
-    """GET a ``text/plain`` answer (the export): its text and headers; errors as
-    :func:`agent.cli.client.call_api` raises them."""
-    request = urllib.request.Request(base + path, method="GET", headers={
-        "Authorization": f"Bearer {token}", "Accept": "text/plain"})
-    try:
-        with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
-            return response.read().decode("utf-8"), dict(response.headers)
-    except urllib.error.HTTPError as exc:
-        try:
-            error = json.loads(exc.read())["error"]
-            raise ApiError(exc.code, str(error["code"]), str(error["message"])) from exc
-        except (ValueError, KeyError, TypeError):
-            raise ApiError(exc.code, "http_error", exc.reason) from exc
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-        raise NodeNotRunningError(
-            f"no node answers at {base} (is 'entraide run' running?)") from exc
-
-
-def _print(args: argparse.Namespace, value: Any, human: str) -> int:
-    print(json.dumps(value, ensure_ascii=False) if args.json else human)
-    return 0
-
-
-def _loc(text: dict[str, Any] | None) -> str:
-    if not text:
-        return ""
-    return " / ".join(v for v in (text.get("en"), text.get("fr")) if v)
-
-
 def _state(item: dict[str, Any]) -> str:
     if not item.get("valid", True):
         return "INVALID / INVALIDE"
@@ -115,7 +93,7 @@ def _show_rule(r: dict[str, Any]) -> str:
     if r.get("superseded_by"):
         lines.append(f"  superseded by / remplacée par: {r['superseded_by']}")
     if r.get("description"):
-        lines.append(f"  {_loc(r['description'])}")
+        lines.append(f"  {localized(r['description'])}")
     if r.get("audience"):
         lines.append(f"  audience / destinataires: {', '.join(r['audience'])}")
     lines.append("")
@@ -173,7 +151,8 @@ def _list_params(args: argparse.Namespace) -> dict[str, str]:
 def _retract(args: argparse.Namespace, base: str, token: str, kind: str) -> int:
     body = {"reason": args.reason} if args.reason else {}
     got = call_api(base, token, "POST", f"/api/v1/{kind}/{_entry_id(args.id)}/retract", body)
-    return _print(args, got, f"retracted / retirée: {got['of']}  (entry / entrée {got['id']})")
+    return print_result(args, got,
+                        f"retracted / retirée: {got['of']}  (entry / entrée {got['id']})")
 
 
 def _entry_id(text: str) -> str:
@@ -240,8 +219,8 @@ def rules_command(argv: list[str], data_dir: Path) -> int:
         if args.supersedes:
             body["supersedes"] = _entry_id(args.supersedes)
         created = call_api(base, token, "POST", "/api/v1/rules", body)
-        return _print(args, created, f"{created['id']}  seq {created['seq']}  {created['tlp']}"
-                                     "  valid / valide")
+        return print_result(args, created, f"{created['id']}  seq {created['seq']}  "
+                            f"{created['tlp']}  valid / valide")
     if args.action == "list":
         params = _list_params(args)
         if args.rule_type:
@@ -250,16 +229,16 @@ def rules_command(argv: list[str], data_dir: Path) -> int:
                          "/api/v1/rules?" + urllib.parse.urlencode(params))["rules"]
         if not args.json and not found:
             print("(no rules / aucune règle)", file=sys.stderr)
-        return _print(args, found, render_table(
+        return print_result(args, found, render_table(
             ["id", "type", "name/nom", "from/de", "tlp", "state/état"],
             [[r["id"][:16], r["rule_type"], r["name"], r.get("origin_name") or r["origin"][:16],
               r["tlp"], _state(r)] for r in found]))
     if args.action == "show":
         got = call_api(base, token, "GET", f"/api/v1/rules/{_entry_id(args.id)}")
-        return _print(args, got, _show_rule(got))
+        return print_result(args, got, _show_rule(got))
     if args.action == "export":
         query = urllib.parse.urlencode({"type": args.rule_type})
-        text, headers = _get_text(base, token, f"/api/v1/rules/export?{query}")
+        text, headers = call_api_text(base, token, f"/api/v1/rules/export?{query}")
         skipped = int(headers.get("X-Entraide-Skipped", "0") or 0)
         if args.output:
             atomic_write(Path(args.output), text.encode("utf-8"), mode=0o644)
@@ -313,18 +292,18 @@ def playbooks_command(argv: list[str], data_dir: Path) -> int:
             params["supersedes"] = _entry_id(args.supersedes)
         created = call_api(base, token, "POST",
                            "/api/v1/playbooks?" + urllib.parse.urlencode(params), playbook)
-        return _print(args, created, f"{created['id']}  seq {created['seq']}  {created['tlp']}"
-                                     "  valid / valide")
+        return print_result(args, created, f"{created['id']}  seq {created['seq']}  "
+                            f"{created['tlp']}  valid / valide")
     if args.action == "list":
         found = call_api(base, token, "GET", "/api/v1/playbooks?"
                          + urllib.parse.urlencode(_list_params(args)))["playbooks"]
         if not args.json and not found:
             print("(no playbooks / aucun playbook)", file=sys.stderr)
-        return _print(args, found, render_table(
+        return print_result(args, found, render_table(
             ["id", "name/nom", "from/de", "tlp", "state/état"],
             [[p["id"][:16], str((p.get("playbook") or {}).get("name", "?")),
               p.get("origin_name") or p["origin"][:16], p["tlp"], _state(p)] for p in found]))
     if args.action == "show":
         got = call_api(base, token, "GET", f"/api/v1/playbooks/{_entry_id(args.id)}")
-        return _print(args, got, _show_playbook(got))
+        return print_result(args, got, _show_playbook(got))
     return _retract(args, base, token, "playbooks")
