@@ -18,7 +18,8 @@ import pytest
 AGENT = Path(__file__).resolve().parents[2] / "agent"
 
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"agent", "agent.errors", "agent.jsoncodec", "agent.metrics", "agent.reexport"}),
+    frozenset({"agent", "agent.errors", "agent.i18n", "agent.jsoncodec", "agent.metrics",
+               "agent.reexport"}),
     frozenset({"agent.config"}),
     frozenset({"agent.tools"}),
     frozenset({"agent.storage"}),
