@@ -17,7 +17,9 @@ Invariants:
   ``body_len``: only :func:`sign_entry`, :func:`verify_entry`,
   :meth:`VerifiedEntry.without_body` and :func:`_rebuild_verified` (for bytes that
   ``verify_entry`` accepted in the node's verify worker process, agent/workers/verify.py,
-  its only caller) build one.
+  its only caller) build one; and :func:`_chain_member` for protocol/chainrun.py, which
+  hands its entries out only once a valid signature on a later entry authenticates
+  them through the hash chain (§3, chain-authenticated runs).
 - A header without its body is a valid chain member (§3): it verifies, chains, and has
   the same id as the entry with its body.
 - ``audience`` is present exactly when the TLP is encrypted (AMBER, AMBER+STRICT,
@@ -376,6 +378,39 @@ def verify_header(header: bytes) -> VerifiedEntry:
 
 
 def _verify(header: bytes, body: bytes | None, raw: bytes) -> VerifiedEntry:
+    value, origin, tlp = _check_unsigned(header, body)
+    # ``header`` is canonical (decode re-packed it to the same bytes), so the encoding
+    # of the signed fields is ``header`` with a 10-element array header instead of 11 and
+    # without the trailing sig (bin 8: c4 40 and 64 bytes): no second packing.
+    origin.verify(ENTRY_SIG_LABEL + _SIGNED_FIELDS + header[1:-_SIG_TAIL], value[10])
+    return _verified(value, origin, tlp, header, body, raw)
+
+
+def _check_signature(entry: VerifiedEntry) -> None:
+    """Verify the signature of an entry :func:`_chain_member` built (BadSignatureError)."""
+    entry.origin.verify(ENTRY_SIG_LABEL + _SIGNED_FIELDS + entry.header[1:-_SIG_TAIL],
+                        entry.sig)
+
+
+def _chain_member(raw: bytes) -> VerifiedEntry:
+    """An entry checked in every way but its signature, for protocol/chainrun.py only.
+
+    The caller authenticates it by the hash chain instead: the entry is given out only
+    once a later entry of the same origin, whose ``prev`` links back to it, has a valid
+    signature (docs/protocol.md §3, chain-authenticated runs). Anywhere else this would
+    break the module's invariant (a test keeps it to that one caller).
+
+    Raises:
+        See :func:`verify_entry`, except BadSignatureError.
+    """
+    raw = bytes(raw)
+    header, body = split_entry(raw)
+    value, origin, tlp = _check_unsigned(header, body)
+    return _verified(value, origin, tlp, header, body, raw)
+
+
+def _check_unsigned(header: bytes, body: bytes | None) -> tuple[list[Any], PublicKey, TLP]:
+    """Decode a header and check every rule but its signature; the body against it."""
     value = decode(header, _HEADER_LIMITS)
     if not isinstance(value, list) or len(value) != _HEADER_FIELDS:
         raise EncodingError(f"an entry header is an array of {_HEADER_FIELDS} fields")
@@ -403,11 +438,7 @@ def _verify(header: bytes, body: bytes | None, raw: bytes) -> VerifiedEntry:
     _check_fields(seq, prev, ts, tlp, audience, b_len, expires_ms)
     if body is not None and (len(body) != b_len or body_hash(body) != b_hash):
         raise EncodingError("the body does not match the header's body hash and length")
-    # ``header`` is canonical (decode re-packed it to the same bytes), so the encoding
-    # of the signed fields is ``header`` with a 10-element array header instead of 11 and
-    # without the trailing sig (bin 8: c4 40 and 64 bytes): no second packing.
-    origin.verify(ENTRY_SIG_LABEL + _SIGNED_FIELDS + header[1:-_SIG_TAIL], sig)
-    return _verified(value, origin, tlp, header, body, raw)
+    return value, origin, tlp
 
 
 def _rebuild_verified(raw: bytes) -> VerifiedEntry:
