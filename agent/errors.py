@@ -14,6 +14,8 @@ the HTTP API maps these classes to statuses (noted on the right)::
     │   └── UnknownTokenError             no API token by that name                   404
     ├── StorageError                      the ledger database failed (I/O, corruption) 500
     │   └── NodeStoppingError             the node is shutting down or not started     503
+    │       └── RestoringError            restored from a backup, still catching up its
+    │                                     own chain: it signs nothing yet              503
     ├── UntrustedPeerError                a key or name that is not in the trust list  403/422
     │   └── UnknownAudienceError          an audience or origin name not in the list,
     │                                     or an audience that does not fit the TLP     422
@@ -66,6 +68,7 @@ __all__ = [
     "NodeNotRunningError",
     "NodeStoppingError",
     "NotOwnEntryError",
+    "RestoringError",
     "ScopeError",
     "StorageError",
     "TransportError",
@@ -132,6 +135,11 @@ class NodeNotRunningError(EntraideError):
 
 class NodeStoppingError(StorageError):
     """The node is shutting down (or not started): nothing more is accepted."""
+
+
+class RestoringError(NodeStoppingError):
+    """Restored from a backup, the node signs nothing until it has caught up its own
+    chain from its peers (agent/node/restore.py)."""
 
 
 class UnknownAudienceError(UntrustedPeerError, ValueError):

@@ -439,6 +439,13 @@ class GossipEngine:
         return sum(max(0, best.get(log.kid, 0) - log.seq)
                    for log in self._table.logs.values() if log.active)
 
+    def heads_heard(self, origin: PublicKey) -> dict[PublicKey, int]:
+        """What each connected peer whose whole vector reached us this session says it
+        holds of ``origin`` (0: nothing). A restored node asks this of its own origin
+        before it signs again (docs/operations.md, "Back up and restore")."""
+        kid = origin.key_id
+        return {p.key: p.told.get(kid, 0) for p in self._peers.values() if p.heard}
+
     def wants_in_flight(self) -> list[tuple[PublicKey, bytes, int, int]]:
         """Requests sent and not yet fulfilled: (peer, origin key id, from_seq, to_seq)."""
         return [(w.peer, log.kid, w.from_seq, w.to_seq)

@@ -172,10 +172,12 @@ class Receiver:
         mine = self.table.digest()
         if msg.vector is None:
             if msg.digest == mine:
+                p.heard = True
                 self._synced(p, mine)
             else:
                 self._send_vector(p)
             return
+        p.heard = True
         theirs: dict[bytes, int] = {}
         for item in msg.vector:
             theirs[item.origin] = item.seq

@@ -90,6 +90,9 @@ class PeerState:
     want_out: list[tuple[bytes, int, int]] = field(default_factory=list)
     last_full_sent: bytes | None = None
     synced_digest: bytes | None = None
+    heard: bool = False
+    """The peer's whole version vector reached us this session (a full HAVE, or a digest
+    equal to ours): ``told`` then holds its head of every origin it has."""
     forks_sent: set[bytes] = field(default_factory=set)
     ping_token: bytes | None = None
     ping_sent: float = 0.0

@@ -85,6 +85,7 @@ from agent.errors import (
     NodeExistsError,
     NodeStoppingError,
     NotOwnEntryError,
+    RestoringError,
     ScopeError,
     StorageError,
     UnknownAudienceError,
@@ -286,6 +287,7 @@ _ERRORS: tuple[tuple[type[BaseException], int, str], ...] = (
     (UnknownPeerError, 404, "not_found"),
     (UnknownTokenError, 404, "not_found"),
     (ConfigError, 422, "invalid"),
+    (RestoringError, 503, "restoring"),
     (NodeStoppingError, 503, "unavailable"),
     (StorageError, 500, "storage_error"),
 )

@@ -58,12 +58,16 @@ class GroupCommitter:
         on_commit: called after each durable commit with its entries and the number
             of submissions it answered (metrics, replication).
         max_queued: entries queued before submitters wait for room.
+        gate: called on every submission before anything is queued; raises to refuse it
+            (a restored node that has not caught up its own chain: agent/node/restore.py).
     """
 
     def __init__(self, ledger: Ledger, author: Author,
                  on_commit: Callable[[list[VerifiedEntry], int], None],
-                 max_queued: int = MAX_QUEUED_ENTRIES) -> None:
+                 max_queued: int = MAX_QUEUED_ENTRIES,
+                 gate: Callable[[], None] | None = None) -> None:
         self._ledger = ledger
+        self._gate = gate
         self._author = author
         self._me = author.public_key
         self._on_commit = on_commit
@@ -90,7 +94,10 @@ class GroupCommitter:
                 :meth:`Author.sign <agent.node.author.Author.sign>`).
             ChainError, StorageError: the round could not be stored (nothing of it is).
             NodeStoppingError: the committer is closing.
+            RestoringError: the gate refused (nothing queued).
         """
+        if self._gate is not None:
+            self._gate()
         if len(drafts) > MAX_APPEND_BATCH:
             raise OversizeError(f"at most {MAX_APPEND_BATCH} entries per submission")
         if not drafts:

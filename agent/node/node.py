@@ -56,6 +56,7 @@ from agent.node.replication import (
     PeerStatus,
     Replication,
 )
+from agent.node.restore import RestoreGuard
 from agent.node.retention import Sweeper
 from agent.node.submission import PreparedSubmission, Submission, drafts
 from agent.storage.ledger import (
@@ -141,6 +142,7 @@ class Node:
         self._ledger: Ledger | None = None
         self._tokens: TokenStore | None = None
         self._committer: GroupCommitter | None = None
+        self.restore: RestoreGuard | None = None  # set on start (agent/node/restore.py)
         self._batch_worker = batch_worker
         self._replication: Replication = NullReplication()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -209,11 +211,16 @@ class Node:
             is_trusted_origin=self._is_trusted, clock=self.clock)
         author = Author(self._identity, clock=self.clock, randbytes=self._randbytes,
                         retention=self._config.retention.policy())
-        self._committer = GroupCommitter(self._ledger, author, self._committed)
+        self.restore = RestoreGuard(data_dir.root, me, self._ledger.head,
+                                    lambda: self._replication, lambda: self.members.trust,
+                                    self.name_of)
+        self._committer = GroupCommitter(self._ledger, author, self._committed,
+                                         gate=self.restore.check)
         self._committer.start()
         if self._replication_factory is not None:
             self._replication = self._replication_factory(self)
         await self._replication.start()
+        self._spawn(self.restore.run(), "entraide-restore-guard")
         self._spawn(self.members.watch(initial_stamp), "entraide-trust-watch")
         self._spawn(self.aid.watch(), "entraide-aid-watch")
         self._spawn(self.retention.run(), "entraide-retention-sweep")

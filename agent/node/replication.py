@@ -58,6 +58,10 @@ class Replication(Protocol):
     async def clear_fork(self, origin: PublicKey) -> None:
         """An admin cleared ``origin``'s fork in the ledger: replicate it again."""
 
+    def heads_heard(self, origin: PublicKey) -> dict[PublicKey, int]:
+        """Per connected peer whose whole version vector reached us this session, the
+        seq of ``origin`` it holds (0: none). A restored node waits on it."""
+
     def metric_families(self) -> Iterable[MetricFamily]:
         """Replication metrics (entries in/out, bytes, duplicates, errors, per peer)."""
 
@@ -84,6 +88,9 @@ class NullReplication:
 
     async def clear_fork(self, origin: PublicKey) -> None:
         return None
+
+    def heads_heard(self, origin: PublicKey) -> dict[PublicKey, int]:
+        return {}
 
     def metric_families(self) -> Iterable[MetricFamily]:
         return ()

@@ -111,6 +111,8 @@ async def status(node: Node) -> dict[str, Any]:
             "detected": format_ms(f.detected_ms),
             "cleared": None if f.cleared_ms is None else format_ms(f.cleared_ms),
         } for f in forks],
+        # Restored from a backup and not caught up yet: why it signs nothing.
+        "restore": None if node.restore is None else node.restore.status(),
     }
 
 

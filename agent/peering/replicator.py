@@ -525,6 +525,11 @@ class Replicator:
         """Entries known to exist that the ledger does not hold yet."""
         return self._engine.backlog() if self._engine is not None else 0
 
+    def heads_heard(self, origin: PublicKey) -> dict[PublicKey, int]:
+        """Per connected peer whose whole version vector reached us this session, the
+        seq of ``origin`` it holds (``GossipEngine.heads_heard``)."""
+        return self._engine.heads_heard(origin) if self._engine is not None else {}
+
     def connected(self) -> list[PublicKey]:
         """Keys of the peers with a live, attached session."""
         return [link.peer for link in self._registry.active_links() if link.peer is not None]
