@@ -35,6 +35,10 @@ def import_misp_command(argv: list[str], data_dir: Path) -> int:
                                      "comma-separated")
     _common(parser)
     args = parser.parse_args(argv)
+    if args.tlp.upper() == "RED" and not args.to:
+        print("error: --tlp RED needs an audience (--to NAME,...) / "
+              "erreur : --tlp RED exige un auditoire (--to NOM,...)", file=sys.stderr)
+        return 1
     base, token = _client(args, data_dir)
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     try:
@@ -51,8 +55,12 @@ def import_misp_command(argv: list[str], data_dir: Path) -> int:
         return 0
     print(f"imported {result['imported']} of {result['attributes']} attributes from "
           f"{result['events']} event(s); {result['already_shared']} already shared, "
-          f"{result['repeated']} repeated")
-    for what in ("unsupported", "invalid"):
+          f"{result['repeated']} repeated, {len(result['context'])} context (to_ids false, "
+          f"not shared) / {result['imported']} importés sur {result['attributes']} "
+          f"attributs de {result['events']} événement(s); {result['already_shared']} déjà "
+          f"partagés, {result['repeated']} répétés, {len(result['context'])} contexte "
+          f"(to_ids faux, non partagés)")
+    for what in ("mapped", "unsupported", "invalid"):
         for item in result[what]:
             print(f"{what}: {item['type']} {item['value']!r}: {item['reason']}", file=sys.stderr)
     return 0
@@ -62,7 +70,10 @@ def export_misp_command(argv: list[str], data_dir: Path) -> int:
     """``entraide export misp [--type T] [--origin N] [--since T] [-o FILE]``."""
     parser = argparse.ArgumentParser(
         prog="entraide export misp",
-        description="Write the observations this node can read as one MISP event (JSON).")
+        description="Write the observations this node can read as MISP event JSON: one "
+                    "event per source MISP event (its uuid, info and attributes' uuids "
+                    "kept), one more for the rest; several events are written as a REST "
+                    "search answer {\"response\": [...]}.")
     parser.add_argument("--type", help="only this indicator type")
     parser.add_argument("--origin", help="only this origin (peer name or key)")
     parser.add_argument("--tlp", help="only this TLP")

@@ -56,7 +56,7 @@ EVENT: dict[str, Any] = {"Event": {
         {"type": "size-in-bytes", "object_relation": "size-in-bytes", "value": "4"},
     ]}],
 }}
-SUPPORTED = 13  # attributes the event carries that Entraide takes (one repeats another)
+SUPPORTED = 14  # attributes the event carries that Entraide takes (one repeats another)
 
 
 @pytest.fixture
@@ -79,12 +79,15 @@ def test_parse_misp_maps_types_tags_and_reports_what_it_does_not_take() -> None:
     c2 = got[("ipv4-addr", "203.0.113.7")][1]
     assert c2.description is not None and c2.description.en == "C2 server"
     assert c2.severity is not None and c2.severity.value == "high"
-    assert c2.tags == ('misp-galaxy:threat-actor="APT-X"',)
+    assert [t for t in c2.tags if not t.startswith("x-misp:")] == [
+        'misp-galaxy:threat-actor="APT-X"']
+    assert "x-misp:info=" + EVENT["Event"]["info"] in c2.tags
     other = got[("domain-name", "login-portal.example")][1]
-    assert other.description is not None and other.description.en == EVENT["Event"]["info"]
+    assert other.description is None  # the event's info is not the attribute's comment
+    port = got[("ipv4-addr", "198.51.100.1")][1]
+    assert {"x-misp:type=ip-dst|port", "x-misp:port=443"} <= set(port.tags)
     assert got[("domain-name", "mail.evil.example")][1].first_seen is not None
-    assert {u["type"] for u in parsed.unsupported} == {"filename", "ip-dst|port",
-                                                        "size-in-bytes"}
+    assert {u["type"] for u in parsed.unsupported} == {"filename", "size-in-bytes"}
     assert all(u["reason"] for u in parsed.unsupported)
     assert [i["value"] for i in parsed.invalid] == ["010.0.0.1"]
     assert "ipv4-addr" in parsed.invalid[0]["reason"]
@@ -109,8 +112,7 @@ async def test_misp_import_export_round_trip_through_the_api(api: Api) -> None:
                                     json_body=EVENT)
     assert status == 201, result
     assert result["imported"] == SUPPORTED and len(result["ids"]) == SUPPORTED
-    assert {u["type"] for u in result["unsupported"]} == {"filename", "ip-dst|port",
-                                                           "size-in-bytes"}
+    assert {u["type"] for u in result["unsupported"]} == {"filename", "size-in-bytes"}
     status, page = await api.call("GET", "/api/v1/observations?limit=100", scope="read")
     observations = page["observations"]
     assert len(observations) == SUPPORTED
@@ -122,7 +124,9 @@ async def test_misp_import_export_round_trip_through_the_api(api: Api) -> None:
         return {(o.type.value, o.value, tlp) for o, tlp in items}
 
     assert keyed(again.items) == keyed(parse_misp(EVENT).items)
-    assert exported["Event"]["Tag"] == [{"name": "tlp:amber"}]
+    assert exported["Event"]["Tag"] == [{"name": "tlp:amber"},
+                                        {"name": 'misp-galaxy:threat-actor="APT-X"'}]
+    assert exported["Event"]["uuid"] == EVENT["Event"]["uuid"]
     assert exported["Event"]["threat_level_id"] == "1"
     # Importing the same event again shares nothing new.
     entries = api.node.ledger.counts().entries
@@ -185,8 +189,11 @@ async def test_misp_cli_import_and_export(api: Api, tmp_path: Path,
                                      data_dir)
     assert status == 0
     exported = json.loads(target.read_text())
-    assert [a["value"] for a in exported["Event"]["Attribute"]] == ["203.0.113.7"]
-    assert {"name": "tlp:green"} in exported["Event"]["Attribute"][0]["Tag"]
-    assert exported["Event"]["info"] == "Entraide export from node QC"
+    by_value = {a["value"]: a for a in exported["Event"]["Attribute"]}
+    assert sorted(by_value) == ["198.51.100.1|443", "203.0.113.7"]  # ip-dst|port whole
+    assert by_value["198.51.100.1|443"]["type"] == "ip-dst|port"
+    assert {"name": "tlp:green"} in by_value["203.0.113.7"]["Tag"]
+    assert exported["Event"]["info"] == EVENT["Event"]["info"]  # the source event's
     unchanged = copy.deepcopy(exported)
-    assert parse_misp(unchanged).items[0][0].value == "203.0.113.7"
+    assert {o.value for o, _ in parse_misp(unchanged).items} == {"203.0.113.7",
+                                                                 "198.51.100.1"}
