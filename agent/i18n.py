@@ -14,6 +14,7 @@ French translation falls back to its English text (a test keeps that from shippi
 from __future__ import annotations
 
 import gettext
+import re
 from functools import cache
 from pathlib import Path
 from typing import Literal
@@ -24,6 +25,7 @@ __all__ = [
     "LANGS",
     "LOCALE_DIR",
     "Lang",
+    "localize",
     "negotiate",
     "translation",
 ]
@@ -80,3 +82,59 @@ def translation(lang: str, domain: str = "entraide") -> gettext.NullTranslations
     if lang not in LANGS:
         lang = DEFAULT_LANG
     return gettext.translation(domain, localedir=LOCALE_DIR, languages=[lang], fallback=True)
+
+
+# A placeholder of a message template: {name}, {name!r}, {name:,}.
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(![rsa])?(:[^{}]*)?\}")
+
+
+@cache
+def _templates(lang: str, domain: str) -> tuple[tuple[re.Pattern[str], str], ...]:
+    """Every msgid of ``domain`` with placeholders, as a pattern over the English text it
+    formats to, with its translation; the longest literal text first, so a specific
+    template wins over a general one."""
+    catalog: dict[object, str] = getattr(translation(lang, domain), "_catalog", {})
+    found: list[tuple[int, re.Pattern[str], str]] = []
+    for msgid, msgstr in catalog.items():
+        if not isinstance(msgid, str) or not _PLACEHOLDER.search(msgid) or not msgstr:
+            continue
+        pattern, literal, seen, end = [], 0, set(), 0
+        for match in _PLACEHOLDER.finditer(msgid):
+            pattern.append(re.escape(msgid[end:match.start()]))
+            literal += match.start() - end
+            name = match.group(1)
+            pattern.append(f"(?P={name})" if name in seen else f"(?P<{name}>.+?)")
+            seen.add(name)
+            end = match.end()
+        pattern.append(re.escape(msgid[end:]))
+        literal += len(msgid) - end
+        if literal >= 8:  # a template that is mostly placeholders would match anything
+            found.append((literal, re.compile("".join(pattern), re.DOTALL), msgstr))
+    found.sort(key=lambda item: -item[0])
+    return tuple((pattern, msgstr) for _, pattern, msgstr in found)
+
+
+def localize(message: str, lang: str, domain: str = "entraide") -> str:
+    """``message``, an English text already formatted, in ``lang``.
+
+    A message that is a msgid is looked up as is. One formatted from a msgid with
+    placeholders (``N_("no peer named {name!r}").format(...)``, or an f-string that
+    spells the same text) is matched against that template and its translation filled
+    with the same values, so messages raised deep in the node get translated where
+    they are shown (the API's error middleware, the CLI's error line) without every
+    layer knowing the reader's language. Anything unknown stays English.
+    """
+    if lang == DEFAULT_LANG or not message:
+        return message
+    translated = translation(lang, domain).gettext(message)
+    if translated != message:
+        return translated
+    for pattern, msgstr in _templates(lang, domain):
+        match = pattern.fullmatch(message)
+        if match is not None:
+            return _fill(msgstr, match.groupdict())
+    return message
+
+
+def _fill(msgstr: str, values: dict[str, str]) -> str:
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1)) or m.group(0), msgstr)

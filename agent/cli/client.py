@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from agent.cli.lang import _, current_lang
 from agent.config.datadir import DataDir, atomic_write
 from agent.config.settings import load_node_config
 from agent.config.tokens import Scope, TokenStore
@@ -45,7 +46,7 @@ class ApiError(EntraideError):
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"{message} (HTTP {status}, {code})")
-        self.status, self.code = status, code
+        self.status, self.code, self.message = status, code, message
 
 
 def api_base(data_dir: DataDir) -> str:
@@ -84,45 +85,61 @@ def _free_name(store: TokenStore) -> str:
     return f"cli-{n}"
 
 
-def call_api(base: str, token: str, method: str, path: str, body: Any = None) -> Any:
+def call_api(base: str, token: str, method: str, path: str, body: Any = None, *,
+             content_type: str = "application/json", accept: str = "application/json") -> Any:
     """One JSON request to the node; returns the decoded body.
 
     Raises:
         NodeNotRunningError: nothing answers at ``base``.
-        ApiError: the node answered with an error.
+        ApiError: the node answered with an error (its message in the CLI's language).
     """
     data = None if body is None else json.dumps(body).encode()
-    raw, _ = _request(base, token, method, path, data, "application/json")
+    with _open(base, token, method, path, data, accept, content_type) as response:
+        raw = response.read()
     return json.loads(raw or b"null")
 
 
 def call_api_text(base: str, token: str, path: str) -> tuple[str, dict[str, str]]:
     """GET a ``text/plain`` answer (a ruleset export): its text and headers; errors as
     :func:`call_api` raises them."""
-    raw, headers = _request(base, token, "GET", path, None, "text/plain")
-    return raw.decode("utf-8"), headers
+    with _open(base, token, "GET", path, None, "text/plain") as response:
+        return response.read().decode("utf-8"), dict(response.headers)
 
 
-def _request(base: str, token: str, method: str, path: str, data: bytes | None,
-             accept: str) -> tuple[bytes, dict[str, str]]:
-    """The one HTTP exchange with the node: the answer's bytes and headers, or the
-    node's error as :class:`ApiError`."""
-    headers = {"Authorization": f"Bearer {token}", "Accept": accept}
+def open_stream(base: str, token: str, path: str, last_event_id: str | None,
+                timeout: float) -> Any:
+    """The node's event stream (``text/event-stream``), open; the caller reads its lines
+    and closes it. Errors as :func:`call_api` raises them."""
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    return _open(base, token, "GET", path, None, "text/event-stream", headers=headers,
+                 timeout=timeout)
+
+
+def _open(base: str, token: str, method: str, path: str, data: bytes | None, accept: str,
+          content_type: str = "application/json", *, headers: dict[str, str] | None = None,
+          timeout: float = _TIMEOUT_S) -> Any:
+    """The one HTTP exchange with the node: the open response, or the node's error as
+    :class:`ApiError`. The node answers errors in the CLI's language (Accept-Language)."""
+    sent = {"Authorization": f"Bearer {token}", "Accept": accept,
+            "Accept-Language": current_lang(), **(headers or {})}
     if data is not None:
-        headers["Content-Type"] = "application/json"
-    request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
+        sent["Content-Type"] = content_type
+    request = urllib.request.Request(base + path, data=data, method=method, headers=sent)
     try:
-        with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
-            return response.read(), dict(response.headers)
+        return urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         try:
-            error = json.loads(exc.read())["error"]
-            raise ApiError(exc.code, str(error["code"]), str(error["message"])) from exc
-        except (ValueError, KeyError, TypeError):
+            error = json.loads(exc.read())
+            error = error.get("error", error)  # TAXII errors are {"title", "description"}
+            code = str(error.get("code") or error.get("http_status") or exc.code)
+            message = str(error.get("message") or error["description"])
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise ApiError(exc.code, "http_error", exc.reason) from exc
+        raise ApiError(exc.code, code, message) from exc
     except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
         raise NodeNotRunningError(
-            f"no node answers at {base} (is 'entraide run' running?)") from exc
+            _("no node answers at {base} (is 'entraide run' running?)").format(base=base)
+        ) from exc
 
 
 def print_result(args: argparse.Namespace, value: Any, human: str) -> int:

@@ -25,27 +25,35 @@ Exit statuses: 0 success, 1 an expected error (one line on stderr, no traceback)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent import __version__
+from agent.cli.examples import epilog
+from agent.cli.lang import _, choose_lang, localize_error, set_lang
+from agent.cli.trustcmds import (
+    UsageError,
+    cmd_peers_add,
+    cmd_peers_list,
+    cmd_peers_remove,
+    cmd_peers_update,
+    cmd_token_create,
+    cmd_token_list,
+    cmd_token_revoke,
+    print_json,
+    print_table,
+)
 from agent.config.datadir import DataDir, passphrase_from_env, resolve_data_dir
 from agent.config.settings import (
     NodeConfig,
-    PeerEntry,
-    TrustList,
     create_node,
-    edit_trust_list,
     load_node_config,
-    load_trust_list,
     parse_node_config,
 )
-from agent.config.tokens import Scope, TokenStore
-from agent.errors import ConfigError
-from protocol.cards import PeerCard, encode_card, parse_card
+from agent.config.tokens import Scope
+from protocol.cards import PeerCard, encode_card
 from protocol.errors import EntraideError
 from protocol.keys import Identity, PublicKey
 
@@ -74,16 +82,16 @@ def _cmd_init(args: argparse.Namespace, data_dir: DataDir) -> int:
     create_node(data_dir, config, identity, passphrase)
     info = _identity_info(config, identity.public_key.text, identity.public_key.fingerprint)
     if args.json:
-        _print_json({**info, "data_dir": str(data_dir.root)})
+        print_json({**info, "data_dir": str(data_dir.root)})
         return 0
-    sealed = " (sealed with the passphrase)" if passphrase else ""
-    print(f"Initialised node {config.name} in {data_dir.root}{sealed}")
+    print((_("Initialised node {name} in {dir} (sealed with the passphrase)") if passphrase
+           else _("Initialised node {name} in {dir}")).format(name=config.name,
+                                                              dir=data_dir.root))
     _print_identity(info)
-    print(
-        "\nNext: give your card to the other admins, add theirs with "
-        "'entraide peers add --card CARD',\ncreate an API token with "
-        "'entraide token create --scope admin', then start the node with 'entraide run'."
-    )
+    print("\n" + _("Next: give your card to the other admins, add theirs with "
+                   "'entraide peers add --card CARD',\ncreate an API token with "
+                   "'entraide token create --scope admin', then start the node with "
+                   "'entraide run'."))
     return 0
 
 
@@ -98,105 +106,15 @@ def _cmd_id(args: argparse.Namespace, data_dir: DataDir) -> int:
         key = data_dir.public_key()
     info = _identity_info(config, key.text, key.fingerprint)
     if args.json:
-        _print_json(info)
+        print_json(info)
         return 0
     _print_identity(info)
     if config.peer.public_url is None:
         print(
-            "\nnote: no [peer] public_url in entraide.toml; peers on other hosts need one "
-            "(entraide init --public-url, or edit the file)",
+            "\n" + _("note: no [peer] public_url in entraide.toml; peers on other hosts need "
+                     "one (entraide init --public-url, or edit the file)"),
             file=sys.stderr,
         )
-    return 0
-
-
-def _cmd_peers_add(args: argparse.Namespace, data_dir: DataDir) -> int:
-    data_dir.require_node()
-    if args.card is not None:
-        if args.name is not None or args.key is not None or args.url is not None:
-            raise _UsageError("give either --card, or --name and --key (with --url)")
-        entry = PeerEntry.from_card(parse_card(args.card), args.jurisdiction)
-    else:
-        if args.name is None or args.key is None:
-            raise _UsageError("peers add needs --card CARD, or --name NAME and --key KEY")
-        entry = PeerEntry.build(
-            name=args.name, key=args.key, url=args.url, jurisdiction=args.jurisdiction
-        )
-    config = load_node_config(data_dir)
-    own_key = data_dir.public_key()
-    edit_trust_list(
-        data_dir,
-        lambda trust: trust.with_peer(entry, own_key=own_key, own_name=config.name),
-        own_key=own_key,
-        own_name=config.name,
-    )
-    if args.json:
-        _print_json(_peer_json(entry))
-        return 0
-    where = f" ({entry.jurisdiction})" if entry.jurisdiction else ""
-    print(f"Added peer {entry.name}{where}")
-    print(f"  fingerprint  {entry.key.fingerprint}   <- confirm it with {entry.name}'s admin")
-    print(f"  url          {entry.url or '(none: trusted as an author, not dialled)'}")
-    return 0
-
-
-def _cmd_peers_remove(args: argparse.Namespace, data_dir: DataDir) -> int:
-    data_dir.require_node()
-    edit_trust_list(data_dir, lambda trust: trust.without(args.name))
-    print(f"Removed peer {args.name}; a running node ends its sessions and refuses its "
-          "later entries")
-    return 0
-
-
-def _cmd_peers_list(args: argparse.Namespace, data_dir: DataDir) -> int:
-    data_dir.require_node()
-    trust: TrustList = load_trust_list(data_dir)
-    if args.json:
-        _print_json({"peers": [_peer_json(p) for p in trust]})
-        return 0
-    if not len(trust):
-        print("No peers yet: add one with 'entraide peers add --card CARD'")
-        return 0
-    rows = [("NAME", "JURISDICTION", "FINGERPRINT", "URL")]
-    rows += [(p.name, p.jurisdiction or "-", p.key.fingerprint, p.url or "-") for p in trust]
-    _print_table(rows)
-    return 0
-
-
-def _cmd_token_create(args: argparse.Namespace, data_dir: DataDir) -> int:
-    data_dir.require_node()
-    store = TokenStore(data_dir)
-    token = store.create(Scope(args.scope), args.name)
-    record = store.authenticate(token)
-    if record is None:  # the file changed under us between create and read
-        raise EntraideError("the new token could not be read back from tokens.toml")
-    if args.json:
-        _print_json({"token": token, **record.to_json()})
-        return 0
-    print(token)
-    print(f"token {record.name!r} (scope {record.scope}) created; it is shown only this once",
-          file=sys.stderr)
-    return 0
-
-
-def _cmd_token_list(args: argparse.Namespace, data_dir: DataDir) -> int:
-    data_dir.require_node()
-    records = TokenStore(data_dir).records()
-    if args.json:
-        _print_json({"tokens": [r.to_json() for r in records]})
-        return 0
-    if not records:
-        print("No API tokens yet: create one with 'entraide token create --scope read'")
-        return 0
-    _print_table([("NAME", "SCOPE", "CREATED")]
-                 + [(r.name, str(r.scope), r.to_json()["created"]) for r in records])
-    return 0
-
-
-def _cmd_token_revoke(args: argparse.Namespace, data_dir: DataDir) -> int:
-    data_dir.require_node()
-    record = TokenStore(data_dir).revoke(args.name)
-    print(f"Revoked token {record.name} (scope {record.scope})")
     return 0
 
 
@@ -254,10 +172,14 @@ def _demo(argv: list[str], data_dir: DataDir) -> int:
     return demo.demo_command(argv, data_dir.root)
 
 
-def _import_misp(argv: list[str], data_dir: DataDir) -> int:
-    from agent.cli import misp
+def _ops(word: str) -> Passthrough:
+    # retract, sighting, status, stream, import (agent/cli/ops.py).
+    def command(argv: list[str], data_dir: DataDir) -> int:
+        from agent.cli import ops
 
-    return misp.import_misp_command(argv, data_dir.root)
+        return ops.ops_command(word, argv, data_dir.root)
+
+    return command
 
 
 def _export_misp(argv: list[str], data_dir: DataDir) -> int:
@@ -299,10 +221,6 @@ def _cmd_doctor(args: argparse.Namespace, data_dir: DataDir) -> int:
 # --- parser ------------------------------------------------------------------------
 
 
-class _UsageError(ConfigError):
-    """Bad combination of options: reported like argparse does (exit 2)."""
-
-
 def _aid(argv: list[str], data_dir: DataDir) -> int:
     from agent.cli import aid
 
@@ -328,8 +246,8 @@ def _playbooks(argv: list[str], data_dir: DataDir) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The whole ``entraide`` parser. ``--data-dir`` is accepted before or after
-    the command words.
+    """The whole ``entraide`` parser, in the CLI's language (agent/cli/lang.py).
+    ``--data-dir`` and ``--lang`` are accepted before or after the command words.
 
     A command's handler is in ``handler`` (takes the parsed arguments) or, for a
     command that parses its own arguments, in ``passthrough`` (takes the words left).
@@ -338,24 +256,36 @@ def build_parser() -> argparse.ArgumentParser:
     # a value given before the command.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", default=argparse.SUPPRESS, metavar="DIR",
-                        help="node data dir (default: $ENTRAIDE_HOME, else ./entraide-data)")
+                        help=_("node data dir (default: $ENTRAIDE_HOME, else ./entraide-data)"))
+    common.add_argument("--lang", default=argparse.SUPPRESS, choices=["en", "fr"],
+                        help=_("language of messages (default: $ENTRAIDE_LANG, else the "
+                               "locale, else en)"))
     json_flag = argparse.ArgumentParser(add_help=False)
-    json_flag.add_argument("--json", action="store_true", help="print JSON")
+    json_flag.add_argument("--json", action="store_true",
+                           help=_("print JSON (the API's shape) instead of text"))
 
     parser = argparse.ArgumentParser(
         prog=PROG, allow_abbrev=False,
-        description="Entraide: federated threat-intelligence sharing between jurisdictions.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog(""),
+        description=_("Entraide: federated threat-intelligence sharing between "
+                      "jurisdictions."),
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    # Not the `common` parent: a default set here would be set on its shared actions.
     parser.add_argument("--data-dir", default=None, metavar="DIR",
-                        help="node data dir (default: $ENTRAIDE_HOME, else ./entraide-data)")
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
+                        help=_("node data dir (default: $ENTRAIDE_HOME, else ./entraide-data)"))
+    parser.add_argument("--lang", default=argparse.SUPPRESS, choices=["en", "fr"],
+                        help=_("language of messages (default: $ENTRAIDE_LANG, else the "
+                               "locale, else en)"))
+    commands = parser.add_subparsers(title=_("commands"), metavar="COMMAND", dest="command")
 
     def sub(group: Any, name: str, help_text: str, handler: Handler | None,
-            parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
+            parents: Sequence[argparse.ArgumentParser] = (),
+            words: str | None = None) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = group.add_parser(
             name, help=help_text, description=help_text, allow_abbrev=False,
-            parents=[common, *parents],
+            parents=[common, *parents], epilog=epilog(words or name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         if handler is not None:
             p.set_defaults(handler=handler)
@@ -371,103 +301,128 @@ def build_parser() -> argparse.ArgumentParser:
                               parents=[common])
         p.set_defaults(passthrough=handler)
 
-    p = sub(commands, "init", "create a node: key pair, entraide.toml, empty trust list",
+    p = sub(commands, "init", _("create a node: key pair, entraide.toml, empty trust list"),
             _cmd_init, [json_flag])
-    p.add_argument("--name", required=True, help="this node's peer name (e.g. QC)")
-    p.add_argument("--jurisdiction", help='human name, e.g. "Québec"')
-    p.add_argument("--api-port", type=int, default=8470, metavar="PORT")
-    p.add_argument("--peer-port", type=int, default=8471, metavar="PORT")
-    p.add_argument("--peer-host", default="0.0.0.0", metavar="HOST")
+    p.add_argument("--name", required=True, help=_("this node's peer name (e.g. QC)"))
+    p.add_argument("--jurisdiction", help=_('human name, e.g. "Québec"'))
+    p.add_argument("--api-port", type=int, default=8470, metavar="PORT",
+                   help=_("local API port, on 127.0.0.1 (default 8470)"))
+    p.add_argument("--peer-port", type=int, default=8471, metavar="PORT",
+                   help=_("peer listener port (default 8471)"))
+    p.add_argument("--peer-host", default="0.0.0.0", metavar="HOST",
+                   help=_("peer listener address (default 0.0.0.0)"))
     p.add_argument("--public-url", metavar="URL",
-                   help="base URL peers dial (http/https); it goes on the peer card")
+                   help=_("base URL peers dial (http/https); it goes on the peer card"))
     p.add_argument("--passphrase-env", metavar="VAR",
-                   help="seal node.key with the passphrase held in this environment variable")
+                   help=_("seal node.key with the passphrase held in this environment "
+                          "variable"))
 
-    p = sub(commands, "id", "print this node's peer card and fingerprint", _cmd_id, [json_flag])
+    p = sub(commands, "id", _("print this node's peer card and fingerprint"), _cmd_id,
+            [json_flag])
     p.add_argument("--passphrase-env", metavar="VAR",
-                   help="also open a sealed node.key with this variable's passphrase")
+                   help=_("also open a sealed node.key with this variable's passphrase"))
 
-    peer_cmds = group(commands, "peers", "edit the trust list (peers.toml)")
-    p = sub(peer_cmds, "add", "trust a peer, from its card or its name and key",
-            _cmd_peers_add, [json_flag])
-    p.add_argument("--card", help="the peer's card (entraide1....)")
-    p.add_argument("--name")
+    peer_cmds = group(commands, "peers", _("edit the trust list (peers.toml)"))
+    p = sub(peer_cmds, "add", _("trust a peer, from its card or its name and key"),
+            cmd_peers_add, [json_flag], "peers add")
+    p.add_argument("--card", help=_("the peer's card (entraide1....)"))
+    p.add_argument("--name", help=_("the peer's name (with --key)"))
     p.add_argument("--key", help="ed25519:<base64url>")
-    p.add_argument("--url", help="base URL to dial (omit: trusted as author, not dialled)")
-    p.add_argument("--jurisdiction")
-    p = sub(peer_cmds, "remove", "stop trusting a peer", _cmd_peers_remove)
-    p.add_argument("name", metavar="NAME")
-    sub(peer_cmds, "list", "show the trust list", _cmd_peers_list, [json_flag])
+    p.add_argument("--url", help=_("base URL to dial (omit: trusted as author, not dialled)"))
+    p.add_argument("--jurisdiction", help=_('human name, e.g. "Ontario"'))
+    p = sub(peer_cmds, "update", _("change a trusted peer's URL or key (applied live)"),
+            cmd_peers_update, [json_flag], "peers update")
+    p.add_argument("name", metavar="NAME", help=_("the peer's name in the trust list"))
+    p.add_argument("--url", help=_("new base URL to dial ('' : no longer dialled)"))
+    p.add_argument("--key", help=_("new key, ed25519:<base64url> (confirm its fingerprint "
+                                   "with the peer's admin)"))
+    p.add_argument("--jurisdiction", help=_("new human name"))
+    p = sub(peer_cmds, "remove", _("stop trusting a peer"), cmd_peers_remove,
+            words="peers remove")
+    p.add_argument("name", metavar="NAME", help=_("the peer's name in the trust list"))
+    sub(peer_cmds, "list", _("show the trust list"), cmd_peers_list, [json_flag], "peers list")
 
-    token_cmds = group(commands, "token", "manage local API tokens (tokens.toml)")
-    p = sub(token_cmds, "create", "create a bearer token (printed once)",
-            _cmd_token_create, [json_flag])
-    p.add_argument("--scope", required=True, choices=[s.value for s in Scope])
-    p.add_argument("--name", help="a label to find and revoke it by (default <scope>-<n>)")
-    sub(token_cmds, "list", "show tokens (names and scopes, never the tokens)",
-        _cmd_token_list, [json_flag])
-    p = sub(token_cmds, "revoke", "delete a token", _cmd_token_revoke)
-    p.add_argument("name", metavar="NAME")
+    token_cmds = group(commands, "token", _("manage local API tokens (tokens.toml)"))
+    p = sub(token_cmds, "create", _("create a bearer token (printed once)"),
+            cmd_token_create, [json_flag], "token create")
+    p.add_argument("--scope", required=True, choices=[s.value for s in Scope],
+                   help=_("read < write < admin"))
+    p.add_argument("--name", help=_("a label to find and revoke it by (default <scope>-<n>)"))
+    sub(token_cmds, "list", _("show tokens (names and scopes, never the tokens)"),
+        cmd_token_list, [json_flag], "token list")
+    p = sub(token_cmds, "revoke", _("delete a token"), cmd_token_revoke, words="token revoke")
+    p.add_argument("name", metavar="NAME", help=_("the token's name (see 'token list')"))
 
-    passthrough(commands, "run", "run the node (the daemon)", _run)
-    passthrough(commands, "submit", "share an observation via the running node", _submit)
-    passthrough(commands, "query", "search observations on the running node", _query)
-    passthrough(commands, "erase", "erase one of this node's entries on every node / "
-                "effacer une entrée de ce nœud sur tous les nœuds", _erase)
+    passthrough(commands, "run", _("run the node (the daemon)"), _run)
+    passthrough(commands, "submit", _("share an observation via the running node"), _submit)
+    passthrough(commands, "query", _("search observations on the running node"), _query)
+    passthrough(commands, "retract", _("retract one of this node's observations"),
+                _ops("retract"))
+    passthrough(commands, "sighting", _("report a sighting of an observation"),
+                _ops("sighting"))
+    passthrough(commands, "status", _("the running node's status: peers, ledger, forks"),
+                _ops("status"))
+    passthrough(commands, "stream", _("follow new observations as they arrive"),
+                _ops("stream"))
+    passthrough(commands, "import", _("share a file of indicators (CSV, TXT, STIX bundle, "
+                                      "MISP event) via the running node"), _ops("import"))
+    passthrough(commands, "erase", _("erase one of this node's entries on every node"), _erase)
 
-    ledger_cmds = group(commands, "ledger", "inspect, back up and restore the local ledger",
+    ledger_cmds = group(commands, "ledger", _("inspect, back up and restore the local ledger"),
                         "action1")
     passthrough(ledger_cmds, "verify",
-                "re-check every signature and hash chain of the ledger", _ledger_verify)
+                _("re-check every signature and hash chain of the ledger"), _ledger_verify)
     passphrase = argparse.ArgumentParser(add_help=False)
     passphrase.add_argument("--passphrase-env", default="ENTRAIDE_PASSPHRASE", metavar="VAR",
-                            help="variable holding the key passphrase, when the key is "
-                                 "sealed (default ENTRAIDE_PASSPHRASE)")
-    p = sub(ledger_cmds, "export", "write every entry and fork proof to a file (node stopped)",
-            _cmd_ledger_export, [json_flag, passphrase])
-    p.add_argument("file", metavar="FILE", help="the export to write (replaced if it exists)")
+                            help=_("variable holding the key passphrase, when the key is "
+                                   "sealed (default ENTRAIDE_PASSPHRASE)"))
+    p = sub(ledger_cmds, "export",
+            _("write every entry and fork proof to a file (node stopped)"),
+            _cmd_ledger_export, [json_flag, passphrase], "ledger export")
+    p.add_argument("file", metavar="FILE", help=_("the export to write (replaced if it "
+                                                  "exists)"))
     p = sub(ledger_cmds, "import",
-            "verify an export and store its entries (node stopped; all or nothing)",
-            _cmd_ledger_import, [json_flag, passphrase])
-    p.add_argument("file", metavar="FILE", help="an export written by 'entraide ledger export'")
+            _("verify an export and store its entries (node stopped; all or nothing)"),
+            _cmd_ledger_import, [json_flag, passphrase], "ledger import")
+    p.add_argument("file", metavar="FILE",
+                   help=_("an export written by 'entraide ledger export'"))
 
-    p = sub(commands, "backup", "write the whole node (config, trust list, token hashes, "
-            "key as stored, ledger) to one archive; works while the node runs",
-            _cmd_backup, [json_flag])
-    p.add_argument("file", metavar="FILE", help="the archive to write (mode 0600, replaced "
-                   "if it exists)")
-    p = sub(commands, "restore", "restore a node from a backup archive into a new or empty "
-            "data dir (node stopped)", _cmd_restore, [json_flag])
-    p.add_argument("file", metavar="FILE", help="an archive written by 'entraide backup'")
+    p = sub(commands, "backup", _("write the whole node (config, trust list, token hashes, "
+                                  "key as stored, ledger) to one archive; works while the "
+                                  "node runs"), _cmd_backup, [json_flag])
+    p.add_argument("file", metavar="FILE", help=_("the archive to write (mode 0600, "
+                                                  "replaced if it exists)"))
+    p = sub(commands, "restore", _("restore a node from a backup archive into a new or "
+                                   "empty data dir (node stopped)"), _cmd_restore, [json_flag])
+    p.add_argument("file", metavar="FILE", help=_("an archive written by 'entraide backup'"))
     p.add_argument("--force", action="store_true",
-                   help="move a data dir that is not empty aside first (never deleted)")
-    p = sub(commands, "doctor", "check this node: files, disk, limits, the running node, "
-            "peers, clock skew, forks", _cmd_doctor, [json_flag])
-    p.add_argument("--api", metavar="URL", help="the node's API (default from entraide.toml)")
-    p.add_argument("--token", help="an admin token (default: the CLI's own)")
+                   help=_("move a data dir that is not empty aside first (never deleted)"))
+    p = sub(commands, "doctor", _("check this node: files, disk, limits, the running node, "
+                                  "peers, clock skew, forks"), _cmd_doctor, [json_flag])
+    p.add_argument("--api", metavar="URL",
+                   help=_("the node's API (default from entraide.toml)"))
+    p.add_argument("--token", help=_("an admin token (default: the CLI's own)"))
 
-    forks_cmds = group(commands, "forks", "forked origins (via the running node)", "action1")
+    forks_cmds = group(commands, "forks", _("forked origins (via the running node)"),
+                       "action1")
     passthrough(forks_cmds, "list",
-                "show the forks recorded (origins that signed two entries at one seq)",
+                _("show the forks recorded (origins that signed two entries at one seq)"),
                 _forks_list)
     passthrough(forks_cmds, "clear",
-                "accept a forked origin's entries again (after talking to its admin)",
+                _("accept a forked origin's entries again (after talking to its admin)"),
                 _forks_clear)
 
-    passthrough(commands, "demo", "run a local federation, end to end", _demo)
-    passthrough(commands, "aid", "requests for assistance during an incident (request, list, "
-                "show, offer, accept, update, close) / demandes d'assistance", _aid)
-    passthrough(commands, "capabilities", "the expertise directory (set, list) / "
-                "le répertoire d'expertise", _capabilities)
-    passthrough(commands, "rules", "detection rules (submit, list, show, export, retract) / "
-                "règles de détection", _rules)
-    passthrough(commands, "playbooks", "CACAO playbooks (submit, list, show, retract) / "
-                "playbooks CACAO", _playbooks)
-    import_cmds = group(commands, "import", "import commands", "action1")
-    passthrough(import_cmds, "misp", "share a MISP event's indicators via the running node",
-                _import_misp)
-    export_cmds = group(commands, "export", "export commands", "action1")
-    passthrough(export_cmds, "misp", "write observations as MISP event JSON", _export_misp)
+    passthrough(commands, "demo", _("run a local federation, end to end"), _demo)
+    passthrough(commands, "aid", _("requests for assistance during an incident (request, "
+                                   "list, show, offer, accept, update, close)"), _aid)
+    passthrough(commands, "capabilities", _("the expertise directory (set, list)"),
+                _capabilities)
+    passthrough(commands, "rules", _("detection rules (submit, list, show, export, "
+                                     "retract)"), _rules)
+    passthrough(commands, "playbooks", _("CACAO playbooks (submit, list, show, retract)"),
+                _playbooks)
+    export_cmds = group(commands, "export", _("export commands"), "action1")
+    passthrough(export_cmds, "misp", _("write observations as MISP event JSON"), _export_misp)
     return parser
 
 
@@ -477,13 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return the exit status (never raises SystemExit)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
+    # Before the parser: its help texts are translated when it is built.
+    set_lang(choose_lang(args_list))
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(args_list)
         passthrough: Passthrough | None = getattr(args, "passthrough", None)
         handler: Handler | None = getattr(args, "handler", None)
         if passthrough is None and extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            parser.error(_("unrecognized arguments: %s") % " ".join(extra))
         if passthrough is None and handler is None:
             parser.print_help(sys.stderr)
             return 2
@@ -495,11 +452,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(passthrough(extra, data_dir) or 0)
         assert handler is not None
         return handler(args, data_dir)
-    except _UsageError as exc:
-        _error(str(exc))
+    except UsageError as exc:
+        _error(localize_error(str(exc)))
         return 2
     except EntraideError as exc:
-        _error(str(exc) or type(exc).__name__)
+        _error(localize_error(str(exc)) or type(exc).__name__)
         return 1
     except OSError as exc:
         _error(_os_message(exc))
@@ -518,30 +475,17 @@ def _identity_info(config: NodeConfig, key_text: str, fingerprint: str) -> dict[
 
 
 def _print_identity(info: dict[str, str]) -> None:
-    _print_table([
-        ("name", info["name"]), ("key", info["key"]), ("fingerprint", info["fingerprint"]),
-        ("peer url", info["peer_url"]), ("card", info["card"]),
+    print_table([
+        (_("name"), info["name"]), (_("key"), info["key"]),
+        (_("fingerprint"), info["fingerprint"]), (_("peer url"), info["peer_url"]),
+        (_("card"), info["card"]),
     ])
-
-
-def _peer_json(entry: PeerEntry) -> dict[str, Any]:
-    return {**entry.model_dump(mode="json"), "fingerprint": entry.key.fingerprint}
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, ensure_ascii=False, indent=2))
-
-
-def _print_table(rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        print("  ".join([*cells, row[-1]]).rstrip())
 
 
 def _error(message: str) -> None:
     # One line, whatever the message holds (a TOML error can span lines).
-    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+    line = _("{prog}: error: {message}").format(prog=PROG, message=" ".join(message.split()))
+    print(line, file=sys.stderr)
 
 
 def _os_message(exc: OSError) -> str:
