@@ -106,7 +106,8 @@ def created_observation(node: Node, entry: VerifiedEntry,
     body: dict[str, Any] = {"id": entry.id, **fields, "origin": entry.origin.text,
                             "origin_name": node.name, "seq": entry.seq, "ts": entry.ts,
                             "tlp": entry.tlp.value, "retracted": False,
-                            "audience": node.audience_names(entry.audience), "verified": True}
+                            "audience": node.audience_names(node.audience_of(entry)),
+                            "verified": True}
     return body
 
 
@@ -173,7 +174,7 @@ async def post_sighting(request: web.Request) -> web.Response:
         audience=item.audience if "audience" in given else None)
     return json_response({"id": entry.id, "seq": entry.seq, "ts": entry.ts, "of": item.of,
                           "tlp": entry.tlp.value,
-                          "audience": node.audience_names(entry.audience)}, status=201)
+                          "audience": node.audience_names(node.audience_of(entry))}, status=201)
 
 
 async def get_indicator(request: web.Request) -> web.Response:

@@ -39,6 +39,8 @@ class _Node(Protocol):
 
     async def readable_entry(self, entry_id: str) -> VerifiedEntry: ...
 
+    def audience_of(self, entry: VerifiedEntry) -> tuple[bytes, ...] | None: ...
+
     async def submit_drafts(self, drafts: Sequence[OwnDraft]) -> list[VerifiedEntry]: ...
 
     async def submit(self, submissions: Sequence[Any]) -> list[VerifiedEntry]: ...
@@ -65,7 +67,7 @@ async def retract(node: _Node, entry_id: str, reason: str | None = None) -> Veri
     if current is not None and current.get("retracted"):
         raise AlreadyRetractedError(f"{entry.id} is already retracted")
     payload = Retraction(of=entry.id, reason=reason)
-    recipients = node.members.same_audience(entry.tlp, entry.audience)
+    recipients = node.members.same_audience(entry.tlp, node.audience_of(entry))
     draft = OwnDraft(payload, entry.tlp, recipients)
     (retraction,) = await node.submit_drafts([draft])
     return retraction
@@ -100,10 +102,10 @@ async def add_sighting(node: _Node, of_id: str, *, count: int = 1,
         (sighting,) = await node.submit([Submission(payload, tlp, names)])
         return sighting
     if audience is None:
-        recipients = node.members.same_audience(entry.tlp, entry.audience)
+        recipients = node.members.same_audience(entry.tlp, node.audience_of(entry))
     else:
         recipients = node.recipients(tlp, audience)
-        allowed = set(entry.audience or ()) | {node.public_key.key_id}
+        allowed = set(node.audience_of(entry) or ()) | {node.public_key.key_id}
         outside = [k for k in recipients if k.key_id not in allowed]
         if outside:
             raise WiderAudienceError(

@@ -82,6 +82,7 @@ class AidHost(Protocol):
     def ledger(self) -> Ledger: ...
     def name_of_text(self, key_text: str) -> str | None: ...
     def audience_names(self, audience: Sequence[bytes] | None) -> list[str] | None: ...
+    def audience_of(self, entry: VerifiedEntry) -> tuple[bytes, ...] | None: ...
     async def submit(self, submissions: Sequence[Submission]) -> list[VerifiedEntry]: ...
     async def submit_sealed(self, payload: Payload, tlp: TLP,
                             recipients: tuple[PublicKey, ...]) -> VerifiedEntry: ...
@@ -157,8 +158,8 @@ class NodeAid:
             payload = make(state)
             me = self._node.public_key.text
             check(state, ThreadEntry("0" * 64, me, int(self._node.clock() * 1000), payload))
-            recipients = self._node.members.same_audience(request_entry.tlp,
-                                                          request_entry.audience)
+            recipients = self._node.members.same_audience(
+                request_entry.tlp, self._node.audience_of(request_entry))
             entry = await self._node.submit_sealed(payload, request_entry.tlp, recipients)
             return entry, state
 
@@ -251,7 +252,7 @@ class NodeAid:
         }
         if entry is not None:
             view.update(tlp=entry.tlp.value, seq=entry.seq,
-                        audience=self._node.audience_names(entry.audience))
+                        audience=self._node.audience_names(self._node.audience_of(entry)))
         offers = [{"id": o.entry.id, "origin": o.entry.author,
                    "origin_name": self._name(o.entry.author), "ts": o.entry.ts,
                    "status": o.status.value, **_fields(o.entry)}

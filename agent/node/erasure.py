@@ -63,6 +63,7 @@ class ErasureHost(Protocol):
     @property
     def ledger_path(self) -> Path: ...
     def name_of_text(self, key_text: str) -> str | None: ...
+    def audience_of(self, entry: VerifiedEntry) -> tuple[bytes, ...] | None: ...
     async def submit_sealed(self, payload: Payload, tlp: TLP,
                             recipients: tuple[PublicKey, ...]) -> VerifiedEntry: ...
 
@@ -132,7 +133,7 @@ class NodeErasure:
                 raise AlreadyErasedError(f"{target} is already erased / "
                                          f"{target} est déjà effacée")
             payload = Erasure(of=target, reason=reason)
-            recipients = node.members.same_audience(entry.tlp, entry.audience)
+            recipients = node.members.same_audience(entry.tlp, node.audience_of(entry))
             erasure = await node.submit_sealed(payload, entry.tlp, recipients)
             await self._drop(entry.hash)
         log.info("entry %s erased by this node (erasure %s)", target, erasure.id)

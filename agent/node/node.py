@@ -70,6 +70,8 @@ from agent.storage.ledger import (
 from agent.storage.queries import canonical_indicator, with_names
 from agent.workers.batch import BatchWorker
 from protocol.entries import TLP, VerifiedEntry
+from protocol.envelope import envelope_audience, is_recipient
+from protocol.errors import EntraideError
 from protocol.keys import Identity, PublicKey
 from protocol.payloads import Observation, Payload
 
@@ -415,8 +417,26 @@ class Node:
         return entry
 
     def can_read(self, entry: VerifiedEntry) -> bool:
-        """True for plaintext entries and for envelopes sealed to this node."""
-        return not entry.tlp.encrypted or self.public_key.key_id in (entry.audience or ())
+        """True for plaintext entries and for envelopes sealed to this node (the
+        header's audience is blinded: one X25519 tells, docs/protocol.md §4)."""
+        if not entry.tlp.encrypted:
+            return True
+        return (entry.body is not None and entry.audience is not None
+                and is_recipient(entry.body, entry.audience, _started(self._identity)))
+
+    def audience_of(self, entry: VerifiedEntry) -> tuple[bytes, ...] | None:
+        """The real key ids of an encrypted entry's audience, read inside its envelope
+        (the header carries blinded ids, docs/protocol.md §4): None for a plaintext
+        entry, ``()`` for one this node cannot open (not a recipient, body gone)."""
+        if not entry.tlp.encrypted:
+            return None
+        if entry.body is None or entry.audience is None:
+            return ()
+        try:
+            ids, _ = envelope_audience(entry.body, entry.audience, _started(self._identity))
+        except EntraideError:
+            return ()
+        return ids
 
     def _committed(self, entries: list[VerifiedEntry], submissions: int) -> None:
         self._entries_out.inc(len(entries))
@@ -456,7 +476,8 @@ class Node:
             await self.erasure.check_erased(entry_id.lower())  # 410 once erased
             raise UnknownEntryError(f"no observation {entry_id}")
         entry = await self.ledger.get_entry(result["id"])
-        result["audience"] = None if entry is None else self.audience_names(entry.audience)
+        result["audience"] = None if entry is None else self.audience_names(
+            self.audience_of(entry))
         return self.decorate(result)
 
     async def indicator(self, type: str, value: str) -> dict[str, Any]:

@@ -80,7 +80,7 @@ async def show(node: Node, kind: str, entry_id: str) -> dict[str, Any]:
     if found is None:
         raise UnknownEntryError(f"no {kind} {str(entry_id)[:64]}")
     entry = await node.ledger.get_entry(found["id"])
-    found["audience"] = None if entry is None else node.audience_names(entry.audience)
+    found["audience"] = None if entry is None else node.audience_names(node.audience_of(entry))
     return _named(node, found)
 
 

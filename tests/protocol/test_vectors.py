@@ -10,7 +10,7 @@ import pytest
 
 from protocol.encoding import decode, encode
 from protocol.entries import TLP, decode_fork_proof, detect_fork, sign_entry, verify_entry
-from protocol.envelope import open_envelope, seal_envelope
+from protocol.envelope import envelope_audience, open_envelope, seal_envelope
 from protocol.errors import NotARecipientError
 from protocol.keys import Identity, PublicKey
 from tests.vectors.make_vectors import counter_rand
@@ -82,6 +82,9 @@ def test_vectors_envelope_opens_for_readers_only() -> None:
     assert entry.audience is not None and entry.body is not None
     for name in env["readers"]:
         assert open_envelope(entry.body, entry.audience, IDS[name]).hex() == env["plaintext"]
+        ids, _ = envelope_audience(entry.body, entry.audience, IDS[name])
+        assert [i.hex() for i in ids] == env["key_ids"]
+    assert not {a.hex() for a in entry.audience} & set(env["key_ids"])  # blinded (§4)
     for name in env["non_readers"]:
         with pytest.raises(NotARecipientError):
             open_envelope(entry.body, entry.audience, IDS[name])

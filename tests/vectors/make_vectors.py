@@ -74,7 +74,9 @@ def main() -> None:
                  "proof": proof.encode().hex()},
         "envelope": {"entry_index": 2, "plaintext": payload.hex(),
                      "randomness_label": "vector/envelope",
-                     "readers": ["QC", "ON"], "non_readers": ["FED"]},
+                     "readers": ["QC", "ON"], "non_readers": ["FED"],
+                     # The audience field holds blinded ids; the real key ids are inside.
+                     "key_ids": sorted(i.public_key.key_id.hex() for i in (qc, on))},
     }, indent=2))
 
 

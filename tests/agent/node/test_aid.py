@@ -48,7 +48,8 @@ async def test_aid_remote_entries_breaking_the_rules_are_stored_without_effect(
         status, offer = await qc.call("POST", f"/api/v1/aid/requests/{rid}/offers",
                                       scope="write", json_body={"kinds": ["forensics"]})
         assert status == 201, offer
-        recipients = qc.node.members.same_audience(request_entry.tlp, request_entry.audience)
+        recipients = qc.node.members.same_audience(request_entry.tlp,
+                                                     qc.node.audience_of(request_entry))
         rogue = [await qc.node.submit_sealed(p, TLP.AMBER, recipients) for p in (
             AidAccept(request=rid, offer=offer["id"]),
             AidClose(request=rid, summary={"en": "closed by a stranger"}),

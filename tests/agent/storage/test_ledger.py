@@ -13,7 +13,7 @@ from agent.errors import StorageError
 from agent.storage import schema
 from agent.storage.ledger import MAX_APPEND_BATCH, OwnDraft
 from protocol.entries import TLP, check_successor, verify_entry
-from protocol.envelope import open_envelope
+from protocol.envelope import envelope_audience
 from protocol.errors import EncodingError, OversizeError, PayloadError
 from protocol.payloads import decode_payload, encode_payload
 from tests.agent._ledger_helpers import draft, identity, ip, observation, open_ledger
@@ -206,10 +206,11 @@ async def test_append_own_seals_encrypted_tlp_to_recipients_and_self(db_path: Pa
         [entry] = await ledger.append_own([draft(payload, TLP.AMBER, [PEER.public_key])])
         listed = await ledger.list_observations()
     assert entry.tlp is TLP.AMBER
-    assert entry.audience == tuple(sorted([ME.public_key.key_id, PEER.public_key.key_id]))
+    assert entry.audience is not None and len(entry.audience) == 2  # blinded ids (§4)
     for reader in (ME, PEER):
-        opened = open_envelope(entry.body, entry.audience, reader)
+        ids, opened = envelope_audience(entry.body, entry.audience, reader)
         assert decode_payload(opened) == payload
+        assert ids == tuple(sorted([ME.public_key.key_id, PEER.public_key.key_id]))
     assert [o["id"] for o in listed.items] == [entry.id]
     assert listed.items[0]["tlp"] == "AMBER"
 
