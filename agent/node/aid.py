@@ -95,7 +95,9 @@ AID_TLPS = (TLP.AMBER, TLP.AMBER_STRICT, TLP.RED)
 EVENT_KINDS = {"aid-request": "request", "aid-offer": "offer", "aid-withdraw": "withdraw",
                "aid-accept": "accept", "aid-update": "update", "aid-close": "close"}
 """Payload kind -> the ``kind`` of an ``event: aid`` (docs/operations.md)."""
-WATCH_INTERVAL = 0.2
+WATCH_INTERVAL = 60.0
+"""The aid watcher wakes on every ledger commit; this backstop only bounds how long a
+missed wake-up (a bug) could hide an event."""
 MAX_SUBSCRIBERS = 128
 MAX_SCAN = 2000
 """Most requests one list call folds (a filtered page may come back short, with ``next``)."""
@@ -351,15 +353,27 @@ class NodeAid:
         self._subscribers.discard(queue)
 
     async def watch(self, interval: float = WATCH_INTERVAL) -> None:
-        """Follow new aid rows until cancelled (owned by the node)."""
+        """Follow new aid rows until cancelled (owned by the node): woken by each ledger
+        commit (:meth:`Ledger.on_commit`), so an event is reported as soon as its entry
+        is stored; ``interval`` is only a backstop."""
         ledger = self._node.ledger
+        wake = asyncio.Event()
+        remove = ledger.on_commit(wake.set)
+        try:
+            await self._follow(ledger, wake, interval)
+        finally:
+            remove()
+
+    async def _follow(self, ledger: Ledger, wake: asyncio.Event, interval: float) -> None:
         last = await last_item_no(ledger)
         with contextlib.suppress(Exception):
             for row in await request_rows(ledger, limit=MAX_SCAN):
                 self._status[row.id] = (await self._fold_row(row)).status
             self._set_gauge()
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), interval)
+            wake.clear()  # commits from here on wake the next round
             try:
                 rows = await aid_rows_after(ledger, last)
                 for row in rows:

@@ -72,7 +72,9 @@ __all__ = ["MAX_PENDING", "WATCH_INTERVAL", "ErasureHost", "NodeErasure"]
 
 log = logging.getLogger(__name__)
 
-WATCH_INTERVAL = 0.2
+WATCH_INTERVAL = 60.0
+"""The watcher wakes on every ledger commit; this backstop only bounds how long a
+missed wake-up (a bug) could delay an erasure."""
 MAX_PENDING = 10_000
 """Most erasures waiting for their target (a flood beyond this is dropped, counted)."""
 
@@ -187,9 +189,20 @@ class NodeErasure:
 
     async def watch(self, interval: float = WATCH_INTERVAL) -> None:
         """Apply erasures as they are stored (and the ones already stored, on start)
-        until cancelled (owned by the node)."""
+        until cancelled (owned by the node): woken by each ledger commit
+        (:meth:`Ledger.on_commit`), which also brings the targets erasures wait for;
+        ``interval`` is only a backstop."""
+        wake = asyncio.Event()
+        remove = self._node.ledger.on_commit(wake.set)
+        try:
+            await self._follow(wake, interval)
+        finally:
+            remove()
+
+    async def _follow(self, wake: asyncio.Event, interval: float) -> None:
         last = 0
         while True:
+            wake.clear()  # commits from here on wake the next round
             rows: list[ErasureRow] = []
             try:
                 rows = await erasure_rows_after(self._node.ledger, last)
@@ -203,7 +216,8 @@ class NodeErasure:
             except Exception:
                 log.exception("the erasure watcher failed; it goes on")
             if not rows:
-                await asyncio.sleep(interval)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), interval)
 
     def _remember(self, row: ErasureRow) -> None:
         if len(row.target) != 64:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 import time
@@ -51,6 +52,8 @@ __all__ = ["MAX_SUBSCRIBERS", "LedgerCore"]
 MAX_SUBSCRIBERS = 256
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class LedgerCore:
@@ -86,6 +89,7 @@ class LedgerCore:
         self._next_no: dict[str, int] = {}
         self._ahead = AheadBuffer(limits)
         self._subscribers: set[Subscription] = set()
+        self._commit_listeners: list[Callable[[], None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._reader: QueryReader | None = None
@@ -246,6 +250,12 @@ class LedgerCore:
                                      entry.tlp.value, False, fields))
                 for sub in list(self._subscribers):
                     sub.offer(event)
+        for listener in list(self._commit_listeners):
+            try:
+                listener()
+            except Exception:
+                # The commit is durable; a listener's bug must not fail it.
+                log.exception("a ledger commit listener failed")
 
     def _batch(self) -> Batch:
         return Batch(self._next_no, self._origins)
@@ -315,6 +325,14 @@ class LedgerCore:
         sub = Subscription(max(1, min(maxsize, 65536)), self._subscribers.discard)
         self._subscribers.add(sub)
         return sub
+
+    def on_commit(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` (synchronously, in the event loop) after each commit of
+        entries, own or received, once they are readable; returns what removes it.
+        The watchers of derived tables (aid threads, erasures) wake on it instead of
+        polling."""
+        self._commit_listeners.append(listener)
+        return lambda: self._commit_listeners.remove(listener)
 
     def counts(self) -> LedgerCounts:
         """Entry and origin counts from the heads (seqs are gap-free), without a scan."""

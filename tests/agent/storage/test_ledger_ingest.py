@@ -294,3 +294,17 @@ async def test_ingest_of_many_origins_in_one_batch(ledger: Ledger) -> None:
     assert result.stored == 100
     vector = ledger.version_vector()
     assert vector == {ALICE.public_key: head_of(alice), BOB.public_key: head_of(bob)}
+
+
+async def test_on_commit_wakes_listeners_after_own_and_received_commits(ledger: Ledger) -> None:
+    """The aid and erasure watchers wake on this hook instead of polling."""
+    seen: list[int] = []
+    remove = ledger.on_commit(lambda: seen.append(ledger.counts().entries))
+    await ledger.append_own([draft()])
+    await ledger.ingest(chain(ALICE, 2))
+    await ledger.ingest(chain(ALICE, 2))  # duplicates only: nothing committed anew
+    # Called after each commit: the new entries are already counted.
+    assert seen[:2] == [1, 3] and set(seen) == {1, 3}
+    remove()
+    await ledger.append_own([draft()])
+    assert ledger.counts().entries == 4 and 4 not in seen
