@@ -24,6 +24,7 @@ __all__ = [
     "DOMAINS",
     "LANGS",
     "LOCALE_DIR",
+    "N_",
     "Lang",
     "localize",
     "negotiate",
@@ -35,6 +36,14 @@ LANGS: tuple[Lang, ...] = ("en", "fr")
 DEFAULT_LANG: Lang = "en"
 DOMAINS = ("entraide", "console")
 LOCALE_DIR = Path(__file__).parent / "locale"
+
+
+
+def N_(message: str) -> str:
+    """Marks a message for extraction (``scripts/i18n``) without translating it: the
+    text is used in English where it is made and translated where it is shown."""
+    return message
+
 
 # An Accept-Language header longer than this is not parsed (it is hostile or broken).
 _MAX_HEADER = 1024
@@ -114,7 +123,7 @@ def _templates(lang: str, domain: str) -> tuple[tuple[re.Pattern[str], str], ...
     return tuple((pattern, msgstr) for _, pattern, msgstr in found)
 
 
-def localize(message: str, lang: str, domain: str = "entraide") -> str:
+def localize(message: str, lang: str, domain: str = "entraide", *, _depth: int = 0) -> str:
     """``message``, an English text already formatted, in ``lang``.
 
     A message that is a msgid is looked up as is. One formatted from a msgid with
@@ -122,7 +131,9 @@ def localize(message: str, lang: str, domain: str = "entraide") -> str:
     spells the same text) is matched against that template and its translation filled
     with the same values, so messages raised deep in the node get translated where
     they are shown (the API's error middleware, the CLI's error line) without every
-    layer knowing the reader's language. Anything unknown stays English.
+    layer knowing the reader's language. A value that is itself a sentence (a reason
+    inside "{field}: {reason}") is translated the same way; a value of one word (a
+    name, a type) never is. Anything unknown stays English.
     """
     if lang == DEFAULT_LANG or not message:
         return message
@@ -132,7 +143,11 @@ def localize(message: str, lang: str, domain: str = "entraide") -> str:
     for pattern, msgstr in _templates(lang, domain):
         match = pattern.fullmatch(message)
         if match is not None:
-            return _fill(msgstr, match.groupdict())
+            values = match.groupdict()
+            if _depth < 3:
+                values = {k: localize(v, lang, domain, _depth=_depth + 1) if " " in v else v
+                          for k, v in values.items()}
+            return _fill(msgstr, values)
     return message
 
 

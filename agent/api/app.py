@@ -37,6 +37,7 @@ from agent.api.admin import (
 )
 from agent.api.aid import AID_ROUTES
 from agent.api.erasure import ERASURE_ROUTES
+from agent.api.messages import localized_message, validation_message
 from agent.api.models import (
     BatchCreated,
     ErrorBody,
@@ -96,6 +97,7 @@ from agent.errors import (
     UntrustedPeerError,
     WiderAudienceError,
 )
+from agent.i18n import negotiate
 from agent.jsoncodec import dumps
 from agent.metrics import CONTENT_TYPE
 from agent.misp.convert import MISP_ROUTES
@@ -301,9 +303,14 @@ def error_body(code: str, message: str) -> dict[str, Any]:
 
 
 def _error(status: int, code: str, message: str,
-           headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(text=dumps(error_body(code, message)), status=status,
-                        headers=headers, content_type="application/json")
+           headers: dict[str, str] | None = None, *,
+           request: web.Request | None = None) -> web.Response:
+    # The message in the reader's language (Accept-Language, English by default);
+    # the code stays the same in every language: clients act on the code.
+    lang = negotiate(request.headers.get(hdrs.ACCEPT_LANGUAGE) if request else None)
+    headers = {**(headers or {}), hdrs.CONTENT_LANGUAGE: lang}
+    return web.Response(text=dumps(error_body(code, localized_message(message, lang))),
+                        status=status, headers=headers, content_type="application/json")
 
 
 def _validation_code(exc: ValidationError) -> str:
@@ -327,16 +334,19 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         response: web.StreamResponse = await handler(request)
         return response
     except ApiError as exc:
-        return _error(exc.status, exc.code, exc.message, exc.headers)
+        return _error(exc.status, exc.code, exc.message, exc.headers, request=request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         message = exc.reason if exc.status != 413 else f"the body is over {MAX_BODY_BYTES} bytes"
-        return _error(exc.status, _HTTP_CODES.get(exc.status, "http_error"), message, headers)
+        return _error(exc.status, _HTTP_CODES.get(exc.status, "http_error"), message, headers,
+                      request=request)
     except ValidationError as exc:
-        return _error(422, _validation_code(exc),
-                      format_validation_error(exc, "request").replace("invalid request: ", ""))
+        english = format_validation_error(exc, "request").replace("invalid request: ", "")
+        lang = negotiate(request.headers.get(hdrs.ACCEPT_LANGUAGE))
+        return _error(422, _validation_code(exc), validation_message(exc, lang, english),
+                      request=request)
     except EntraideError as exc:
         for cls, status_code, code in _ERRORS:
             if isinstance(exc, cls):
@@ -345,14 +355,15 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
                 if status_code >= 500:
                     log.error("request %s %s failed: %s", request.method,
                               loggable_path(request.path), exc)
-                return _error(status_code, code, str(exc), challenge)
+                return _error(status_code, code, str(exc), challenge, request=request)
         log.exception("unexpected error on %s %s", request.method,
                       loggable_path(request.path))
-        return _error(500, "internal", f"{type(exc).__name__}: {exc}")
+        return _error(500, "internal", f"{type(exc).__name__}: {exc}", request=request)
     except Exception:
         log.exception("unexpected error on %s %s", request.method,
                       loggable_path(request.path))
-        return _error(500, "internal", "internal error (see the node's log)")
+        return _error(500, "internal", "internal error (see the node's log)",
+                      request=request)
 
 
 @web.middleware
@@ -363,10 +374,12 @@ async def host_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     if not policy.allows_host(request.headers.get(hdrs.HOST)):
         return _error(421, "misdirected_request",
                       "this node's API does not answer to that Host; list the name in "
-                      "[api] allowed_hosts of entraide.toml to reach it by name")
+                      "[api] allowed_hosts of entraide.toml to reach it by name",
+                      request=request)
     if not policy.allows_origin(request.headers.get(hdrs.ORIGIN)):
         return _error(403, "forbidden_origin",
-                      "requests from that Origin are refused (a web page on another site)")
+                      "requests from that Origin are refused (a web page on another site)",
+                      request=request)
     response: web.StreamResponse = await handler(request)
     return response
 

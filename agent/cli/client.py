@@ -26,9 +26,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from agent.cli.lang import _, current_lang
+from agent.cli.examples import epilog
+from agent.cli.lang import _, current_lang, localize_error
 from agent.config.datadir import DataDir, atomic_write
-from agent.config.settings import load_node_config
+from agent.config.settings import load_node_config, load_trust_list
 from agent.config.tokens import Scope, TokenStore
 from agent.errors import ConfigError, NodeNotRunningError
 from agent.storage.types import bodies_json
@@ -149,10 +150,12 @@ def print_result(args: argparse.Namespace, value: Any, human: str) -> int:
 
 
 def localized(text: dict[str, Any] | None) -> str:
-    """A ``{"en", "fr"}`` text on one line: both languages that are there."""
+    """A ``{"en", "fr"}`` text on one line: both languages that are there, the
+    reader's first."""
     if not text:
         return ""
-    return " / ".join(v for v in (text.get("en"), text.get("fr")) if v)
+    order = ("fr", "en") if current_lang() == "fr" else ("en", "fr")
+    return " / ".join(v for v in (text.get(order[0]), text.get(order[1])) if v)
 
 
 def _client(argv_ns: argparse.Namespace, data_dir: Path) -> tuple[str, str]:
@@ -163,13 +166,23 @@ def _client(argv_ns: argparse.Namespace, data_dir: Path) -> tuple[str, str]:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--json", action="store_true",
+                        help=_("print JSON (the API's shape) instead of text"))
     _common_http(parser)
 
 
 def _common_http(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--token", help="API token (default: $ENTRAIDE_TOKEN or the CLI's own)")
-    parser.add_argument("--api", help="API base URL (default: from entraide.toml)")
+    parser.add_argument("--token", help=_("API token (default: $ENTRAIDE_TOKEN, else the "
+                                          "CLI's own admin token cli-N in cli.token)"))
+    parser.add_argument("--api", metavar="URL",
+                        help=_("API base URL (default: from entraide.toml)"))
+
+
+def _parser(words: str, description: str) -> argparse.ArgumentParser:
+    """The parser of ``entraide <words>``, with its examples."""
+    return argparse.ArgumentParser(prog=f"entraide {words}", description=description,
+                                   epilog=epilog(words),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def _csv(text: str | None) -> list[str]:
@@ -178,19 +191,19 @@ def _csv(text: str | None) -> list[str]:
 
 def submit_command(argv: list[str], data_dir: Path) -> int:
     """``entraide submit --type T --value V [--tlp ...] [--to N,...]``."""
-    parser = argparse.ArgumentParser(prog="entraide submit",
-                                     description="Share one observation via the running node.")
-    parser.add_argument("--type", required=True, help="indicator type, e.g. ipv4-addr")
-    parser.add_argument("--value", required=True, help="indicator value")
+    parser = _parser("submit", _("Share one observation via the running node."))
+    parser.add_argument("--type", required=True, help=_("indicator type, e.g. ipv4-addr"))
+    parser.add_argument("--value", required=True, help=_("indicator value"))
     parser.add_argument("--tlp", default="GREEN",
-                        help="CLEAR, GREEN (default), AMBER, AMBER+STRICT or RED")
-    parser.add_argument("--to", help="audience: peer names, comma-separated")
-    parser.add_argument("--confidence", type=int, help="0-100")
-    parser.add_argument("--severity", help="low, medium, high or critical")
-    parser.add_argument("--description", help="description in English")
-    parser.add_argument("--description-fr", help="description en français")
-    parser.add_argument("--tags", help="comma-separated tags")
-    parser.add_argument("--valid-until", help="RFC 3339 time, e.g. 2026-12-31T00:00:00Z")
+                        help=_("CLEAR, GREEN (default), AMBER, AMBER+STRICT or RED"))
+    parser.add_argument("--to", help=_("audience: peer names, comma-separated"))
+    parser.add_argument("--confidence", type=int, help=_("confidence, 0-100"))
+    parser.add_argument("--severity", help=_("low, medium, high or critical"))
+    parser.add_argument("--description", help=_("description in English"))
+    parser.add_argument("--description-fr", help=_("description in French"))
+    parser.add_argument("--tags", help=_("comma-separated tags"))
+    parser.add_argument("--valid-until", metavar="TIME",
+                        help=_("RFC 3339 time, e.g. 2026-12-31T00:00:00Z"))
     _common(parser)
     args = parser.parse_args(argv)
     base, token = _client(args, data_dir)
@@ -209,24 +222,22 @@ def submit_command(argv: list[str], data_dir: Path) -> int:
     if args.valid_until:
         body["valid_until"] = args.valid_until
     result = call_api(base, token, "POST", "/api/v1/observations", body)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"{result['id']}  seq {result.get('seq', '?')}")
-    return 0
+    return print_result(args, result, f"{result['id']}  seq {result.get('seq', '?')}")
 
 
 def query_command(argv: list[str], data_dir: Path) -> int:
     """``entraide query [--type T] [--value V] [--json]``."""
-    parser = argparse.ArgumentParser(prog="entraide query",
-                                     description="Search the observations this node can read.")
-    parser.add_argument("--type", help="indicator type")
-    parser.add_argument("--value", help="indicator value")
-    parser.add_argument("--origin", help="origin: peer name or ed25519 key")
-    parser.add_argument("--tlp", help="only this TLP")
-    parser.add_argument("--since", help="RFC 3339 time or ms since the epoch")
-    parser.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
-    parser.add_argument("--include-retracted", action="store_true")
+    parser = _parser("query", _("Search the observations this node can read."))
+    parser.add_argument("--type", help=_("only this indicator type"))
+    parser.add_argument("--value", help=_("only this indicator value (with --type)"))
+    parser.add_argument("--origin", help=_("only this origin: peer name or ed25519 key"))
+    parser.add_argument("--tlp", help=_("only this TLP"))
+    parser.add_argument("--since", metavar="TIME",
+                        help=_("RFC 3339 time or ms since the epoch"))
+    parser.add_argument("--limit", type=int, default=100,
+                        help=_("at most this many (default 100)"))
+    parser.add_argument("--include-retracted", action="store_true",
+                        help=_("list retracted observations too"))
     _common(parser)
     args = parser.parse_args(argv)
     base, token = _client(args, data_dir)
@@ -238,15 +249,15 @@ def query_command(argv: list[str], data_dir: Path) -> int:
     result = call_api(base, token, "GET", "/api/v1/observations?" + urllib.parse.urlencode(params))
     observations = result["observations"]
     if args.json:
-        print(json.dumps(observations))
+        print(json.dumps(result, ensure_ascii=False))
         return 0
-    print(render_table(["origin", "seq", "tlp", "type", "value", "conf", "id"], [
+    print(render_table([_("origin"), "seq", "tlp", "type", _("value"), "conf", "id"], [
         [o.get("origin_name") or o["origin"][:16], str(o["seq"]), o["tlp"], o["type"], o["value"],
          "" if o.get("confidence") is None else str(o["confidence"]), o["id"][:16]]
-        + (["retracted"] if o.get("retracted") else [])
+        + ([_("retracted")] if o.get("retracted") else [])
         for o in observations]))
     if not observations:
-        print("(no observations)", file=sys.stderr)
+        print(_("(no observations)"), file=sys.stderr)
     return 0
 
 
@@ -263,45 +274,41 @@ def render_table(header: list[str], rows: list[list[str]]) -> str:
 
 def forks_list_command(argv: list[str], data_dir: Path) -> int:
     """``entraide forks list [--json]``: every fork the node recorded, oldest first."""
-    parser = argparse.ArgumentParser(
-        prog="entraide forks list",
-        description="Show the forks this node recorded: origins that signed two different "
-                    "entries with the same seq. A fork not cleared quarantines its origin.")
+    parser = _parser("forks list", _(
+        "Show the forks this node recorded: origins that signed two different entries "
+        "with the same seq. A fork not cleared quarantines its origin."))
     _common(parser)
     args = parser.parse_args(argv)
     base, token = _client(args, data_dir)
-    forks = call_api(base, token, "GET", "/api/v1/forks")["forks"]
+    result = call_api(base, token, "GET", "/api/v1/forks")
+    forks = result["forks"]
     if args.json:
-        print(json.dumps(forks))
+        print(json.dumps(result, ensure_ascii=False))
         return 0
-    print(render_table(["origin", "seq", "detected", "state", "key"], [
+    print(render_table([_("origin"), "seq", _("detected"), _("state"), _("key")], [
         [f.get("origin_name") or "?", str(f["seq"]), f["detected"],
-         "quarantined" if f["cleared"] is None else f"cleared {f['cleared']}", f["origin"]]
+         _("quarantined") if f["cleared"] is None
+         else _("cleared {at}").format(at=f["cleared"]), f["origin"]]
         for f in forks]))
     if not forks:
-        print("(no forks)", file=sys.stderr)
+        print(_("(no forks)"), file=sys.stderr)
     return 0
 
 
 def forks_clear_command(argv: list[str], data_dir: Path) -> int:
     """``entraide forks clear ORIGIN``: accept a forked origin's entries again."""
-    parser = argparse.ArgumentParser(
-        prog="entraide forks clear",
-        description="Lift a forked origin's quarantine, once its admin has explained the "
-                    "fork. The proof stays as evidence.")
-    parser.add_argument("origin", metavar="ORIGIN", help="peer name or ed25519:<key>")
+    parser = _parser("forks clear", _("Lift a forked origin's quarantine, once its admin "
+                                      "has explained the fork. The proof stays as evidence."))
+    parser.add_argument("origin", metavar="ORIGIN", help=_("peer name or ed25519:<key>"))
     _common(parser)
     args = parser.parse_args(argv)
     base, token = _client(args, data_dir)
     record = call_api(base, token, "POST",
                       f"/api/v1/forks/{urllib.parse.quote(args.origin, safe=':')}/clear")
-    if args.json:
-        print(json.dumps(record))
-    else:
-        print(f"cleared: {record.get('origin_name') or record['origin']} (fork at seq "
-              f"{record['seq']}, detected {record['detected']}); its entries are accepted "
-              "again")
-    return 0
+    return print_result(args, record, _(
+        "cleared: {origin} (fork at seq {seq}, detected {detected}); its entries are "
+        "accepted again").format(origin=record.get("origin_name") or record["origin"],
+                                 seq=record["seq"], detected=record["detected"]))
 
 
 def ledger_verify_command(argv: list[str], data_dir: Path) -> int:
@@ -310,12 +317,14 @@ def ledger_verify_command(argv: list[str], data_dir: Path) -> int:
     Asks the running node (which holds the ledger's lock) when there is one;
     otherwise opens the ledger file itself.
     """
-    parser = argparse.ArgumentParser(prog="entraide ledger verify",
-                                     description="Re-check every entry of the local ledger.")
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument("--passphrase-env", default="ENTRAIDE_PASSPHRASE",
-                        help="variable holding the key passphrase, when the node is stopped "
-                             "and its key sealed (default ENTRAIDE_PASSPHRASE)")
+    parser = _parser("ledger verify", _(
+        "Re-check every signature and hash chain of the local ledger: through the running "
+        "node, else by opening the ledger file. Exit status 1 when anything is wrong."))
+    parser.add_argument("--json", action="store_true",
+                        help=_("print JSON (the API's shape) instead of text"))
+    parser.add_argument("--passphrase-env", default="ENTRAIDE_PASSPHRASE", metavar="VAR",
+                        help=_("variable holding the key passphrase, when the node is "
+                               "stopped and its key sealed (default ENTRAIDE_PASSPHRASE)"))
     _common_http(parser)
     args = parser.parse_args(argv)
     dd = DataDir(data_dir)
@@ -326,16 +335,32 @@ def ledger_verify_command(argv: list[str], data_dir: Path) -> int:
     except NodeNotRunningError:
         report = asyncio.run(_verify_offline(dd, args.passphrase_env))
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(report, ensure_ascii=False))
     elif report["ok"]:
-        print(f"ok: {report['entries']} entries from {report['origins']} origins verified")
+        print(_("ok: {entries} entries from {origins} origins verified").format(
+            entries=report["entries"], origins=report["origins"]))
         bodies = report.get("bodies") or {}
         if any(bodies.get(state) for state in ("expired", "erased", "absent")):
-            print("bodies: " + ", ".join(f"{bodies.get(state, 0)} {state}" for state in
-                                         ("present", "expired", "erased", "absent")))
+            print(_("bodies: {present} present, {expired} expired, {erased} erased, "
+                    "{absent} absent").format(**{state: bodies.get(state, 0) for state in
+                                                 ("present", "expired", "erased", "absent")}))
     else:
-        print(f"BROKEN: {report['problems'][0]['what']}", file=sys.stderr)
+        print(verify_problems_text(report), file=sys.stderr)
     return 0 if report["ok"] else 1
+
+
+def verify_problems_text(report: dict[str, Any]) -> str:
+    """``ledger verify``'s text for a broken ledger: each problem with the origin (name
+    when known, else key) and seq it is at."""
+    problems = report.get("problems") or []
+    lines = [_("BROKEN: {n} problem(s) in {entries} entries").format(
+        n=len(problems), entries=report.get("entries", 0))]
+    for problem in problems:
+        origin = problem.get("origin_name") or problem.get("origin") or _("(unknown origin)")
+        seq = "?" if problem.get("seq") is None else problem["seq"]
+        lines.append("  " + _("origin {origin} seq {seq}: {what}").format(
+            origin=origin, seq=seq, what=localize_error(str(problem["what"]))))
+    return "\n".join(lines)
 
 
 async def _verify_offline(dd: DataDir, passphrase_env: str) -> dict[str, Any]:
@@ -352,14 +377,19 @@ async def _verify_offline(dd: DataDir, passphrase_env: str) -> dict[str, Any]:
         report = await ledger.verify()
     finally:
         await ledger.close()
-    return verify_report_json(report)
+    names = {peer.key.text: peer.name for peer in load_trust_list(dd)}
+    names[identity.public_key.text] = config.name
+    return verify_report_json(report, names)
 
 
-def verify_report_json(report: Any) -> dict[str, Any]:
-    """The JSON shape of a ``VerifyReport`` (shared with the API)."""
+def verify_report_json(report: Any, names: dict[str, str] | None = None) -> dict[str, Any]:
+    """The JSON shape of a ``VerifyReport``, the API's (``names``: origin key text to
+    trust-list name)."""
+    names = names or {}
     return {
         "ok": report.ok, "entries": report.entries, "origins": report.origins,
         "fork_proofs": report.fork_proofs, "bodies": bodies_json(report.bodies),
-        "problems": [{"origin": None if p.origin is None else p.origin.text, "seq": p.seq,
-                      "what": p.what} for p in report.problems],
+        "problems": [{"origin": None if p.origin is None else p.origin.text,
+                      "origin_name": None if p.origin is None else names.get(p.origin.text),
+                      "seq": p.seq, "what": p.what} for p in report.problems],
     }

@@ -17,16 +17,11 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 
-from agent.i18n import DEFAULT_LANG, LANGS, Lang, localize, translation
+from agent.i18n import DEFAULT_LANG, LANGS, N_, Lang, localize, translation
 
 __all__ = ["N_", "_", "choose_lang", "current_lang", "localize_error", "set_lang"]
 
 _state: dict[str, Lang] = {"lang": DEFAULT_LANG}
-
-
-def N_(message: str) -> str:
-    """Marks a message for extraction without translating it (translated where shown)."""
-    return message
 
 
 # argparse's own messages (Python 3.11), here so `pybabel extract` puts them in the
@@ -40,6 +35,17 @@ _ARGPARSE = (
     N_("invalid %(type)s value: %(value)r"), N_("not allowed with argument %s"),
     N_("ambiguous option: %(option)s could match %(matches)s"),
     N_("one of the arguments %s is required"),
+)
+
+# Errors of the data dir and the key file (agent/config, protocol/keys.py) the CLI
+# shows most; localize_error matches their formatted text against these.
+_DATA_DIR = (
+    N_("no Entraide node in {dir} (run 'entraide init --name NAME' or pass --data-dir / "
+       "set ENTRAIDE_HOME)"),
+    N_("{path}: a node already exists here"),
+    N_("environment variable {var} is unset or empty (passphrase expected)"),
+    N_("the key file is sealed: a passphrase is needed"),
+    N_("wrong passphrase, or a damaged key file"),
 )
 
 

@@ -53,7 +53,7 @@ def test_federation_observation_crosses_the_line(fed: LocalFederation) -> None:
     def listed_at_ab() -> bool:
         out = fed["AB"].cli("query", "--type", "ipv4-addr", "--value", "198.51.100.23",
                             "--json").stdout
-        return any(o["id"] == entry_id for o in json.loads(out))
+        return any(o["id"] == entry_id for o in json.loads(out)["observations"])
 
     wait_for(listed_at_ab, DEADLINE_S, "the observation to reach AB", interval=0.1)
     got = fed["AB"].call("GET", f"/api/v1/observations/{entry_id}")

@@ -1,0 +1,75 @@
+"""The API's error messages in the reader's language: ``Accept-Language: fr`` gets the
+French message and ``Content-Language: fr``; no header, or a language we do not have,
+gets English; the code is the same in every language. A real node and a real HTTP
+server on 127.0.0.1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.i18n import localize
+from tests.agent._api_helpers import running_api
+
+FR = {"Accept-Language": "fr-CA,fr;q=0.9,en;q=0.5"}
+
+
+async def test_api_languages_error_message_follows_accept_language(tmp_path: Path) -> None:
+    async with running_api(tmp_path) as api:
+        status, body = await api.call("GET", "/api/v1/status", scope=None, headers=FR)
+        assert status == 401 and body["error"]["code"] == "unauthorized"
+        assert body["error"]["message"] == ("un jeton porteur est requis "
+                                            "(Authorization: Bearer <jeton>)")
+        status, english = await api.call("GET", "/api/v1/status", scope=None)
+        assert status == 401 and english["error"]["code"] == "unauthorized"
+        assert english["error"]["message"].startswith("a bearer token is required")
+        status, german = await api.call("GET", "/api/v1/status", scope=None,
+                                        headers={"Accept-Language": "de"})
+        assert german == english
+
+        # A message with values (from a lower layer) keeps them in French.
+        status, body = await api.call("POST", "/api/v1/peers", scope="read", headers=FR,
+                                      json_body={"card": "x"})
+        assert status == 403
+        assert body["error"]["message"] == ("il faut un jeton de portée admin; celui-ci a "
+                                            "la portée read")
+        status, body = await api.call("DELETE", "/api/v1/peers/ATLANTIS", headers=FR)
+        assert status == 404 and body["error"]["code"] == "not_found"
+        assert body["error"]["message"] == ("aucun pair nommé 'ATLANTIS' dans la liste de "
+                                            "confiance")
+
+
+async def test_api_languages_content_language_and_validation(tmp_path: Path) -> None:
+    async with running_api(tmp_path) as api:
+        response = await api.client.post("/api/v1/observations", data=b"{not json",
+                                         headers={**api.auth("write"), **FR,
+                                                  "Content-Type": "application/json"})
+        body = await response.json()
+        assert response.status == 400 and response.headers["Content-Language"] == "fr"
+        assert body["error"]["code"] == "bad_json"
+        assert body["error"]["message"].startswith("le corps n'est pas du JSON valide : ")
+
+        response = await api.client.post(
+            "/api/v1/observations", json={"type": "ipv4-addr", "value": "203.0.113.7",
+                                          "colour": "red"},
+            headers={**api.auth("write"), **FR})
+        body = await response.json()
+        assert response.status == 422 and body["error"]["code"] == "unknown_field"
+        assert body["error"]["message"] == "colour : champ non permis"
+
+        response = await api.client.get("/api/v1/nowhere", headers={**api.auth("read")})
+        assert response.status == 404 and response.headers["Content-Language"] == "en"
+        assert (await response.json())["error"]["message"] == "Not Found"
+
+
+@pytest.mark.parametrize(("english", "french"), [
+    ("no entry abc", "aucune entrée abc"),
+    ("the body is over 1048576 bytes", "le corps dépasse 1048576 octets"),
+    ("something nobody wrote a template for", "something nobody wrote a template for"),
+    # A one-word value is never translated, even when it is a msgid ("options").
+    ("no token named options", "aucun jeton nommé options"),
+])
+def test_api_languages_localize_fills_templates(english: str, french: str) -> None:
+    assert localize(english, "fr") == french
+    assert localize(english, "en") == english
