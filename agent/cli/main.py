@@ -463,6 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except SystemExit as exc:  # a passthrough command's argparse: --help, usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
 
 
 # --- output helpers ----------------------------------------------------------------
