@@ -147,7 +147,8 @@ async def test_cli_ops_import_csv_and_stix_bundle(
                      "ipv4-addr,198.51.100.77,80,c2;lockbit,LockBit C2,C2 de LockBit\n"
                      "cve,CVE-2026-21345,100,,,\n")
     bundle = tmp_path / "bundle.json"
-    bundle.write_text(json.dumps({"type": "bundle", "id": "bundle--" + "1" * 8 + "-1111-4111-8111-" + "1" * 12,
+    bundle.write_text(json.dumps({"type": "bundle",
+                                  "id": "bundle--11111111-1111-4111-8111-111111111111",
                                   "objects": [{
                                       "type": "indicator", "spec_version": "2.1",
                                       "id": "indicator--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f",
