@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli.client import ApiError, render_table
+from agent.cli.examples import epilog
+from agent.cli.lang import _, current_lang
 from agent.cli.localfed import FedNode, LocalFederation, wait_for, wait_idle
 from protocol.errors import EntraideError
 
@@ -72,11 +74,11 @@ def run_demo(keep: bool = False, root: Path | None = None) -> int:
     nodes = fed.nodes
     by_name = {n.name: n for n in nodes}
     try:
-        _say(f"Setting up five nodes in {root} (init, peer cards, tokens):")
+        _say(_("Setting up five nodes in {root} (init, peer cards, tokens):").format(root=root))
         fed.set_up(on_node=lambda n: _say(
-            f"  {n.name:<4} {n.jurisdiction:<24} fingerprint {n.fingerprint}"))
-        _say("Links dialled: " + ", ".join(f"{a}→{b}" for a, b in LINKS)
-             + " (every node trusts every other as an author)")
+            f"  {n.name:<4} {n.jurisdiction:<24} " + _("fingerprint") + f" {n.fingerprint}"))
+        _say(_("Links dialled: {links} (every node trusts every other as an author)").format(
+            links=", ".join(f"{a}→{b}" for a, b in LINKS)))
         fed.start()
 
         def linked() -> bool:
@@ -87,7 +89,8 @@ def run_demo(keep: bool = False, root: Path | None = None) -> int:
             return True
 
         link_s = wait_for(linked, SYNC_TIMEOUT_S, "every link to connect")
-        _say(f"All five nodes are up; every link connected {link_s * 1000:.0f} ms later.")
+        _say(_("All five nodes are up; every link connected {ms} ms later.").format(
+            ms=f"{link_s * 1000:.0f}"))
         # Each node starts its verify worker processes (~0.5 s of CPU each): let that end
         # so that the times below are of replication, not of start-up.
         wait_idle(n.process.pid for n in nodes if n.process is not None)
@@ -114,13 +117,14 @@ def run_demo(keep: bool = False, root: Path | None = None) -> int:
             cells = []
             for node in nodes:
                 if node.name == author:
-                    cells.append("author")
+                    cells.append(_("author"))
                 else:
-                    how = "read" if node.visible(entry_id) else "sealed"
+                    how = _("read") if node.visible(entry_id) else _("sealed")
                     cells.append(f"{how} {received[node.name] * 1000:.0f} ms")
             value = result.get("value", body["value"])
             rows.append([f"{author}: {body['tlp']} {body['type']}", *cells])
-            _say(f"{author} shared {body['tlp']:<6} {body['type']} {value}")
+            _say(_("{author} shared {tlp} {type} {value}").format(
+                author=author, tlp=f"{body['tlp']:<6}", type=body["type"], value=value))
         author, body, entry_id = submitted[-1]
         t0 = time.monotonic()
         by_name[author].call("POST", f"/api/v1/observations/{entry_id}/retract",
@@ -128,12 +132,12 @@ def run_demo(keep: bool = False, root: Path | None = None) -> int:
         total = len(SUBMISSIONS) + 1
         retract_s = wait_for(lambda: all(n.entries() >= total for n in nodes), SYNC_TIMEOUT_S,
                              "the retraction to reach every node")
-        _say(f"{author} retracted its {body['type']} observation "
-             f"(everywhere after {retract_s * 1000:.0f} ms)\n")
-        _say("Who received what, how long after submission, and who could read it:")
-        _say(render_table(["observation", *[n.name for n in nodes]], rows))
-        _say("read: verified, stored and readable there. sealed: verified and stored, but "
-             "encrypted for its audience only.\n")
+        _say(_("{author} retracted its {type} observation (everywhere after {ms} ms)").format(
+            author=author, type=body["type"], ms=f"{retract_s * 1000:.0f}") + "\n")
+        _say(_("Who received what, how long after submission, and who could read it:"))
+        _say(render_table([_("observation"), *[n.name for n in nodes]], rows))
+        _say(_("read: verified, stored and readable there. sealed: verified and stored, but "
+               "encrypted for its audience only.") + "\n")
 
         aid_scene(nodes)
         _say("")
@@ -148,18 +152,18 @@ def run_demo(keep: bool = False, root: Path | None = None) -> int:
             timing_rows.append([node.name, str(status["ledger"]["entries"]), str(len(listed)),
                                 str(len(listed_r["observations"]) - len(listed)),
                                 ",".join(connected), "ok" if verify.get("ok") else "BROKEN"])
-        _say(render_table(["node", "entries", "listed", "retracted", "connected to",
-                           "ledger verify"], timing_rows))
+        _say(render_table([_("node"), _("entries"), _("listed"), _("retracted"),
+                           _("connected to"), _("ledger verify")], timing_rows))
         indicator = urllib.parse.quote("203.0.113.7", safe="")
         agg = by_name["BC"].call("GET", f"/api/v1/indicators/ipv4-addr/{indicator}")
-        _say(f"\nBC looks up 203.0.113.7: reported by {', '.join(agg['origins'])}, "
-             f"first seen {agg['first_seen']}")
+        _say("\n" + _("BC looks up 203.0.113.7: reported by {origins}, first seen {first}")
+             .format(origins=", ".join(agg["origins"]), first=agg["first_seen"]))
         broken = [r[0] for r in timing_rows if r[-1] != "ok"]
         if broken:
-            _say(f"ledger verification FAILED on {', '.join(broken)}")
+            _say(_("ledger verification FAILED on {nodes}").format(nodes=", ".join(broken)))
             return 1
         if keep:
-            _say("\nThe federation keeps running (Ctrl-C to stop):")
+            _say("\n" + _("The federation keeps running (Ctrl-C to stop):"))
             for node in nodes:
                 _say(f"  {node.name:<4} {node.api}  token {node.token}  "
                      f"data {node.data_dir}")
@@ -255,39 +259,40 @@ def aid_scene(nodes: list[FedNode]) -> None:
         cells = []
         for node in nodes:
             if node is author:
-                cells.append("author")
+                cells.append(_("author"))
             elif node.name in read:
-                cells.append(f"read {read[node.name] * 1000:.0f} ms")
+                cells.append(_("read") + f" {read[node.name] * 1000:.0f} ms")
             else:
                 if readable(node):
                     raise EntraideError(f"{node.name} could read {label}")
-                cells.append(f"sealed {held[node.name] * 1000:.0f} ms")
+                cells.append(_("sealed") + f" {held[node.name] * 1000:.0f} ms")
         rows.append([f"{author.name}: {label}", *cells])
         return result
 
     everyone = {n.name for n in nodes}
     thread = set(AID_HELPERS) | {"BC"}
-    _say("Mutual aid / Entraide: BC's hospitals are hit by ransomware at 3 a.m.")
+    _say(_("Mutual aid: BC's hospitals are hit by ransomware at 3 a.m."))
     step("RED aid request", bc, "/api/v1/aid/requests", AID_REQUEST, set(AID_HELPERS))
-    _say(f"BC asks {' and '.join(AID_HELPERS)} (RED) for forensics and incident "
-         f"coordination: request {rid[:16]}")
+    _say(_("BC asks {helpers} (RED) for forensics and incident coordination: request "
+           "{id}").format(helpers=_(" and ").join(AID_HELPERS), id=rid[:16]))
     path = f"/api/v1/aid/requests/{rid}"
     qc_offer = step("offer forensics (fr)", by_name["QC"], path + "/offers", {
         "kinds": ["forensics"], "people": 2, "on_site": False,
         "detail": {"fr": "Deux analystes en criminalistique, en français, dès maintenant",
                    "en": "Two forensic analysts, in French, right now"},
         "contact": {"name": "CSIRT Québec"}}, thread)["id"]
-    _say("QC offers forensics: « Deux analystes en criminalistique, en français, "
-         "dès maintenant »")
+    _say(_("QC offers forensics: « Deux analystes en criminalistique, en français, "
+           "dès maintenant »"))
     step("offer coordination", by_name["FED"], path + "/offers", {
         "kinds": ["incident-coordination"], "people": 1,
         "detail": {"en": "A coordinator from the federal operations centre",
                    "fr": "Un coordonnateur du centre des opérations fédéral"}}, thread)
-    _say("FED offers incident coordination")
+    _say(_("FED offers incident coordination"))
     accepted = step("accepts QC's offer", bc, f"{path}/offers/{qc_offer}/accept",
                     {"note": {"en": "Thank you, please start", "fr": "Merci, allez-y"}},
                     set(AID_HELPERS))
-    _say(f"BC accepts QC's offer: the request is {accepted['status']}")
+    _say(_("BC accepts QC's offer: the request is {status}").format(
+        status=accepted["status"]))
     sigma = (DEMO_DATA / "anydesk_silent_install.yml").read_text(encoding="utf-8")
     rule = step("GREEN sigma rule", by_name["ON"], "/api/v1/rules", {
         "rule_type": "sigma", "name": "AnyDesk Silent Installation", "text": sigma,
@@ -300,17 +305,18 @@ def aid_scene(nodes: list[FedNode]) -> None:
         if "AnyDesk Silent Installation" not in text:
             raise EntraideError(f"{node.name}'s Sigma export lacks ON's rule {rule['id']}")
         exports.append(node.name)
-    _say(f"ON shares the SigmaHQ rule 'AnyDesk Silent Installation'; checked by pySigma "
-         f"on receipt, it is in the Sigma export of {', '.join(exports)} "
-         f"(entraide rules export --type sigma)")
+    _say(_("ON shares the SigmaHQ rule 'AnyDesk Silent Installation'; checked by pySigma "
+           "on receipt, it is in the Sigma export of {nodes} (entraide rules export "
+           "--type sigma)").format(nodes=", ".join(exports)))
     closed = step("closes with a summary", bc, path + "/close", {
         "summary": {"en": "EHR restored from offline backups; QC's images found the entry "
                           "point (AnyDesk).",
                     "fr": "Dossiers rétablis depuis les sauvegardes hors ligne; les images de "
                           "QC ont révélé le point d'entrée (AnyDesk)."}}, set(AID_HELPERS))
     summary = closed["summary"]
-    _say(f"BC closes the request ({closed['status']}):\n  en: {summary['en']}\n"
-         f"  fr: {summary['fr']}")
+    first, second = ("fr", "en") if current_lang() == "fr" else ("en", "fr")
+    _say(_("BC closes the request ({status}):").format(status=closed["status"])
+         + f"\n  {first}: {summary[first]}\n  {second}: {summary[second]}")
     sealed = [n.name for n in nodes if n.name not in thread]
     for name in sealed:
         try:
@@ -319,19 +325,25 @@ def aid_scene(nodes: list[FedNode]) -> None:
         except ApiError as exc:
             if exc.status != 404:
                 raise
-    _say("\nWho could read each step of the thread, and how long it took to reach them:")
-    _say(render_table(["aid step", *[n.name for n in nodes]], rows))
-    _say("Times count from the author's POST (its engine check included: ON's first Sigma "
-         "rule loads pySigma).")
-    _say(f"{' and '.join(sealed)} hold the request sealed and relay it: "
-         f"GET /api/v1/aid/requests/{rid[:16]}... answers 404 there.")
+    _say("\n" + _("Who could read each step of the thread, and how long it took to reach "
+                  "them:"))
+    _say(render_table([_("aid step"), *[n.name for n in nodes]], rows))
+    _say(_("Times count from the author's POST (its engine check included: ON's first Sigma "
+           "rule loads pySigma)."))
+    _say(_("{nodes} hold the request sealed and relay it: GET /api/v1/aid/requests/{id}... "
+           "answers 404 there.").format(nodes=_(" and ").join(sealed), id=rid[:16]))
 
 
 def demo_command(argv: list[str], data_dir: Path) -> int:
     """``entraide demo [--keep]`` (``--data-dir`` is ignored: the demo makes its own)."""
-    parser = argparse.ArgumentParser(prog="entraide demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="entraide demo", epilog=epilog("demo"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_("A local federation of five jurisdictions, end to end: real nodes on "
+                      "127.0.0.1, observations, a retraction, then mutual aid."))
     parser.add_argument("--keep", action="store_true",
-                        help="leave the federation running; print each node's API URL and token")
-    parser.add_argument("--dir", type=Path, help="put the five data dirs here (kept)")
+                        help=_("leave the federation running; print each node's API URL "
+                               "and token"))
+    parser.add_argument("--dir", type=Path, help=_("put the five data dirs here (kept)"))
     args = parser.parse_args(argv)
     return run_demo(keep=args.keep, root=args.dir)
