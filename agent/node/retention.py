@@ -9,7 +9,9 @@ streamed, exported, nor sent in catch-up (headers only).
 
 Invariants:
 - Runs on start (a node that was down catches up on what expired meanwhile), then
-  wakes at the next expiry or every ``interval`` seconds, whichever comes first.
+  wakes at the next expiry or every ``interval`` seconds, whichever comes first; a
+  ledger commit (:meth:`Ledger.on_commit`) makes it look at the next expiry again, so
+  an entry stored with an earlier expiry, or already expired, is not served past it.
 - Its one task is the node's (spawned and awaited on stop); a failed sweep is logged
   and retried at the next wake, never fatal.
 - Logs counts and never a value (docs/privacy.md).
@@ -93,16 +95,47 @@ class Sweeper:
 
     async def run(self) -> None:
         """Sweep now, then at each next expiry (at most ``interval`` apart), until
-        cancelled."""
+        cancelled. Each ledger commit wakes it to look again at the next expiry: an
+        entry just stored may expire before the one it was sleeping for (or may have
+        arrived expired), and waiting for the old wake-up would serve it meanwhile."""
+        wake = asyncio.Event()
+        remove = self._ledger().on_commit(wake.set)
+        try:
+            while True:
+                try:
+                    await self.sweep()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("retention sweep failed; retried in %.0f s", self._interval)
+                    await asyncio.sleep(self._interval)
+                    continue
+                await self._sleep_until_due(wake)
+        finally:
+            remove()
+
+    async def _sleep_until_due(self, wake: asyncio.Event) -> None:
+        """Return when the next expiry is due or ``interval`` has passed."""
+        deadline = self._clock() + self._interval
         while True:
-            delay = self._interval
+            wake.clear()
+            delay = deadline - self._clock()
             try:
-                await self.sweep()
                 upcoming = await next_expiry(self._ledger())
-                if upcoming is not None:
-                    delay = min(delay, max(_MIN_SLEEP_S, upcoming / 1000 - self._clock()))
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("retention sweep failed; retried at the next one")
-            await asyncio.sleep(delay)
+                log.exception("retention: the next expiry could not be read")
+                upcoming = None
+            if upcoming is not None:
+                delay = min(delay, upcoming / 1000 - self._clock())
+            if delay <= _MIN_SLEEP_S:  # due now: at least _MIN_SLEEP_S between sweeps
+                await asyncio.sleep(_MIN_SLEEP_S)
+                return
+            try:
+                await asyncio.wait_for(wake.wait(), delay)
+            except TimeoutError:
+                return
+            # Woken by a commit: look at the next expiry again, at most every
+            # _MIN_SLEEP_S under a stream of commits (one cheap indexed query).
+            await asyncio.sleep(_MIN_SLEEP_S)

@@ -121,3 +121,22 @@ async def test_retention_sweeper_runs_on_start_and_takes_received_expired_bodies
             return (await bc.node.ledger.verify()).bodies.get("expired") == 1
 
         await wait_for(gone, timeout=5, what="the sweep on start")
+
+
+async def test_retention_sweeper_wakes_on_a_commit_for_an_earlier_expiry(
+        tmp_path: Path) -> None:
+    """The sweeper sleeps toward its next expiry (or 60 s); an entry stored meanwhile
+    that expires sooner is dropped at its own instant, not at that later wake-up."""
+    now = [T0]
+    with_retention(tmp_path, "BC", "QC", {"observation": {"GREEN": "1h"}})
+    async with running_api(tmp_path, "BC", ("QC",), clock=lambda: now[0]) as bc:
+        async def expired() -> int:
+            return int((await bc.node.ledger.verify()).bodies.get("expired", 0))
+
+        await bc.submit(obs(LONG, tlp="CLEAR"))  # the sweeper now sleeps 60 s (interval)
+        short = await bc.submit(obs(SHORT, tlp="GREEN"))  # expires at T0 + 1h
+        now[0] = T0 + 3600
+        await bc.submit(obs("198.51.100.79", tlp="CLEAR"))  # any commit wakes it
+        await wait_for(expired, timeout=20, what="the sweep at the new expiry", interval=0.1)
+        status, _ = await bc.call("GET", f"/api/v1/observations/{short['id']}", scope="read")
+        assert status == 404
