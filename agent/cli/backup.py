@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from agent.cli.lang import _
 from agent.config.datadir import DataDir
 from agent.storage.backup import create_backup, restore_backup
 
@@ -30,9 +31,10 @@ def backup_command(args: argparse.Namespace, data_dir: DataDir) -> int:
         print(json.dumps({"file": args.file, **manifest.model_dump(mode="json")}))
     else:
         size = sum(m.size for m in manifest.members)
-        print(f"Backed up node {manifest.node.name} ({manifest.node.fingerprint}) to "
-              f"{args.file}: {len(manifest.members)} files, {size} bytes, ledger schema "
-              f"{manifest.schema_version}")
+        print(_("Backed up node {name} ({fingerprint}) to {file}: {files} files, {size} "
+                "bytes, ledger schema {schema}").format(
+            name=manifest.node.name, fingerprint=manifest.node.fingerprint, file=args.file,
+            files=len(manifest.members), size=size, schema=manifest.schema_version))
     return 0
 
 
@@ -53,8 +55,9 @@ def restore_command(args: argparse.Namespace, data_dir: DataDir) -> int:
                           else str(result.moved_aside)}))
         return 0
     if result.moved_aside is not None:
-        print(f"Moved the previous data dir to {result.moved_aside}")
-    print(f"Restored node {node.name} ({node.fingerprint}) into {result.data_dir}. "
-          "If this node signed entries after the backup, read docs/operations.md, "
-          "'Back up and restore', before it signs again.")
+        print(_("Moved the previous data dir to {dir}").format(dir=result.moved_aside))
+    print(_("Restored node {name} ({fingerprint}) into {dir}. If this node signed entries "
+            "after the backup, read docs/operations.md, 'Back up and restore', before it "
+            "signs again.").format(name=node.name, fingerprint=node.fingerprint,
+                                   dir=result.data_dir))
     return 0

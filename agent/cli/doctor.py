@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.cli.client import api_base, call_api, cli_token
+from agent.cli.lang import _, localize_error
 from agent.config.datadir import DataDir
 from agent.config.settings import load_node_config, load_trust_list
 from agent.errors import ConfigError, NodeNotRunningError
@@ -95,41 +96,47 @@ def check_data_dir(mode: int) -> Check:
     """The data dir's permission bits: nothing for group or others."""
     perms = stat.S_IMODE(mode)
     if perms & 0o077:
-        return Check("data_dir", "fail", f"mode {perms:04o}: group or others can reach the "
-                     "node's files; run chmod 700 on the data dir")
+        return Check("data_dir", "fail", _("mode {mode}: group or others can reach the "
+                                           "node's files; run chmod 700 on the data dir")
+                     .format(mode=f"{perms:04o}"))
     return Check("data_dir", "ok", f"mode {perms:04o}")
 
 
 def check_key_file(mode: int | None) -> Check:
     """``node.key``'s permission bits: 0600 or stricter."""
     if mode is None:
-        return Check("key_file", "fail", "node.key is missing")
+        return Check("key_file", "fail", _("node.key is missing"))
     perms = stat.S_IMODE(mode)
     if perms & 0o077:
-        return Check("key_file", "fail", f"node.key mode {perms:04o}: readable beyond its "
-                     "owner (the node refuses it); run chmod 600 node.key")
+        return Check("key_file", "fail", _("node.key mode {mode}: readable beyond its owner "
+                                           "(the node refuses it); run chmod 600 node.key")
+                     .format(mode=f"{perms:04o}"))
     return Check("key_file", "ok", f"node.key mode {perms:04o}")
 
 
 def check_schema(version: int | None, current: int = SCHEMA_VERSION) -> Check:
     """The ledger's schema version (None: no ledger yet)."""
     if version is None:
-        return Check("schema", "warn", "no ledger yet (the node has never run)")
+        return Check("schema", "warn", _("no ledger yet (the node has never run)"))
     if version > current:
-        return Check("schema", "fail", f"ledger schema {version} is newer than this "
-                     f"software's {current}: run the newer release")
+        return Check("schema", "fail", _("ledger schema {version} is newer than this "
+                                         "software's {current}: run the newer release")
+                     .format(version=version, current=current))
     if version < current:
-        return Check("schema", "warn", f"ledger schema {version}; the node migrates it to "
-                     f"{current} when it starts")
-    return Check("schema", "ok", f"ledger schema {version}")
+        return Check("schema", "warn", _("ledger schema {version}; the node migrates it to "
+                                         "{current} when it starts")
+                     .format(version=version, current=current))
+    return Check("schema", "ok", _("ledger schema {version}").format(version=version))
 
 
 def check_disk(free: int, total: int) -> Check:
     """Free bytes on the data dir's file system."""
     fraction = free / total if total else 0.0
-    detail = f"{free / GIB:.1f} GiB free ({fraction:.0%})"
+    detail = _("{gib} GiB free ({percent})").format(gib=f"{free / GIB:.1f}",
+                                                   percent=f"{fraction:.0%}")
     if free < DISK_FAIL_BYTES or fraction < DISK_FAIL_FRACTION:
-        return Check("disk", "fail", detail + ": the ledger stops writing when the disk fills")
+        return Check("disk", "fail", detail + _(": the ledger stops writing when the disk "
+                                                "fills"))
     if free < DISK_WARN_BYTES or fraction < DISK_WARN_FRACTION:
         return Check("disk", "warn", detail)
     return Check("disk", "ok", detail)
@@ -139,13 +146,16 @@ def check_fd_limit(soft: int, whose: str) -> Check:
     """The soft open-file limit (``whose``: the running node's, or this shell's)."""
     unlimited = soft == resource.RLIM_INFINITY or soft < 0
     if not unlimited and soft < FD_NEEDED:
-        return Check("fd_limit", "fail", f"{whose} open-file limit {soft} < {FD_NEEDED} "
-                     "needed; set LimitNOFILE=65536 (deploy/entraide.service)")
+        return Check("fd_limit", "fail", _("{whose} open-file limit {soft} < {needed} "
+                                           "needed; set LimitNOFILE=65536 "
+                                           "(deploy/entraide.service)")
+                     .format(whose=whose, soft=soft, needed=FD_NEEDED))
     if not unlimited and soft < FD_WARN:
-        return Check("fd_limit", "warn", f"{whose} open-file limit {soft}; {FD_WARN} or "
-                     "more recommended")
-    return Check("fd_limit", "ok", f"{whose} open-file limit "
-                 f"{'unlimited' if unlimited else soft}")
+        return Check("fd_limit", "warn", _("{whose} open-file limit {soft}; {warn} or more "
+                                           "recommended")
+                     .format(whose=whose, soft=soft, warn=FD_WARN))
+    return Check("fd_limit", "ok", _("{whose} open-file limit {soft}").format(
+        whose=whose, soft=_("unlimited") if unlimited else soft))
 
 
 # --- checks on the running node ----------------------------------------------------
@@ -155,38 +165,43 @@ def check_peers(peers: list[dict[str, Any]], now_ms: int) -> Check:
     """The status API's ``peers``: fail when none is connected, warn when some are not."""
     dialled = [p for p in peers if p.get("url")]
     if not peers:
-        return Check("peers", "warn", "the trust list is empty: this node shares with no one")
+        return Check("peers", "warn", _("the trust list is empty: this node shares with no "
+                                        "one"))
     if not dialled:
-        return Check("peers", "ok", f"{len(peers)} peers, none dialled (no URLs)")
+        return Check("peers", "ok", _("{n} peers, none dialled (no URLs)").format(
+            n=len(peers)))
     up = [p for p in peers if p.get("connected")]
     down = [p for p in dialled if not p.get("connected")]
     if not down:
-        return Check("peers", "ok", f"{len(up)} of {len(dialled)} peers connected")
+        return Check("peers", "ok", _("{up} of {n} peers connected").format(
+            up=len(up), n=len(dialled)))
     parts = [f"{p.get('name')} ({_seen(p.get('last_seen'), now_ms)})" for p in down[:10]]
-    detail = f"{len(up)} of {len(dialled)} peers connected; down: {', '.join(parts)}"
+    detail = _("{up} of {n} peers connected; down: {down}").format(
+        up=len(up), n=len(dialled), down=", ".join(parts))
     return Check("peers", "fail" if not up else "warn", detail)
 
 
 def _seen(last_seen: Any, now_ms: int) -> str:
     if not isinstance(last_seen, str):
-        return "never seen"
+        return _("never seen")
     try:
         when = calendar.timegm(time.strptime(last_seen[:19], "%Y-%m-%dT%H:%M:%S"))
     except ValueError:
-        return f"last seen {last_seen[:40]}"
-    return f"last seen {max(0.0, now_ms / 1000 - when):.0f} s ago"
+        return _("last seen {when}").format(when=last_seen[:40])
+    return _("last seen {s} s ago").format(s=f"{max(0.0, now_ms / 1000 - when):.0f}")
 
 
 def check_clock_skew(skews: dict[str, float | None]) -> Check:
     """Each peer's clock minus ours, in seconds (None: the peer did not answer)."""
     measured = {name: s for name, s in skews.items() if s is not None}
     if not measured:
-        reason = "no peer URL in the trust list" if not skews else "no peer answered"
+        reason = _("no peer URL in the trust list") if not skews else _("no peer answered")
         return Check("clock_skew", "skip", reason)
     name, worst = max(measured.items(), key=lambda item: abs(item[1]))
-    detail = f"largest skew {worst:+.1f} s ({name}), {len(measured)} peers measured"
+    detail = _("largest skew {skew} s ({name}), {n} peers measured").format(
+        skew=f"{worst:+.1f}", name=name, n=len(measured))
     if abs(worst) > SKEW_FAIL_S:
-        return Check("clock_skew", "fail", detail + ": fix the clock (NTP)")
+        return Check("clock_skew", "fail", detail + _(": fix the clock (NTP)"))
     if abs(worst) > SKEW_WARN_S:
         return Check("clock_skew", "warn", detail)
     return Check("clock_skew", "ok", detail)
@@ -197,9 +212,9 @@ def check_forks(forks: list[dict[str, Any]]) -> Check:
     pending = [f for f in forks if not f.get("cleared")]
     if pending:
         names = ", ".join(str(f.get("origin_name") or f.get("origin"))[:40] for f in pending[:10])
-        return Check("forks", "warn", f"{len(pending)} forks pending ({names}): see "
-                     "'entraide forks list'")
-    return Check("forks", "ok", "no pending forks")
+        return Check("forks", "warn", _("{n} forks pending ({names}): see 'entraide forks "
+                                        "list'").format(n=len(pending), names=names))
+    return Check("forks", "ok", _("no pending forks"))
 
 
 # --- gathering ---------------------------------------------------------------------
@@ -239,10 +254,10 @@ def _fd_limit(ledger: Path) -> tuple[int, str]:
                     if line.startswith("Max open files"):
                         value = line.split()[3]
                         return (-1 if value == "unlimited" else int(value)), \
-                            f"the running node's (pid {pid})"
+                            _("the running node's (pid {pid})").format(pid=pid)
         except (OSError, ValueError, IndexError):
             pass
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0], "this shell's (node not running)"
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0], _("this shell's (node not running)")
 
 
 def _probe_skew(url: str) -> float | None:
@@ -281,35 +296,37 @@ def run_checks(data_dir: DataDir, api: str | None, token: str | None,
     try:
         checks.append(check_schema(_ledger_version(ledger)))
     except (sqlite3.Error, EntraideError) as exc:
-        checks.append(Check("schema", "fail", f"the ledger does not open: {exc}"))
+        checks.append(Check("schema", "fail", _("the ledger does not open: {error}").format(
+            error=localize_error(str(exc)))))
     usage = shutil.disk_usage(data_dir.root)
     checks.append(check_disk(usage.free, usage.total))
     checks.append(check_fd_limit(*_fd_limit(ledger)))
     if (data_dir.root / RESTORED_MARKER).exists():
-        checks.append(Check("restored", "warn", "restored from a backup: it must catch up "
-                            "its own entries from its peers before it signs again"))
+        checks.append(Check("restored", "warn", _("restored from a backup: it must catch up "
+                                                  "its own entries from its peers before it "
+                                                  "signs again")))
     base = (api or api_base(data_dir)).rstrip("/")
     status: dict[str, Any] | None = None
     try:
         call_api(base, "", "GET", "/api/v1/health")
-        checks.append(Check("node", "ok", f"the API answers at {base}"))
+        checks.append(Check("node", "ok", _("the API answers at {base}").format(base=base)))
         status = call_api(base, cli_token(data_dir, token), "GET", "/api/v1/status")
     except NodeNotRunningError:
-        checks.append(Check("node", "fail", f"no node answers at {base} "
-                            "(is 'entraide run' running?)"))
+        checks.append(Check("node", "fail", _("no node answers at {base} (is 'entraide "
+                                               "run' running?)").format(base=base)))
     except EntraideError as exc:
-        checks.append(Check("node", "fail", f"{base}: {exc}"))
+        checks.append(Check("node", "fail", f"{base}: {localize_error(str(exc))}"))
     if isinstance(status, dict):
         checks.append(check_peers(list(status.get("peers") or []), int(time.time() * 1000)))
         checks.append(check_forks(list(status.get("forks") or [])))
     else:
-        reason = "the node is not running" if status is None else "no status"
+        reason = _("the node is not running") if status is None else _("no status")
         checks += [Check("peers", "skip", reason), Check("forks", "skip", reason)]
     try:
         trust = load_trust_list(data_dir)
         skews = {p.name: probe(p.url) for p in trust if p.url}
     except ConfigError as exc:
-        checks.append(Check("clock_skew", "skip", f"peers.toml: {exc}"))
+        checks.append(Check("clock_skew", "skip", f"peers.toml: {localize_error(str(exc))}"))
     else:
         checks.append(check_clock_skew(skews))
     return checks

@@ -1,7 +1,7 @@
 """``entraide erase ID [--reason TEXT] [--json]``: erase one of this node's own entries
 on every node, through the running node's API (docs/privacy.md, "Erasure").
 
-Help and output in English and French. An error (not this node's entry, unknown,
+Help and output in the CLI's language (agent/cli/lang.py). An error (not this node's entry, unknown,
 already erased) is one line on stderr and exit status 1; nothing is changed.
 """
 
@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 from agent.cli.client import _client, _common, call_api
+from agent.cli.examples import epilog
+from agent.cli.lang import _
 
 __all__ = ["erase_command"]
 
@@ -20,16 +22,13 @@ __all__ = ["erase_command"]
 def erase_command(argv: list[str], data_dir: Path) -> int:
     """Erase entry ID (POST /api/v1/observations/{id}/erase) and print what was done."""
     parser = argparse.ArgumentParser(
-        prog="entraide erase",
-        description="Erase one of this node's own entries: its body is dropped here and "
-                    "on every node that holds it, without a trace, and each node sends "
-                    "back a signed receipt (see 'GET /api/v1/observations/ID/erasure'). / "
-                    "Efface une des entrées de ce nœud : son contenu est supprimé ici et "
-                    "sur chaque nœud qui la détient, sans trace, et chaque nœud renvoie "
-                    "un accusé signé.")
-    parser.add_argument("id", metavar="ID", help="the entry id (64 hex) / l'identifiant")
-    parser.add_argument("--reason", help="why, for the privacy officer (never the value) / "
-                                         "pourquoi, pour le responsable de la vie privée")
+        prog="entraide erase", epilog=epilog("erase"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_("Erase one of this node's own entries: its body is dropped here and "
+                      "on every node that holds it, without a trace, and each node sends "
+                      "back a signed receipt (see 'GET /api/v1/observations/ID/erasure')."))
+    parser.add_argument("id", metavar="ID", help=_("the entry id (64 hex)"))
+    parser.add_argument("--reason", help=_("why, for the privacy officer (never the value)"))
     _common(parser)
     args = parser.parse_args(argv)
     base, token = _client(args, data_dir)
@@ -39,7 +38,7 @@ def erase_command(argv: list[str], data_dir: Path) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"erased / effacée : {result['of']} at / à {result['erased_at']} "
-              f"(erasure / effacement {result['id']})")
+        print(_("erased: {of} at {at} (erasure {id})").format(
+            of=result["of"], at=result["erased_at"], id=result["id"]))
     sys.stdout.flush()
     return 0

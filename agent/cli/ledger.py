@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from agent.cli.lang import _, localize_error
 from agent.config.datadir import DataDir
 from agent.config.settings import load_node_config, load_trust_list
 from agent.errors import ConfigError, StorageError
@@ -47,8 +48,8 @@ def export_command(args: argparse.Namespace, data_dir: DataDir) -> int:
     if args.json:
         print(json.dumps(counts))
     else:
-        print(f"Exported {counts['entries']} entries and {counts['fork_proofs']} fork "
-              f"proofs to {args.file}")
+        print(_("Exported {entries} entries and {proofs} fork proofs to {file}").format(
+            entries=counts["entries"], proofs=counts["fork_proofs"], file=args.file))
     return 0
 
 
@@ -64,16 +65,18 @@ def import_command(args: argparse.Namespace, data_dir: DataDir) -> int:
     if args.json:
         print(json.dumps(counts))
     else:
-        print(f"Imported {args.file}: {result.stored} entries stored, {result.duplicates} "
-              f"already here, {result.refused} refused (untrusted or forked origins), "
-              f"{result.forks} new forks")
+        print(_("Imported {file}: {stored} entries stored, {duplicates} already here, "
+                "{refused} refused (untrusted or forked origins), {forks} new forks").format(
+            file=args.file, stored=result.stored, duplicates=result.duplicates,
+            refused=result.refused, forks=result.forks))
     return 0
 
 
 async def _export(data_dir: DataDir, file: Path, passphrase_env: str) -> dict[str, Any]:
     path = _ledger_path(data_dir)
     if not path.exists():
-        raise ConfigError(f"{path}: no ledger yet (the node has never run)")
+        raise ConfigError(_("{path}: no ledger yet (the node has never run)").format(
+            path=path))
     identity = _claim(data_dir, path, passphrase_env, "export")
     ledger = await Ledger.open(path, identity=identity, is_trusted_origin=lambda _key: True)
     try:
@@ -89,11 +92,14 @@ async def _import(data_dir: DataDir, file: Path, passphrase_env: str) -> ImportR
     identity = _claim(data_dir, path, passphrase_env, "import")
     checked = await import_file(file, _check_entries, _check_proof, batch_size=1000)
     if checked.invalid:
-        raise StorageError(f"{file}: {checked.invalid} of its {checked.records} records do "
-                           f"not verify (first: {checked.first_invalid}); nothing imported")
+        raise StorageError(_("{file}: {invalid} of its {records} records do not verify "
+                             "(first: {first}); nothing imported").format(
+            file=file, invalid=checked.invalid, records=checked.records,
+            first=checked.first_invalid))
     if not checked.complete:
-        raise StorageError(f"{file} ends early or its trailer does not match what it holds "
-                           "(truncated or damaged); nothing imported")
+        raise StorageError(_("{file} ends early or its trailer does not match what it "
+                             "holds (truncated or damaged); nothing imported").format(
+            file=file))
     trust = load_trust_list(data_dir)
     ledger = await Ledger.open(path, identity=identity, is_trusted_origin=lambda k: k in trust)
     try:
@@ -112,7 +118,8 @@ def _claim(data_dir: DataDir, path: Path, passphrase_env: str, verb: str) -> Ide
     try:
         os.close(lock_ledger(path))
     except StorageError as exc:
-        raise StorageError(f"{exc}; 'entraide ledger {verb}' needs the node stopped") from exc
+        raise StorageError(_("{error}; 'entraide ledger {verb}' needs the node stopped")
+                           .format(error=localize_error(str(exc)), verb=verb)) from exc
     passphrase = os.environ.get(passphrase_env, "").encode() or None
     return data_dir.load_identity(passphrase)
 
