@@ -16,6 +16,17 @@ __all__ = ["forget_entries", "index_path"]
 
 _SQL_PARAMS = 400
 
+# The TAXII index syncs in two steps: it reads the ledger's rows, then writes its own
+# (agent/storage/taxii_index.py). An erasure or expiry that ends between the two would
+# see nothing to delete and the sync would then write the erased object. So forgetting
+# records the entry ids (not personal data: they are in every header) and a trigger
+# drops any later insert of their rows, whichever order the two writers commit in.
+_GUARD = (
+    "CREATE TABLE IF NOT EXISTS forgotten (entry_hash BLOB PRIMARY KEY) WITHOUT ROWID",
+    "CREATE TRIGGER IF NOT EXISTS objects_not_forgotten BEFORE INSERT ON objects "
+    "WHEN NEW.entry_hash IN (SELECT entry_hash FROM forgotten) BEGIN SELECT RAISE(IGNORE); END",
+)
+
 
 def index_path(ledger_path: Path) -> Path:
     """The TAXII index file beside a ledger (``<ledger stem>.taxii.sqlite3``)."""
@@ -49,6 +60,12 @@ def forget_entries(path: Path, entry_hashes: Sequence[bytes], *, attempts: int =
         deleted = 0
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # A sync that read these entries' rows before their bodies went must not
+            # write them after this: the index refuses them from now on.
+            for statement in _GUARD:
+                conn.execute(statement)
+            conn.executemany("INSERT OR IGNORE INTO forgotten (entry_hash) VALUES (?)",
+                             [(h,) for h in ids])
             for i in range(0, len(ids), _SQL_PARAMS):
                 part = ids[i:i + _SQL_PARAMS]
                 marks = ",".join("?" * len(part))

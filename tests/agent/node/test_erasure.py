@@ -7,9 +7,14 @@ sighting takes at least its target's TLP."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from agent.metrics import parse_text
+from agent.storage.taxii_index import TaxiiIndex
 from agent.taxii.app import API_ROOT, COLLECTIONS
 from protocol.entries import TLP, VerifiedEntry, verify_entry
 from protocol.erasure import Erasure
@@ -151,3 +156,35 @@ async def test_sighting_takes_at_least_its_targets_tlp_and_audience(tmp_path: Pa
                                                 "audience": ["ON"]})
         assert (status, body["error"]["code"]) == (409, "audience_wider_than_target")
         assert bc.node.ledger.counts().entries == before
+
+
+async def test_erasure_racing_a_taxii_sync_is_never_served_afterwards(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TAXII index syncs from the ledger in two steps (read rows, then write the
+    index). An erasure that runs to its end between the two must not leave the
+    erased object in the index: the sync's write sees that the body is gone."""
+    value = "victim.taxii-race@example.org"
+    async with running_api(tmp_path, "BC", ("QC",)) as bc:
+        created = await bc.submit(obs(value, "email-addr", tlp="GREEN"))
+        target = bytes.fromhex(created["id"])
+        loop = asyncio.get_running_loop()
+        real_commit = TaxiiIndex._commit
+        raced: list[int] = []
+
+        def commit(self: TaxiiIndex, pending: list[Any], *args: Any) -> int:
+            if not raced and any(p.entry_hash == target for p in pending):
+                # In the sync's worker thread, after it read the ledger's rows.
+                erase = bc.call("POST", f"/api/v1/observations/{created['id']}/erase",
+                                scope="write", json_body={})
+                status, _ = asyncio.run_coroutine_threadsafe(erase, loop).result(timeout=60)
+                raced.append(status)
+            return real_commit(self, pending, *args)
+
+        monkeypatch.setattr(TaxiiIndex, "_commit", commit)
+        first = await _taxii_objects(bc)
+        assert raced == [202]
+        assert value not in first and value not in await _taxii_objects(bc)
+        status, _ = await bc.call("GET", f"/api/v1/observations/{created['id']}",
+                                  scope="read")
+        assert status == 410
+        assert not files_holding(tmp_path / "bc", value.encode())
