@@ -55,6 +55,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "forks clear": ("entraide forks clear ON",),
     "erase": ("entraide erase 3f2a...e9 --reason 'personal data'",),
     "demo": ("entraide demo", "entraide --lang fr demo"),
+    "completion": ("entraide completion bash > /etc/bash_completion.d/entraide",
+                   "source <(entraide completion bash)"),
 }
 
 

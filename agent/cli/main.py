@@ -166,6 +166,12 @@ def _erase(argv: list[str], data_dir: DataDir) -> int:
     return erase.erase_command(argv, data_dir.root)
 
 
+def _completion(argv: list[str], data_dir: DataDir) -> int:
+    from agent.cli import completion
+
+    return completion.completion_command(argv, build_parser())
+
+
 def _demo(argv: list[str], data_dir: DataDir) -> int:
     from agent.cli import demo
 
@@ -413,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
                 _forks_clear)
 
     passthrough(commands, "demo", _("run a local federation, end to end"), _demo)
+    passthrough(commands, "completion", _("print a shell completion script (bash)"),
+                _completion)
     passthrough(commands, "aid", _("requests for assistance during an incident (request, "
                                    "list, show, offer, accept, update, close)"), _aid)
     passthrough(commands, "capabilities", _("the expertise directory (set, list)"),

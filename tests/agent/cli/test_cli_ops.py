@@ -246,3 +246,30 @@ def test_cli_ops_verify_text_names_origin_and_seq() -> None:
     assert text.splitlines() == ["BROKEN: 2 problem(s) in 9 entries",
                                  "  origin ON seq 4: bad signature",
                                  "  origin ed25519:def seq ?: gap"]
+
+
+def test_cli_ops_bash_completion_offers_commands_and_options(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+    import subprocess
+
+    assert main(["completion", "bash"]) == 0
+    script = tmp_path / "entraide.bash"
+    script.write_text(capsys.readouterr().out)
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash here")
+
+    def complete(*words: str) -> list[str]:
+        array = " ".join(f"'{w}'" for w in words)
+        done = subprocess.run(
+            [bash, "-c", f"source {script}; COMP_WORDS=({array}); "
+                         f"COMP_CWORD={len(words) - 1}; _entraide; echo \"${{COMPREPLY[*]}}\""],
+            capture_output=True, text=True, timeout=30, check=True)
+        return done.stdout.split()
+
+    assert complete("entraide", "ret") == ["retract"]
+    assert complete("entraide", "peers", "up") == ["update"]
+    assert complete("entraide", "--lang", "fr", "sta") == ["status"]
+    assert complete("entraide", "peers", "update", "ON", "--u") == ["--url"]
+    assert complete("entraide", "status", "--js") == ["--json"]
