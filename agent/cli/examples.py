@@ -55,6 +55,12 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "forks clear": ("entraide forks clear ON",),
     "erase": ("entraide erase 3f2a...e9 --reason 'personal data'",),
     "demo": ("entraide demo", "entraide --lang fr demo"),
+    "rules": ("entraide rules submit crash_override.yar --type yara --tlp AMBER --to ON,FED",
+              "entraide rules list --type sigma --current",
+              "entraide rules export --type yara -o /etc/yara/entraide.yar",
+              "entraide rules retract 3f2a...e9 --reason obsolete"),
+    "playbooks": ("entraide playbooks submit playbook.json --tlp GREEN",
+                  "entraide playbooks list", "entraide playbooks show 3f2a...e9"),
     "completion": ("entraide completion bash > /etc/bash_completion.d/entraide",
                    "source <(entraide completion bash)"),
 }

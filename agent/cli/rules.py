@@ -1,7 +1,7 @@
 """``entraide rules ...`` and ``entraide playbooks ...``: shared tools through the running
 node's local API (routes: agent/api/rules.py; engines: agent/tools/).
 
-Commands (help and output in English and French)::
+Commands (help and output in the CLI's language, agent/cli/lang.py)::
 
     entraide rules submit FILE --type yara|sigma|suricata|snort [--name N] [--tlp T]
                                [--audience A,B] [--description-en/-fr ...] [--supersedes ID]
@@ -40,6 +40,8 @@ from agent.cli.client import (
     print_result,
     render_table,
 )
+from agent.cli.examples import epilog
+from agent.cli.lang import _
 from agent.config.datadir import atomic_write
 from agent.errors import ConfigError
 from protocol.payload_fields import RuleType
@@ -64,38 +66,39 @@ def _read(path: str) -> str:
         with open(path, "rb") as handle:
             raw = handle.read(MAX_FILE_BYTES + 1)
     if len(raw) > MAX_FILE_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES} bytes / "
-                          f"plus de {MAX_FILE_BYTES} octets")
+        raise ConfigError(_("{path}: larger than {limit} bytes").format(
+            path=path, limit=MAX_FILE_BYTES))
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text / pas du texte UTF-8 "
-                          f"(byte / octet {exc.start})") from None
+        raise ConfigError(_("{path}: not UTF-8 text (byte {at})").format(
+            path=path, at=exc.start)) from None
 
 
 def _state(item: dict[str, Any]) -> str:
     if not item.get("valid", True):
-        return "INVALID / INVALIDE"
+        return _("INVALID")
     if item.get("retracted"):
-        return "retracted / retirée"
+        return _("retracted")
     if item.get("superseded_by"):
-        return "superseded / remplacée"
-    return "current / en vigueur"
+        return _("superseded")
+    return _("current")
 
 
 def _show_rule(r: dict[str, Any]) -> str:
     lines = [f"{r['name']}  [{r['rule_type']}]  {r['tlp']}",
              f"  id: {r['id']}",
-             f"  from / de: {r.get('origin_name') or r['origin']}    seq {r['seq']}",
-             f"  state / état: {_state(r)}"]
+             "  " + _("from: {origin}").format(origin=r.get("origin_name") or r["origin"])
+             + f"    seq {r['seq']}",
+             "  " + _("state: {state}").format(state=_state(r))]
     if not r.get("valid", True):
-        lines.append(f"  engine / moteur: {r.get('engine_message')}")
+        lines.append("  " + _("engine: {message}").format(message=r.get("engine_message")))
     if r.get("superseded_by"):
-        lines.append(f"  superseded by / remplacée par: {r['superseded_by']}")
+        lines.append("  " + _("superseded by: {id}").format(id=r["superseded_by"]))
     if r.get("description"):
         lines.append(f"  {localized(r['description'])}")
     if r.get("audience"):
-        lines.append(f"  audience / destinataires: {', '.join(r['audience'])}")
+        lines.append("  " + _("audience: {names}").format(names=", ".join(r["audience"])))
     lines.append("")
     lines.append(r["text"].rstrip("\n"))
     return "\n".join(lines)
@@ -106,34 +109,34 @@ def _show_playbook(p: dict[str, Any]) -> str:
     lines = [f"{book.get('name', '?')}  [CACAO {book.get('spec_version', '?')}]  {p['tlp']}",
              f"  id: {p['id']}",
              f"  playbook: {book.get('id', '?')}",
-             f"  from / de: {p.get('origin_name') or p['origin']}    seq {p['seq']}",
-             f"  state / état: {_state(p)}"]
+             "  " + _("from: {origin}").format(origin=p.get("origin_name") or p["origin"])
+             + f"    seq {p['seq']}",
+             "  " + _("state: {state}").format(state=_state(p))]
     if not p.get("valid", True):
-        lines.append(f"  schema / schéma: {p.get('engine_message')}")
+        lines.append("  " + _("schema: {message}").format(message=p.get("engine_message")))
     if book.get("description"):
         lines.append(f"  {book['description']}")
     if book.get("playbook_types"):
         lines.append(f"  types: {', '.join(book['playbook_types'])}")
-    lines.append(f"  steps / étapes: {len(book.get('workflow') or {})}")
+    lines.append("  " + _("steps: {n}").format(n=len(book.get("workflow") or {})))
     return "\n".join(lines)
 
 
 def _routing(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tlp", type=str.upper, default="GREEN", choices=_TLPS,
-                   help="default GREEN / par défaut GREEN")
+                   help=_("TLP (default GREEN)"))
     p.add_argument("--audience", "--to", dest="audience",
-                   help="peer names, comma-separated / destinataires, séparés par des virgules")
+                   help=_("audience: peer names, comma-separated"))
     p.add_argument("--supersedes", metavar="ID",
-                   help="the entry id this version replaces / l'entrée que celle-ci remplace")
+                   help=_("the entry id this version replaces"))
 
 
 def _list_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--origin", metavar="NAME", help="only this member's / d'un seul membre")
-    p.add_argument("--current", action="store_true",
-                   help="hide superseded versions / masquer les versions remplacées")
+    p.add_argument("--origin", metavar="NAME", help=_("only this member's"))
+    p.add_argument("--current", action="store_true", help=_("hide superseded versions"))
     p.add_argument("--include-retracted", action="store_true",
-                   help="show retracted ones too / inclure les retirées")
-    p.add_argument("--limit", type=int, default=100, help="at most / au plus (1-1000)")
+                   help=_("show retracted ones too"))
+    p.add_argument("--limit", type=int, default=100, help=_("at most this many (1-1000)"))
     _common(p)
 
 
@@ -151,54 +154,55 @@ def _list_params(args: argparse.Namespace) -> dict[str, str]:
 def _retract(args: argparse.Namespace, base: str, token: str, kind: str) -> int:
     body = {"reason": args.reason} if args.reason else {}
     got = call_api(base, token, "POST", f"/api/v1/{kind}/{_entry_id(args.id)}/retract", body)
-    return print_result(args, got,
-                        f"retracted / retirée: {got['of']}  (entry / entrée {got['id']})")
+    return print_result(args, got, _("retracted: {of}  (entry {id})").format(
+        of=got["of"], id=got["id"]))
 
 
 def _entry_id(text: str) -> str:
     """An entry id (64 hex) for a path; anything else is refused before any request."""
     if len(text) != 64 or any(c not in "0123456789abcdefABCDEF" for c in text):
-        raise ConfigError(f"{text[:80]!r}: not an entry id (64 hex digits) / "
-                          "pas un identifiant d'entrée (64 chiffres hexadécimaux)")
+        raise ConfigError(_("{text}: not an entry id (64 hex digits)").format(
+            text=repr(text[:80])))
     return text.lower()
 
 
 def rules_command(argv: list[str], data_dir: Path) -> int:
     """``entraide rules ACTION ...`` (see the module docstring)."""
     parser = argparse.ArgumentParser(
-        prog="entraide rules",
-        description="Detection rules shared with the federation, checked by their engines / "
-                    "règles de détection partagées, vérifiées par leur moteur.")
+        prog="entraide rules", epilog=epilog("rules"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_("Detection rules shared with the federation, checked by their "
+                      "engines."))
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    p = actions.add_parser("submit", help="share a rule / partager une règle")
-    p.add_argument("file", metavar="FILE", help="the rule file, or - / le fichier, ou -")
-    p.add_argument("--type", required=True, choices=_TYPES, dest="rule_type")
-    p.add_argument("--name", help="default: the file name / par défaut : le nom du fichier")
-    p.add_argument("--description-en", metavar="TEXT", help="description in English")
-    p.add_argument("--description-fr", metavar="TEXTE", help="description en français")
+    p = actions.add_parser("submit", help=_("share a rule"))
+    p.add_argument("file", metavar="FILE", help=_("the rule file, or -"))
+    p.add_argument("--type", required=True, choices=_TYPES, dest="rule_type",
+                   help=_("the rule's engine"))
+    p.add_argument("--name", help=_("default: the file name"))
+    p.add_argument("--description-en", metavar="TEXT", help=_("description in English"))
+    p.add_argument("--description-fr", metavar="TEXT", help=_("description in French"))
     _routing(p)
     _common(p)
 
-    p = actions.add_parser("list", help="rules this node can read / règles lisibles")
-    p.add_argument("--type", choices=_TYPES, dest="rule_type")
+    p = actions.add_parser("list", help=_("rules this node can read"))
+    p.add_argument("--type", choices=_TYPES, dest="rule_type", help=_("only this engine's"))
     _list_args(p)
 
-    p = actions.add_parser("show", help="one rule / une règle")
-    p.add_argument("id", metavar="ID")
+    p = actions.add_parser("show", help=_("one rule"))
+    p.add_argument("id", metavar="ID", help=_("the rule's entry id (64 hex)"))
     _common(p)
 
-    p = actions.add_parser("export", help="one ruleset file the engine loads / un fichier de "
-                                          "règles que le moteur charge")
-    p.add_argument("--type", required=True, choices=_TYPES, dest="rule_type")
+    p = actions.add_parser("export", help=_("one ruleset file the engine loads"))
+    p.add_argument("--type", required=True, choices=_TYPES, dest="rule_type",
+                   help=_("the engine"))
     p.add_argument("-o", "--output", metavar="FILE",
-                   help="write here (atomically) / écrire ici (default: standard output)")
+                   help=_("write here, atomically (default: standard output)"))
     _common(p)
 
-    p = actions.add_parser("retract", help="withdraw one of this node's rules / retirer une "
-                                           "règle de ce nœud")
-    p.add_argument("id", metavar="ID")
-    p.add_argument("--reason", help="why / pourquoi")
+    p = actions.add_parser("retract", help=_("withdraw one of this node's rules"))
+    p.add_argument("id", metavar="ID", help=_("the rule's entry id (64 hex)"))
+    p.add_argument("--reason", help=_("why"))
     _common(p)
 
     args = parser.parse_args(argv)
@@ -220,17 +224,17 @@ def rules_command(argv: list[str], data_dir: Path) -> int:
             body["supersedes"] = _entry_id(args.supersedes)
         created = call_api(base, token, "POST", "/api/v1/rules", body)
         return print_result(args, created, f"{created['id']}  seq {created['seq']}  "
-                            f"{created['tlp']}  valid / valide")
+                            f"{created['tlp']}  " + _("valid"))
     if args.action == "list":
         params = _list_params(args)
         if args.rule_type:
             params["type"] = args.rule_type
-        found = call_api(base, token, "GET",
-                         "/api/v1/rules?" + urllib.parse.urlencode(params))["rules"]
+        answer = call_api(base, token, "GET", "/api/v1/rules?" + urllib.parse.urlencode(params))
+        found = answer["rules"]
         if not args.json and not found:
-            print("(no rules / aucune règle)", file=sys.stderr)
-        return print_result(args, found, render_table(
-            ["id", "type", "name/nom", "from/de", "tlp", "state/état"],
+            print(_("(no rules)"), file=sys.stderr)
+        return print_result(args, answer, render_table(
+            ["id", "type", _("name"), _("from"), "tlp", _("state")],
             [[r["id"][:16], r["rule_type"], r["name"], r.get("origin_name") or r["origin"][:16],
               r["tlp"], _state(r)] for r in found]))
     if args.action == "show":
@@ -248,8 +252,8 @@ def rules_command(argv: list[str], data_dir: Path) -> int:
         elif not args.output:
             sys.stdout.write(text)
         if skipped and not args.json:
-            print(f"{skipped} rule(s) left out: a name or sid clash / {skipped} règle(s) "
-                  "écartée(s) : nom ou sid en double", file=sys.stderr)
+            print(_("{n} rule(s) left out: a name or sid clash").format(n=skipped),
+                  file=sys.stderr)
         return 0
     return _retract(args, base, token, "rules")
 
@@ -257,23 +261,23 @@ def rules_command(argv: list[str], data_dir: Path) -> int:
 def playbooks_command(argv: list[str], data_dir: Path) -> int:
     """``entraide playbooks ACTION ...`` (see the module docstring)."""
     parser = argparse.ArgumentParser(
-        prog="entraide playbooks",
-        description="OASIS CACAO 2.0 playbooks shared with the federation, checked against "
-                    "their schema / playbooks CACAO 2.0 partagés, vérifiés selon leur schéma.")
+        prog="entraide playbooks", epilog=epilog("playbooks"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_("OASIS CACAO 2.0 playbooks shared with the federation, checked "
+                      "against their schema."))
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = actions.add_parser("submit", help="share a playbook / partager un playbook")
-    p.add_argument("file", metavar="FILE", help="CACAO 2.0 JSON, or - / JSON CACAO 2.0, ou -")
+    p = actions.add_parser("submit", help=_("share a playbook"))
+    p.add_argument("file", metavar="FILE", help=_("CACAO 2.0 JSON, or -"))
     _routing(p)
     _common(p)
-    p = actions.add_parser("list", help="playbooks this node can read / playbooks lisibles")
+    p = actions.add_parser("list", help=_("playbooks this node can read"))
     _list_args(p)
-    p = actions.add_parser("show", help="one playbook / un playbook")
-    p.add_argument("id", metavar="ID")
+    p = actions.add_parser("show", help=_("one playbook"))
+    p.add_argument("id", metavar="ID", help=_("the playbook's entry id (64 hex)"))
     _common(p)
-    p = actions.add_parser("retract", help="withdraw one of this node's playbooks / retirer "
-                                           "un playbook de ce nœud")
-    p.add_argument("id", metavar="ID")
-    p.add_argument("--reason", help="why / pourquoi")
+    p = actions.add_parser("retract", help=_("withdraw one of this node's playbooks"))
+    p.add_argument("id", metavar="ID", help=_("the playbook's entry id (64 hex)"))
+    p.add_argument("--reason", help=_("why"))
     _common(p)
 
     args = parser.parse_args(argv)
@@ -281,7 +285,8 @@ def playbooks_command(argv: list[str], data_dir: Path) -> int:
         try:
             playbook = json.loads(_read(args.file))
         except ValueError as exc:
-            raise ConfigError(f"{args.file}: not JSON / pas du JSON ({exc})") from None
+            raise ConfigError(_("{file}: not JSON ({error})").format(
+                file=args.file, error=exc)) from None
     base, token = _client(args, data_dir)
 
     if args.action == "submit":
@@ -293,14 +298,15 @@ def playbooks_command(argv: list[str], data_dir: Path) -> int:
         created = call_api(base, token, "POST",
                            "/api/v1/playbooks?" + urllib.parse.urlencode(params), playbook)
         return print_result(args, created, f"{created['id']}  seq {created['seq']}  "
-                            f"{created['tlp']}  valid / valide")
+                            f"{created['tlp']}  " + _("valid"))
     if args.action == "list":
-        found = call_api(base, token, "GET", "/api/v1/playbooks?"
-                         + urllib.parse.urlencode(_list_params(args)))["playbooks"]
+        answer = call_api(base, token, "GET", "/api/v1/playbooks?"
+                          + urllib.parse.urlencode(_list_params(args)))
+        found = answer["playbooks"]
         if not args.json and not found:
-            print("(no playbooks / aucun playbook)", file=sys.stderr)
-        return print_result(args, found, render_table(
-            ["id", "name/nom", "from/de", "tlp", "state/état"],
+            print(_("(no playbooks)"), file=sys.stderr)
+        return print_result(args, answer, render_table(
+            ["id", _("name"), _("from"), "tlp", _("state")],
             [[p["id"][:16], str((p.get("playbook") or {}).get("name", "?")),
               p.get("origin_name") or p["origin"][:16], p["tlp"], _state(p)] for p in found]))
     if args.action == "show":
