@@ -1,7 +1,7 @@
 """``entraide aid ...`` and ``entraide capabilities ...``: mutual aid through the running
 node's local API (routes: agent/api/aid.py; rules: protocol/aid.py).
 
-Commands (help and output in English and French)::
+Commands (help and output in the CLI's language, agent/cli/lang.py)::
 
     entraide aid request --title T --severity S --need KIND[:DETAIL] ... --contact NAME
                          [--description-en/-fr ...] [--tlp AMBER|RED] [--to QC,FED] ...
@@ -15,7 +15,7 @@ Commands (help and output in English and French)::
     entraide capabilities set --skills K,K --languages fr,en [--hours H] [--contact NAME]
     entraide capabilities list [--need KIND] [--language fr]
 
-Errors are one line on stderr (the API's message, in both languages) and exit 1.
+Errors are one line on stderr (the API's message) and exit 1.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from agent.cli.client import (
     print_result,
     render_table,
 )
+from agent.cli.examples import epilog
+from agent.cli.lang import _
 from protocol.aid import NeedKind
 
 __all__ = ["aid_command", "capabilities_command"]
@@ -48,12 +50,14 @@ def _text(args: argparse.Namespace, name: str) -> dict[str, str] | None:
     return found or None
 
 
-def _bilingual(parser: argparse.ArgumentParser, name: str, what: str, quoi: str,
+def _bilingual(parser: argparse.ArgumentParser, name: str, what: str,
                required: bool = False) -> None:
-    parser.add_argument(f"--{name}-en", metavar="TEXT", help=f"{what} in English")
-    parser.add_argument(f"--{name}-fr", metavar="TEXTE", help=f"{quoi} en français"
-                        + (" (one of the two is required / l'un des deux est requis)"
-                           if required else ""))
+    # ``what`` is already in the reader's language.
+    parser.add_argument(f"--{name}-en", metavar="TEXT",
+                        help=_("{what}, in English").format(what=what))
+    parser.add_argument(f"--{name}-fr", metavar="TEXT",
+                        help=_("{what}, in French").format(what=what)
+                        + (" " + _("(one of the two is required)") if required else ""))
 
 
 def _need(text: str) -> dict[str, str]:
@@ -65,100 +69,108 @@ def _show(r: dict[str, Any]) -> str:
     lines = [
         f"{r['title']}  [{r['severity']}]  {r.get('tlp', '')}",
         f"  id: {r['id']}",
-        f"  from / de: {r.get('origin_name') or r['origin']}    status / statut: {r['status']}"
-        + ("    OVERDUE / EN RETARD" if r.get("overdue") else ""),
-        "  needs / besoins: " + ", ".join(
-            n["kind"] + (f" ({n['detail']})" if n.get("detail") else "") for n in r["needs"]),
+        "  " + _("from: {origin}").format(origin=r.get("origin_name") or r["origin"])
+        + "    " + _("status: {status}").format(status=r["status"])
+        + ("    " + _("OVERDUE") if r.get("overdue") else ""),
+        "  " + _("needs: {needs}").format(needs=", ".join(
+            n["kind"] + (f" ({n['detail']})" if n.get("detail") else "") for n in r["needs"])),
         f"  {localized(r.get('description'))}",
         f"  contact: {r['contact']['name']} {r['contact'].get('channel') or ''}".rstrip(),
     ]
     if r.get("respond_by"):
-        lines.append(f"  respond by / répondre avant: {r['respond_by']}")
+        lines.append("  " + _("respond by: {when}").format(when=r["respond_by"]))
     for o in r.get("offers", []):
         who = o.get("origin_name") or o["origin"]
-        lines.append(f"  offer / offre {o['id'][:16]}  {who}  {o['status']}  "
-                     f"{', '.join(o['kinds'])}  {localized(o.get('detail'))}".rstrip())
+        lines.append(("  " + _("offer {id}").format(id=o["id"][:16])
+                      + f"  {who}  {o['status']}  {', '.join(o['kinds'])}  "
+                      f"{localized(o.get('detail'))}").rstrip())
     for u in r.get("updates", []):
         text = localized(u.get("note") or u.get("summary") or u.get("reason"))
         lines.append(f"  {u['kind']}  {u.get('origin_name') or u['origin']}  {text}".rstrip())
     if r.get("invalid"):
-        lines.append(f"  entries without effect / entrées sans effet: {len(r['invalid'])}")
+        lines.append("  " + _("entries without effect: {n}").format(n=len(r["invalid"])))
     return "\n".join(lines)
 
 
 def aid_command(argv: list[str], data_dir: Path) -> int:
     """``entraide aid ACTION ...`` (see the module docstring)."""
     parser = argparse.ArgumentParser(
-        prog="entraide aid",
-        description="Requests for assistance during an incident / demandes d'assistance "
-                    "pendant un incident.")
+        prog="entraide aid", epilog=epilog("aid"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_("Requests for assistance during an incident."))
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    kinds = _("one of: {kinds}").format(kinds=_KINDS)
+    request_id = _("the request's id (64 hex)")
 
-    p = actions.add_parser("request", help="ask peers for help / demander de l'aide")
-    p.add_argument("--title", required=True, help="one line / une ligne")
-    p.add_argument("--severity", required=True, choices=["low", "medium", "high", "critical"])
+    p = actions.add_parser("request", help=_("ask peers for help"))
+    p.add_argument("--title", required=True, help=_("one line"))
+    p.add_argument("--severity", required=True, choices=["low", "medium", "high", "critical"],
+                   help=_("how bad it is"))
     p.add_argument("--need", action="append", required=True, metavar="KIND[:DETAIL]",
-                   help=f"repeatable / répétable; KIND: {_KINDS}")
-    _bilingual(p, "description", "what happened", "ce qui s'est passé", required=True)
-    _bilingual(p, "mitigations", "mitigations already taken", "mesures déjà prises")
-    p.add_argument("--contact", required=True, metavar="NAME", help="who to call / qui appeler")
-    p.add_argument("--channel", help="phone, Signal, bridge line / téléphone, Signal, pont")
-    p.add_argument("--sector", help="affected sector / secteur touché")
-    p.add_argument("--services", help="affected services, comma-separated / services touchés")
-    p.add_argument("--impact", help="impact / répercussions")
-    p.add_argument("--related", help="related entry ids, comma-separated / entrées liées")
-    p.add_argument("--respond-by", metavar="TIME", help="RFC 3339, e.g. 2026-12-04T06:00:00Z")
+                   help=_("repeatable; KIND {kinds}").format(kinds=kinds))
+    _bilingual(p, "description", _("what happened"), required=True)
+    _bilingual(p, "mitigations", _("mitigations already taken"))
+    p.add_argument("--contact", required=True, metavar="NAME", help=_("who to call"))
+    p.add_argument("--channel", help=_("phone, Signal, bridge line"))
+    p.add_argument("--sector", help=_("affected sector"))
+    p.add_argument("--services", help=_("affected services, comma-separated"))
+    p.add_argument("--impact", help=_("impact"))
+    p.add_argument("--related", help=_("related entry ids, comma-separated"))
+    p.add_argument("--respond-by", metavar="TIME",
+                   help=_("RFC 3339 time, e.g. 2026-12-31T00:00:00Z"))
     p.add_argument("--tlp", default="AMBER", choices=["AMBER", "AMBER+STRICT", "RED"],
-                   help="default AMBER / par défaut AMBER")
-    p.add_argument("--to", help="audience: peer names, comma-separated (RED needs it) / "
-                                "destinataires (requis pour RED)")
+                   help=_("TLP (default AMBER)"))
+    p.add_argument("--to", help=_("audience: peer names, comma-separated (RED needs it)"))
     _common(p)
 
-    p = actions.add_parser("list", help="requests this node can read / demandes lisibles")
-    p.add_argument("--status", choices=["open", "in-progress", "closed"])
-    p.add_argument("--mine", action="store_true", help="only this node's / seulement les nôtres")
-    p.add_argument("--need", help=f"one of / parmi: {_KINDS}")
+    p = actions.add_parser("list", help=_("requests this node can read"))
+    p.add_argument("--status", choices=["open", "in-progress", "closed"],
+                   help=_("only requests in this state"))
+    p.add_argument("--mine", action="store_true", help=_("only this node's"))
+    p.add_argument("--need", help=kinds)
     _common(p)
 
-    p = actions.add_parser("show", help="one request and its thread / une demande")
-    p.add_argument("id", metavar="ID")
+    p = actions.add_parser("show", help=_("one request and its thread"))
+    p.add_argument("id", metavar="ID", help=request_id)
     _common(p)
 
-    p = actions.add_parser("offer", help="offer help / offrir de l'aide")
-    p.add_argument("id", metavar="ID")
-    p.add_argument("--kind", required=True, help=f"comma-separated / séparés par des "
-                                                 f"virgules: {_KINDS}")
-    _bilingual(p, "detail", "what you offer", "ce que vous offrez")
-    p.add_argument("--people", type=int, help="how many people / combien de personnes")
-    p.add_argument("--on-site", action="store_true", help="can go on site / peut se déplacer")
-    p.add_argument("--from", dest="available_from", metavar="TIME", help="RFC 3339")
-    p.add_argument("--until", dest="available_until", metavar="TIME", help="RFC 3339")
-    p.add_argument("--contact", metavar="NAME")
-    p.add_argument("--channel")
+    p = actions.add_parser("offer", help=_("offer help"))
+    p.add_argument("id", metavar="ID", help=request_id)
+    p.add_argument("--kind", required=True,
+                   help=_("comma-separated, {kinds}").format(kinds=kinds))
+    _bilingual(p, "detail", _("what you offer"))
+    p.add_argument("--people", type=int, help=_("how many people"))
+    p.add_argument("--on-site", action="store_true", help=_("can go on site"))
+    p.add_argument("--from", dest="available_from", metavar="TIME",
+                   help=_("available from, RFC 3339"))
+    p.add_argument("--until", dest="available_until", metavar="TIME",
+                   help=_("available until, RFC 3339"))
+    p.add_argument("--contact", metavar="NAME", help=_("who to call"))
+    p.add_argument("--channel", help=_("phone, Signal, bridge line"))
     _common(p)
 
-    for name, text in (("accept", "accept an offer (requester) / accepter une offre"),
-                       ("withdraw", "withdraw your offer / retirer votre offre")):
+    for name, text in (("accept", _("accept an offer (requester)")),
+                       ("withdraw", _("withdraw your offer"))):
         p = actions.add_parser(name, help=text)
-        p.add_argument("id", metavar="ID")
-        p.add_argument("offer", metavar="OFFER")
-        _bilingual(p, "note", "a note", "une note")
+        p.add_argument("id", metavar="ID", help=request_id)
+        p.add_argument("offer", metavar="OFFER", help=_("the offer's id"))
+        _bilingual(p, "note", _("a note"))
         _common(p)
 
-    p = actions.add_parser("update", help="post a note or set the status / note ou statut")
-    p.add_argument("id", metavar="ID")
-    p.add_argument("--status", choices=["open", "in-progress"])
-    _bilingual(p, "note", "the note", "la note", required=True)
+    p = actions.add_parser("update", help=_("post a note or set the status"))
+    p.add_argument("id", metavar="ID", help=request_id)
+    p.add_argument("--status", choices=["open", "in-progress"], help=_("the new status"))
+    _bilingual(p, "note", _("the note"), required=True)
     _common(p)
 
-    p = actions.add_parser("close", help="close with a summary (requester) / fermer")
-    p.add_argument("id", metavar="ID")
-    _bilingual(p, "summary", "the summary", "le résumé", required=True)
+    p = actions.add_parser("close", help=_("close with a summary (requester)"))
+    p.add_argument("id", metavar="ID", help=request_id)
+    _bilingual(p, "summary", _("the summary"), required=True)
     _common(p)
 
-    p = actions.add_parser("suggest", help="who can help now / qui peut aider maintenant")
-    p.add_argument("--need", required=True, help=f"one of / parmi: {_KINDS}")
-    p.add_argument("--language", help="e.g. fr")
+    p = actions.add_parser("suggest", help=_("who can help now"))
+    p.add_argument("--need", required=True, help=kinds)
+    p.add_argument("--language", help=_("e.g. fr"))
     _common(p)
 
     args = parser.parse_args(argv)
@@ -194,11 +206,12 @@ def aid_command(argv: list[str], data_dir: Path) -> int:
         params = {k: v for k, v in (("status", args.status), ("need", args.need)) if v}
         if args.mine:
             params["mine"] = "true"
-        found = api("GET", f"{root}?{urllib.parse.urlencode(params)}")["requests"]
-        return print_result(args, found, render_table(
-            ["id", "from/de", "status/statut", "severity", "offers/offres", "title/titre"],
+        answer = api("GET", f"{root}?{urllib.parse.urlencode(params)}")
+        found = answer["requests"]
+        return print_result(args, answer, render_table(
+            ["id", _("from"), _("status"), _("severity"), _("offers"), _("title")],
             [[r["id"][:16], r.get("origin_name") or r["origin"][:16],
-              r["status"] + (" OVERDUE" if r.get("overdue") else ""), r["severity"],
+              r["status"] + (" " + _("OVERDUE") if r.get("overdue") else ""), r["severity"],
               str(r.get("offer_count", 0)), r["title"]] for r in found]))
     if args.action == "show":
         got = api("GET", f"{root}/{args.id}")
@@ -232,30 +245,32 @@ def aid_command(argv: list[str], data_dir: Path) -> int:
         return print_result(args, got, _show(got))
     params = {"need": args.need, **({"language": args.language} if args.language else {})}
     got = api("GET", f"/api/v1/aid/suggest?{urllib.parse.urlencode(params)}")
-    return print_result(args, got, "audience / destinataires: " + (",".join(got["audience"])
-                                                            or "(none / aucun)"))
+    return print_result(args, got, _("audience: {names}").format(
+        names=",".join(got["audience"]) or _("(none)")))
 
 
 def capabilities_command(argv: list[str], data_dir: Path) -> int:
     """``entraide capabilities set|list`` (the expertise directory)."""
     parser = argparse.ArgumentParser(
-        prog="entraide capabilities",
-        description="The expertise directory / le répertoire d'expertise.")
+        prog="entraide capabilities", epilog=epilog("capabilities"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_("The expertise directory."))
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = actions.add_parser("set", help="publish this node's profile (admin token) / "
-                                       "publier le profil de ce nœud")
-    p.add_argument("--skills", required=True, help=f"comma-separated / parmi: {_KINDS}")
-    p.add_argument("--languages", default="", help="e.g. fr,en")
-    p.add_argument("--hours", help='e.g. "24/7" or "Mon-Fri 8-17 ET / lun-ven 8 h-17 h HE"')
-    p.add_argument("--contact", metavar="NAME")
-    p.add_argument("--channel")
+    kinds = _("one of: {kinds}").format(kinds=_KINDS)
+    p = actions.add_parser("set", help=_("publish this node's profile (admin token)"))
+    p.add_argument("--skills", required=True,
+                   help=_("comma-separated, {kinds}").format(kinds=kinds))
+    p.add_argument("--languages", default="", help=_("e.g. fr,en"))
+    p.add_argument("--hours", help=_('e.g. "24/7" or "Mon-Fri 8-17 ET"'))
+    p.add_argument("--contact", metavar="NAME", help=_("who to call"))
+    p.add_argument("--channel", help=_("phone, Signal, bridge line"))
     p.add_argument("--unavailable", action="store_true",
-                   help="not taking requests now / indisponible pour l'instant")
-    _bilingual(p, "detail", "what you can do", "ce que vous pouvez faire")
+                   help=_("not taking requests now"))
+    _bilingual(p, "detail", _("what you can do"))
     _common(p)
-    p = actions.add_parser("list", help="who can help / qui peut aider")
-    p.add_argument("--need")
-    p.add_argument("--language")
+    p = actions.add_parser("list", help=_("who can help"))
+    p.add_argument("--need", help=kinds)
+    p.add_argument("--language", help=_("e.g. fr"))
     _common(p)
     args = parser.parse_args(argv)
     base, token = _client(args, data_dir)
@@ -271,11 +286,11 @@ def capabilities_command(argv: list[str], data_dir: Path) -> int:
         got = call_api(base, token, "PUT", "/api/v1/capabilities", body)
         return print_result(args, got, f"{got['id']}  {got['updated']}")
     params = {k: v for k, v in (("need", args.need), ("language", args.language)) if v}
-    found = call_api(base, token, "GET",
-                     f"/api/v1/capabilities?{urllib.parse.urlencode(params)}")["capabilities"]
-    return print_result(args, found, render_table(
-        ["member/membre", "skills/compétences", "languages/langues", "hours/heures",
-         "available/disponible"],
+    answer = call_api(base, token, "GET",
+                      f"/api/v1/capabilities?{urllib.parse.urlencode(params)}")
+    found = answer["capabilities"]
+    return print_result(args, answer, render_table(
+        [_("member"), _("skills"), _("languages"), _("hours"), _("available")],
         [[c.get("origin_name") or c["origin"][:16], ",".join(c.get("skills", [])),
           ",".join(c.get("languages", [])), c.get("hours") or "",
-          "yes/oui" if c.get("available", True) else "no/non"] for c in found]))
+          _("yes") if c.get("available", True) else _("no")] for c in found]))

@@ -61,6 +61,15 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
               "entraide rules retract 3f2a...e9 --reason obsolete"),
     "playbooks": ("entraide playbooks submit playbook.json --tlp GREEN",
                   "entraide playbooks list", "entraide playbooks show 3f2a...e9"),
+    "aid": ("entraide aid request --title 'Ransomware: hospitals' --severity critical "
+            "--need forensics --need incident-coordination --description-en 'EHR down' "
+            "--contact 'BC CSIRT' --tlp RED --to FED,QC",
+            "entraide aid list --status open", "entraide aid offer 3f2a...e9 --kind forensics "
+            "--detail-fr 'Deux analystes' --people 2",
+            "entraide aid close 3f2a...e9 --summary-en 'Restored' --summary-fr 'Rétabli'"),
+    "capabilities": ("entraide capabilities set --skills forensics,recovery --languages fr,en "
+                     "--hours 24/7 --contact 'CSIRT Québec'",
+                     "entraide capabilities list --need forensics --language fr"),
     "completion": ("entraide completion bash > /etc/bash_completion.d/entraide",
                    "source <(entraide completion bash)"),
 }

@@ -13,6 +13,7 @@ from typing import Any
 
 from agent.cli.lang import _
 from agent.config.datadir import DataDir
+from agent.config.fields import validate_model
 from agent.config.settings import (
     PeerEntry,
     TrustList,
@@ -185,7 +186,12 @@ def updated_peer(trust: TrustList, name: str, *, url: str | None, key: str | Non
         raise UnknownPeerError(f"no peer named {name!r} in the trust list")
     if url is None and key is None and jurisdiction is None:
         raise UsageError(_("peers update needs --url, --key or --jurisdiction"))
-    return PeerEntry.build(
-        name=current.name, key=current.key.text if key is None else key,
-        url=current.url if url is None else (url or None),
-        jurisdiction=current.jurisdiction if jurisdiction is None else jurisdiction)
+    # Every other field of the entry is kept as it is (checked again with the new ones).
+    changes: dict[str, Any] = {}
+    if key is not None:
+        changes["key"] = key
+    if url is not None:
+        changes["url"] = url or None
+    if jurisdiction is not None:
+        changes["jurisdiction"] = jurisdiction or None
+    return validate_model(PeerEntry, None, {**current.model_dump(mode="json"), **changes})

@@ -168,6 +168,6 @@ def test_aid_cli_a_duty_officer_can_follow(fed: LocalFederation) -> None:
                    "Paie rétablie").stdout
     assert "closed" in shown and "Payroll restored / Paie rétablie" in shown
     listed = json.loads(bc.cli("aid", "list", "--mine", "--status", "closed", "--json").stdout)
-    assert rid in {r["id"] for r in listed}
+    assert rid in {r["id"] for r in listed["requests"]}  # --json: the API's shape
     table = bc.cli("aid", "list", "--mine").stdout
-    assert "status/statut" in table and rid[:16] in table
+    assert "status" in table and rid[:16] in table
