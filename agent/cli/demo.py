@@ -152,7 +152,7 @@ def run_demo(keep: bool = False, root: Path | None = None) -> int:
             timing_rows.append([node.name, str(status["ledger"]["entries"]), str(len(listed)),
                                 str(len(listed_r["observations"]) - len(listed)),
                                 ",".join(connected), "ok" if verify.get("ok") else "BROKEN"])
-        _say(render_table([_("node"), _("entries"), _("listed"), _("retracted"),
+        _say(render_table([_("node"), _("entries"), _("listed"), _("retractions"),
                            _("connected to"), _("ledger verify")], timing_rows))
         indicator = urllib.parse.quote("203.0.113.7", safe="")
         agg = by_name["BC"].call("GET", f"/api/v1/indicators/ipv4-addr/{indicator}")
@@ -272,29 +272,29 @@ def aid_scene(nodes: list[FedNode]) -> None:
     everyone = {n.name for n in nodes}
     thread = set(AID_HELPERS) | {"BC"}
     _say(_("Mutual aid: BC's hospitals are hit by ransomware at 3 a.m."))
-    step("RED aid request", bc, "/api/v1/aid/requests", AID_REQUEST, set(AID_HELPERS))
+    step(_("RED aid request"), bc, "/api/v1/aid/requests", AID_REQUEST, set(AID_HELPERS))
     _say(_("BC asks {helpers} (RED) for forensics and incident coordination: request "
            "{id}").format(helpers=_(" and ").join(AID_HELPERS), id=rid[:16]))
     path = f"/api/v1/aid/requests/{rid}"
-    qc_offer = step("offer forensics (fr)", by_name["QC"], path + "/offers", {
+    qc_offer = step(_("offer forensics (fr)"), by_name["QC"], path + "/offers", {
         "kinds": ["forensics"], "people": 2, "on_site": False,
         "detail": {"fr": "Deux analystes en criminalistique, en français, dès maintenant",
                    "en": "Two forensic analysts, in French, right now"},
         "contact": {"name": "CSIRT Québec"}}, thread)["id"]
     _say(_("QC offers forensics: « Deux analystes en criminalistique, en français, "
            "dès maintenant »"))
-    step("offer coordination", by_name["FED"], path + "/offers", {
+    step(_("offer coordination"), by_name["FED"], path + "/offers", {
         "kinds": ["incident-coordination"], "people": 1,
         "detail": {"en": "A coordinator from the federal operations centre",
                    "fr": "Un coordonnateur du centre des opérations fédéral"}}, thread)
     _say(_("FED offers incident coordination"))
-    accepted = step("accepts QC's offer", bc, f"{path}/offers/{qc_offer}/accept",
+    accepted = step(_("accepts QC's offer"), bc, f"{path}/offers/{qc_offer}/accept",
                     {"note": {"en": "Thank you, please start", "fr": "Merci, allez-y"}},
                     set(AID_HELPERS))
     _say(_("BC accepts QC's offer: the request is {status}").format(
         status=accepted["status"]))
     sigma = (DEMO_DATA / "anydesk_silent_install.yml").read_text(encoding="utf-8")
-    rule = step("GREEN sigma rule", by_name["ON"], "/api/v1/rules", {
+    rule = step(_("GREEN sigma rule"), by_name["ON"], "/api/v1/rules", {
         "rule_type": "sigma", "name": "AnyDesk Silent Installation", "text": sigma,
         "description": {"en": "Remote access used by the ransomware operators",
                         "fr": "Accès à distance utilisé par les opérateurs du rançongiciel"},
@@ -308,7 +308,7 @@ def aid_scene(nodes: list[FedNode]) -> None:
     _say(_("ON shares the SigmaHQ rule 'AnyDesk Silent Installation'; checked by pySigma "
            "on receipt, it is in the Sigma export of {nodes} (entraide rules export "
            "--type sigma)").format(nodes=", ".join(exports)))
-    closed = step("closes with a summary", bc, path + "/close", {
+    closed = step(_("closes with a summary"), bc, path + "/close", {
         "summary": {"en": "EHR restored from offline backups; QC's images found the entry "
                           "point (AnyDesk).",
                     "fr": "Dossiers rétablis depuis les sauvegardes hors ligne; les images de "
