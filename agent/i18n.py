@@ -93,6 +93,10 @@ def translation(lang: str, domain: str = "entraide") -> gettext.NullTranslations
     return gettext.translation(domain, localedir=LOCALE_DIR, languages=[lang], fallback=True)
 
 
+# Messages may quote hostile input: a longer one is not matched against the templates
+# (their lazy groups would cost time with the length), it stays English.
+_MAX_TEMPLATED = 600
+
 # A placeholder of a message template: {name}, {name!r}, {name:,}.
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(![rsa])?(:[^{}]*)?\}")
 
@@ -138,7 +142,7 @@ def localize(message: str, lang: str, domain: str = "entraide", *, _depth: int =
     if lang == DEFAULT_LANG or not message:
         return message
     translated = translation(lang, domain).gettext(message)
-    if translated != message:
+    if translated != message or len(message) > _MAX_TEMPLATED:
         return translated
     for pattern, msgstr in _templates(lang, domain):
         match = pattern.fullmatch(message)

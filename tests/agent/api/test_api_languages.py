@@ -73,3 +73,12 @@ async def test_api_languages_content_language_and_validation(tmp_path: Path) -> 
 def test_api_languages_localize_fills_templates(english: str, french: str) -> None:
     assert localize(english, "fr") == french
     assert localize(english, "en") == english
+
+
+def test_api_languages_long_messages_are_not_matched() -> None:
+    # A message quoting a long hostile value stays English rather than cost regex time.
+    long_name = "'" + "x" * 700 + "'"
+    message = f"no peer named {long_name} in the trust list"
+    assert localize(message, "fr") == message
+    assert localize("no peer named 'ON' in the trust list", "fr") == (
+        "aucun pair nommé 'ON' dans la liste de confiance")
