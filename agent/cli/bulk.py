@@ -226,12 +226,18 @@ def import_command(argv: list[str], data_dir: Path) -> int:
 
 def _read(name: str) -> str:
     if name == "-":
-        return sys.stdin.read(MAX_FILE_BYTES + 1)[:MAX_FILE_BYTES]
-    path = Path(name)
-    if path.stat().st_size > MAX_FILE_BYTES:
+        raw = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
+    else:
+        with open(name, "rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
         raise EntraideError(_("{file}: over {limit} bytes; split it").format(
             file=name, limit=MAX_FILE_BYTES))
-    return path.read_text(encoding="utf-8-sig")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise EntraideError(_("{path}: not UTF-8 text (byte {at})").format(
+            path=name, at=exc.start)) from None
 
 
 def _is_misp(document: Any) -> bool:

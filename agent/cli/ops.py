@@ -17,6 +17,7 @@ from typing import Any
 from agent.cli.client import _client, _common, call_api, open_stream, print_result
 from agent.cli.examples import epilog
 from agent.cli.lang import _
+from protocol.errors import EntraideError
 
 __all__ = ["ops_command"]
 
@@ -165,7 +166,7 @@ def stream_command(argv: list[str], data_dir: Path) -> int:
 
 def _events(response: Any) -> Any:
     """(event, id, data) of each Server-Sent Event, until the stream ends."""
-    event, event_id, data = "message", "", list[str]()
+    event, event_id, data, size = "message", "", list[str](), 0
     while True:
         raw = response.readline(_MAX_LINE)
         if not raw:
@@ -174,7 +175,7 @@ def _events(response: Any) -> Any:
         if not line:
             if data:
                 yield event, event_id, json.loads("\n".join(data))
-            event, data = "message", []
+            event, data, size = "message", [], 0
             continue
         field, _colon, value = line.partition(":")
         value = value[1:] if value.startswith(" ") else value
@@ -184,6 +185,10 @@ def _events(response: Any) -> Any:
             event_id = value
         elif field == "data":
             data.append(value)
+            size += len(value)
+            if size > _MAX_LINE:
+                raise EntraideError(_("the node's stream sent an event over {limit} bytes")
+                                    .format(limit=_MAX_LINE))
 
 
 def _event_line(event: str, event_id: str, data: dict[str, Any]) -> str:

@@ -273,3 +273,34 @@ def test_cli_ops_bash_completion_offers_commands_and_options(
     assert complete("entraide", "--lang", "fr", "sta") == ["status"]
     assert complete("entraide", "peers", "update", "ON", "--u") == ["--url"]
     assert complete("entraide", "status", "--js") == ["--json"]
+
+
+def test_cli_ops_stream_reader_parses_events_and_bounds_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    import agent.cli.ops
+    from protocol.errors import EntraideError
+
+    text = (b"retry: 2000\n: entraide stream\n\n"
+            b"event: observation\nid: c1.1\ndata: {\"id\": \"a\"}\n\n"
+            b"event: aid\nid: c1.2\ndata: {\"kind\":\ndata:  \"offer\"}\n\n")
+    events = list(agent.cli.ops._events(io.BytesIO(text)))
+    assert events == [("observation", "c1.1", {"id": "a"}), ("aid", "c1.2", {"kind": "offer"})]
+    monkeypatch.setattr(agent.cli.ops, "_MAX_LINE", 64)
+    endless = io.BytesIO(b"event: observation\n" + b"data: " + b"x" * 40 + b"\n" * 1 +
+                         b"data: " + b"x" * 40 + b"\n")
+    with pytest.raises(EntraideError, match="over 64 bytes"):
+        list(agent.cli.ops._events(endless))
+
+
+def test_cli_ops_import_refuses_a_file_that_is_not_utf8(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("évil.example\n".encode("latin-1"))
+    root = tmp_path / "qc"
+    assert main(["init", "--name", "QC", "--data-dir", str(root)]) == 0
+    capsys.readouterr()
+    assert main(["import", str(bad), "--data-dir", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert "not UTF-8 text (byte 0)" in err and err.count("\n") == 1
