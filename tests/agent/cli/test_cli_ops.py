@@ -304,3 +304,27 @@ def test_cli_ops_import_refuses_a_file_that_is_not_utf8(
     assert main(["import", str(bad), "--data-dir", str(root)]) == 1
     err = capsys.readouterr().err
     assert "not UTF-8 text (byte 0)" in err and err.count("\n") == 1
+
+
+def test_cli_ops_every_option_has_help(monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    missing: list[tuple[str, tuple[str, ...]]] = []
+    add_argument = argparse.ArgumentParser.add_argument
+
+    def recording(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("help") is None and args[:1] not in (("-h",), ("--version",)):
+            missing.append((self.prog, args))
+        return add_argument(self, *args, **kwargs)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "add_argument", recording)
+    # `run` (agent/daemon.py) and the MISP commands (agent/cli/misp.py) have their own
+    # owners; every other command's options are checked.
+    for words in (["--help"], ["submit"], ["query"], ["retract"], ["sighting"], ["status"],
+                  ["stream"], ["import"], ["ledger", "verify"], ["forks", "list"],
+                  ["forks", "clear"], ["erase"], ["demo"], ["completion"], ["rules"],
+                  ["playbooks"], ["aid"], ["capabilities"]):
+        assert main([*words, "--help"]) == 0, words
+    capsys.readouterr()
+    assert missing == []
