@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from agent.api.batch import split_routing
 from agent.api.models import Audience, EntryIdText, TlpLabel
 from agent.config.tokens import Scope
+from agent.i18n import N_
 from agent.jsoncodec import dumps
 from agent.node.aid import NodeAid
 from agent.web.common import NODE, ApiError, json_response, parse_query, read_json
@@ -190,8 +191,8 @@ def _cursor_in(text: str | None) -> int | None:
     except (binascii.Error, ValueError):
         raw = b""
     if len(raw) != 9 or raw[:1] != b"a":
-        raise ApiError(400, "bad_cursor", "not a cursor of this list / "
-                                          "ce curseur n'appartient pas à cette liste")
+        # English here; the error middleware answers in the reader's language.
+        raise ApiError(400, "bad_cursor", N_("not a cursor of this list"))
     return int.from_bytes(raw[1:], "big")
 
 
@@ -276,8 +277,7 @@ async def put_capabilities(request: web.Request) -> web.Response:
     assert isinstance(payload, Capabilities)
     tlp = TLP(routing["tlp"])
     if tlp not in (TLP.GREEN, TLP.AMBER, TLP.CLEAR):
-        raise ApiError(422, "invalid", "a capability profile is CLEAR, GREEN or AMBER / un "
-                                       "profil de compétences est CLEAR, GREEN ou AMBER")
+        raise ApiError(422, "invalid", N_("a capability profile is CLEAR, GREEN or AMBER"))
     created = await request.app[NODE].aid.publish_capabilities(payload, tlp,
                                                                routing.get("audience"))
     return json_response(created)
