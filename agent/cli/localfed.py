@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli.client import ApiError, call_api
+from agent.cli.lang import _
 from agent.errors import NodeNotRunningError
 from protocol.errors import EntraideError
 
@@ -35,7 +36,7 @@ START_TIMEOUT_S = 30.0
 def free_ports(n: int) -> list[int]:
     """``n`` distinct TCP ports free on 127.0.0.1 right now."""
     sockets, ports = [], []
-    for _ in range(n):
+    for _port in range(n):
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         sockets.append(s)
@@ -65,7 +66,8 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
     start = time.monotonic()
     while not predicate():
         if time.monotonic() - start > timeout:
-            raise EntraideError(f"timed out after {timeout:.0f} s waiting for {what}")
+            raise EntraideError(_("timed out after {s} s waiting for {what}").format(
+                s=f"{timeout:.0f}", what=what))
         time.sleep(interval)
     return time.monotonic() - start
 
@@ -224,7 +226,8 @@ class LocalFederation:
                     assert node.process is not None
                     if node.process.poll() is not None or time.monotonic() > deadline:
                         tail = node.log.read_text(errors="replace")[-3000:]
-                        raise EntraideError(f"node {node.name} did not start:\n{tail}") from None
+                        raise EntraideError(_("node {name} did not start:").format(
+                            name=node.name) + f"\n{tail}") from None
                     time.sleep(0.05)
 
     def stop(self, names: Iterable[str] | None = None, timeout: float = 20) -> None:
