@@ -5,7 +5,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 extra="${1:-}"
 stamp="$venv/.installed${extra:+-$extra}"
-if [ ! -x "$venv/bin/python" ]; then
+# A venv cut off while it was made (no pip yet) is made again, not used half-made.
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+    rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --upgrade pip
 fi
