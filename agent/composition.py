@@ -4,7 +4,8 @@ ones it talks to. Read :func:`compose` once to see the whole node.
 Parts, low to high (docs/architecture.md draws the layers): the config (entraide.toml),
 the helper processes (:class:`~agent.workers.supervisor.Supervisor`), the replicator
 (peering, given the supervisor's verify workers), the node (identity, ledger, trust
-list, group commit), the local API app (REST routes, TAXII, MISP) with the TAXII judge.
+list, group commit), the local API app (REST routes, TAXII, MISP) with the TAXII judge,
+and the web console at ``/console/`` on it (agent/console).
 ``entraide run`` (agent/daemon.py) adds only the listeners, signals, logging and the
 shutdown order.
 
@@ -25,6 +26,7 @@ from agent.api.app import create_app
 from agent.config.datadir import DataDir
 from agent.config.hosts import HostPolicy
 from agent.config.settings import NodeConfig, load_node_config
+from agent.console.app import mount_console
 from agent.metrics import Registry
 from agent.node.node import Node
 from agent.peering.params import TransportParams
@@ -62,7 +64,7 @@ def compose(data_dir: DataDir, *, passphrase: bytes | None = None,
     data_dir.require_node()
     config = load_node_config(data_dir)
     registry = Registry()
-    transport = TransportParams()
+    transport = TransportParams(max_handshaking_per_address=config.peer.handshakes_per_address)
     if readers is None:
         readers = config.api.readers if config.api.readers is not None else default_readers()
     workers = Supervisor(
@@ -80,6 +82,7 @@ def compose(data_dir: DataDir, *, passphrase: bytes | None = None,
     node.on_trust_change(workers.trust_changed)
     app = create_app(node, hosts=HostPolicy.of(config.api.allowed_hosts))
     app[JUDGE] = Judge(workers.judge)
+    mount_console(app)
     state = app[STATE]
     labels = ("GET", LOOKUP_ROUTE, "200")
 

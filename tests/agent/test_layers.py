@@ -27,7 +27,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"agent.peering"}),
     frozenset({"agent.node"}),
     frozenset({"agent.web"}),
-    frozenset({"agent.api", "agent.taxii", "agent.misp"}),
+    frozenset({"agent.api", "agent.taxii", "agent.misp", "agent.console"}),
     frozenset({"agent.composition", "agent.daemon"}),
     frozenset({"agent.cli"}),
 )
