@@ -313,6 +313,6 @@ CORE_ROUTES: tuple[Route, ...] = (
     Route("GET", "/", home),
     Route("GET", "/login", login_page, None),
     Route("POST", "/login", login, None),
-    Route("POST", "/logout", logout, None),
+    Route("POST", "/logout", logout),
     Route("GET", "/lang", switch_lang, None),
 )
