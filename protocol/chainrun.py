@@ -32,6 +32,7 @@ header by signing its successor. It cannot serve as fork evidence (see above).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 from protocol.entries import (
     ForkProof,
@@ -44,7 +45,7 @@ from protocol.entries import (
 )
 from protocol.errors import ChainError, EncodingError, EntraideError, OversizeError
 
-__all__ = ["MAX_RUN_ENTRIES", "fork_in_run", "verify_run"]
+__all__ = ["MAX_RUN_ENTRIES", "fork_in_run", "verify_batch", "verify_run"]
 
 MAX_RUN_ENTRIES = 65_536
 """Largest run checked at once: the widest WANT range (docs/protocol.md §8)."""
@@ -89,6 +90,58 @@ def verify_run(raws: Sequence[bytes], head: tuple[int, bytes] | None) -> tuple[V
         entries.append(entry)
     _check_signature(entries[-1])
     return tuple(entries)
+
+
+def verify_batch(raws: Sequence[bytes]) -> list[VerifiedEntry | None]:
+    """Verify a received batch run by run: one signature check per origin per run.
+
+    The batch is cut into runs: the entries of one origin in batch order whose seqs
+    follow each other (``seq`` one more than the run's last), at most
+    ``MAX_RUN_ENTRIES`` each. Each run is checked as :func:`verify_run` checks one,
+    linked to its own first entry's ``prev`` instead of a stored head (the ledger
+    checks the link to the stored head when it stores them, §3): every entry's
+    encoding and body, the hash links inside the run, and the signature of its newest
+    entry. A run of one entry (live gossip) is therefore its own signature check, as
+    :func:`protocol.entries.verify_entry` does.
+
+    Returns:
+        One verdict per raw entry, in order: the entry, verified, or None. An entry
+        that does not decode is None on its own (it belongs to no run: its origin and
+        seq are unknown); a run whose hash links break or whose newest signature fails
+        is None whole (the peer that sent it gets every entry of it counted invalid).
+        Never raises for hostile input.
+    """
+    decoded: list[VerifiedEntry | None] = []
+    open_runs: dict[bytes, list[int]] = {}
+    runs: list[list[int]] = []
+    for index, raw in enumerate(raws):
+        try:
+            entry = _chain_member(raw)
+        except EntraideError:
+            decoded.append(None)
+            continue
+        decoded.append(entry)
+        key = entry.origin.raw
+        run = open_runs.get(key)
+        last = None if run is None else decoded[run[-1]]
+        if (run is not None and last is not None and last.seq + 1 == entry.seq
+                and len(run) < MAX_RUN_ENTRIES):
+            run.append(index)
+        else:
+            open_runs[key] = [index]
+            runs.append(open_runs[key])
+    out: list[VerifiedEntry | None] = [None] * len(decoded)
+    for run in runs:
+        chain = [e for i in run if (e := decoded[i]) is not None]  # all decoded
+        try:
+            for older, newer in pairwise(chain):
+                check_successor((older.seq, older.hash), newer)
+            _check_signature(chain[-1])
+        except EntraideError:
+            continue  # refused whole
+        for i, entry in zip(run, chain, strict=True):
+            out[i] = entry
+    return out
 
 
 def fork_in_run(held: Callable[[int], VerifiedEntry | None],

@@ -202,14 +202,16 @@ class LedgerIngest(LedgerCore):
                 if self._fork(batch, state, other, entry, tally):
                     tally.refuse(group[i + 1:], "origin is quarantined after a fork")
                     return
-                tally.refuse([entry], "conflicts with a fork an admin already cleared")
+                tally.refuse([entry], "conflicts with a held entry (fork already cleared, or "
+                                      "no signed evidence)")
                 continue
             waiting = self._ahead.get(key.raw, entry.seq)
             if waiting is not None and waiting.entry.hash != entry.hash:
                 if self._fork(batch, state, waiting.entry, entry, tally):
                     tally.refuse(group[i + 1:], "origin is quarantined after a fork")
                     return
-                tally.refuse([entry], "conflicts with a fork an admin already cleared")
+                tally.refuse([entry], "conflicts with a held entry (fork already cleared, or "
+                                      "no signed evidence)")
                 continue
             if entry.seq > state.head_seq + 1:
                 if waiting is not None:
@@ -250,8 +252,12 @@ class LedgerIngest(LedgerCore):
 
     def _fork(self, batch: Batch, state: OriginState, a: VerifiedEntry, b: VerifiedEntry,
               tally: _Tally) -> bool:
-        """Record a fork; False when an admin already cleared a fork at that seq."""
+        """Record a fork; False when an admin already cleared a fork at that seq, or when
+        one side's own signature fails (possible for an entry a chain-authenticated run
+        brought: protocol/chainrun.py; a proof is never built from an unchecked one)."""
         if (state.key.raw, a.seq) in self._fork_seqs:
+            return False
+        if not (_own_signature_ok(a) and _own_signature_ok(b)):
             return False
         proof = detect_fork(a, b)
         assert proof is not None
@@ -347,3 +353,11 @@ class LedgerIngest(LedgerCore):
             "JOIN origins g USING (origin_id) ORDER BY f.detected_ms, g.key, f.seq")
         return [ForkRecord(PublicKey(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
 
+
+def _own_signature_ok(entry: VerifiedEntry) -> bool:
+    """The entry's own signature verifies (fork evidence must; see ``_fork``)."""
+    try:
+        verify_entry(entry.raw)
+    except EntraideError:
+        return False
+    return True

@@ -3,15 +3,18 @@
 PyNaCl releases the GIL inside libsodium, but a verify thread next to the busy event
 loop gets it back only at the loop's switch interval, so threads cannot put the
 second core to work (docs/benchmarks.md). Large batches of received entries are
-therefore checked in one worker process: ``verify_entry`` on every entry, and for
+therefore checked in one worker process: ``verify_batch`` (protocol/chainrun.py: one
+signature check per origin per contiguous run, so a catch-up batch of 256 entries of one
+origin costs one Ed25519 check; a lone live-gossip entry is its own run), and for
 the readable clear ones (CLEAR, GREEN) the payload decoded into its index record.
 The node sends the raw bytes, gets back a compact verdict per entry, and rebuilds
 each accepted entry from the bytes it holds (``protocol.entries._rebuild_verified``).
 
 Invariants:
-- No entry is accepted unless ``verify_entry`` accepted its exact bytes, here or in
-  the worker; the worker never sees a secret (encrypted payloads are opened by the
-  node, which holds the key).
+- No entry is accepted unless ``verify_batch`` accepted its exact bytes (its encoding,
+  its hash link within its run, the signature of its run's newest entry), here or in
+  the worker; a run that fails is refused whole; the worker never sees a secret
+  (encrypted payloads are opened by the node, which holds the key).
 - What is in flight is bounded by the caller (the ingest pipeline's verify-ahead
   queue); each frame from the worker is capped.
 - Nothing hangs on the worker: a worker that dies, answers garbage or takes longer
@@ -45,7 +48,8 @@ from agent.storage.queries import IndexRecord, build_record
 from agent.workers.gcsettings import settle_heap
 from agent.workers.pipe import PipeWorker, WorkerFailed, serve, usable_cores
 from agent.workers.policy import RESTART, RestartPolicy
-from protocol.entries import VerifiedEntry, _rebuild_verified, verify_entry
+from protocol.chainrun import verify_batch
+from protocol.entries import VerifiedEntry, _rebuild_verified
 from protocol.errors import EntraideError
 from protocol.payloads import decode_payload_with_fields
 
@@ -70,10 +74,8 @@ class Checked:
 def check_raws(raws: Sequence[bytes]) -> list[Any]:
     """The verdict on each entry (see the module docstring); runs in the worker."""
     out: list[Any] = []
-    for raw in raws:
-        try:
-            entry = verify_entry(raw)
-        except EntraideError:
+    for entry in verify_batch(raws):
+        if entry is None:
             out.append(None)
             continue
         if entry.tlp.encrypted:
@@ -105,14 +107,9 @@ def main() -> None:
 
 
 def check_in_thread(raws: Sequence[bytes]) -> Checked:
-    """Verify in the calling thread; records are left to the ledger (as before)."""
-    out: list[VerifiedEntry | None] = []
-    for raw in raws:
-        try:
-            out.append(verify_entry(raw))
-        except EntraideError:
-            out.append(None)
-    return Checked(out)
+    """Verify in the calling thread (run by run, as the worker does); records are left
+    to the ledger."""
+    return Checked(verify_batch(raws))
 
 
 def _record(fields: list[Any]) -> IndexRecord:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.chainrun import MAX_RUN_ENTRIES, fork_in_run, verify_run
+from protocol.chainrun import MAX_RUN_ENTRIES, fork_in_run, verify_batch, verify_run
 from protocol.encoding import decode, encode
 from protocol.entries import (
     TLP,
@@ -186,3 +186,55 @@ def test_chainrun_chain_member_has_one_caller() -> None:
                 if name == "_chain_member":
                     callers.append(path.name)
     assert set(callers) <= {"entries.py", "chainrun.py"} and "chainrun.py" in callers
+
+
+# --- verify_batch: what the node's verify pool runs on each received batch ------------
+
+
+def _forge_sig(raw: bytes) -> bytes:
+    header, body = decode(raw)
+    fields = decode(header)
+    fields[10] = bytes(64)
+    return encode([encode(fields), body])
+
+
+def test_chainrun_batch_verifies_interleaved_origins_run_by_run() -> None:
+    qc, on = chain(QC, 6), chain(ON, 4, tag=b"on ")
+    # Interleaved, and ON's run starting mid-chain (its link to the stored head is the
+    # ledger's to check): every entry out, in order, equal to per-entry verification.
+    raws = [qc[0].raw, on[1].raw, qc[1].raw, qc[2].raw, on[2].raw, on[3].raw, qc[3].raw,
+            qc[4].raw, qc[5].raw]
+    got = verify_batch(raws)
+    assert [e.raw if e else None for e in got] == raws
+    assert got == [verify_entry(r) for r in raws]
+    assert verify_batch([]) == []
+    # A lone entry (live gossip) is its own signature check.
+    assert verify_batch([qc[3].raw]) == [qc[3]]
+    assert verify_batch([_forge_sig(qc[3].raw)]) == [None]
+
+
+def test_chainrun_batch_never_gives_out_a_flipped_byte() -> None:
+    entries = chain(QC, 4)
+    raws = [e.raw for e in entries]
+    for i, raw in enumerate(raws):
+        for pos in range(len(raw)):
+            bad = bytearray(raw)
+            bad[pos] ^= 0x01
+            tampered = [*raws[:i], bytes(bad), *raws[i + 1:]]
+            got = verify_batch(tampered)
+            assert got[i] is None, (i, pos)
+            # Whatever else is given out is an untouched entry of the origin.
+            assert all(e is None or e.raw in raws for e in got)
+
+
+def test_chainrun_batch_refuses_a_run_whole() -> None:
+    qc, on = chain(QC, 5), chain(ON, 3, tag=b"on ")
+    # The newest signature forged: the whole run is refused, the other origin's is not.
+    raws = [e.raw for e in qc[:-1]] + [_forge_sig(qc[-1].raw)] + [e.raw for e in on]
+    assert verify_batch(raws) == [None] * 5 + on
+    # A broken link inside a run (seq 3 of another version): refused whole.
+    other = chain(QC, 3, tag=b"other ")
+    assert verify_batch([qc[0].raw, qc[1].raw, other[2].raw, qc[3].raw, qc[4].raw]) \
+        == [None] * 5
+    # An entry that does not decode is refused alone; it ends the run it was in.
+    assert verify_batch([qc[0].raw, b"\x92junk", qc[1].raw]) == [qc[0], None, qc[1]]
