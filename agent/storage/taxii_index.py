@@ -20,6 +20,9 @@ Invariants:
 - ``in_all``/``in_own`` mark the first row of each (id, version) in the collection of
   everything readable / of this node's own entries: an identical version seen again
   (re-posted, or the same object from two origins) is stored but never served twice.
+- Each id has one publisher, its owner, and only the owner's rows are served (so an
+  id's latest version is its publisher's latest); a row that names another member is
+  refused. Refused rows are stored, never served, counted (agent/storage/taxii_owners.py).
 - One lock serialises all use of the two connections; every query runs in a worker
   thread, so the event loop never waits on SQLite.
 """
@@ -32,12 +35,13 @@ import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.errors import StorageError
 from agent.storage.taxii_forget import forget_entries, index_path
+from agent.storage.taxii_owners import Owners, Verdict
+from agent.storage.taxii_schema import INDEX_SCHEMA, LEDGER_CHUNK, SCHEMA_SQL, Pending
 from agent.storage.taxii_types import (
     Collection,
     IndexPage,
@@ -56,90 +60,21 @@ from protocol.stix import (
     entry_stix_id,
     format_ms,
     identity_to_stix,
-    object_json,
     parse_timestamp,
     payload_to_stix,
     revoke,
-    version_of,
 )
+from protocol.stix_claims import ClaimKey
 
 __all__ = ["INDEX_SCHEMA", "Collection", "IndexPage", "IndexRow", "KnownObject", "TaxiiIndex",
            "VersionFilter", "forget_entries", "index_path"]
 
-INDEX_SCHEMA = 1
 SYNC_CHUNK = 2000
 _SQL_PARAMS = 400
 _STATUS_KEEP_US = 7 * 24 * 3600 * 1_000_000
 _MAX_STATUSES = 100_000
 _MAX_KEY_TEXTS = 10_000
 T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-CREATE TABLE objects (
-    row          INTEGER PRIMARY KEY,
-    entry_no     INTEGER NOT NULL,
-    entry_hash   BLOB,
-    added_us     INTEGER NOT NULL UNIQUE,
-    stix_id      TEXT NOT NULL,
-    stix_type    TEXT NOT NULL,
-    version      TEXT NOT NULL,
-    version_us   INTEGER NOT NULL,
-    spec_version TEXT NOT NULL,
-    in_all       INTEGER NOT NULL,
-    in_own       INTEGER NOT NULL,
-    json         TEXT NOT NULL
-);
-CREATE INDEX objects_by_id ON objects (stix_id, version_us);
-CREATE INDEX objects_by_type ON objects (stix_type, row);
-CREATE INDEX objects_by_entry ON objects (entry_hash) WHERE entry_hash IS NOT NULL;
-CREATE TABLE identities (origin TEXT PRIMARY KEY) WITHOUT ROWID;
-CREATE TABLE statuses (id TEXT PRIMARY KEY, created_us INTEGER NOT NULL, json TEXT NOT NULL);
-CREATE INDEX statuses_by_age ON statuses (created_us);
-"""
-
-# The next SYNC_CHUNK readable entries after a position, in insertion order. Each arm is
-# limited on its own so a chunk is four short index range scans, not a sort of the rest.
-_LEDGER_CHUNK = " UNION ALL ".join(
-    f"SELECT * FROM (SELECT t.entry_no, {kind}, e.hash, g.key, e.seq, {ts}, {tlp}, {doc}, "
-    f"{target} FROM {table} t JOIN entries e ON e.entry_no = t.entry_no "
-    f"JOIN origins g ON g.origin_id = t.origin_id WHERE t.entry_no > :after{extra} "
-    f"ORDER BY t.entry_no LIMIT :limit)"
-    for table, kind, ts, tlp, doc, target, extra in (
-        ("observations", "'observation'", "t.ts", "t.tlp", "t.doc", "NULL", ""),
-        ("sightings", "'sighting'", "t.ts", "t.tlp", "t.doc", "t.target", ""),
-        ("retractions", "'retraction'", "NULL", "NULL", "e.header", "t.target",
-         " AND t.applied = 1"),
-        ("items", "t.kind", "t.ts", "t.tlp", "t.doc", "NULL", ""),
-    )
-) + " ORDER BY 1 LIMIT :limit"
-
-
-@dataclass
-class _Pending:
-    """A rendered object waiting to be written in the current sync chunk."""
-
-    entry_no: int
-    entry_hash: bytes | None
-    ts_ms: int
-    own: bool
-    stix_id: str
-    stix_type: str
-    version: str | None
-    spec_version: str
-    json: str
-    identity: str | None = None  # the origin, for an origin's identity object
-
-    @classmethod
-    def of(cls, entry_no: int, entry_hash: bytes | None, ts_ms: int, obj: dict[str, Any],
-           own: bool, identity: str | None = None) -> _Pending:
-        return cls(entry_no, entry_hash, ts_ms, own, obj["id"], obj["type"], version_of(obj),
-                   obj.get("spec_version", "2.1"), object_json(obj), identity)
-
-    @property
-    def version_us(self) -> int:
-        return parse_timestamp(self.version) if self.version else self.ts_ms * 1000
-
 
 class TaxiiIndex:
     """The index file of one node. Build with :meth:`open`; close with :meth:`close`.
@@ -165,6 +100,8 @@ class TaxiiIndex:
         self._synced = 0
         self._last_added = 0
         self._identities: set[str] = set()
+        self._owners = Owners(self._own)
+        self._origins: list[str] = []  # the ledger's, read at each sync
         self._key_texts: dict[bytes, str] = {}
 
     @classmethod
@@ -197,6 +134,8 @@ class TaxiiIndex:
             self._synced = int(meta["synced"])
             self._last_added = int(meta["last_added"])
             self._identities = {r[0] for r in self._db.execute("SELECT origin FROM identities")}
+            self._owners.know(self._identities)
+            self._owners.know(r[0] for r in self._db.execute("SELECT origin FROM met"))
         except sqlite3.Error as exc:
             self._close()
             raise StorageError(f"cannot open the TAXII index {self.path}: {exc}") from exc
@@ -226,7 +165,7 @@ class TaxiiIndex:
         # executescript commits first, so the script is its own transaction. A crash
         # before the meta rows below leaves no schema row: the next open rebuilds again.
         db.executescript("BEGIN IMMEDIATE;" + "".join(f"DROP TABLE IF EXISTS {t};" for t in tables)
-                         + _SCHEMA + "COMMIT;")
+                         + SCHEMA_SQL + "COMMIT;")
         db.execute("BEGIN IMMEDIATE")
         db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
             ("schema", INDEX_SCHEMA), ("node", self._own), ("synced", 0),
@@ -273,9 +212,14 @@ class TaxiiIndex:
     def _sync_all(self, known: Mapping[bytes, KnownObject]) -> int:
         assert self._ledger is not None
         head = self._ledger.execute("SELECT max(entry_no) FROM entries").fetchone()[0] or 0
+        # Every origin the ledger holds, readable or not: a claim in another's name is
+        # judged against the same origins on every node.
+        self._origins = [self._key_text(bytes(k)) for (k,) in
+                         self._ledger.execute("SELECT key FROM origins")]
+        self._owners.know(self._origins)
         added = 0
         while self._synced < head:
-            chunk = self._ledger.execute(_LEDGER_CHUNK, {"after": self._synced,
+            chunk = self._ledger.execute(LEDGER_CHUNK, {"after": self._synced,
                                                          "limit": SYNC_CHUNK}).fetchall()
             if not chunk:
                 # Only unreadable entries up to the head: nothing to index there.
@@ -291,9 +235,9 @@ class TaxiiIndex:
         return added
 
     def _render(self, chunk: Sequence[Sequence[Any]],
-                known: Mapping[bytes, KnownObject]) -> list[_Pending]:
+                known: Mapping[bytes, KnownObject]) -> list[Pending]:
         """The objects of a chunk of ledger rows, with identities first where new."""
-        out: list[_Pending] = []
+        out: list[Pending] = []
         # Objects of this chunk by entry, for sightings and retractions of them (as
         # text when it came rendered: parsed only if one is needed).
         by_entry: dict[bytes, dict[str, Any] | str] = {}
@@ -302,9 +246,10 @@ class TaxiiIndex:
             own = origin == self._own
             given = known.get(bytes(entry_hash)) if kind != "retraction" else None
             if given is not None and given.json is not None:
-                pending = _Pending(entry_no, bytes(entry_hash), ts, own, given.stix_id,
+                pending = Pending(entry_no, bytes(entry_hash), ts, origin, own, given.stix_id,
                                    given.stix_id.partition("--")[0], given.version,
-                                   given.spec_version, given.json)
+                                   given.spec_version, given.json,
+                                   carried=isinstance(given.payload, StixObject))
                 by_entry[bytes(entry_hash)] = given.json
             else:
                 if kind == "retraction":
@@ -319,13 +264,15 @@ class TaxiiIndex:
                     if obj is None:
                         continue
                 subject = bytes(entry_hash) if kind != "retraction" else bytes(target)
-                pending = _Pending.of(entry_no, subject, ts, obj, own)
+                pending = Pending.of(entry_no, subject, ts, obj, origin, own,
+                                      carried=kind == "stix")
                 by_entry[subject] = obj
             if origin not in self._identities:
                 name, jurisdiction = self._origin_info(origin)
-                out.append(_Pending.of(entry_no, None, ts, identity_to_stix(
-                    origin, name, jurisdiction=jurisdiction), own, identity=origin))
+                out.append(Pending.of(entry_no, None, ts, identity_to_stix(
+                    origin, name, jurisdiction=jurisdiction), origin, own, identity=origin))
                 self._identities.add(origin)
+                self._owners.know((origin,))
             out.append(pending)
         return out
 
@@ -385,27 +332,46 @@ class TaxiiIndex:
             (entry_hash,)).fetchone()
         return None if row is None else dict(json.loads(row[0]))
 
-    def _commit(self, pending: list[_Pending], synced: int, synced_hash: bytes | None) -> int:
+    def _commit(self, pending: list[Pending], synced: int, synced_hash: bytes | None) -> int:
         assert self._db is not None
         db = self._db
         keys = [(p.stix_id, p.version_us) for p in pending]
         seen = self._known_versions(keys)
+        owners = self._owners.of(db, {p.stix_id for p in pending})
+        claimed: dict[str, ClaimKey] = {}  # owners new or changed in this chunk
+        handed: set[str] = set()  # ids that changed hands: their rows worked out again
         now_us = int(self._clock() * 1_000_000)
         last_added = self._last_added
         rows = []
         for p, (stix_id, version_us) in zip(pending, keys, strict=True):
+            before = owners.get(stix_id)
+            verdict = self._owners.judge(p.stix_id, p.origin, p.entry_hash, p.ts_ms,
+                                         p.json if p.carried else None, owners, claimed)
+            served = verdict is Verdict.SERVE
+            after = owners.get(stix_id)
+            if before is not None and after is not None and before[2] != after[2]:
+                handed.add(stix_id)
             in_all, in_own = seen.get((stix_id, version_us), (False, False))
             last_added = max(min(p.ts_ms * 1000, now_us), last_added + 1)
-            rows.append((p.entry_no, p.entry_hash, last_added, stix_id, p.stix_type,
+            rows.append((p.entry_no, p.entry_hash, p.origin, last_added, stix_id, p.stix_type,
                          p.version or format_ms(p.ts_ms), version_us, p.spec_version,
-                         int(not in_all), int(p.own and not in_own), p.json))
-            seen[(stix_id, version_us)] = (True, in_own or p.own)
+                         int(served and not in_all), int(served and p.own and not in_own),
+                         int(verdict is Verdict.REFUSE),
+                         p.json))
+            if served:
+                seen[(stix_id, version_us)] = (True, in_own or p.own)
         db.execute("BEGIN IMMEDIATE")
         try:
+            self._owners.meet(db, self._origins)
             db.executemany(
-                "INSERT INTO objects (entry_no, entry_hash, added_us, stix_id, stix_type, "
-                "version, version_us, spec_version, in_all, in_own, json) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                "INSERT INTO objects (entry_no, entry_hash, origin, added_us, stix_id, "
+                "stix_type, version, version_us, spec_version, in_all, in_own, refused, json) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            db.executemany("INSERT OR REPLACE INTO owners (stix_id, origin, rank, ts) "
+                           "VALUES (?, ?, ?, ?)",
+                           [(i, k[2], k[0], k[1]) for i, k in claimed.items()])
+            for stix_id in sorted(handed):
+                self._owners.reserve(db, stix_id, owners[stix_id][2])
             db.executemany("INSERT OR IGNORE INTO identities (origin) VALUES (?)",
                            [(p.identity,) for p in pending if p.identity is not None])
             db.executemany("UPDATE meta SET value = ? WHERE key = ?", [
@@ -415,24 +381,53 @@ class TaxiiIndex:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             self._identities = {r[0] for r in db.execute("SELECT origin FROM identities")}
+            self._owners.reset(self._identities)
             raise
         self._synced, self._last_added = synced, last_added
         return len(rows)
 
     def _known_versions(self, keys: Iterable[tuple[str, int]]
                         ) -> dict[tuple[str, int], tuple[bool, bool]]:
-        """(id, version) → (in the all collection, in the own collection), for those stored."""
+        """(id, version) → (served in the all collection, served in the own collection),
+        for those stored."""
         assert self._db is not None
         wanted = {k for k in keys}
         ids = sorted({k[0] for k in wanted})
         found: dict[tuple[str, int], tuple[bool, bool]] = {}
         for i in range(0, len(ids), _SQL_PARAMS):
             part = ids[i:i + _SQL_PARAMS]
-            for stix_id, version_us, own in self._db.execute(
-                    f"SELECT stix_id, version_us, max(in_own) FROM objects WHERE stix_id IN "
-                    f"({','.join('?' * len(part))}) GROUP BY stix_id, version_us", part):
-                found[(stix_id, version_us)] = (True, bool(own))
+            for stix_id, version_us, in_all, own in self._db.execute(
+                    f"SELECT stix_id, version_us, max(in_all), max(in_own) FROM objects "
+                    f"WHERE stix_id IN ({','.join('?' * len(part))}) "
+                    f"GROUP BY stix_id, version_us", part):
+                found[(stix_id, version_us)] = (bool(in_all), bool(own))
         return found
+
+    @property
+    def own_key(self) -> str:
+        """This node's key text (the signer of the read-write collection)."""
+        return self._own
+
+    async def refused(self) -> int:
+        """Rows kept but not served because they speak for another member (they name
+        it, or reuse an id it owns). A count of the index's state, so the same on every
+        node that holds the same entries."""
+        return await self._run(lambda: self._owners.unserved(self._db_now()))
+
+    async def foreign(self, signer: str, objects: Sequence[tuple[str, str]]
+                      ) -> list[tuple[str, str] | None]:
+        """For each (id, object JSON text) that ``signer`` would publish: None, or
+        (the other origin's name, else key text; the property naming it, "id" when
+        that origin owns the id) when the index would refuse it, so the post path
+        refuses it first, with that reason."""
+        found = await self._run(lambda: self._owners.foreign(self._db_now(), signer,
+                                                             list(objects)))
+        return [None if f is None else (self._origin_info(f[0])[0] or f[0], f[1])
+                for f in found]
+
+    def _db_now(self) -> sqlite3.Connection:
+        assert self._db is not None
+        return self._db
 
     # -- reading
 
