@@ -62,7 +62,14 @@ def check_stix_object(obj: object) -> dict[str, Any]:
     """
     if not _plain_stix_basics(obj):
         # The precise reason (or, rarely, a pass the quick check was too cautious for).
-        StixObject.from_object(obj if isinstance(obj, Mapping) else {})
+        try:
+            StixObject.from_object(obj if isinstance(obj, Mapping) else {})
+        except PayloadError as exc:
+            if any(m in str(exc) for m in _OVER_LIMIT):  # a size limit, said so
+                raise PayloadError(f"too large: the object is over {MAX_STIX_JSON_BYTES} "
+                                   f"bytes as JSON (one object holds at most "
+                                   f"{MAX_STIX_JSON_BYTES // 1024} KiB)") from None
+            raise
     assert isinstance(obj, dict)
     stix_type = obj["type"]
     for key in obj:
@@ -79,6 +86,10 @@ def check_stix_object(obj: object) -> dict[str, Any]:
         if key not in obj:
             raise PayloadError(f"a {stix_type} needs '{key}' (STIX 2.1)")
     for key, value in obj.items():
+        if key.startswith("x_") and value in ("", []):
+            # A custom reference left empty (ATT&CK's x_mitre_data_source_ref is ""):
+            # it names nothing, so nothing to check; STIX binds only its own properties.
+            continue
         if key.endswith("_ref"):
             _check_ref(value, key)
         elif key.endswith("_refs"):
@@ -107,6 +118,10 @@ def check_stix_object(obj: object) -> dict[str, Any]:
 
 
 _MARKING = frozenset({"marking-definition"})
+# The object_json limit as StixObject words it: in bytes (payload_fields.max_utf8_bytes),
+# or first in characters (pydantic's max_length) when the text is that long already.
+_OVER_LIMIT = (f"is over {MAX_STIX_JSON_BYTES} bytes in UTF-8",
+               f"at most {MAX_STIX_JSON_BYTES} characters")
 # Property names already found well formed (most objects use the same few dozen).
 _GOOD_NAMES: set[str] = {"id"}
 _MAX_GOOD_NAMES = 4096

@@ -381,7 +381,10 @@ def test_quick_basics_accept_only_what_stix_object_accepts(obj: dict[Any, Any]) 
         assert not _plain_stix_basics(obj)
         with pytest.raises(PayloadError) as refused:
             check_stix_object(obj)
-        assert str(refused.value) == str(exc)  # the same precise reason as before
+        if "is over 196608 bytes" in str(exc) or "at most 196608 characters" in str(exc):
+            assert str(refused.value).startswith("too large: the object is over 196608 bytes")
+        else:
+            assert str(refused.value) == str(exc)  # the same precise reason as before
     else:
         # Cautious only where JSON text changes the value: tuples, keys that are not str.
         assert _plain_stix_basics(obj) or not _json_as_is(obj)
@@ -528,3 +531,26 @@ def test_observation_text_is_none_when_the_object_needs_more_of_its_entry() -> N
     assert observation_text(unseen, REF.origin, REF.tlp, "ab" * 16) is None  # valid_from = ts
     with pytest.raises(ValueError):
         observation_text(posted, REF.origin, REF.tlp, "not hex")
+
+
+def test_check_stix_object_accepts_an_empty_custom_reference() -> None:
+    # ATT&CK 18.1's data components carry x_mitre_data_source_ref "" (tests/data/stix).
+    component = {"type": "x-mitre-data-component", "spec_version": "2.1",
+                 "id": "x-mitre-data-component--7b375092-3a61-448d-900a-77c9a4bde4dc",
+                 "created": "2021-10-20T15:05:19.272Z", "modified": "2025-10-24T17:49:31.456Z",
+                 "name": "Module Load", "x_mitre_data_source_ref": "", "x_mitre_refs": []}
+    assert check_stix_object(component) == component
+    with pytest.raises(PayloadError, match="x_mitre_data_source_ref"):
+        check_stix_object({**component, "x_mitre_data_source_ref": "not-a-ref"})
+    with pytest.raises(PayloadError, match="created_by_ref"):
+        check_stix_object({**component, "created_by_ref": ""})  # STIX's own: checked
+
+
+def test_check_stix_object_reports_a_size_limit_as_too_large() -> None:
+    big = {"type": "x-mitre-collection", "spec_version": "2.1",
+           "id": "x-mitre-collection--90c00720-636b-4485-b342-8751d232bf09",
+           "created": "2020-10-27T14:49:39.188Z", "modified": "2025-10-28T14:00:00.188Z",
+           "name": "ICS ATT&CK", "x_mitre_contents": ["x" * 100] * 2100}
+    with pytest.raises(PayloadError) as refused:
+        check_stix_object(big)
+    assert str(refused.value).startswith("too large: the object is over 196608 bytes")
