@@ -15,5 +15,14 @@ if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
     "$venv/bin/python" -m pip install --quiet -e "$root${extra:+[$extra]}"
     touch "$stamp"
 fi
+# The console's browser tests drive Debian's chromium (Playwright's own browser downloads
+# do not work here): install it when it is missing and we can (root with apt-get);
+# otherwise those tests skip and say why.
+if [ "$extra" = test ] && ! command -v chromium >/dev/null 2>&1 \
+        && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium for the console's browser tests (apt-get)" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+        >/dev/null 2>&1 || echo "could not install chromium: the browser tests will skip" >&2
+fi
 export PATH="$venv/bin:$PATH"
 cd "$root"

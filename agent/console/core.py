@@ -10,8 +10,9 @@ app from all three.
 Invariants:
 - Every answer carries a strict Content-Security-Policy (``default-src 'self'``, no
   inline script or style, ``frame-ancestors 'none'``), ``X-Content-Type-Options:
-  nosniff``, ``Referrer-Policy: no-referrer`` and, for pages, ``Cache-Control:
-  no-store``. Nothing is loaded from another origin.
+  nosniff``, ``Referrer-Policy: same-origin`` (not ``no-referrer``: with it Chromium
+  sends ``Origin: null`` on a form's POST, which the API's Origin check refuses) and,
+  for pages, ``Cache-Control: no-store``. Nothing is loaded from another origin.
 - A POST is refused (403, nothing changed) without the session's CSRF token, or when
   the route needs a scope the session's token lacks; the API called next checks the
   scope again.
@@ -303,7 +304,7 @@ async def _check_post(request: web.Request, session: Session | None) -> None:
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Referrer-Policy"] = "same-origin"
     response.headers["X-Frame-Options"] = "DENY"
     if not request.path.startswith(CONSOLE_PREFIX + "/static/"):
         response.headers["Cache-Control"] = "no-store"

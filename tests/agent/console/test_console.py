@@ -77,6 +77,8 @@ async def test_console_cookies_and_security_headers(console: Console) -> None:
         assert resp.headers["X-Frame-Options"] == "DENY"
         assert resp.headers["X-Content-Type-Options"] == "nosniff"
         assert resp.headers["Cache-Control"] == "no-store"
+        # Not no-referrer: with it Chromium sends "Origin: null" on a form's POST.
+        assert resp.headers["Referrer-Policy"] == "same-origin"
         text = await resp.text()
     async with client.post("/console/login", allow_redirects=False, data={
             "token": console.tokens["read"], "csrf": csrf_of(text)}) as resp:
@@ -91,7 +93,7 @@ async def test_console_cookies_and_security_headers(console: Console) -> None:
         _status, text = await page(client, path)
         assert "<script>" not in text and "style=" not in text
         for src in re.findall(r'(?:src|href)="([^"]+)"', text):
-            assert src.startswith(("/console/", "#")), src
+            assert src.startswith(("/console/", "#", "data:")), src
 
 
 async def test_console_refuses_a_post_without_its_csrf_token(console: Console) -> None:
@@ -102,6 +104,10 @@ async def test_console_refuses_a_post_without_its_csrf_token(console: Console) -
         async with client.post("/console/submit", data=data) as resp:
             assert resp.status == 403
             assert "This form has expired" in await resp.text()
+    _status, text = await page(client, "/console/submit")
+    async with client.post("/console/submit", data={**form, "csrf": csrf_of(text)},
+                           headers={"Origin": "http://evil.example"}) as resp:
+        assert resp.status == 403  # another site's page (the API's Origin check)
     other = await console.browser()  # sign-in too needs the form's own token
     async with other.post("/console/login", data={"token": console.tokens["admin"]}) as resp:
         assert resp.status == 403

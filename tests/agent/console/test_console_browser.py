@@ -1,0 +1,169 @@
+"""The web console in a real browser: Playwright driving Debian's chromium (never a
+browser Playwright downloads) against a real node serving its API and console on
+127.0.0.1. Few and short: sign in, switch language, submit and see it arrive on the live
+feed, look it up, ask for assistance; and no page breaks its own CSP.
+
+Skipped, with the reason, only where chromium cannot be had (``scripts/_venv.sh``
+installs it with apt-get when it runs as root). Screenshots of each page go to the
+test's temporary directory, or to ``$ENTRAIDE_CONSOLE_SCREENSHOTS`` when set (that is
+how docs/console/*.png are made).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.agent.console._console_helpers import Console, running_console
+
+pytestmark = pytest.mark.slow
+
+playwright = pytest.importorskip("playwright.async_api",
+                                 reason="playwright is not installed (pip install -e .[test])")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    pytest.skip("no chromium on this machine: scripts/_venv.sh installs it with apt-get "
+                "when run as root (apt-get install chromium)", allow_module_level=True)
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Console]:
+    async with running_console(tmp_path) as started:
+        yield started
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    args = ["--no-sandbox"] if os.geteuid() == 0 else []
+    async with playwright.async_playwright() as driver:
+        launched = await driver.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                                args=args)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+class Tab:
+    """One page of a browser context, with the problems it logged (CSP violations,
+    script errors, failed requests)."""
+
+    def __init__(self, page: Any, base: str, shots: Path) -> None:
+        self.page = page
+        self.base = base
+        self.shots = shots
+        self.problems: list[str] = []
+        page.on("console", lambda msg: msg.type == "error" and self.problems.append(msg.text))
+        page.on("pageerror", lambda exc: self.problems.append(str(exc)))
+        # The feed's stream is cut when the page is left: not a problem.
+        page.on("requestfailed", lambda req: self.problems.append(f"failed: {req.url}")
+                if "/console/stream" not in req.url else None)
+
+    async def go(self, path: str) -> None:
+        await self.page.goto(self.base + path)
+
+    async def shot(self, name: str) -> None:
+        await self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
+
+
+async def open_tab(browser: Any, node: Console, tmp_path: Path, locale: str) -> Tab:
+    context = await browser.new_context(locale=locale, viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(20_000)
+    shots = Path(os.environ.get("ENTRAIDE_CONSOLE_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    return Tab(await context.new_page(), str(node.server.make_url("")).rstrip("/"), shots)
+
+
+async def sign_in(tab: Tab, token: str) -> None:
+    await tab.go("/console/")
+    await tab.page.fill("#token", token)
+    await tab.page.click("form[action='/console/login'] button[type=submit]")
+    await tab.page.wait_for_url("**/console/status")
+
+
+async def test_console_browser_sign_in_switch_language_and_feed(
+        node: Console, browser: Any, tmp_path: Path) -> None:
+    tab = await open_tab(browser, node, tmp_path, "fr-CA")
+    page = tab.page
+    await tab.go("/console/")
+    assert await page.get_attribute("html", "lang") == "fr"  # Accept-Language
+    await tab.shot("login-fr")
+    await sign_in(tab, node.tokens["write"])
+    assert "Nœud QC" in await page.inner_text("h1")
+    await tab.shot("status-fr")
+
+    # The switch keeps the page, and sticks.
+    await tab.go("/console/federation")
+    await page.click("a[hreflang=en]")
+    await page.wait_for_url("**/console/federation")
+    assert await page.get_attribute("html", "lang") == "en"
+    assert await page.inner_text("h1") == "Federation"
+    await tab.shot("federation-en")
+    await tab.go("/console/rules")
+    assert await page.get_attribute("html", "lang") == "en"
+
+    # The live feed: open, then an observation submitted through the form arrives.
+    await tab.go("/console/feed")
+    await page.wait_for_function(
+        "document.getElementById('feed-state').textContent.startsWith('Live')")
+    other = await open_tab(browser, node, tmp_path, "en-CA")
+    await sign_in(other, node.tokens["write"])
+    await other.go("/console/submit")
+    await other.page.select_option("#type", "domain-name")
+    await other.page.fill("#value", "c2.example.org")
+    await other.page.fill("#confidence", "70")
+    await other.page.fill("#description_en", "Command and control")
+    await other.page.fill("#description_fr", "Commande et contrôle")
+    await other.page.click("form[action='/console/submit'] button[type=submit]")
+    await other.page.wait_for_url("**/console/observations/*")
+    assert "Observation shared." in await other.page.inner_text("main")
+    await other.shot("observation-en")
+    row = page.locator("#feed tr", has_text="c2.example.org")
+    await row.wait_for()
+    await tab.shot("feed-en")
+
+    # From the feed to the observation, then to everyone who reported it.
+    await row.locator("a").click()
+    await page.wait_for_url("**/console/observations/*")
+    assert "Command and control" in await page.inner_text("main")
+    await tab.go("/console/search?type=domain-name&value=c2.example.org")
+    assert await page.locator("main table a", has_text="c2.example.org").count() == 1
+    await tab.shot("search-en")
+    assert not tab.problems, tab.problems
+    assert not other.problems, other.problems
+
+
+async def test_console_browser_aid_request_and_read_only_token(
+        node: Console, browser: Any, tmp_path: Path) -> None:
+    tab = await open_tab(browser, node, tmp_path, "fr-CA")
+    page = tab.page
+    await sign_in(tab, node.tokens["admin"])
+    await tab.go("/console/aid")
+    await page.fill("#title", "Rançongiciel à l'hôpital")
+    await page.select_option("#severity", "critical")
+    await page.check("#need-forensics")
+    await page.fill("#contact_name", "Centre des opérations")
+    await page.fill("#description_fr", "Serveurs de fichiers chiffrés")
+    await page.click("form[method=post][action='/console/aid'] button[type=submit]")
+    await page.wait_for_url("**/console/aid/*")
+    assert "Votre demande d'aide est envoyée." in await page.inner_text("main")
+    assert "criminalistique" in await page.inner_text("main")
+    await tab.shot("aid-fr")
+    for name in ("trust", "tokens", "verify"):
+        await tab.go(f"/console/{name}")
+        await tab.shot(f"{name}-fr")
+    assert not tab.problems, tab.problems
+
+    reader = await open_tab(browser, node, tmp_path, "en-CA")
+    await sign_in(reader, node.tokens["read"])
+    links = await reader.page.locator("nav a").all_inner_texts()
+    assert "Mutual aid" in links and "Trust list" not in links and "Submit" not in links
+    await reader.go("/console/aid")
+    assert await reader.page.locator("#title").count() == 0  # no form to ask for help
+    await reader.go("/console/trust")
+    assert "scope does not allow" in await reader.page.inner_text("main")
