@@ -291,3 +291,20 @@ async def test_console_live_feed_relays_the_stream_with_the_session(console: Con
     anonymous = await console.browser()
     async with anonymous.get("/console/stream", allow_redirects=False) as resp:
         assert resp.status == 303  # no session, no stream
+
+
+async def test_console_rules_library_lists_and_exports(console: Console) -> None:
+    yara = (Path(__file__).resolve().parents[1] / "tools" / "data"
+            / "crash_override.yar").read_text()
+    await api(console, "POST", "/api/v1/rules", {
+        "rule_type": "yara", "name": "crash", "text": yara,
+        "description": {"en": "Industroyer's wiper", "fr": "L'effaceur d'Industroyer"}})
+    client = await console.signed_in("read", "fr")
+    status, text = await page(client, "/console/rules?type=yara")
+    assert status == 200 and "crash" in text and "L&#39;effaceur d&#39;Industroyer" in text
+    async with client.get("/console/rules/export?type=yara") as resp:
+        assert resp.status == 200
+        assert 'filename="entraide-yara.yar"' in resp.headers["Content-Disposition"]
+        assert "rule" in await resp.text()
+    status, text = await page(client, "/console/rules/export?type=nope")
+    assert status == 422 and "Choisissez un type de règle" in text
