@@ -46,7 +46,7 @@ from agent.workers.gcsettings import settle_heap
 from agent.workers.pipe import PipeWorker, WorkerFailed, serve
 from protocol.entries import TLP, VerifiedEntry
 from protocol.errors import EntraideError, PayloadError
-from protocol.payloads import Observation, StixObject
+from protocol.payloads import MAX_STIX_JSON_BYTES, Observation, StixObject
 from protocol.stix import (
     ObjectText,
     format_ms,
@@ -78,7 +78,9 @@ def parse_envelope(data: bytes) -> list[Any]:
     """The ``objects`` of a posted envelope (a STIX bundle is accepted too).
 
     Raises:
-        TaxiiError: 400 not UTF-8 JSON; 422 not an envelope; 413 too many objects.
+        TaxiiError: 400 not UTF-8 JSON; 422 not an envelope (a bare object, ``{}``,
+            no objects); 413 too many objects, or an object over the size one entry
+            carries (``MAX_STIX_JSON_BYTES``: a size limit, said so, not "invalid").
     """
     try:
         envelope = json.loads(data.decode("utf-8"))
@@ -87,13 +89,47 @@ def parse_envelope(data: bytes) -> list[Any]:
     if not isinstance(envelope, dict):
         raise TaxiiError(422, "Unprocessable Entity", "the body must be a TAXII envelope: "
                                                       '{"objects": [...]}')
-    objects = envelope.get("objects", [])
+    if "objects" not in envelope:
+        if "type" in envelope and envelope.get("type") != "bundle":
+            raise TaxiiError(422, "Unprocessable Entity",
+                             "the body is a bare STIX object; post it inside a TAXII "
+                             'envelope: {"objects": [<the object>]}')
+        raise TaxiiError(422, "Unprocessable Entity", "the envelope has no 'objects': "
+                                                      'post {"objects": [...]}')
+    objects = envelope["objects"]
     if not isinstance(objects, list):
         raise TaxiiError(422, "Unprocessable Entity", "'objects' must be a list")
+    if not objects:
+        raise TaxiiError(422, "Unprocessable Entity", "the envelope's 'objects' list is empty")
     if len(objects) > MAX_OBJECTS:
         raise TaxiiError(413, "Request Entity Too Large",
                          f"an envelope holds at most {MAX_OBJECTS} objects, not {len(objects)}")
+    if len(data) > MAX_STIX_JSON_BYTES:  # else no object can be over the limit
+        _check_sizes(objects)
     return objects
+
+
+def _check_sizes(objects: Sequence[Any]) -> None:
+    """413 for the first object larger than one entry carries.
+
+    The whole envelope is refused rather than that object listed among the failures:
+    a size limit is not a fault of the object, and a client that only checks the
+    status code would otherwise miss that part of its collection did not go in.
+    """
+    for obj in objects:
+        try:
+            size = len(json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+                       .encode("utf-8", "surrogatepass"))
+        except (TypeError, ValueError, RecursionError):
+            continue  # not JSON-able as given: judged (and refused) with its reason
+        if size > MAX_STIX_JSON_BYTES:
+            stix_id = obj.get("id") if isinstance(obj, dict) else None
+            name = stix_id[:120] if isinstance(stix_id, str) else "an object"
+            raise TaxiiError(
+                413, "Request Entity Too Large",
+                f"too large: {name} is {size // 1024} KiB as JSON; one object holds at most "
+                f"{MAX_STIX_JSON_BYTES // 1024} KiB. Nothing of this envelope was stored; "
+                f"post it without that object")
 
 
 @dataclass
@@ -121,13 +157,16 @@ class PostResult:
 
 @dataclass
 class _Item:
+    """One object to store: its entries (the object as posted, and maybe the
+    observation derived from it), each with its rendered text when known."""
+
     position: int
     stix_id: str
     version: str | None
     version_us: int | None
-    submission: Submission | None = None
+    submissions: tuple[Submission, ...] = ()
     message: str | None = None
-    text: ObjectText | None = None  # its object, rendered but for the entry id and seq
+    texts: tuple[ObjectText | None, ...] = ()  # rendered but for the entry id and seq
     spec_version: str = "2.1"
 
 
@@ -292,9 +331,9 @@ async def _store(node: Node, index: TaxiiIndex, parts: Sequence[Awaitable[_Judge
     try:
         while True:
             if committing is None and ready:
-                batch, ready = ready[:MAX_APPEND_BATCH], ready[MAX_APPEND_BATCH:]
+                batch, ready = _batch(ready)
                 committing = (batch, asyncio.create_task(node.submit(
-                    [i.submission for i in batch if i.submission is not None])))
+                    [s for i in batch for s in i.submissions])))
             pending: list[asyncio.Future[Any]] = [
                 f for f in (next_part, committing[1] if committing else None) if f is not None]
             if not pending:
@@ -313,15 +352,31 @@ async def _store(node: Node, index: TaxiiIndex, parts: Sequence[Awaitable[_Judge
             committing[1].add_done_callback(lambda task: task.cancelled() or task.exception())
 
 
+def _batch(ready: list[_Item]) -> tuple[list[_Item], list[_Item]]:
+    """The first items whose entries fit one submission, and the rest."""
+    count = 0
+    for n, item in enumerate(ready):
+        count += len(item.submissions)
+        if count > MAX_APPEND_BATCH:
+            return ready[:max(n, 1)], ready[max(n, 1):]
+    return ready, []
+
+
 async def _fresh(index: TaxiiIndex, items: list[_Item], seen: set[tuple[str, int]],
                  outcome: dict[int, tuple[bool, dict[str, str]]]) -> list[_Item]:
     """The items to store: not already in the collection, not earlier in the envelope."""
     versioned = [(i.stix_id, i.version_us) for i in items if i.version_us is not None]
     present = await index.present(Collection.OWN, versioned)
+    signer = index.own_key
+    foreign = await index.foreign(signer, [
+        (i.stix_id, _carried_json(i)) for i in items])
     fresh: list[_Item] = []
-    for item in items:
+    for item, claim in zip(items, foreign, strict=True):
         key = None if item.version_us is None else (item.stix_id, item.version_us)
-        if key is not None and key in present:
+        if claim is not None:
+            outcome[item.position] = (False, _detail(
+                item.stix_id, item.version or "", _refusal(item, *claim)))
+        elif key is not None and key in present:
             outcome[item.position] = (True, _detail(
                 item.stix_id, item.version or "", "already in the collection"))
         elif key is not None and key in seen:
@@ -332,6 +387,25 @@ async def _fresh(index: TaxiiIndex, items: list[_Item], seen: set[tuple[str, int
                 seen.add(key)
             fresh.append(item)
     return fresh
+
+
+def _carried_json(item: _Item) -> str:
+    payload = item.submissions[0].payload  # the object as posted comes first
+    return payload.object_json if isinstance(payload, StixObject) else "{}"
+
+
+def _refusal(item: _Item, other: str, prop: str) -> str:
+    """Why an object that speaks for another member is refused (agent/storage/
+    taxii_owners.py refuses it in the index too)."""
+    tlp = item.submissions[0].tlp
+    if prop in ("id", "extensions") and tlp.encrypted:
+        return (f"refused: this is {other}'s TLP:{tlp.value} object (from the federation "
+                f"collection); shared again under this node's name it would reach members "
+                f"its author did not choose. It stays as its author shared it")
+    if prop == "id":
+        return (f"refused: this id was first published by {other}; a member cannot publish "
+                f"a version of another member's object (give your own object a new id)")
+    return (f"refused: its {prop} names {other}; a member publishes only in its own name")
 
 
 def _settle(committing: tuple[list[_Item], asyncio.Task[list[VerifiedEntry]]],
@@ -345,14 +419,18 @@ def _settle(committing: tuple[list[_Item], asyncio.Task[list[VerifiedEntry]]],
             outcome[item.position] = (False, _detail(
                 item.stix_id, item.version or "", f"not stored: {exc}"))
         return
-    for item, entry in zip(batch, entries, strict=True):
-        note = f"entry {entry.id}" + (f"; {item.message}" if item.message else "")
+    at = 0
+    for item in batch:
+        mine = entries[at:at + len(item.submissions)]
+        at += len(item.submissions)
+        named = mine[-1]  # the observation when there is one: what the API shows
+        note = f"entry {named.id}" + (f"; {item.message}" if item.message else "")
         outcome[item.position] = (True, _detail(
-            item.stix_id, item.version or format_ms(entry.ts), note))
-        if item.submission is not None:
-            text = None if item.text is None else item.text.fill(entry.id, entry.seq)
-            stored[entry.hash] = KnownObject(item.submission.payload, text, item.stix_id,
-                                             item.version, item.spec_version)
+            item.stix_id, item.version or format_ms(named.ts), note))
+        for submission, text, entry in zip(item.submissions, item.texts, mine, strict=True):
+            stored[entry.hash] = KnownObject(
+                submission.payload, None if text is None else text.fill(entry.id, entry.seq),
+                item.stix_id, item.version, item.spec_version)
 
 
 def _judge(objects: Sequence[Any], offset: int, origin: str, render: bool) -> _Judged:
@@ -382,18 +460,28 @@ def _judge(objects: Sequence[Any], offset: int, origin: str, render: bool) -> _J
             continue
         message = None
         payload = imported.payload
+        version_us = None if imported.version is None else parse_timestamp(imported.version)
         if isinstance(payload, Observation):
-            message = "shared as an Entraide observation"
+            # The object is stored exactly as posted, and served: TAXII gives back what
+            # it was given. The observation derived from it follows as its own entry,
+            # for lookups, the API and MISP; it has the object's id and version, so the
+            # index serves the object, never that rendering (taxii_index.py, in_all).
+            carried = StixObject.from_object(obj)
+            submissions: tuple[Submission, ...] = (Submission(carried, tlp),
+                                                   Submission(payload, tlp))
+            texts: tuple[ObjectText | None, ...] = (
+                ObjectText((carried.object_json,), ()),
+                observation_text(payload, origin, tlp, marker) if render else None)
+            message = "also shared as an Entraide observation"
             if imported.dropped:
-                message += "; not kept: " + ", ".join(imported.dropped)
+                message += " (the observation does not hold: " + ", ".join(imported.dropped)
+                message += "; the object keeps them)"
             spec_version = "2.1"
-            text = observation_text(payload, origin, tlp, marker) if render else None
         else:
             assert isinstance(payload, StixObject)  # import_object makes nothing else
-            text = ObjectText((payload.object_json,), ())
+            submissions = (Submission(payload, tlp),)
+            texts = (ObjectText((payload.object_json,), ()),)
             spec_version = str(obj.get("spec_version", "2.1"))
-        items.append(_Item(position, imported.stix_id, imported.version,
-                           None if imported.version is None
-                           else parse_timestamp(imported.version),
-                           Submission(payload, tlp), message, text, spec_version))
+        items.append(_Item(position, imported.stix_id, imported.version, version_us,
+                           submissions, message, texts, spec_version))
     return outcome, items

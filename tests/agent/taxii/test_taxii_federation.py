@@ -91,10 +91,23 @@ async def test_taxii_object_posted_at_one_node_comes_out_of_another(tmp_path: Pa
 
         await wait_for(arrived, what="QC's objects in ON's federation collection", timeout=60)
         served = await asyncio.to_thread(federation.get_object, posted["id"])
-        assert served["objects"][0]["modified"] == posted["modified"]
+        assert served["objects"] == [posted]  # exactly as QC's SOC posted it
         carried = await asyncio.to_thread(federation.get_object, malware["id"])
         assert carried["objects"] == [malware]
         # ON did not write them: they are not in ON's own collection.
         own = Collection(f"{on_api}{API_ROOT}collections/{LOCAL_ID}/", user="soc",
                          password=on_token)
+        assert (await asyncio.to_thread(own.get_objects)) == {}
+        # A TAXII client that syncs ON's federation collection back into ON's local one
+        # (issue 17, AMBER widening): every object is QC's and is refused, so QC's AMBER
+        # observation is not re-shared to the whole federation under ON's name.
+        everything = (await asyncio.to_thread(federation.get_objects))["objects"]
+        entries = on.ledger.counts().entries
+        back = await asyncio.to_thread(own.add_objects, {"objects": everything})
+        assert (back.success_count, back.failure_count) == (0, len(everything))
+        reasons = {f["id"]: f["message"] for f in back.failures}
+        amber = entry_stix_id("indicator", native.id)
+        assert "TLP:AMBER object" in reasons[amber] and "QC" in reasons[amber]
+        assert "first published by QC" in reasons[malware["id"]]
+        assert on.ledger.counts().entries == entries
         assert (await asyncio.to_thread(own.get_objects)) == {}
