@@ -1,7 +1,7 @@
 """Erased entries leave the TAXII index with no trace (docs/privacy.md, "Erasure"):
-their rows deleted with ``secure_delete`` on, every version of the same STIX ids, and
-the WAL truncated. Its own connection, so the node calls it whether or not the TAXII
-app has opened the index."""
+their rows deleted with ``secure_delete`` on, every version of the same STIX ids and
+their owners, and the WAL truncated. Its own connection, so the node calls it whether or
+not the TAXII app has opened the index."""
 
 from __future__ import annotations
 
@@ -66,6 +66,8 @@ def forget_entries(path: Path, entry_hashes: Sequence[bytes], *, attempts: int =
                 conn.execute(statement)
             conn.executemany("INSERT OR IGNORE INTO forgotten (entry_hash) VALUES (?)",
                              [(h,) for h in ids])
+            owners = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                  "AND name = 'owners'").fetchone() is not None
             for i in range(0, len(ids), _SQL_PARAMS):
                 part = ids[i:i + _SQL_PARAMS]
                 marks = ",".join("?" * len(part))
@@ -78,6 +80,10 @@ def forget_entries(path: Path, entry_hashes: Sequence[bytes], *, attempts: int =
                     deleted += conn.execute(
                         f"DELETE FROM objects WHERE stix_id IN ({','.join('?' * len(some))})",
                         some).rowcount
+                    if owners:  # who published the id goes too (taxii_owners.py)
+                        conn.execute(
+                            f"DELETE FROM owners WHERE stix_id IN ({','.join('?' * len(some))})",
+                            some)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

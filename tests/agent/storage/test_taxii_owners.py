@@ -7,11 +7,12 @@ real signed entries."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.storage.taxii_index import Collection, TaxiiIndex, VersionFilter
+from agent.storage.taxii_index import Collection, TaxiiIndex, VersionFilter, forget_entries
 from protocol.entries import VerifiedEntry
 from protocol.keys import Identity
 from protocol.payloads import StixObject
@@ -120,3 +121,12 @@ async def test_taxii_owner_a_claim_seen_before_its_victim_is_refused_when_the_vi
     two, refused = await served(tmp_path, "two", mallory, bob)
     assert carried(one) == carried(two) == [indicator()]
     assert refused == 1
+
+
+async def test_taxii_owner_of_an_erased_object_is_forgotten_with_it(tmp_path: Path) -> None:
+    alice = signed(ALICE, [indicator()], ts=1_700_000_000_000)
+    await served(tmp_path, "one", alice)
+    path = tmp_path / "one" / "taxii.sqlite3"
+    assert forget_entries(path, [alice[0].hash]) == 1
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM owners WHERE stix_id = ?", (X,)).fetchone() == (0,)
