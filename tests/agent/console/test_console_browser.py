@@ -167,3 +167,34 @@ async def test_console_browser_aid_request_and_read_only_token(
     assert await reader.page.locator("#title").count() == 0  # no form to ask for help
     await reader.go("/console/trust")
     assert "scope does not allow" in await reader.page.inner_text("main")
+
+
+async def test_console_browser_pages_pass_axe_and_fit_a_narrow_window(
+        node: Console, browser: Any, tmp_path: Path) -> None:
+    """WCAG 2.1 A/AA rules of axe-core (contrast, labels, landmarks...) on every page
+    in both languages, and no page wider than a 400-pixel window."""
+    axe = pytest.importorskip("axe_playwright_python.async_playwright",
+                              reason="axe-playwright-python is not installed").Axe()
+    found: dict[str, list[str]] = {}
+    for locale in ("fr-CA", "en-CA"):
+        tab = await open_tab(browser, node, tmp_path, locale)
+        await sign_in(tab, node.tokens["admin"])
+        for path in ("/console/login", "/console/status", "/console/federation",
+                     "/console/feed", "/console/search", "/console/submit", "/console/aid",
+                     "/console/rules", "/console/trust", "/console/tokens", "/console/verify"):
+            await tab.go(path)
+            results = await axe.run(tab.page, options={
+                "runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a",
+                                                      "wcag21aa"]}})
+            bad = [f"{v['id']}: {v['help']}" for v in results.response["violations"]]
+            if bad:
+                found[f"{locale} {path}"] = bad
+        await tab.page.set_viewport_size({"width": 400, "height": 800})
+        for path in ("/console/status", "/console/federation", "/console/aid",
+                     "/console/trust", "/console/submit"):
+            await tab.go(path)
+            wide = await tab.page.evaluate(
+                "document.documentElement.scrollWidth - window.innerWidth")
+            if wide > 0:
+                found[f"{locale} {path} at 400px"] = [f"{wide}px too wide"]
+    assert not found, found
