@@ -164,7 +164,9 @@ class BroadcastTree:
                 return []
             self._new_own_round(now)
             return self._broadcast()
-        if now - self.heard > ROOT_TIMEOUT_ROUNDS * self.interval:
+        # The same sum next_timer() returns: ``now - heard > timeout`` can be false at
+        # that very instant (float rounding), and the timer then fired forever at it.
+        if now >= self.heard + ROOT_TIMEOUT_ROUNDS * self.interval:
             self.expired[self.root] = self.round
             old = self.parent
             self.root, self.hops, self.parent = self.me, 0, None
