@@ -1,7 +1,10 @@
 """The web console in a real browser: Playwright driving Debian's chromium (never a
 browser Playwright downloads) against a real node serving its API and console on
-127.0.0.1. Few and short: sign in, switch language, submit and see it arrive on the live
-feed, look it up, ask for assistance; and no page breaks its own CSP.
+127.0.0.1, and against two ``entraide run`` processes. Few and short: sign in, switch
+language, submit and see it arrive on the live feed (the same node's, another node's),
+look it up, ask for assistance, see a peer connect, add a peer from its card and remove
+it; no page breaks its own CSP, fails axe-core's WCAG 2.1 A/AA rules or overflows a
+400-pixel window.
 
 Skipped, with the reason, only where chromium cannot be had (``scripts/_venv.sh``
 installs it with apt-get when it runs as root). Screenshots of each page go to the
@@ -11,6 +14,7 @@ how docs/console/*.png are made).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -71,12 +75,16 @@ class Tab:
         await self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
 
 
-async def open_tab(browser: Any, node: Console, tmp_path: Path, locale: str) -> Tab:
+def base_of(node: Console) -> str:
+    return str(node.server.make_url("")).rstrip("/")
+
+
+async def open_tab(browser: Any, base: str, tmp_path: Path, locale: str) -> Tab:
     context = await browser.new_context(locale=locale, viewport={"width": 1280, "height": 800})
     context.set_default_timeout(20_000)
     shots = Path(os.environ.get("ENTRAIDE_CONSOLE_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
-    return Tab(await context.new_page(), str(node.server.make_url("")).rstrip("/"), shots)
+    return Tab(await context.new_page(), base, shots)
 
 
 async def sign_in(tab: Tab, token: str) -> None:
@@ -88,7 +96,7 @@ async def sign_in(tab: Tab, token: str) -> None:
 
 async def test_console_browser_sign_in_switch_language_and_feed(
         node: Console, browser: Any, tmp_path: Path) -> None:
-    tab = await open_tab(browser, node, tmp_path, "fr-CA")
+    tab = await open_tab(browser, base_of(node), tmp_path, "fr-CA")
     page = tab.page
     await tab.go("/console/")
     assert await page.get_attribute("html", "lang") == "fr"  # Accept-Language
@@ -111,7 +119,7 @@ async def test_console_browser_sign_in_switch_language_and_feed(
     await tab.go("/console/feed")
     await page.wait_for_function(
         "document.getElementById('feed-state').textContent.startsWith('Live')")
-    other = await open_tab(browser, node, tmp_path, "en-CA")
+    other = await open_tab(browser, base_of(node), tmp_path, "en-CA")
     await sign_in(other, node.tokens["write"])
     await other.go("/console/submit")
     await other.page.select_option("#type", "domain-name")
@@ -140,7 +148,7 @@ async def test_console_browser_sign_in_switch_language_and_feed(
 
 async def test_console_browser_aid_request_and_read_only_token(
         node: Console, browser: Any, tmp_path: Path) -> None:
-    tab = await open_tab(browser, node, tmp_path, "fr-CA")
+    tab = await open_tab(browser, base_of(node), tmp_path, "fr-CA")
     page = tab.page
     await sign_in(tab, node.tokens["admin"])
     await tab.go("/console/aid")
@@ -159,7 +167,7 @@ async def test_console_browser_aid_request_and_read_only_token(
         await tab.shot(f"{name}-fr")
     assert not tab.problems, tab.problems
 
-    reader = await open_tab(browser, node, tmp_path, "en-CA")
+    reader = await open_tab(browser, base_of(node), tmp_path, "en-CA")
     await sign_in(reader, node.tokens["read"])
     links = await reader.page.locator("nav a").all_inner_texts()
     assert "Mutual aid" in links and "Trust list" not in links and "Submit" not in links
@@ -177,7 +185,7 @@ async def test_console_browser_pages_pass_axe_and_fit_a_narrow_window(
                               reason="axe-playwright-python is not installed").Axe()
     found: dict[str, list[str]] = {}
     for locale in ("fr-CA", "en-CA"):
-        tab = await open_tab(browser, node, tmp_path, locale)
+        tab = await open_tab(browser, base_of(node), tmp_path, locale)
         await sign_in(tab, node.tokens["admin"])
         for path in ("/console/login", "/console/status", "/console/federation",
                      "/console/feed", "/console/search", "/console/submit", "/console/aid",
@@ -198,3 +206,63 @@ async def test_console_browser_pages_pass_axe_and_fit_a_narrow_window(
             if wide > 0:
                 found[f"{locale} {path} at 400px"] = [f"{wide}px too wide"]
     assert not found, found
+
+
+async def test_console_browser_two_real_nodes(browser: Any, tmp_path: Path) -> None:
+    """Two ``entraide run`` processes, QC dialling ON: QC's console sees ON connect; an
+    observation submitted in QC's console arrives on ON's live feed; a peer is added
+    from its card (fingerprint shown for the phone check) and removed again."""
+    from agent.cli.localfed import LocalFederation
+    from protocol.cards import PeerCard, encode_card
+    from tests.agent._api_helpers import identity
+
+    fed = LocalFederation(tmp_path / "fed", [("QC", "Québec"), ("ON", "Ontario")],
+                          [("QC", "ON")])
+    await asyncio.to_thread(fed.set_up)
+    await asyncio.to_thread(fed.start)
+    try:
+        qc_node, on_node = fed["QC"], fed["ON"]
+        shots = tmp_path / "shots"
+        qc = await open_tab(browser, qc_node.api, shots, "fr-CA")
+        await sign_in(qc, qc_node.token)
+        await qc.go("/console/federation")
+        row = qc.page.locator("#peers tr[data-peer=ON]")
+        for _attempt in range(120):  # the link comes up within seconds
+            if "non connecté" not in await row.inner_text():
+                break
+            await asyncio.sleep(0.25)
+            await qc.page.reload()
+        assert "connecté" in await row.inner_text() and "non" not in await row.inner_text()
+        await qc.shot("federation-two-nodes-fr")
+
+        on = await open_tab(browser, on_node.api, shots, "en-CA")
+        await sign_in(on, on_node.token)
+        await on.go("/console/feed")
+        await on.page.wait_for_function(
+            "document.getElementById('feed-state').textContent.startsWith('Live')")
+        await qc.go("/console/submit")
+        await qc.page.fill("#value", "192.0.2.44")
+        await qc.page.click("form[action='/console/submit'] button[type=submit]")
+        await qc.page.wait_for_url("**/console/observations/*")
+        arrived = on.page.locator("#feed tr", has_text="192.0.2.44")
+        await arrived.wait_for(timeout=30_000)
+        assert "QC" in await arrived.inner_text()
+
+        key = identity("BC").public_key
+        await qc.go("/console/trust")
+        await qc.page.fill("#card", encode_card(PeerCard("BC", key, "https://bc.example")))
+        await qc.page.click("form[action='/console/trust/preview'] button[type=submit]")
+        assert await qc.page.inner_text("#card-fingerprint") == key.fingerprint
+        await qc.page.check("#confirmed")
+        await qc.page.click("form[action='/console/trust/add'] button[type=submit]")
+        await qc.page.wait_for_url("**/console/trust")
+        assert await qc.page.locator("#trusted tr[data-peer=BC]").count() == 1
+        await qc.page.click("#trusted tr[data-peer=BC] button.danger")
+        await qc.page.wait_for_url("**/console/trust")
+        assert await qc.page.locator("#trusted tr[data-peer=BC]").count() == 0
+        assert "BC" not in {p["name"] for p in qc_node.call("GET", "/api/v1/peers")["peers"]}
+        assert not qc.problems, qc.problems
+        assert not on.problems, on.problems
+    finally:
+        await asyncio.to_thread(fed.stop)
+
