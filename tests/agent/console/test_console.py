@@ -308,3 +308,18 @@ async def test_console_rules_library_lists_and_exports(console: Console) -> None
         assert "rule" in await resp.text()
     status, text = await page(client, "/console/rules/export?type=nope")
     assert status == 422 and "Choisissez un type de règle" in text
+
+
+async def test_console_shows_hostile_text_as_text(console: Console) -> None:
+    hostile = '<img src=x onerror="alert(1)">'
+    created = await api(console, "POST", "/api/v1/observations", {
+        "type": "domain-name", "value": "evil.example", "tags": ["<b>tag</b>"],
+        "description": {"en": hostile, "fr": hostile}})
+    client = await console.signed_in("read")
+    for path in (f"/console/observations/{created['id']}",
+                 "/console/search?type=domain-name&value=evil.example"):
+        status, text = await page(client, path)
+        assert status == 200
+        assert "<img src=x" not in text and "<b>tag" not in text, path
+        if "/observations/" in path:
+            assert "&lt;img src=x onerror=" in text and "&lt;b&gt;tag" in text
