@@ -180,7 +180,8 @@ async def test_console_browser_aid_request_and_read_only_token(
 async def test_console_browser_pages_pass_axe_and_fit_a_narrow_window(
         node: Console, browser: Any, tmp_path: Path) -> None:
     """WCAG 2.1 A/AA rules of axe-core (contrast, labels, landmarks...) on every page
-    in both languages, and no page wider than a 400-pixel window."""
+    in both languages (a screenshot of each), and no page wider than a 400-pixel
+    window."""
     axe = pytest.importorskip("axe_playwright_python.async_playwright",
                               reason="axe-playwright-python is not installed").Axe()
     found: dict[str, list[str]] = {}
@@ -195,6 +196,7 @@ async def test_console_browser_pages_pass_axe_and_fit_a_narrow_window(
                 "runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a",
                                                       "wcag21aa"]}})
             bad = [f"{v['id']}: {v['help']}" for v in results.response["violations"]]
+            await tab.shot(f"page-{path.rsplit('/', 1)[-1]}-{locale[:2]}")
             if bad:
                 found[f"{locale} {path}"] = bad
         await tab.page.set_viewport_size({"width": 400, "height": 800})
