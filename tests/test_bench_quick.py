@@ -45,6 +45,13 @@ FIGURES = {
             "both_offers_p50_ms"},
     "retention": {"before_bytes_per_obs", "after_bytes_per_obs", "vacuumed_bytes_per_obs",
                   "sweep_per_s"},
+    "chainrun": {"verify_per_s", "verify_2threads_per_s", "per_entry_per_s", "run_per_s",
+                 "whole_per_s", "run_vs_per_entry", "run_vs_2core_verify", "catchup_per_s",
+                 "catchup_vs_2core_verify", "catchup_b_cpu_us", "catchup_b_main_cpu_us",
+                 "catchup_a_cpu_us"},
+    "scale": {"p50_ms", "p99_ms", "copies", "control_ratio", "mb_per_node", "churn_p50_ms",
+              "churn_p99_ms", "churn_all_up_p99_ms", "churn_copies", "churn_control_ratio",
+              "churn_lost", "base_p99_ms", "p99_vs_base", "base_mb_per_node"},
 }
 TARGETED = {
     "baseline": set(),
@@ -56,6 +63,8 @@ TARGETED = {
     "query": {"lookup_p99_ms", "rss_peak_mb"},
     "aid": set(),
     "retention": set(),
+    "chainrun": {"catchup_per_s", "catchup_vs_2core_verify"},
+    "scale": {"p99_ms", "copies", "control_ratio", "churn_p99_ms", "churn_lost"},
 }
 """The figures the issue sets a target for, per scenario."""
 
