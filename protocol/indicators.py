@@ -13,6 +13,10 @@ Invariants:
   characters, at most ``MAX_INDICATOR_CHARS`` characters long.
 - Only ASCII digits count as digits (``re.ASCII``); ``int()`` never sees a string the
   patterns here have not matched, so Unicode digits and underscores cannot sneak in.
+- ``indicator_key(t, v)`` is what two values are matched by: for a URL the RFC 3986
+  normal form of its path, query and fragment (the canonical value keeps them as
+  submitted, for display and so that entries signed before stay canonical); for every
+  other type the canonical value itself. It is idempotent too.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import hashlib
 import ipaddress
 import re
 import unicodedata
+import urllib.parse
 from collections.abc import Callable
 from enum import StrEnum
 
@@ -32,9 +37,11 @@ __all__ = [
     "MAX_INDICATOR_CHARS",
     "PERSONAL_DATA_TYPES",
     "IndicatorType",
+    "indicator_key",
     "normalise_domain",
     "normalise_indicator",
     "normalise_url",
+    "refang",
     "shown_value",
 ]
 
@@ -98,9 +105,10 @@ def normalise_indicator(type: IndicatorType | str, value: str) -> str:
     - ``domain-name``: UTS 46 mapping (non-transitional), lowercase, every non-ASCII
       label as its IDNA 2008 A-label (``xn--``), trailing dot removed. ASCII labels may
       hold letters, digits, hyphens (not at either end) and underscores (``_dmarc``).
-    - ``url``: scheme and host lowercased, host normalised as a domain or IP address,
-      default port dropped, empty path written ``/``; userinfo, path, query and
-      fragment kept exactly as given.
+    - ``url``: scheme and host lowercased, host normalised as a domain or IP address
+      (a percent-encoded host is decoded first, as UTF-8), default port dropped, empty
+      path written ``/``; userinfo, path, query and fragment kept exactly as given
+      (``indicator_key`` is what URLs are matched by).
     - ``email-addr``: local part kept as given, domain normalised as ``domain-name``.
     - ``file:md5`` / ``file:sha1`` / ``file:sha256`` / ``file:sha512``: lowercase hex of
       the exact digest length.
@@ -158,6 +166,37 @@ def normalise_url(value: str) -> str:
 class _Invalid(PayloadError):
     """Internal: why a value is refused, without its type; ``normalise_indicator``
     catches it and raises a ``PayloadError`` naming the type, so it never escapes."""
+
+
+# --- Defanged values --------------------------------------------------------------
+
+# How reports and feeds "defang" indicators so nobody clicks them: hxxp://, evil[.]com,
+# 203.0.113(.)7, evil[dot]com, http[:]//, fxp://, user[@]example.com. Each pattern is
+# fixed text (no nested quantifier), so refanging is linear in the value's length.
+_DEFANGED_SCHEMES = re.compile(r"^(?:hxxp(s?)|fxp)(?=://)", re.ASCII | re.IGNORECASE)
+_DEFANGED = re.compile(r"\[\.\]|\(\.\)|\{\.\}|\[dot\]|\(dot\)|\[://\]|\[:\]//|\[:\]|"
+                       r"\[@\]|\[at\]|\(at\)", re.ASCII | re.IGNORECASE)
+_REFANGED = {"[.]": ".", "(.)": ".", "{.}": ".", "[dot]": ".", "(dot)": ".", "[://]": "://",
+             "[:]//": "://", "[:]": ":", "[@]": "@", "[at]": "@", "(at)": "@"}
+
+
+def refang(value: str) -> str:
+    """``value`` with the usual defanging undone: ``hxxp://`` and ``hxxps://`` (any
+    case) as ``http://`` and ``https://``, ``fxp://`` as ``ftp://``; ``[.]``, ``(.)``,
+    ``{.}``, ``[dot]``, ``(dot)`` as ``.``; ``[:]//``, ``[://]`` as ``://``, ``[:]`` as
+    ``:``; ``[@]``, ``[at]``, ``(at)`` as ``@``. Anything else is left as it is, for
+    ``normalise_indicator`` to accept or refuse: refanging never makes a value valid
+    that would not be once written plainly. One pass: a value defanged twice
+    (``[[.]]``) is refanged once. The caller compares the result with ``value``
+    (stripped) to say that it refanged.
+    """
+    text = value.strip()
+    text = _DEFANGED.sub(lambda m: _REFANGED[m.group(0).lower()], text)
+    match = _DEFANGED_SCHEMES.match(text)
+    if match is not None:
+        scheme = "ftp" if match.group(0).lower() == "fxp" else "http" + match.group(1).lower()
+        text = scheme + text[match.end():]
+    return text
 
 
 # --- IP addresses ----------------------------------------------------------------
@@ -352,10 +391,92 @@ def _normalise_url_host(host: str) -> str:
             raise _Invalid("uses an IPvFuture literal, which is not supported")
         return f"[{_ipv6_address(inner, allow_mapped=True)}]"
     if "%" in host:
-        raise _Invalid("has a percent-encoded host, which is not supported")
+        host = _decode_host(host)
     if _IPV4_LIKE.fullmatch(host):
         return str(_ipv4_address(host))
     return _normalise_domain(host)
+
+
+def _decode_host(host: str) -> str:
+    """A percent-encoded registered name (RFC 3986 §3.2.2) decoded as UTF-8."""
+    if not _PCT_TRIPLETS.fullmatch(host):
+        raise _Invalid("has a '%' in its host that is not a percent-encoded octet")
+    try:
+        decoded = urllib.parse.unquote(host, errors="strict")
+    except UnicodeDecodeError:
+        raise _Invalid("has a percent-encoded host that is not UTF-8") from None
+    _check_no_space_or_control(decoded)
+    if any(c in decoded for c in "%/?#@:[]\\"):
+        raise _Invalid("has a percent-encoded delimiter in its host")
+    return decoded
+
+
+_PCT_TRIPLETS = re.compile(r"(?:[^%]|%[0-9A-Fa-f]{2})*", re.ASCII | re.DOTALL)
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_KEPT = _UNRESERVED | frozenset(b":/?#[]@!$&'()*+,;=")  # unreserved and reserved (§2.2)
+_HEX = frozenset(b"0123456789ABCDEFabcdef")
+
+
+def _percent_normal(text: str) -> str:
+    """RFC 3986 §6.2.2.1-2: an encoded unreserved octet decoded, every other octet
+    encoded in upper-case hex; a character that is neither reserved nor unreserved
+    (non-ASCII as UTF-8, RFC 3987 §3.1) encoded; a '%' that starts no octet is '%25'."""
+    data = text.encode("utf-8", "surrogatepass")
+    out: list[str] = []
+    i, n = 0, len(data)
+    while i < n:
+        byte = data[i]
+        if byte == 0x25 and i + 2 < n and data[i + 1] in _HEX and data[i + 2] in _HEX:
+            octet = int(data[i + 1 : i + 3], 16)
+            out.append(chr(octet) if octet in _UNRESERVED else f"%{octet:02X}")
+            i += 3
+            continue
+        out.append(chr(byte) if byte in _KEPT else f"%{byte:02X}")
+        i += 1
+    return "".join(out)
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 §5.2.4 (``/a/./b/../c`` is ``/a/c``)."""
+    output: list[str] = []
+    segments = path.split("/")[1:]
+    for index, segment in enumerate(segments):
+        if segment in (".", ".."):
+            if segment == ".." and output:
+                output.pop()
+            if index == len(segments) - 1:
+                output.append("")  # "/a/b/.." is "/a/"
+        else:
+            output.append(segment)
+    return "/" + "/".join(output)
+
+
+def _url_key(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    slash = rest.find("/")
+    authority, rest = rest[:slash], rest[slash:]
+    rest, hash_mark, fragment = rest.partition("#")
+    path, question, query = rest.partition("?")
+    userinfo, at, hostport = authority.rpartition("@")
+    path = _remove_dot_segments(_percent_normal(path))
+    return (f"{scheme}://{_percent_normal(userinfo)}{at}{hostport}{path}"
+            f"{question}{_percent_normal(query)}{hash_mark}{_percent_normal(fragment)}")
+
+
+def indicator_key(type: IndicatorType | str, value: str) -> str:
+    """What a canonical indicator value is matched by (lookups, filters, the query
+    tables' index): for ``url`` the URL with its userinfo, path, query and fragment in
+    RFC 3986 normal form (§6.2.2: percent-encoded unreserved characters decoded, other
+    octets in upper-case hex, non-ASCII characters encoded as UTF-8, dot segments
+    removed), so ``/%7Euser``, ``/~user`` and ``/a/../~user`` match, and so do a
+    Unicode path and its percent-encoded form; for every other type ``value`` itself.
+
+    ``value`` must be canonical (``normalise_indicator``'s result); the key is at most
+    nine times as long (every character of a non-ASCII path encoded).
+    """
+    if type == IndicatorType.URL:
+        return _url_key(value)
+    return value
 
 
 # --- E-mail addresses ------------------------------------------------------------
