@@ -40,6 +40,7 @@ from agent.api.erasure import ERASURE_ROUTES
 from agent.api.messages import localized_message, validation_message
 from agent.api.models import (
     BatchCreated,
+    BatchResults,
     ErrorBody,
     ForkList,
     ForkRecordOut,
@@ -60,6 +61,7 @@ from agent.api.models import (
     SightingSubmit,
     StatusOut,
     StreamQuery,
+    SubmitQuery,
     VerifyOut,
 )
 from agent.api.observations import (
@@ -168,12 +170,15 @@ ROUTES: tuple[Operation, ...] = (
               response=(StatusOut,)),
     Operation("POST", "/api/v1/observations", post_observations, "submitObservations",
               "Share one observation, or a batch of up to 1,000", Scope.WRITE, "observations",
-              status=201, body=(ObservationSubmit, ObservationBatch),
-              response=(ObservationOut, BatchCreated), errors=_WRITE,
+              status=201, body=(ObservationSubmit, ObservationBatch), query=SubmitQuery,
+              response=(ObservationOut, BatchCreated, BatchResults), errors=_WRITE,
               description="One observation answers with the observation as stored; a batch "
                           "({\"observations\": [...]}) answers with the ids in the order "
-                          "given. Acknowledged entries are durable. The whole request is "
-                          "refused (nothing written) if any item is invalid."),
+                          "given (identical items written once, listed in 'duplicates'). "
+                          "Acknowledged entries are durable. The whole request is refused "
+                          "(nothing written) if any item is invalid, unless 'partial' is "
+                          "set: then the valid items are written and the answer gives every "
+                          "item's result. 'refang' undoes defanging (hxxp://, [.]) first."),
     Operation("GET", "/api/v1/observations", list_observations, "listObservations",
               "Observations this node can read, newest first, filtered and paged",
               Scope.READ, "observations", query=ObservationQuery,

@@ -152,6 +152,8 @@ def prepare_body(body: bytes) -> Prepared | None:
             return None
         if len(data["observations"]) > MAX_BATCH:
             return None
+        if data.get("partial") or data.get("refang"):
+            return None  # answered item by item, or refanged: the in-process path
         routed = validate_batch(data)
         return [(prepare_observation(o), tlp.value, audience) for o, tlp, audience in routed]
     except Exception:

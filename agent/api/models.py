@@ -36,6 +36,7 @@ __all__ = [
     "MAX_PAGE",
     "ROUTING_FIELDS",
     "BatchCreated",
+    "BatchResults",
     "BatchRouting",
     "BodiesOut",
     "ErrorBody",
@@ -45,6 +46,7 @@ __all__ = [
     "ForkRecordOut",
     "Health",
     "IndicatorOut",
+    "ItemResult",
     "LedgerCountsOut",
     "ObservationBatch",
     "ObservationList",
@@ -55,6 +57,7 @@ __all__ = [
     "PeerList",
     "PeerOut",
     "PeerRemoved",
+    "Refanged",
     "RetractRequest",
     "RetractionCreated",
     "Routing",
@@ -62,6 +65,7 @@ __all__ = [
     "SightingSubmit",
     "StatusOut",
     "StreamQuery",
+    "SubmitQuery",
     "TrustFileOut",
     "VerifyOut",
     "VerifyProblemOut",
@@ -117,11 +121,26 @@ class Routing(_In):
     audience: Audience | None = None
 
 
+_PARTIAL = ("keep the valid items: answer item by item (stored, duplicate, refused with "
+            "the reason) instead of refusing the whole batch for one bad item")
+_REFANG = ("undo defanging before normalising: hxxp:// and hxxps://, fxp://, [.], (.), "
+           "[dot], [:]//, [@]; the answer says which values were refanged")
+
+
 class BatchRouting(_In):
     """The fields of an ObservationBatch besides its items (fast path)."""
 
     tlp: TlpLabel | None = None
     audience: Audience | None = None
+    partial: bool = Field(False, description=_PARTIAL)
+    refang: bool = Field(False, description=_REFANG)
+
+
+class SubmitQuery(_In):
+    """Query of ``POST /api/v1/observations`` (a batch may also say them in its body)."""
+
+    partial: bool = Field(False, description=_PARTIAL)
+    refang: bool = Field(False, description=_REFANG)
 
 
 ROUTING_FIELDS = ("tlp", "audience")
@@ -136,6 +155,8 @@ class ObservationBatch(_In):
     observations: Annotated[list[ObservationSubmit], Field(min_length=1, max_length=MAX_BATCH)]
     tlp: TlpLabel | None = None
     audience: Audience | None = None
+    partial: bool = Field(False, description=_PARTIAL)
+    refang: bool = Field(False, description=_REFANG)
 
 
 class SightingSubmit(Sighting):
@@ -243,6 +264,12 @@ class LocalizedTextOut(_Out):
     fr: str | None = None
 
 
+class Refanged(_Out):
+    index: int = Field(description="the item's place in the batch (0 for one observation)")
+    submitted: str = Field(description="the value as submitted, defanged")
+    value: str = Field(description="the value refanged (then normalised as stored)")
+
+
 class ObservationOut(_Out):
     """An observation as returned. ``origin_name`` is the trust-list name of the
     origin (this node's own name for its own), null if the origin is no longer trusted.
@@ -269,12 +296,38 @@ class ObservationOut(_Out):
     audience: list[str] | None = None
     verified: bool | None = None
     sightings: int | None = None
+    refanged: Refanged | None = Field(None, description="on creation, when the value was "
+                                                        "refanged (?refang=true)")
 
 
 class BatchCreated(_Out):
-    ids: list[str] = Field(description="entry ids, in the order submitted")
+    ids: list[str] = Field(description="entry ids, in the order submitted (a duplicate "
+                                       "item has the id of the first item it repeats)")
     seqs: list[int]
-    count: int
+    count: int = Field(description="entries written")
+    duplicates: list[int] = Field([], description="indexes of items identical to an earlier "
+                                                  "item of the batch: stored once")
+    refanged: list[Refanged] = []
+
+
+class ItemResult(_Out):
+    index: int
+    status: Literal["stored", "duplicate", "refused"]
+    id: str | None = None
+    seq: int | None = None
+    of: int | None = Field(None, description="a duplicate: the index of the item it repeats")
+    reason: str | None = Field(None, description="a refused item: why")
+
+
+class BatchResults(_Out):
+    """Answer of a batch submitted with ``partial``: every item's fate, in order."""
+
+    results: list[ItemResult]
+    stored: int
+    duplicates: int
+    refused: int
+    ids: list[str] = Field(description="ids of the stored entries, in order")
+    refanged: list[Refanged] = []
 
 
 class ObservationList(_Out):

@@ -46,7 +46,7 @@ from agent.storage.ledger import ObservationEvent, Subscription
 from agent.storage.queries import decode_cursor
 from agent.web.common import API_SETTINGS, NODE, STATE, ApiError, parse_query
 from protocol.errors import EntraideError
-from protocol.indicators import normalise_indicator
+from protocol.indicators import indicator_key, normalise_indicator
 
 __all__ = ["parse_position", "stream"]
 
@@ -134,7 +134,8 @@ class _Stream:
         f = self.filters
         if f["type"] is not None and observation.get("type") != f["type"]:
             return False
-        if f["value"] is not None and observation.get("value") != f["value"]:
+        if f["value"] is not None and indicator_key(
+                observation.get("type", ""), observation.get("value", "")) != f["value"]:
             return False
         if f["origin"] is not None and observation.get("origin") != f["origin"].text:
             return False
@@ -181,7 +182,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
     query = parse_query(request, StreamQuery)
     filters = filters_of(node, query)
     if filters["type"] is not None and filters["value"] is not None:
-        filters["value"] = normalise_indicator(filters["type"], filters["value"])
+        filters["value"] = indicator_key(
+            filters["type"], normalise_indicator(filters["type"], filters["value"]))
     elif filters["value"] is not None:
         filters["value"] = filters["value"].strip()
     last = request.headers.get("Last-Event-ID") or query.last_event_id

@@ -14,10 +14,12 @@ The file's kind is recognised from its content:
 - otherwise text: one indicator per line, ``#`` starts a comment, the type from
   ``--type`` or recognised from the value.
 
-Observations go in batches; a batch the node refuses is retried item by item, so the
-valid items are kept and each refused one is reported with the node's reason. A
-(type, value) pair repeated in the file is shared once and counted as repeated.
-Nothing is sent for a file that cannot be read.
+Observations go in batches sent with ``"partial": true``: the node keeps the valid
+items and reports each refused one with its reason, and items identical once
+normalised (``evil.com`` and ``EVIL.com``) are shared once. A (type, value) pair
+repeated in the file, or reported a duplicate by the node, is counted as repeated.
+``--refang`` undoes defanging (``hxxp://``, ``[.]``) and says how many values it
+refanged. Nothing is sent for a file that cannot be read.
 """
 
 from __future__ import annotations
@@ -33,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.cli.client import ApiError, _client, _common, call_api
+from agent.cli.client import _client, _common, call_api
 from agent.cli.examples import epilog
 from agent.cli.lang import _
 from protocol.errors import EntraideError
-from protocol.indicators import IndicatorType
+from protocol.indicators import IndicatorType, refang
 
 __all__ = ["guess_type", "import_command", "read_indicators"]
 
@@ -90,8 +92,10 @@ _CSV_FIELDS = {"type", "value", "tlp", "confidence", "severity", "tags", "descri
 
 
 def read_indicators(text: str, *, forced_type: str | None, tlp: str | None,
-                    audience: list[str] | None) -> Indicators:
-    """The observations of a CSV or text file (see the module docstring).
+                    audience: list[str] | None, refanged: bool = False) -> Indicators:
+    """The observations of a CSV or text file (see the module docstring); with
+    ``refanged``, a value's type is recognised from its refanged form (the node
+    refangs it).
 
     Raises:
         EntraideError: a CSV header with an unknown column, or a bad confidence.
@@ -115,7 +119,8 @@ def read_indicators(text: str, *, forced_type: str | None, tlp: str | None,
         value = row.get("value", "")
         if not value:
             continue
-        kind = forced_type or row.get("type") or guess_type(value)
+        kind = forced_type or row.get("type") or guess_type(
+            refang(value) if refanged else value)
         if (kind, value) in seen:
             found.repeated += 1
             continue
@@ -185,6 +190,8 @@ def import_command(argv: list[str], data_dir: Path) -> int:
     parser.add_argument("--tlp", help=_("TLP of items without their own (default: the "
                                         "node's, GREEN; STIX objects keep their markings)"))
     parser.add_argument("--to", help=_("audience: peer names, comma-separated"))
+    parser.add_argument("--refang", action="store_true",
+                        help=_("undo defanging first (hxxp://, [.], (.), [dot], [:]//)"))
     _common(parser)
     args = parser.parse_args(argv)
     text = _read(args.file)
@@ -212,13 +219,16 @@ def import_command(argv: list[str], data_dir: Path) -> int:
                               "event").format(file=args.file))
     else:
         audience = [n.strip() for n in (args.to or "").split(",") if n.strip()] or None
-        found = read_indicators(text, forced_type=args.type, tlp=args.tlp, audience=audience)
-        summary = _post_observations(base, token, found)
+        found = read_indicators(text, forced_type=args.type, tlp=args.tlp, audience=audience,
+                                refanged=args.refang)
+        summary = _post_observations(base, token, found, refang=args.refang)
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))
     else:
         print(_("{shared} shared, {refused} refused, {repeated} repeated in the file "
                 "(of {total})").format(**summary))
+        if summary.get("refanged"):
+            print(_("{count} defanged value(s) refanged").format(count=summary["refanged"]))
     for item in summary["refused_items"]:
         print(_("refused: {type} {value!r}: {reason}").format(**item), file=sys.stderr)
     return 0 if not summary["refused"] else 1
@@ -246,33 +256,35 @@ def _is_misp(document: Any) -> bool:
     return isinstance(document, dict) and ("Event" in document or "response" in document)
 
 
-def _post_observations(base: str, token: str, found: Indicators) -> dict[str, Any]:
+def _post_observations(base: str, token: str, found: Indicators, *,
+                       refang: bool = False) -> dict[str, Any]:
     items = found.items
     progress = _Progress(len(items))
     ids: list[str] = []
     refused: list[dict[str, Any]] = []
+    repeated = found.repeated
+    refanged = 0
     for start in range(0, len(items), BATCH):
         chunk = items[start:start + BATCH]
-        try:
-            ids += call_api(base, token, "POST", "/api/v1/observations",
-                            {"observations": chunk})["ids"]
-        except ApiError as exc:
-            if exc.status not in (400, 409, 422):
-                raise
-            # One bad item refuses its batch: send them one by one to keep the others.
-            for item in chunk:
-                try:
-                    ids.append(call_api(base, token, "POST", "/api/v1/observations",
-                                        item)["id"])
-                except ApiError as one:
-                    if one.status not in (400, 409, 422):
-                        raise
-                    refused.append({"type": item["type"], "value": item["value"],
-                                    "reason": one.message})
+        body: dict[str, Any] = {"observations": chunk, "partial": True}
+        if refang:
+            body["refang"] = True
+        answer = call_api(base, token, "POST", "/api/v1/observations", body)
+        refanged += len(answer.get("refanged") or ())
+        for result in answer["results"]:
+            item = chunk[result["index"]]
+            if result["status"] == "stored":
+                ids.append(result["id"])
+            elif result["status"] == "duplicate":
+                repeated += 1
+            else:
+                refused.append({"type": item["type"], "value": item["value"],
+                                "reason": result.get("reason") or ""})
         progress.show(min(start + BATCH, len(items)))
     progress.end()
     return {"total": len(items) + found.repeated, "shared": len(ids), "ids": ids,
-            "refused": len(refused), "refused_items": refused, "repeated": found.repeated}
+            "refused": len(refused), "refused_items": refused, "repeated": repeated,
+            "refanged": refanged}
 
 
 def _post_bundle(base: str, token: str, bundle: dict[str, Any]) -> dict[str, Any]:

@@ -204,6 +204,8 @@ def submit_command(argv: list[str], data_dir: Path) -> int:
     parser.add_argument("--tags", help=_("comma-separated tags"))
     parser.add_argument("--valid-until", metavar="TIME",
                         help=_("RFC 3339 time, e.g. 2026-12-31T00:00:00Z"))
+    parser.add_argument("--refang", action="store_true",
+                        help=_("undo defanging first (hxxp://, [.], (.), [dot], [:]//)"))
     _common(parser)
     args = parser.parse_args(argv)
     base, token = _client(args, data_dir)
@@ -221,7 +223,11 @@ def submit_command(argv: list[str], data_dir: Path) -> int:
         body["tags"] = _csv(args.tags)
     if args.valid_until:
         body["valid_until"] = args.valid_until
-    result = call_api(base, token, "POST", "/api/v1/observations", body)
+    path = "/api/v1/observations" + ("?refang=true" if args.refang else "")
+    result = call_api(base, token, "POST", path, body)
+    if result.get("refanged") and not args.json:
+        print(_("refanged {submitted!r} as {value!r}").format(**result["refanged"]),
+              file=sys.stderr)
     return print_result(args, result, f"{result['id']}  seq {result.get('seq', '?')}")
 
 

@@ -32,7 +32,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "run": ("entraide run", "entraide run --data-dir /var/lib/entraide"),
     "submit": ("entraide submit --type ipv4-addr --value 203.0.113.7",
                "entraide submit --type domain-name --value evil.example --tlp AMBER --to ON,FED "
-               "--description 'Phishing kit' --description-fr 'Trousse d’hameçonnage'"),
+               "--description 'Phishing kit' --description-fr 'Trousse d’hameçonnage'",
+               "entraide submit --type url --value 'hxxps://evil[.]example/login' --refang"),
     "query": ("entraide query --type ipv4-addr --value 203.0.113.7",
               "entraide query --origin ON --since 2026-01-01T00:00:00Z --json"),
     "retract": ("entraide retract 3f2a...e9 --reason 'false positive'",
@@ -44,6 +45,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                "entraide stream --last-event-id 0-42"),
     "import": ("entraide import iocs.csv --tlp AMBER --to ON,FED",
                "entraide import blocklist.txt --type ipv4-addr",
+               "entraide import defanged-report.txt --refang",
                "entraide import bundle.json", "entraide import misp event.json"),
     "ledger verify": ("entraide ledger verify", "entraide ledger verify --json"),
     "ledger export": ("entraide ledger export /backup/ledger.entraide",),

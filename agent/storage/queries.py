@@ -40,7 +40,7 @@ from agent.storage.cursors import (
 )
 from protocol.entries import TLP
 from protocol.errors import EncodingError, PayloadError
-from protocol.indicators import IndicatorType, normalise_indicator
+from protocol.indicators import IndicatorType, indicator_key, normalise_indicator
 from protocol.keys import PublicKey
 from protocol.payloads import Observation, Payload, Playbook, Retraction, Rule, Sighting
 
@@ -110,8 +110,8 @@ def build_record(payload: Payload, ts: int,
     if isinstance(payload, Observation):
         first = _to_ms(payload.first_seen) if payload.first_seen else ts
         last = _to_ms(payload.last_seen) if payload.last_seen else max(first, ts)
-        return IndexRecord("observation", fields, doc, payload.type.value, payload.value,
-                           first, last)
+        return IndexRecord("observation", fields, doc, payload.type.value,
+                           indicator_key(payload.type, payload.value), first, last)
     if isinstance(payload, Sighting | Retraction):
         return IndexRecord(payload.kind, fields, doc, target=bytes.fromhex(payload.of))
     return IndexRecord(payload.kind, fields, doc)
@@ -188,9 +188,21 @@ def _check_type(type: str) -> str:
 
 
 def canonical_indicator(type: str, value: str) -> tuple[str, str]:
-    """Canonical (type, value); raises PayloadError for an unknown type or a bad value."""
+    """(type, the value's match key): what the query tables index an indicator by
+    (``protocol.indicators.indicator_key``: a URL's path in RFC 3986 normal form, every
+    other value canonical); raises PayloadError for an unknown type or a bad value."""
     type = _check_type(type)
-    return type, normalise_indicator(type, value)
+    return type, indicator_key(type, normalise_indicator(type, value))
+
+
+def _any_type_key(value: str) -> str:
+    """A value matched against every type: a URL by its match key, else as given."""
+    if "://" not in value:
+        return value
+    try:
+        return canonical_indicator(IndicatorType.URL.value, value)[1]
+    except PayloadError:
+        return value
 
 
 _AGGREGATES_SQL = ("SELECT count(*), min(o.first_seen), max(o.last_seen) FROM observations o "
@@ -364,7 +376,7 @@ class QueryReader:
         elif value is not None:
             # Every type in an IN list lets SQLite use the (type, value) index.
             where.append(f"o.type IN ({','.join('?' * len(_ALL_TYPES))}) AND o.value = ?")
-            args += [*_ALL_TYPES, value.strip()]
+            args += [*_ALL_TYPES, _any_type_key(value.strip())]
         if origin is not None:
             origin_id = self._origin_id_of(origin)
             if origin_id is None:

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from agent.storage.queries import IndexRecord
 from protocol.entries import TLP, ForkProof, VerifiedEntry
+from protocol.indicators import indicator_key
 from protocol.keys import PublicKey
 from protocol.payloads import Payload
 
@@ -73,8 +74,8 @@ class PreparedObservation(NamedTuple):
         as ``build_record`` of the observation."""
         first = ts if self.first_ms is None else self.first_ms
         last = max(first, ts) if self.last_ms is None else self.last_ms
-        return IndexRecord("observation", self.fields, self.doc, self.type, self.value,
-                           first, last)
+        return IndexRecord("observation", self.fields, self.doc, self.type,
+                           indicator_key(self.type, self.value), first, last)
 
 
 @dataclass(frozen=True)
