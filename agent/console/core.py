@@ -108,14 +108,15 @@ def gettext(request: web.Request) -> Callable[[str], str]:
     return translation(request.get(LANG, "en"), "console").gettext
 
 
-def render(request: web.Request, template: str, http_status: int = 200,
-           **context: Any) -> web.Response:
+def render(request: web.Request, template: str, http_status: int = 200, *,
+           show_flash: bool = True, **context: Any) -> web.Response:
     """``template`` in the reader's language, with the session and page chrome, answered
-    with ``http_status``."""
+    with ``http_status``; the session's pending message is shown (and forgotten) unless
+    ``show_flash`` is false (an error page keeps it for the next page)."""
     lang = request.get(LANG, "en")
     session = request.get(SESSION)
     flash = None
-    if session is not None:
+    if session is not None and show_flash:
         flash, session.flash = session.flash, None
     here = request.path_qs
     other = "fr" if lang == "en" else "en"
@@ -245,7 +246,8 @@ def _session(request: web.Request) -> Session | None:
 
 
 def _error_page(request: web.Request, status: int, message: str) -> web.Response:
-    return render(request, "error.html", http_status=status, status_code=status, message=message)
+    return render(request, "error.html", http_status=status, show_flash=False,
+                  status_code=status, message=message)
 
 
 @web.middleware

@@ -13,6 +13,7 @@ import math
 import re
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from agent.config.tokens import Scope
@@ -215,8 +216,11 @@ async def feed_stream(request: web.Request) -> web.StreamResponse:
                                                "Cache-Control": "no-store",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
-        async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
+        try:
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+        except (ConnectionResetError, aiohttp.ClientError):
+            pass  # the reader left the page, or the node is stopping: the stream ends
         return response
 
 

@@ -323,3 +323,19 @@ async def test_console_shows_hostile_text_as_text(console: Console) -> None:
         assert "<img src=x" not in text and "<b>tag" not in text, path
         if "/observations/" in path:
             assert "&lt;img src=x onerror=" in text and "&lt;b&gt;tag" in text
+
+
+async def test_console_message_after_a_change_survives_an_error_page(
+        console: Console) -> None:
+    # Another tab's request failing in between (a feed stream cut, a bad link) must
+    # not eat the message meant for the page the change leads to.
+    client = await console.signed_in("write")
+    _status, text = await page(client, "/console/submit")
+    async with client.post("/console/submit", allow_redirects=False, data={
+            "type": "ipv4-addr", "value": "203.0.113.77", "csrf": csrf_of(text)}) as resp:
+        assert resp.status == 303
+        location = resp.headers["Location"]
+    status, _text = await page(client, "/console/observations/nothex")
+    assert status == 404
+    status, text = await page(client, location)
+    assert status == 200 and "Observation shared." in text

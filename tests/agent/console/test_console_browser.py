@@ -212,8 +212,9 @@ async def test_console_browser_pages_pass_axe_and_fit_a_narrow_window(
 
 async def test_console_browser_two_real_nodes(browser: Any, tmp_path: Path) -> None:
     """Two ``entraide run`` processes, QC dialling ON: QC's console sees ON connect; an
-    observation submitted in QC's console arrives on ON's live feed; a peer is added
-    from its card (fingerprint shown for the phone check) and removed again."""
+    observation submitted in QC's console arrives on ON's live feed; QC asks for help,
+    ON offers, QC accepts; a peer is added from its card (fingerprint shown for the
+    phone check) and removed again."""
     from agent.cli.localfed import LocalFederation
     from protocol.cards import PeerCard, encode_card
     from tests.agent._api_helpers import identity
@@ -249,6 +250,37 @@ async def test_console_browser_two_real_nodes(browser: Any, tmp_path: Path) -> N
         arrived = on.page.locator("#feed tr", has_text="192.0.2.44")
         await arrived.wait_for(timeout=30_000)
         assert "QC" in await arrived.inner_text()
+
+        # Mutual aid across the two: QC asks, ON offers, QC accepts.
+        await qc.go("/console/aid")
+        await qc.page.fill("#title", "Intrusion au ministère")
+        await qc.page.check("#need-threat-hunting")
+        await qc.page.fill("#contact_name", "Centre des opérations")
+        await qc.page.fill("#description_fr", "Mouvement latéral observé")
+        await qc.page.click("form[method=post][action='/console/aid'] button[type=submit]")
+        await qc.page.wait_for_url("**/console/aid/*")
+        request_url = qc.page.url
+        await on.go(request_url.removeprefix(qc_node.api))
+        for _attempt in range(120):  # until the request has reached ON
+            if await on.page.locator("#kind-threat-hunting").count():
+                break
+            await asyncio.sleep(0.25)
+            await on.page.reload()
+        await on.page.check("#kind-threat-hunting")
+        await on.page.fill("#detail", "Two hunters, remote")
+        async with on.page.expect_navigation():
+            await on.page.click("form[action$='/offers'] button[type=submit]")
+        assert await on.page.inner_text(".flash") == "Your offer is sent."
+        accept = qc.page.locator("form[action$='/accept'] button")
+        for _attempt in range(120):  # until the offer has reached QC
+            if await accept.count():
+                break
+            await asyncio.sleep(0.25)
+            await qc.page.reload()
+        async with qc.page.expect_navigation():
+            await accept.click()
+        assert await qc.page.inner_text(".flash") == "L'offre est acceptée."
+        assert "— acceptée" in await qc.page.inner_text("main")  # the offer's status
 
         key = identity("BC").public_key
         await qc.go("/console/trust")
