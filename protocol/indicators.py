@@ -21,6 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -34,9 +35,11 @@ import idna
 from protocol.errors import PayloadError
 
 __all__ = [
+    "MAX_CONTAINED_ADDRESSES",
     "MAX_INDICATOR_CHARS",
     "PERSONAL_DATA_TYPES",
     "IndicatorType",
+    "containment_keys",
     "indicator_key",
     "normalise_domain",
     "normalise_indicator",
@@ -477,6 +480,59 @@ def indicator_key(type: IndicatorType | str, value: str) -> str:
     if type == IndicatorType.URL:
         return _url_key(value)
     return value
+
+
+MAX_CONTAINED_ADDRESSES = 256
+"""The largest block (in addresses: an IPv4 /24, an IPv6 /120) whose addresses and
+smaller blocks a lookup of it also finds (:func:`containment_keys`)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def containment_keys(type: IndicatorType | str, value: str,
+                     lengths: frozenset[int] | None = None) -> tuple[str, ...]:
+    """The keys an IP lookup matches, the indicator's own first: for an ``ipv4-addr``
+    or ``ipv6-addr`` value (an address or a CIDR block, canonical), every block that
+    contains it (``203.0.113.0/24``, ``203.0.112.0/23``, … ``0.0.0.0/0``) and, for a
+    block of at most :data:`MAX_CONTAINED_ADDRESSES` addresses, every address and
+    smaller block inside it; for every other type, ``(value,)``.
+
+    ``lengths``: the prefix lengths of the CIDR blocks that may be stored (None: any);
+    blocks of other lengths are left out, so that a ledger without CIDR blocks pays one
+    key per address lookup. Addresses inside a block are always included.
+
+    Exact keys, so that the query tables' (type, value) index answers each with one
+    probe: at most 33 (IPv4) or 129 (IPv6) for an address, plus 511 for a /24.
+    """
+    if type not in (IndicatorType.IPV4_ADDR, IndicatorType.IPV6_ADDR):
+        return (value,)
+    address_text, _, prefix_text = value.partition("/")
+    v4 = type == IndicatorType.IPV4_ADDR
+    address_class: Callable[[int | str], ipaddress.IPv4Address | ipaddress.IPv6Address] = (
+        ipaddress.IPv4Address if v4 else ipaddress.IPv6Address)
+    bits = 32 if v4 else 128
+    prefix = int(prefix_text) if prefix_text else bits
+    number = int(address_class(address_text))
+
+    texts: dict[int, str] = {}  # many lengths give one network: format it once
+
+    def key(network: int, length: int) -> str:
+        text = texts.get(network)
+        if text is None:
+            text = texts[network] = str(address_class(network))
+        return text if length == bits else f"{text}/{length}"
+
+    keys = [value]
+    for length in range(prefix - 1, -1, -1):
+        if lengths is None or length in lengths:
+            keys.append(key(number & ~((1 << (bits - length)) - 1), length))
+    if 1 < (1 << (bits - prefix)) <= MAX_CONTAINED_ADDRESSES:
+        for length in range(prefix + 1, bits + 1):
+            if lengths is not None and length != bits and length not in lengths:
+                continue
+            step = 1 << (bits - length)
+            keys += [key(network, length)
+                     for network in range(number, number + (1 << (bits - prefix)), step)]
+    return tuple(keys)
 
 
 # --- E-mail addresses ------------------------------------------------------------

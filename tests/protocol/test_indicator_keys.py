@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 from hypothesis.provisional import urls
 
 from protocol.errors import PayloadError
-from protocol.indicators import IndicatorType, indicator_key, normalise_indicator, refang
+from protocol.indicators import (
+    IndicatorType,
+    containment_keys,
+    indicator_key,
+    normalise_indicator,
+    refang,
+)
 
 
 def url_key(value: str) -> str:
@@ -131,3 +137,21 @@ def test_refang_any_text_is_one_bounded_pass(text: str) -> None:
     once = refang(text)
     assert len(once) <= len(text.strip())
     assert refang("[[.]]") == "[.]"  # defanged twice: refanged once
+
+
+def test_containment_keys_of_an_address_are_the_blocks_holding_it() -> None:
+    keys = containment_keys("ipv4-addr", "203.0.113.7")
+    assert keys[0] == "203.0.113.7" and len(keys) == 33
+    assert {"203.0.113.6/31", "203.0.113.0/24", "203.0.0.0/16", "0.0.0.0/0"} <= set(keys)
+    for key in keys:  # every key is canonical, so it can equal a stored value
+        assert normalise_indicator("ipv4-addr", key) == key
+    six = containment_keys("ipv6-addr", "2001:db8::1")
+    assert len(six) == 129 and "2001:db8::/32" in six and six[-1] == "::/0"
+
+
+def test_containment_keys_of_a_small_block_hold_what_is_inside() -> None:
+    keys = containment_keys("ipv4-addr", "203.0.113.0/24")
+    assert len(keys) == 1 + 24 + 510
+    assert {"203.0.113.7", "203.0.113.128/25", "203.0.113.254/31"} <= set(keys)
+    assert len(containment_keys("ipv4-addr", "10.0.0.0/8")) == 1 + 8  # too large: no inside
+    assert containment_keys("domain-name", "evil.example") == ("evil.example",)

@@ -165,3 +165,32 @@ async def test_api_batch_without_partial_is_still_all_or_nothing(api: Api) -> No
     assert status == 422, body
     status, listed = await api.call("GET", "/api/v1/observations", scope="read")
     assert listed["observations"] == []
+
+
+# --- CIDR blocks matched by containment ----------------------------------------------------
+
+
+async def test_api_ip_lookups_match_cidr_blocks_by_containment(api: Api) -> None:
+    ids = {}
+    for value in ("203.0.113.0/24", "203.0.0.0/16", "203.0.113.7", "203.0.113.200",
+                  "198.51.100.1", "203.0.114.0/24"):
+        ids[value] = (await api.submit(obs(value)))["id"]
+    for value in ("2001:db8::/32", "2001:db8::1", "2001:db9::1"):
+        ids[value] = (await api.submit(obs(value, "ipv6-addr")))["id"]
+
+    def found(body: dict[str, Any]) -> set[str]:
+        by_id = {v: k for k, v in ids.items()}
+        return {by_id[o["id"]] for o in body["observations"]}
+
+    one = await lookup(api, "ipv4-addr", "203.0.113.7")
+    assert found(one) == {"203.0.113.7", "203.0.113.0/24", "203.0.0.0/16"}
+    assert one["value"] == "203.0.113.7" and one["count"] == 3
+    block = await lookup(api, "ipv4-addr", "203.0.113.0/24")
+    assert found(block) == {"203.0.113.0/24", "203.0.0.0/16", "203.0.113.7", "203.0.113.200"}
+    # a block over 256 addresses: the blocks holding it, not every address inside
+    assert found(await lookup(api, "ipv4-addr", "203.0.0.0/16")) == {"203.0.0.0/16"}
+    assert found(await lookup(api, "ipv4-addr", "203.0.113.128/25")) == {
+        "203.0.113.0/24", "203.0.0.0/16", "203.0.113.200"}
+    assert found(await lookup(api, "ipv6-addr", "2001:db8::1")) == {"2001:db8::/32",
+                                                                   "2001:db8::1"}
+    assert found(await lookup(api, "ipv4-addr", "192.0.2.1")) == set()
