@@ -166,10 +166,10 @@ def safe_next(target: str | None) -> str:
 
 
 async def login_page(request: web.Request) -> web.StreamResponse:
-    pre = request.cookies.get(PRE_COOKIE) or secrets.token_urlsafe(32)
+    pre = request.cookies.get(_named(request, PRE_COOKIE)) or secrets.token_urlsafe(32)
     response = render(request, "login.html", pre=pre,
                       next=safe_next(request.query.get("next")))
-    _cookie(request, response, PRE_COOKIE, pre, max_age=3600)
+    _cookie(request, response, _named(request, PRE_COOKIE), pre, max_age=3600)
     return response
 
 
@@ -180,21 +180,21 @@ async def login(request: web.Request) -> web.StreamResponse:
     record = request.config_dict[NODE].tokens.authenticate(token) if 0 < len(token) < 200 \
         else None
     if record is None:
-        pre = request.cookies.get(PRE_COOKIE, "")
+        pre = request.cookies.get(_named(request, PRE_COOKIE), "")
         return render(request, "login.html", http_status=401, pre=pre,
                       next=safe_next(data.get("next")),
                       error=_("This token is not valid on this node."))
     sid, _session = request.app[SESSIONS].open(token, Scope(record.scope), record.name)
     response = redirect(safe_next(data.get("next")))
-    _cookie(request, response, COOKIE, sid)
-    response.del_cookie(PRE_COOKIE, path=CONSOLE_PREFIX + "/")
+    _cookie(request, response, _named(request, COOKIE), sid)
+    response.del_cookie(_named(request, PRE_COOKIE), path=CONSOLE_PREFIX + "/")
     return response
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    request.app[SESSIONS].close(request.cookies.get(COOKIE))
+    request.app[SESSIONS].close(request.cookies.get(_named(request, COOKIE)))
     response = redirect(CONSOLE_PREFIX + "/login")
-    response.del_cookie(COOKIE, path=CONSOLE_PREFIX + "/")
+    response.del_cookie(_named(request, COOKIE), path=CONSOLE_PREFIX + "/")
     return response
 
 
@@ -203,12 +203,19 @@ async def switch_lang(request: web.Request) -> web.StreamResponse:
     to = request.query.get("to", "")
     response = redirect(safe_next(request.query.get("next")))
     if to in LANGS:
-        _cookie(request, response, LANG_COOKIE, to, max_age=365 * 86400, http_only=False)
+        _cookie(request, response, LANG_COOKIE, to, max_age=365 * 86400)
     return response
 
 
 async def home(request: web.Request) -> web.StreamResponse:
     return redirect(CONSOLE_PREFIX + "/status")
+
+
+def _named(request: web.Request, base: str) -> str:
+    """A session cookie's name on this listener: browsers share cookies between the
+    ports of one host, so two nodes on one machine (a local federation) would otherwise
+    sign each other's readers out. The language cookie is shared on purpose."""
+    return f"{base}_{request.url.port or 0}"
 
 
 def _cookie(request: web.Request, response: web.StreamResponse, name: str, value: str,
@@ -233,7 +240,7 @@ def _session(request: web.Request) -> Session | None:
     """The reader's live session, its token checked again: a token revoked (or whose
     scope changed) since sign-in ends the session or narrows it at once."""
     sessions = request.app[SESSIONS]
-    sid = request.cookies.get(COOKIE)
+    sid = request.cookies.get(_named(request, COOKIE))
     session = sessions.get(sid)
     if session is None:
         return None
@@ -294,7 +301,7 @@ async def _check_post(request: web.Request, session: Session | None) -> None:
     request[FORM] = fields
     given = fields.get("csrf")
     if session is None:
-        expected = request.cookies.get(PRE_COOKIE)
+        expected = request.cookies.get(_named(request, PRE_COOKIE))
         ok = bool(expected) and given is not None and secrets.compare_digest(
             given.encode(), (expected or "").encode())
     else:

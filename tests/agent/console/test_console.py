@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from protocol.cards import PeerCard, encode_card
@@ -84,7 +85,8 @@ async def test_console_cookies_and_security_headers(console: Console) -> None:
             "token": console.tokens["read"], "csrf": csrf_of(text)}) as resp:
         assert resp.status == 303
         set_cookie = [v for k, v in resp.headers.items() if k == "Set-Cookie"
-                      and v.startswith("entraide_console=")]
+                      and v.startswith("entraide_console_")
+                      and not v.startswith("entraide_console_pre")]
         assert set_cookie, resp.headers
         flags = set_cookie[0].lower()
         assert "httponly" in flags and "samesite=strict" in flags and "path=/console/" in flags
@@ -339,3 +341,21 @@ async def test_console_message_after_a_change_survives_an_error_page(
     assert status == 404
     status, text = await page(client, location)
     assert status == 200 and "Observation shared." in text
+
+
+async def test_console_two_nodes_on_one_host_keep_their_own_sessions(tmp_path: Path) -> None:
+    # Browsers share cookies between the ports of a host (a local federation).
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with running_console(tmp_path / "a", "QC") as qc, \
+            running_console(tmp_path / "b", "ON", peers=("QC",)) as on, \
+            aiohttp.ClientSession(cookie_jar=jar) as browser:
+        for node in (qc, on):
+            base = str(node.server.make_url("/"))
+            async with browser.get(base + "console/login") as resp:
+                csrf = csrf_of(await resp.text())
+            async with browser.post(base + "console/login", data={
+                    "token": node.tokens["read"], "csrf": csrf}) as resp:
+                assert resp.status == 200
+        for node, name in ((qc, "QC"), (on, "ON")):
+            async with browser.get(str(node.server.make_url("/console/status"))) as resp:
+                assert resp.status == 200 and f"Node {name}" in await resp.text()
