@@ -9,11 +9,14 @@ Invariants:
 - Requests go to the listener that received the reader's request (its own socket
   address), with the reader's ``Host`` (already accepted by the API's Host check) and
   language; answers are capped at ``MAX_ANSWER`` bytes.
-- Every failure is a :class:`BackendError` with the API's status, code and message.
+- Every failure is a :class:`BackendError` with the API's status, code and message
+  (already in the reader's language), or one of this module's own messages, marked for
+  the ``console`` catalog and translated where the error page shows it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,10 +25,13 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 
+from agent.i18n import N_
 from agent.jsoncodec import JSONDecodeError, loads
 from protocol.errors import EntraideError
 
 __all__ = ["BACKEND", "MAX_ANSWER", "Backend", "BackendError"]
+
+log = logging.getLogger(__name__)
 
 MAX_ANSWER = 8 * 1024 * 1024
 
@@ -62,7 +68,7 @@ class Backend:
         """The URL of the listener ``request`` came in on."""
         sockname = request.transport.get_extra_info("sockname") if request.transport else None
         if not sockname:
-            raise BackendError(503, "unavailable", "the node's listener is gone")
+            raise BackendError(503, "unavailable", N_("The node's listener is gone."))
         host, port = sockname[0], sockname[1]
         if host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
@@ -92,14 +98,14 @@ class Backend:
             async with self._client().request(method, url, **kwargs) as resp:
                 data = await resp.content.read(MAX_ANSWER + 1)
                 if len(data) > MAX_ANSWER:
-                    raise BackendError(502, "too_large", "the node's answer is too large")
+                    raise BackendError(502, "too_large", N_("The node's answer is too large."))
                 value: Any
                 if resp.content_type == "application/json":
                     try:
                         value = loads(data)
                     except JSONDecodeError as exc:
-                        raise BackendError(502, "bad_answer", "the node's answer is not JSON"
-                                           ) from exc
+                        raise BackendError(502, "bad_answer",
+                                           N_("The node's answer is not JSON.")) from exc
                 else:
                     value = data.decode("utf-8", "replace")
                 if resp.status >= 300:
@@ -108,8 +114,9 @@ class Backend:
                                        str(error.get("message", resp.reason or "")))
                 return value
         except aiohttp.ClientError as exc:
-            raise BackendError(503, "unavailable", f"the node's API is unreachable: {exc}"
-                               ) from exc
+            log.warning("console: the node's API is unreachable: %s", exc)
+            raise BackendError(503, "unavailable",
+                               N_("The node's API cannot be reached; try again.")) from exc
 
     @asynccontextmanager
     async def stream(self, request: web.Request, token: str, lang: str,
@@ -134,8 +141,9 @@ class Backend:
                                        str(error.get("message", "")))
                 yield resp
         except aiohttp.ClientError as exc:
-            raise BackendError(503, "unavailable", f"the node's API is unreachable: {exc}"
-                               ) from exc
+            log.warning("console: the node's API is unreachable: %s", exc)
+            raise BackendError(503, "unavailable",
+                               N_("The node's API cannot be reached; try again.")) from exc
 
 
 def segment(text: str) -> str:

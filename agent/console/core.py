@@ -280,8 +280,8 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     except PageError as exc:
         return _error_page(request, exc.status, exc.message)
-    except BackendError as exc:
-        return _error_page(request, exc.status, exc.message)
+    except BackendError as exc:  # the API's message, or backend.py's (in the catalog)
+        return _error_page(request, exc.status, _(exc.message))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -28,6 +28,7 @@ from agent.console.core import (
     render,
 )
 from agent.console.pages import SEVERITIES, TLPS
+from agent.i18n import localize
 from agent.web.common import NODE
 from protocol.aid import NeedKind, RequestStatus
 from protocol.cards import parse_card
@@ -66,7 +67,7 @@ async def trust_preview(request: web.Request) -> web.StreamResponse:
         return render(request, "trust.html", http_status=422, peers=peers["peers"],
                       forks=forks["forks"], card=None, card_text=text,
                       error=gettext(request)(N_("This card cannot be read: {reason}"))
-                      .format(reason=str(exc)))
+                      .format(reason=localize(str(exc), request[LANG])))
     shown = {"name": card.name, "key": card.key.text, "fingerprint": card.key.fingerprint,
              "url": card.url}
     return render(request, "trust.html", peers=peers["peers"], forks=forks["forks"],
@@ -229,7 +230,7 @@ async def token_create(request: web.Request) -> web.StreamResponse:
     try:
         token = store.create(scope, name)
     except EntraideError as exc:
-        raise PageError(422, str(exc)) from exc
+        raise PageError(422, localize(str(exc), request[LANG])) from exc
     records = sorted((r.to_json() for r in store.records()), key=lambda r: r["name"])
     # Shown once, on this answer only (no-store), as the CLI does.
     return render(request, "tokens.html", tokens=records, created=token,
@@ -241,7 +242,7 @@ async def token_revoke(request: web.Request) -> web.StreamResponse:
     try:
         request.config_dict[NODE].tokens.revoke(name)
     except EntraideError as exc:
-        raise PageError(404, str(exc)) from exc
+        raise PageError(404, localize(str(exc), request[LANG])) from exc
     return done(request, f"{CONSOLE_PREFIX}/tokens",
                 gettext(request)(N_("The token {name} is revoked.")).format(name=name))
 
