@@ -35,6 +35,7 @@ from agent.errors import NodeStoppingError, UnknownAudienceError, UnknownEntryEr
 from agent.metrics import Counter, Gauge, Histogram, Registry
 from agent.node.membership import Membership
 from agent.node.submission import Submission
+from agent.node.wakeup import wait_event
 from agent.storage.aid import (
     AidRow,
     aid_rows_after,
@@ -371,8 +372,7 @@ class NodeAid:
                 self._status[row.id] = (await self._fold_row(row)).status
             self._set_gauge()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), interval)
+            await wait_event(wake, interval)
             wake.clear()  # commits from here on wake the next round
             try:
                 rows = await aid_rows_after(ledger, last)

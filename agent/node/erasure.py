@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from agent.errors import AlreadyErasedError, ErasedError, NotOwnEntryError, UnknownEntryError
 from agent.metrics import Counter, Registry
 from agent.node.membership import Membership
+from agent.node.wakeup import wait_event
 from agent.storage.erasure import (
     ErasureRow,
     erasure_rows_after,
@@ -216,8 +217,7 @@ class NodeErasure:
             except Exception:
                 log.exception("the erasure watcher failed; it goes on")
             if not rows:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), interval)
+                await wait_event(wake, interval)
 
     def _remember(self, row: ErasureRow) -> None:
         if len(row.target) != 64:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.metrics import Counter, Gauge, Registry
+from agent.node.wakeup import wait_event
 from agent.storage.ledger import BodyState, Ledger
 from agent.storage.retention import MAX_DUE, due, next_expiry
 from agent.storage.taxii_index import forget_entries, index_path
@@ -132,9 +133,7 @@ class Sweeper:
             if delay <= _MIN_SLEEP_S:  # due now: at least _MIN_SLEEP_S between sweeps
                 await asyncio.sleep(_MIN_SLEEP_S)
                 return
-            try:
-                await asyncio.wait_for(wake.wait(), delay)
-            except TimeoutError:
+            if not await wait_event(wake, delay):
                 return
             # Woken by a commit: look at the next expiry again, at most every
             # _MIN_SLEEP_S under a stream of commits (one cheap indexed query).

@@ -135,7 +135,7 @@ async def test_forks_cli_lists_and_clears(api: Api, capsys: pytest.CaptureFixtur
     assert cleared["origin_name"] == "ON" and cleared["cleared"] is not None
     assert not api.node.ledger.is_forked(ON.public_key)
     assert await asyncio.to_thread(forks_list_command, [*common, "--json"], data_dir) == 0
-    [record] = json.loads(capsys.readouterr().out)
+    [record] = json.loads(capsys.readouterr().out)["forks"]  # the API's shape
     assert record["cleared"] == cleared["cleared"]
     with pytest.raises(ApiError, match="no fork recorded"):
         await asyncio.to_thread(forks_clear_command, ["FED", *common], data_dir)
