@@ -6,7 +6,7 @@ venv="$root/.venv"
 extra="${1:-}"
 stamp="$venv/.installed${extra:+-$extra}"
 # A venv cut off while it was made (no pip yet) is made again, not used half-made.
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+if [ ! -x "$venv/bin/python" ] || [ ! -x "$venv/bin/pip" ]; then
     rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --upgrade pip
