@@ -34,9 +34,17 @@ from aiohttp import web
 
 from agent.composition import compose
 from agent.config.datadir import DataDir, take_passphrase_from_env
-from agent.config.settings import LogConfig, load_node_config
+from agent.config.settings import ApiConfig, LogConfig, PeerListenerConfig, load_node_config
 from agent.errors import ConfigError
 from agent.node.node import ENV_PASSPHRASE
+from agent.peering.limits import (
+    AcceptErrorLog,
+    ConnectionGuard,
+    ListenerLimits,
+    fit_to_nofile,
+    merged_families,
+    raise_nofile,
+)
 from agent.peering.transport import Replicator, start_peer_listener
 from agent.workers.gcsettings import settle_heap
 
@@ -95,9 +103,16 @@ async def serve(data_dir: DataDir, *, passphrase: bytes | None = None,
     """
     stop = stop if stop is not None else _signal_event()
     parts = compose(data_dir, passphrase=passphrase, readers=readers)
+    peer_guard, api_guard = _guards(parts.config.peer, parts.config.api)
+    accept_errors = AcceptErrorLog()
+    accept_errors.install(asyncio.get_running_loop())
+    parts.node.metrics.add_collector(lambda: merged_families(
+        peer_guard.metric_families, api_guard.metric_families, accept_errors.metric_families))
+    parts.app.middlewares.append(api_guard.middleware)
     peer_runner: web.AppRunner | None = None
     api_runner = web.AppRunner(parts.app, handle_signals=False, access_log=None,
-                               shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+                               shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+                               keepalive_timeout=api_guard.limits.keepalive_timeout)
     api_server: asyncio.AbstractServer | None = None
     try:
         await api_runner.setup()  # the supervisor opens, the node starts
@@ -105,11 +120,14 @@ async def serve(data_dir: DataDir, *, passphrase: bytes | None = None,
         replicator = parts.node.replication
         assert isinstance(replicator, Replicator)
         peer_runner, peer_port = await _listen(
-            "peer", lambda: start_peer_listener(replicator, config.peer.host, config.peer.port),
+            "peer", lambda: start_peer_listener(replicator, config.peer.host, config.peer.port,
+                                                guard=peer_guard),
             config.peer.host, config.peer.port)
         server = api_runner.server
         assert server is not None
-        factory = parts.workers.api_protocol(server)
+        # The guard admits each connection first; the read lane's sniffer (when there are
+        # readers) comes next, and the server's protocols report their end to the guard.
+        factory = api_guard.accept(parts.workers.api_protocol(api_guard.served(server)))
         api_server = await _listen(
             "API", lambda: asyncio.get_running_loop().create_server(
                 factory, config.api.host, config.api.port),
@@ -131,6 +149,29 @@ async def serve(data_dir: DataDir, *, passphrase: bytes | None = None,
         if peer_runner is not None:
             await peer_runner.cleanup()
         log.info("stopped")
+
+
+def _guards(peer: PeerListenerConfig, api: ApiConfig
+            ) -> tuple[ConnectionGuard, ConnectionGuard]:
+    """The two listeners' guards, from ``[peer]`` and ``[api]``, after the soft open-file
+    limit is raised to the hard one; their totals are shrunk to fit under it when they do
+    not (agent/peering/limits.py), so a connection is refused long before ``accept``
+    fails for want of a descriptor."""
+    before, after = raise_nofile()
+    if after != before:
+        log.info("open-file limit raised from %d to %d", before, after)
+    else:
+        log.info("open-file limit: %d", after)
+    wanted = [ListenerLimits(section.max_connections, section.max_connections_per_address,
+                             section.header_timeout, section.keepalive_timeout)
+              for section in (peer, api)]
+    fitted = fit_to_nofile(wanted, after)
+    if fitted != wanted:
+        log.warning("open-file limit %d is too low for max_connections %d ([peer]) + %d "
+                    "([api]): the listeners take at most %d and %d (raise LimitNOFILE)",
+                    after, wanted[0].max_connections, wanted[1].max_connections,
+                    fitted[0].max_connections, fitted[1].max_connections)
+    return ConnectionGuard("peer", fitted[0]), ConnectionGuard("api", fitted[1])
 
 
 async def _listen(what: str, start: Any, host: str, port: int) -> Any:

@@ -106,6 +106,14 @@ class ApiConfig(ConfigModel):
         default_factory=list, max_length=64)
     """Host names (not IP addresses: those are always answered) the API answers to in
     ``Host`` and ``Origin``, for tools that reach it by a DNS name (agent/config/hosts.py)."""
+    max_connections: int = Field(512, ge=16, le=1_000_000)
+    """Open connections at once; more are closed at accept (docs/security.md)."""
+    max_connections_per_address: int = Field(256, ge=1, le=1_000_000)
+    """Open connections from one source address (local tools all come from 127.0.0.1)."""
+    header_timeout: float = Field(10.0, ge=0.5, le=3600)
+    """Seconds from accept to the end of the first request head."""
+    keepalive_timeout: float = Field(15.0, ge=0.5, le=3600)
+    """Seconds an idle connection stays open between requests."""
 
 
 class PeerListenerConfig(ConfigModel):
@@ -114,6 +122,18 @@ class PeerListenerConfig(ConfigModel):
     host: Host = "0.0.0.0"
     port: Port = 8471
     public_url: str | None = None
+    max_connections: int = Field(512, ge=16, le=1_000_000)
+    """Open connections at once; more are closed at accept (docs/security.md)."""
+    max_connections_per_address: int = Field(32, ge=1, le=1_000_000)
+    """Open connections from one source address; more are closed at accept."""
+    header_timeout: float = Field(10.0, ge=0.5, le=3600)
+    """Seconds from accept to the end of the upgrade request's head."""
+    keepalive_timeout: float = Field(15.0, ge=0.5, le=3600)
+    """Seconds an idle connection stays open before a request (a session's own
+    idle timeout applies once it is a WebSocket)."""
+    handshakes_per_address: int = Field(8, ge=1, le=64)
+    """Handshakes in progress from one source address; more get HTTP 503 (the
+    listener's total is 64)."""
 
     @field_validator("public_url")
     @classmethod

@@ -36,6 +36,9 @@ class TransportParams:
     """Largest WebSocket message accepted (aiohttp ``max_msg_size``)."""
     max_handshaking: int = 64
     """Inbound connections allowed in their handshake at once; more get HTTP 503."""
+    max_handshaking_per_address: int = 8
+    """Of those, from one source address: a looping anonymous client takes its
+    address's slots, not the trusted peers' (``[peer] handshakes_per_address``)."""
     close_grace: float = 2.0
     """How long a closing link may take to flush its final frame."""
     ingest_max_entries: int = 8192

@@ -169,20 +169,31 @@ def _fold(past: dict[str, Any], stats: PeerStats) -> None:
 
 
 class RateLimitedLog:
-    """At most one line per key per ``interval`` seconds (bounded memory)."""
+    """At most one line per key per ``interval`` seconds, and at most ``cap`` lines per
+    interval in all (bounded memory).
+
+    Keys are what the caller can vouch for (a source address and a kind), never text
+    a client chose: a flood from many addresses fills the table, and then nothing new
+    is logged until entries age out (:attr:`suppressed` counts what was not)."""
 
     def __init__(self, interval: float, clock: Callable[[], float], cap: int = 256) -> None:
         self._interval, self._clock, self._cap = interval, clock, cap
         self._last: dict[object, float] = {}
+        self.suppressed = 0
 
     def allow(self, key: object) -> bool:
-        """True (and remembered) if no line for ``key`` went out within the interval."""
+        """True (and remembered) if no line for ``key`` went out within the interval
+        and the table has room."""
         now = self._clock()
         last = self._last.get(key)
         if last is not None and now - last < self._interval:
+            self.suppressed += 1
             return False
-        if len(self._last) >= self._cap:
-            self._last.clear()
+        if last is None and len(self._last) >= self._cap:
+            self._last = {k: t for k, t in self._last.items() if now - t < self._interval}
+            if len(self._last) >= self._cap:
+                self.suppressed += 1
+                return False
         self._last[key] = now
         return True
 
@@ -294,7 +305,8 @@ class PeerRegistry:
         bump(self.state(key).errors, kind)
 
     def handshake_failed(self, kind: str) -> None:
-        """Count a handshake that failed (``refused``, ``protocol``, ``transport``)."""
+        """Count a handshake that failed (``refused``, ``protocol``, ``transport``, or
+        ``busy``: turned away with 503, no slot free for its address or at all)."""
         bump(self.handshake_failures, kind)
 
     def fold(self, key: PublicKey, engine: GossipEngine) -> None:
@@ -435,7 +447,8 @@ class PeerRegistry:
         add("entraide_peer_rtt_seconds", "Last PING round-trip time.", "gauge", ("peer",),
             {k: float(v) for k, v in rtts.items()})
         add("entraide_peer_handshake_failures_total",
-            "Inbound or outbound handshakes that failed (refused: untrusted or bad signature).",
+            "Inbound or outbound handshakes that failed (refused: untrusted or bad signature; "
+            "busy: no handshake slot for its address or at all, HTTP 503).",
             "counter", ("reason",),
             {(r,): float(v) for r, v in self.handshake_failures.items()})
         return list(fam.values())

@@ -90,6 +90,7 @@ class PeerSessions:
         self._http: aiohttp.ClientSession | None = None
         self._conn_tasks: set[asyncio.Task[object]] = set()
         self._handshaking = 0
+        self._handshaking_from: dict[str, int] = {}
 
     def open(self) -> None:
         """Open the dialling side's HTTP session and start accepting."""
@@ -138,7 +139,11 @@ class PeerSessions:
         """The ``/peer/v1`` WebSocket handler (usable in another app's route table)."""
         if not self.accepting:
             raise web.HTTPServiceUnavailable(text="not running\n")
-        if self._handshaking >= self.transport.max_handshaking:
+        source = request.remote or "?"
+        if (self._handshaking >= self.transport.max_handshaking
+                or self._handshaking_from.get(source, 0)
+                >= self.transport.max_handshaking_per_address):
+            self.peers.handshake_failed("busy")
             raise web.HTTPServiceUnavailable(text="too many handshakes\n")
         ws = web.WebSocketResponse(
             heartbeat=self.transport.heartbeat, max_msg_size=self.transport.max_msg_size,
@@ -152,7 +157,7 @@ class PeerSessions:
         assert task is not None
         self._conn_tasks.add(task)
         try:
-            await self._run_link(link, remote=request.remote)
+            await self._run_link(link, remote=source, source=source)
         finally:
             self._conn_tasks.discard(task)
         return ws
@@ -188,25 +193,33 @@ class PeerSessions:
 
     # --- one link, from handshake to close ---------------------------------------------
 
-    async def _run_link(self, link: PeerLink, *, remote: str | None) -> bool:
-        """Handshake, admit, read until the end. True when the handshake completed."""
+    async def _run_link(self, link: PeerLink, *, remote: str | None,
+                        source: str | None = None) -> bool:
+        """Handshake, admit, read until the end. True when the handshake completed.
+
+        ``source``: the address an inbound connection came from; its handshakes are
+        counted against its own slots. Log lines about a failed handshake are limited
+        per address and kind (never per claimed key: a client can claim any)."""
         link.started_at = self._clock()
         self.links.add(link)
+        self._handshaking += 1
+        if source is not None:
+            self._handshaking_from[source] = self._handshaking_from.get(source, 0) + 1
         try:
-            self._handshaking += 1
             try:
                 peer = await run_handshake(link.ws, link.session,
                                            self.transport.handshake_timeout)
             except HandshakeError as exc:
                 self.peers.handshake_failed("refused")
-                if self.peers.refusal_log.allow((remote, str(exc))):
+                if self.peers.refusal_log.allow((remote, "refused")):
                     log.warning("peer connection %s refused at handshake: %s",
                                 remote or link.name, exc)
                 return False
             except RemoteProtocolError as exc:
                 self.peers.handshake_failed("protocol")
-                log.warning("peer connection %s broke the handshake: %s",
-                            remote or link.name, exc)
+                if self.peers.refusal_log.allow((remote, "protocol")):
+                    log.warning("peer connection %s broke the handshake: %s",
+                                remote or link.name, exc)
                 return False
             except TransportClosed as exc:
                 self.peers.handshake_failed("transport")
@@ -214,7 +227,7 @@ class PeerSessions:
                           remote or link.name, exc)
                 return False
             finally:
-                self._handshaking -= 1
+                self._end_handshake(source)
             self._established(link, peer)
             if link.close_reason is None:
                 await self._read_loop(link)
@@ -233,6 +246,19 @@ class PeerSessions:
             await link.finish(self.transport.close_grace)
             if link.peer is not None:
                 self.peers.closed(link)
+
+    def handshakes_from(self, source: str) -> int:
+        """Inbound handshakes in progress from the address ``source``."""
+        return self._handshaking_from.get(source, 0)
+
+    def _end_handshake(self, source: str | None) -> None:
+        self._handshaking -= 1
+        if source is not None:
+            left = self._handshaking_from[source] - 1
+            if left:
+                self._handshaking_from[source] = left
+            else:
+                del self._handshaking_from[source]
 
     def _established(self, link: PeerLink, peer: PublicKey) -> None:
         """The handshake is done: re-check trust, resolve duplicates, attach."""

@@ -14,7 +14,9 @@ The pieces (docs/architecture.md, "Peer transport"):
 
 This module re-exports the public names and builds the replicator for a
 :class:`agent.node.node.Node` (:func:`replication_factory`) and its listener
-(:func:`start_peer_listener`).
+(:func:`start_peer_listener`), behind the listener limits of
+:mod:`agent.peering.limits` (connection caps per source address and in total, a
+deadline on the upgrade request's head, aiohttp's keep-alive timeout).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from agent.config.settings import NodeConfig
 from agent.config.trust import TrustList
 from agent.peering.dialer import PEER_PATH, Backoff, peer_endpoint
 from agent.peering.ingest import Verifier
+from agent.peering.limits import ConnectionGuard, GuardedSite, ListenerLimits
 from agent.peering.params import TransportParams, gossip_params
 from agent.peering.registry import PeerCounters, PeerStatus, TrustedPeer
 from agent.peering.replicator import Replicator
@@ -55,6 +58,8 @@ class StartedNode(Protocol):
 __all__ = [
     "PEER_PATH",
     "Backoff",
+    "ConnectionGuard",
+    "ListenerLimits",
     "PeerCounters",
     "PeerStatus",
     "Replicator",
@@ -93,8 +98,12 @@ def replication_factory(
 
 
 async def start_peer_listener(replicator: Replicator, host: str, port: int,
-                              *, shutdown_timeout: float = 2.0) -> tuple[web.AppRunner, int]:
-    """Serve ``replicator.peer_app()`` on ``host:port`` (port 0: any free port).
+                              *, shutdown_timeout: float = 2.0,
+                              guard: ConnectionGuard | None = None
+                              ) -> tuple[web.AppRunner, int]:
+    """Serve ``replicator.peer_app()`` on ``host:port`` (port 0: any free port), every
+    connection through ``guard`` (default: one with the default
+    :class:`ListenerLimits`).
 
     Returns the runner (``await runner.cleanup()`` after ``replicator.stop()``) and the
     port actually bound.
@@ -102,10 +111,14 @@ async def start_peer_listener(replicator: Replicator, host: str, port: int,
     Raises:
         OSError: the address cannot be bound.
     """
-    runner = web.AppRunner(replicator.peer_app(), handle_signals=False,
-                           shutdown_timeout=shutdown_timeout, access_log=None)
+    if guard is None:
+        guard = ConnectionGuard("peer", ListenerLimits())
+    app = replicator.peer_app()
+    app.middlewares.append(guard.middleware)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout,
+                           access_log=None, keepalive_timeout=guard.limits.keepalive_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = GuardedSite(runner, host, port, guard)
     try:
         await site.start()
     except BaseException:
