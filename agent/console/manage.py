@@ -146,8 +146,9 @@ def _aid_id(request: web.Request) -> str:
 async def aid_detail(request: web.Request) -> web.StreamResponse:
     rid = _aid_id(request)
     thread = await api(request, "GET", f"/api/v1/aid/requests/{rid}")
+    status = await api(request, "GET", "/api/v1/status")
     return render(request, "aid_detail.html", r=thread, kinds=NEED_KINDS,
-                  statuses=AID_STATUSES)
+                  statuses=AID_STATUSES, me=status.get("key"))
 
 
 async def aid_offer(request: web.Request) -> web.StreamResponse:
@@ -167,6 +168,14 @@ async def aid_accept(request: web.Request) -> web.StreamResponse:
     await api(request, "POST", f"/api/v1/aid/requests/{rid}/offers/{segment(offer)}/accept")
     return done(request, f"{CONSOLE_PREFIX}/aid/{rid}",
                 gettext(request)(N_("The offer is accepted.")))
+
+
+async def aid_withdraw(request: web.Request) -> web.StreamResponse:
+    rid = _aid_id(request)
+    offer = request.match_info["offer"]
+    await api(request, "POST", f"/api/v1/aid/requests/{rid}/offers/{segment(offer)}/withdraw")
+    return done(request, f"{CONSOLE_PREFIX}/aid/{rid}",
+                gettext(request)(N_("Your offer is withdrawn.")))
 
 
 async def aid_update(request: web.Request) -> web.StreamResponse:
@@ -258,6 +267,7 @@ MANAGE_ROUTES: tuple[Route, ...] = (
     Route("GET", "/aid/{id}", aid_detail),
     Route("POST", "/aid/{id}/offers", aid_offer, Scope.WRITE),
     Route("POST", "/aid/{id}/offers/{offer}/accept", aid_accept, Scope.WRITE),
+    Route("POST", "/aid/{id}/offers/{offer}/withdraw", aid_withdraw, Scope.WRITE),
     Route("POST", "/aid/{id}/updates", aid_update, Scope.WRITE),
     Route("POST", "/aid/{id}/close", aid_close, Scope.WRITE),
     Route("GET", "/rules", rules_page),

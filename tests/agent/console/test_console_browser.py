@@ -213,8 +213,8 @@ async def test_console_browser_pages_pass_axe_and_fit_a_narrow_window(
 async def test_console_browser_two_real_nodes(browser: Any, tmp_path: Path) -> None:
     """Two ``entraide run`` processes, QC dialling ON: QC's console sees ON connect; an
     observation submitted in QC's console arrives on ON's live feed; QC asks for help,
-    ON offers, QC accepts; a peer is added from its card (fingerprint shown for the
-    phone check) and removed again."""
+    ON offers, withdraws, offers again, QC accepts; a peer is added from its card
+    (fingerprint shown for the phone check) and removed again."""
     from agent.cli.localfed import LocalFederation
     from protocol.cards import PeerCard, encode_card
     from tests.agent._api_helpers import identity
@@ -266,12 +266,20 @@ async def test_console_browser_two_real_nodes(browser: Any, tmp_path: Path) -> N
                 break
             await asyncio.sleep(0.25)
             await on.page.reload()
+        await on.page.check("#kind-forensics")
+        async with on.page.expect_navigation():
+            await on.page.click("form[action$='/offers'] button[type=submit]")
+        async with on.page.expect_navigation():  # a second thought: withdrawn
+            await on.page.click("form[action$='/withdraw'] button")
+        assert await on.page.inner_text(".flash") == "Your offer is withdrawn."
+        assert "— withdrawn" in await on.page.inner_text("main")
         await on.page.check("#kind-threat-hunting")
         await on.page.fill("#detail", "Two hunters, remote")
         async with on.page.expect_navigation():
             await on.page.click("form[action$='/offers'] button[type=submit]")
         assert await on.page.inner_text(".flash") == "Your offer is sent."
-        accept = qc.page.locator("form[action$='/accept'] button")
+        accept = qc.page.locator("li", has_text="Two hunters").locator(
+            "form[action$='/accept'] button")
         for _attempt in range(120):  # until the offer has reached QC
             if await accept.count():
                 break
