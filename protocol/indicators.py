@@ -72,9 +72,11 @@ class IndicatorType(StrEnum):
     FILE_SHA512 = "file:sha512"
     CVE = "cve"
     AUTONOMOUS_SYSTEM = "autonomous-system"
+    USER_ACCOUNT = "user-account"
 
 
-PERSONAL_DATA_TYPES: frozenset[str] = frozenset({IndicatorType.EMAIL_ADDR.value})
+PERSONAL_DATA_TYPES: frozenset[str] = frozenset({IndicatorType.EMAIL_ADDR.value,
+                                                IndicatorType.USER_ACCOUNT.value})
 """Indicator types whose values can identify a person (docs/privacy.md). An observation
 of one is at least AMBER unless its submitter says otherwise, has a shorter default
 retention (protocol/retention.py), and its value never appears in logs, metrics or
@@ -118,6 +120,10 @@ def normalise_indicator(type: IndicatorType | str, value: str) -> str:
     - ``cve``: ``CVE-YYYY-NNNN`` uppercase (four digits, or more without a leading zero).
     - ``autonomous-system``: ``AS<number>``, 0 < number < 2**32; ``AS64500``,
       ``as64500`` and ``64500`` are accepted.
+    - ``user-account``: an account's login name (STIX ``user-account:account_login``)
+      as given, in Unicode NFC, at most 256 characters, no whitespace or control
+      characters (``EXAMPLE\\jdoe``, ``jdoe``, ``root`` are three accounts: case and
+      domain are kept, since systems differ on what they ignore).
 
     Args:
         type: an ``IndicatorType`` or its string value.
@@ -596,6 +602,17 @@ def _normalise_as(text: str) -> str:
     return f"AS{number}"
 
 
+_MAX_ACCOUNT_CHARS = 256
+
+
+def _normalise_account(text: str) -> str:
+    _check_no_space_or_control(text)
+    name = unicodedata.normalize("NFC", text)
+    if len(name) > _MAX_ACCOUNT_CHARS:
+        raise _Invalid(f"is over {_MAX_ACCOUNT_CHARS} characters")
+    return name
+
+
 _NORMALISERS: dict[IndicatorType, Callable[[str], str]] = {
     IndicatorType.IPV4_ADDR: _normalise_ipv4,
     IndicatorType.IPV6_ADDR: _normalise_ipv6,
@@ -608,4 +625,5 @@ _NORMALISERS: dict[IndicatorType, Callable[[str], str]] = {
     IndicatorType.FILE_SHA512: _hex_digest(128, "SHA-512"),
     IndicatorType.CVE: _normalise_cve,
     IndicatorType.AUTONOMOUS_SYSTEM: _normalise_as,
+    IndicatorType.USER_ACCOUNT: _normalise_account,
 }

@@ -401,6 +401,8 @@ def pattern_for(type: IndicatorType | str, value: str) -> str:
         return f"[file:hashes.{quote(_HASH_NAMES[kind])} = {quote(value)}]"
     if kind is IndicatorType.AUTONOMOUS_SYSTEM:
         return f"[autonomous-system:number = {int(value.removeprefix('AS'))}]"
+    if kind is IndicatorType.USER_ACCOUNT:
+        return f"[user-account:account_login = {quote(value)}]"
     raise PayloadError(f"{kind.value} has no STIX pattern (STIX models it as a vulnerability)")
 
 
@@ -424,6 +426,9 @@ def indicator_of(pattern: Pattern) -> tuple[IndicatorType, str] | None:
     if (c.object_type == "autonomous-system" and c.path == ("number",)
             and isinstance(c.value, int) and not isinstance(c.value, bool)):
         return IndicatorType.AUTONOMOUS_SYSTEM, f"AS{c.value}"
+    if (c.object_type == "user-account" and c.path == ("account_login",)
+            and isinstance(c.value, str)):
+        return IndicatorType.USER_ACCOUNT, c.value
     return None
 
 

@@ -50,6 +50,7 @@ _FROM_TYPE: dict[IndicatorType, tuple[str, str]] = {
     IndicatorType.FILE_SHA512: ("sha512", "Payload delivery"),
     IndicatorType.CVE: ("vulnerability", "External analysis"),
     IndicatorType.AUTONOMOUS_SYSTEM: ("AS", "Network activity"),
+    IndicatorType.USER_ACCOUNT: ("target-user", "Targeting data"),
 }
 _IP_TYPES = (IndicatorType.IPV4_ADDR, IndicatorType.IPV6_ADDR)
 _TAG_OF_TLP = {TLP.CLEAR: "tlp:clear", TLP.GREEN: "tlp:green", TLP.AMBER: "tlp:amber",

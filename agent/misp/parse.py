@@ -73,6 +73,7 @@ TO_TYPE: dict[str, IndicatorType | None] = {
     "md5": IndicatorType.FILE_MD5, "sha1": IndicatorType.FILE_SHA1,
     "sha256": IndicatorType.FILE_SHA256, "sha512": IndicatorType.FILE_SHA512,
     "vulnerability": IndicatorType.CVE, "AS": IndicatorType.AUTONOMOUS_SYSTEM,
+    "target-user": IndicatorType.USER_ACCOUNT,  # personal data (docs/privacy.md)
 }
 
 COMPOSITE_TYPES: dict[str, tuple[str, str]] = {

@@ -92,6 +92,10 @@ GOOD = [
     ("autonomous-system", "64500", "AS64500"),
     ("autonomous-system", "As1", "AS1"),
     ("autonomous-system", "AS4294967295", "AS4294967295"),
+    ("user-account", " EXAMPLE\\jdoe ", "EXAMPLE\\jdoe"),
+    ("user-account", "Jdoe", "Jdoe"),
+    ("user-account", "jose\u0301", "jos\u00e9"),  # NFC
+    ("user-account", "root@host", "root@host"),
 ]
 
 BAD = [
@@ -205,6 +209,9 @@ BAD = [
     ("autonomous-system", "AS1.10", "not an AS number"),
     ("autonomous-system", "AS64_500", "not an AS number"),
     ("autonomous-system", "ASN64500", "not an AS number"),
+    ("user-account", "j doe", "whitespace"),
+    ("user-account", "jdoe\x00", "control character"),
+    ("user-account", "a" * 257, "over 256"),
     ("autonomous-system", "AS６４５００", "not an AS number"),  # full-width digits
 ]
 

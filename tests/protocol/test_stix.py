@@ -54,6 +54,7 @@ VALUES = {
     IndicatorType.FILE_SHA512: "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce"
                                "47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e",
     IndicatorType.AUTONOMOUS_SYSTEM: "AS64500",
+    IndicatorType.USER_ACCOUNT: "EXAMPLE\\jdoe",
     IndicatorType.CVE: "CVE-2021-44228",
 }
 

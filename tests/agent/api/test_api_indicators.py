@@ -194,3 +194,18 @@ async def test_api_ip_lookups_match_cidr_blocks_by_containment(api: Api) -> None
     assert found(await lookup(api, "ipv6-addr", "2001:db8::1")) == {"2001:db8::/32",
                                                                    "2001:db8::1"}
     assert found(await lookup(api, "ipv4-addr", "192.0.2.1")) == set()
+
+
+# --- user-account (personal data) ----------------------------------------------------------
+
+
+async def test_api_user_account_is_personal_data(api: Api) -> None:
+    created = await api.submit(obs("EXAMPLE\\jdoe", "user-account"))
+    assert created["tlp"] == "AMBER" and created["value"] == "EXAMPLE\\jdoe"
+    found = await lookup(api, "user-account", "EXAMPLE\\jdoe")
+    assert [o["id"] for o in found["observations"]] == [created["id"]]
+    assert (await lookup(api, "user-account", "example\\jdoe"))["observations"] == []
+    status, body = await api.call("POST", "/api/v1/observations", scope="write",
+                                  json_body=obs("j doe secret", "user-account"))
+    assert status == 422 and "redacted" in body["error"]["message"]
+    assert "secret" not in body["error"]["message"]
