@@ -89,7 +89,9 @@ PAYLOAD_KINDS = ("observation", "sighting", "retraction", "alert", "rule", "stix
                  # shared tools (agent/tools)
                  "playbook",
                  # erasure and its receipts (protocol/erasure.py)
-                 "erasure", "erasure-receipt")
+                 "erasure", "erasure-receipt",
+                 # key rotation (protocol/handover.py)
+                 "handover")
 
 
 class Severity(StrEnum):

@@ -42,6 +42,7 @@ from protocol.aid import (
 from protocol.encoding import Limits, decode, pack_trusted
 from protocol.erasure import Erasure, ErasureReceipt
 from protocol.errors import OversizeError, PayloadError
+from protocol.handover import Handover
 from protocol.indicators import IndicatorType, normalise_indicator
 from protocol.payload_fields import (
     MAX_CONTACT_CHARS,
@@ -97,6 +98,7 @@ __all__ = [
     "EntryId",
     "Erasure",
     "ErasureReceipt",
+    "Handover",
     "IndicatorType",
     "LocalizedText",
     "Note",
@@ -128,13 +130,15 @@ Payload: TypeAlias = Annotated[
     # shared tools: CACAO 2.0 playbooks (checked against the schema by agent/tools)
     | Playbook
     # erasure of an entry's body and its receipts (protocol/erasure.py)
-    | Erasure | ErasureReceipt,
+    | Erasure | ErasureReceipt
+    # key rotation: the old key's last entry names its successor (protocol/handover.py)
+    | Handover,
     Field(discriminator="kind"),
 ]
 _PAYLOAD = TypeAdapter[Payload](Payload)
 _PAYLOAD_TYPES = (Observation, Sighting, Retraction, Alert, Rule, StixObject,
                   AidRequest, AidOffer, AidWithdraw, AidAccept, AidUpdate, AidClose,
-                  Capabilities, Playbook, Erasure, ErasureReceipt)
+                  Capabilities, Playbook, Erasure, ErasureReceipt, Handover)
 
 # Every valid payload fits these caps (the widest list is Alert.related; the deepest
 # value is a list or a description map inside the top-level map).

@@ -111,7 +111,7 @@ def _aid_examples() -> list[Payload]:
     from tests.vectors.make_payload_vectors import INPUTS
     return [parse_payload_json(i) for i in INPUTS
             if str(i.get("kind", "")).startswith(("aid-", "erasure"))
-            or i.get("kind") in ("capabilities", "playbook")]
+            or i.get("kind") in ("capabilities", "playbook", "handover")]
 
 
 # --- Round trips -----------------------------------------------------------------

@@ -58,6 +58,10 @@ INPUTS = [
     # erasure and its receipt (protocol/erasure.py)
     {"kind": "erasure", "of": "AB" * 32, "reason": "Citizen's request (Law 25)"},
     {"kind": "erasure-receipt", "of": "ab" * 32, "erasure": "cd" * 32},
+    # key rotation (protocol/handover.py; the keys are tests/vectors/handover.json's)
+    {"kind": "handover", "new_key": "ed25519:9cxXRhBtFDMO76nkcflbf0aMGKg1Hc1Mwd6i9_If3FY",
+     "countersig": "sOvr7fDofI6-s8eOH7ur-HuhLcDBN52CPZTW2VzIxBI-"
+                   "iGRsO0iCeS2J6bN-gs6CeFSC9uTgFyrtWoUykiKIAQ"},
 ]
 
 
