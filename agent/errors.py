@@ -14,8 +14,10 @@ the HTTP API maps these classes to statuses (noted on the right)::
     │   └── UnknownTokenError             no API token by that name                   404
     ├── StorageError                      the ledger database failed (I/O, corruption) 500
     │   └── NodeStoppingError             the node is shutting down or not started     503
-    │       └── RestoringError            restored from a backup, still catching up its
-    │                                     own chain: it signs nothing yet              503
+    │       ├── RestoringError            restored from a backup, still catching up its
+    │       │                             own chain: it signs nothing yet              503
+    │       └── KeyHandedOverError        its key handed over to a new one (entraide
+    │                                     key rotate): it signs nothing until restarted 503
     ├── UntrustedPeerError                a key or name that is not in the trust list  403/422
     │   └── UnknownAudienceError          an audience or origin name not in the list,
     │                                     or an audience that does not fit the TLP     422
@@ -64,6 +66,7 @@ __all__ = [
     "ErasedError",
     "InvalidCursorError",
     "InvalidRuleError",
+    "KeyHandedOverError",
     "NodeExistsError",
     "NodeNotRunningError",
     "NodeStoppingError",
@@ -140,6 +143,11 @@ class NodeStoppingError(StorageError):
 class RestoringError(NodeStoppingError):
     """Restored from a backup, the node signs nothing until it has caught up its own
     chain from its peers (agent/node/restore.py)."""
+
+
+class KeyHandedOverError(NodeStoppingError):
+    """The node signed the hand-over of its key to a new one: it signs nothing more
+    with the old key, until restarted with the new one (agent/node/keys.py)."""
 
 
 class UnknownAudienceError(UntrustedPeerError, ValueError):

@@ -37,6 +37,7 @@ from agent.api.admin import (
 )
 from agent.api.aid import AID_ROUTES
 from agent.api.erasure import ERASURE_ROUTES
+from agent.api.keys import KEY_ROUTES
 from agent.api.messages import localized_message, validation_message
 from agent.api.models import (
     BatchCreated,
@@ -85,6 +86,7 @@ from agent.errors import (
     DuplicatePeerError,
     ErasedError,
     InvalidCursorError,
+    KeyHandedOverError,
     NodeExistsError,
     NodeStoppingError,
     NotOwnEntryError,
@@ -233,6 +235,7 @@ ROUTES: tuple[Operation, ...] = (
     Operation("GET", "/api/v1/openapi.json", openapi, "getOpenApi",
               "This API's OpenAPI document", None, "node"),
     *ERASURE_ROUTES,
+    *KEY_ROUTES,
     *RULE_ROUTES,
     *AID_ROUTES,
     *MISP_ROUTES,
@@ -295,6 +298,7 @@ _ERRORS: tuple[tuple[type[BaseException], int, str], ...] = (
     (UnknownTokenError, 404, "not_found"),
     (ConfigError, 422, "invalid"),
     (RestoringError, 503, "restoring"),
+    (KeyHandedOverError, 503, "key_rotated"),
     (NodeStoppingError, 503, "unavailable"),
     (StorageError, 500, "storage_error"),
 )

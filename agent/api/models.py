@@ -47,6 +47,7 @@ __all__ = [
     "Health",
     "IndicatorOut",
     "ItemResult",
+    "KeyRotationOut",
     "LedgerCountsOut",
     "ObservationBatch",
     "ObservationList",
@@ -58,6 +59,8 @@ __all__ = [
     "PeerOut",
     "PeerRemoved",
     "Refanged",
+    "RestoreOut",
+    "RetiredKeyOut",
     "RetractRequest",
     "RetractionCreated",
     "Routing",
@@ -296,6 +299,9 @@ class ObservationOut(_Out):
     audience: list[str] | None = None
     verified: bool | None = None
     sightings: int | None = None
+    quarantined: bool = Field(False, description="signed by a key past the seq it is "
+                              "trusted to (declared compromised, or retired): do not act on "
+                              "it (docs/operations.md, \"A key is compromised\")")
     refanged: Refanged | None = Field(None, description="on creation, when the value was "
                                                         "refanged (?refang=true)")
 
@@ -363,6 +369,15 @@ class RetractionCreated(_Out):
     retracted: Literal[True]
 
 
+class RetiredKeyOut(_Out):
+    """A member's earlier key: trusted for its chain up to ``last_seq`` only."""
+
+    key: str
+    fingerprint: str
+    last_seq: int
+    reason: Literal["rotated", "compromised"]
+
+
 class PeerOut(_Out):
     name: str
     jurisdiction: str | None
@@ -372,6 +387,14 @@ class PeerOut(_Out):
     connected: bool
     last_seen: str | None
     forked: bool
+    retired_keys: list[RetiredKeyOut] = Field(
+        description="earlier keys (a key rotation it announced, or declared compromised)")
+    compromised_since_seq: int | None = Field(
+        description="its current key is compromised from this seq on (entraide peers "
+                    "compromised): its entries from there are quarantined")
+    quarantined: int = Field(
+        description="entries of its current key held past its compromise (they arrived "
+                    "before the mark); later ones are refused")
 
 
 class PeerList(_Out):
@@ -415,6 +438,25 @@ class TrustFileOut(_Out):
     error: str | None
 
 
+class RestoreOut(_Out):
+    state: Literal["catching-up"]
+    restored: str | None
+    own_seq: int
+    peers_seq: int
+    peers_heard: list[str]
+    peers_needed: list[str]
+    message: dict[str, str]
+
+
+class KeyRotationOut(_Out):
+    state: Literal["restart-needed"]
+    new_key: str
+    new_fingerprint: str
+    handover_seq: int
+    handover_id: str
+    message: dict[str, str]
+
+
 class StatusOut(_Out):
     name: str
     jurisdiction: str | None
@@ -425,6 +467,10 @@ class StatusOut(_Out):
     trust_file: TrustFileOut
     ledger: LedgerCountsOut
     forks: list[ForkOut]
+    restore: RestoreOut | None = Field(
+        description="restored from a backup and not caught up yet: why it signs nothing")
+    key_rotation: KeyRotationOut | None = Field(
+        description="a key hand-over signed, waiting for a restart (entraide key rotate)")
 
 
 class VerifyProblemOut(_Out):

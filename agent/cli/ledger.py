@@ -101,7 +101,13 @@ async def _import(data_dir: DataDir, file: Path, passphrase_env: str) -> ImportR
                              "holds (truncated or damaged); nothing imported").format(
             file=file))
     trust = load_trust_list(data_dir)
-    ledger = await Ledger.open(path, identity=identity, is_trusted_origin=lambda k: k in trust)
+    # A member's retired keys and this node's own earlier keys (a key rotation) still
+    # author their chains (agent/node/keys.py).
+    from agent.node.keys import previous_keys
+
+    own = {r.key for r in previous_keys(data_dir)}
+    ledger = await Ledger.open(path, identity=identity, is_trusted_origin=lambda k: (
+        trust.trusted_until(k) != -1 or k in own))
     try:
         return await ledger.import_entries(file)
     finally:

@@ -160,6 +160,18 @@ def _forks_clear(argv: list[str], data_dir: DataDir) -> int:
     return client.forks_clear_command(argv, data_dir.root)
 
 
+def _key_rotate(argv: list[str], data_dir: DataDir) -> int:
+    from agent.cli import keys
+
+    return keys.key_rotate_command(argv, data_dir.root)
+
+
+def _peers_compromised(argv: list[str], data_dir: DataDir) -> int:
+    from agent.cli import keys
+
+    return keys.peers_compromised_command(argv, data_dir.root)
+
+
 def _erase(argv: list[str], data_dir: DataDir) -> int:
     from agent.cli import erase
 
@@ -343,10 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help=_("new key, ed25519:<base64url> (confirm its fingerprint "
                                    "with the peer's admin)"))
     p.add_argument("--jurisdiction", help=_("new human name"))
+    p.add_argument("--card", help=_("the peer's new card (entraide1....): its key and URL "
+                                    "(after a key compromise)"))
     p = sub(peer_cmds, "remove", _("stop trusting a peer"), cmd_peers_remove,
             words="peers remove")
     p.add_argument("name", metavar="NAME", help=_("the peer's name in the trust list"))
     sub(peer_cmds, "list", _("show the trust list"), cmd_peers_list, [json_flag], "peers list")
+    passthrough(peer_cmds, "compromised", _("declare a peer's key compromised from a seq or "
+                                            "a time (via the running node)"),
+                _peers_compromised)
 
     token_cmds = group(commands, "token", _("manage local API tokens (tokens.toml)"))
     p = sub(token_cmds, "create", _("create a bearer token (printed once)"),
@@ -408,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api", metavar="URL",
                    help=_("the node's API (default from entraide.toml)"))
     p.add_argument("--token", help=_("an admin token (default: the CLI's own)"))
+
+    key_cmds = group(commands, "key", _("this node's key"), "action1")
+    passthrough(key_cmds, "rotate", _("hand this node's key over to a new one (node "
+                                      "running; restart it afterwards)"), _key_rotate)
 
     forks_cmds = group(commands, "forks", _("forked origins (via the running node)"),
                        "action1")

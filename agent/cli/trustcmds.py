@@ -130,7 +130,16 @@ def cmd_peers_update(args: argparse.Namespace, data_dir: DataDir) -> int:
     holder: list[PeerEntry] = []
 
     def change(trust: TrustList) -> TrustList:
-        holder.append(updated_peer(trust, args.name, url=args.url, key=args.key,
+        url, key = args.url, args.key
+        if args.card is not None:
+            if url is not None or key is not None:
+                raise UsageError(_("give either --card, or --key and --url"))
+            card = parse_card(args.card)
+            if card.name != args.name:
+                raise UsageError(_("the card is {card}'s, not {name}'s").format(
+                    card=card.name, name=args.name))
+            key, url = card.key.text, card.url or ""
+        holder.append(updated_peer(trust, args.name, url=url, key=key,
                                    jurisdiction=args.jurisdiction))
         # In place, so the file keeps its order; duplicates are checked as on add.
         return TrustList(tuple(holder[-1] if peer.name == args.name else peer
@@ -185,11 +194,18 @@ def updated_peer(trust: TrustList, name: str, *, url: str | None, key: str | Non
     if current is None:
         raise UnknownPeerError(f"no peer named {name!r} in the trust list")
     if url is None and key is None and jurisdiction is None:
-        raise UsageError(_("peers update needs --url, --key or --jurisdiction"))
+        raise UsageError(_("peers update needs --url, --key, --card or --jurisdiction"))
     # Every other field of the entry is kept as it is (checked again with the new ones).
     changes: dict[str, Any] = {}
     if key is not None:
         changes["key"] = key
+        since = current.compromised_since_seq
+        if since is not None and key != current.key.text:
+            # Its new key after a compromise: the old one stays trusted for its chain
+            # up to the seq before the compromise (docs/operations.md).
+            changes["retired"] = [*current.model_dump(mode="json")["retired"], {
+                "key": current.key.text, "last_seq": since - 1, "reason": "compromised"}]
+            changes["compromised_since_seq"] = None
     if url is not None:
         changes["url"] = url or None
     if jurisdiction is not None:

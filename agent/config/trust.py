@@ -38,6 +38,7 @@ __all__ = [
     "MAX_PEERS",
     "PEERS_HEADER",
     "PeerEntry",
+    "RetiredKey",
     "TrustList",
     "TrustListWatcher",
     "edit_trust_list",
@@ -57,13 +58,30 @@ PEERS_HEADER = """\
 """The comment block a new peers.toml starts with (kept by later edits)."""
 
 
+class RetiredKey(ConfigModel):
+    """A key a member used before its current one: trusted as the author of its own
+    chain up to ``last_seq`` only (docs/operations.md, "Rotate a key")."""
+
+    key: KeyField
+    last_seq: int = Field(ge=0)
+    reason: str = Field(default="rotated", pattern="^(rotated|compromised)$")
+
+
 class PeerEntry(ConfigModel):
-    """One ``[[peer]]`` of the trust list."""
+    """One ``[[peer]]`` of the trust list.
+
+    ``retired``: the member's earlier keys (a key rotation it announced, or a key an
+    admin declared compromised); ``compromised_since_seq``: its current key is
+    compromised from that seq on (``entraide peers compromised``): entries of that key
+    at or after it are quarantined.
+    """
 
     name: str
     jurisdiction: str | None = None
     key: KeyField
     url: str | None = None
+    retired: list[RetiredKey] = Field(default_factory=list, max_length=64)
+    compromised_since_seq: int | None = Field(default=None, ge=1)
 
     @field_validator("name")
     @classmethod
@@ -201,6 +219,34 @@ class TrustList:
             raise UnknownPeerError(f"no peer named {name!r} in the trust list")
         return TrustList(tuple(p for p in self._peers if p.name != name))
 
+    def author_of(self, key: PublicKey) -> PeerEntry | None:
+        """The member whose current or retired key ``key`` is, or None."""
+        entry = self._by_key.get(key)
+        if entry is not None:
+            return entry
+        for peer in self._peers:
+            if any(r.key == key for r in peer.retired):
+                return peer
+        return None
+
+    def trusted_until(self, key: PublicKey) -> int | None:
+        """The last seq of ``key``'s chain that is trusted: None for no limit (a
+        current, uncompromised key), -1 for a key no member has, else the retired
+        key's ``last_seq`` or the seq before the current key's compromise."""
+        entry = self._by_key.get(key)
+        if entry is not None:
+            since = entry.compromised_since_seq
+            return None if since is None else since - 1
+        for peer in self._peers:
+            for retired in peer.retired:
+                if retired.key == key:
+                    return retired.last_seq
+        return -1
+
+    def authors(self) -> list[PublicKey]:
+        """Every key whose chain is replicated: current and retired keys."""
+        return [*self._by_key, *(r.key for p in self._peers for r in p.retired)]
+
     def __iter__(self) -> Iterator[PeerEntry]:
         return iter(self._peers)
 
@@ -258,7 +304,8 @@ def save_trust_list(data_dir: DataDir, trust: TrustList) -> None:
     body = ""
     if len(trust):
         body = "\n" + tomli_w.dumps(
-            {"peer": [p.model_dump(mode="json", exclude_none=True) for p in trust]}
+            {"peer": [{k: v for k, v in p.model_dump(mode="json", exclude_none=True).items()
+                       if v != []} for p in trust]}
         )
     atomic_write(path, (header + body).encode("utf-8"))
 

@@ -97,7 +97,7 @@ class Membership:
         """This node's name for its own key, the trust-list name of a peer, else None."""
         if self._me is not None and key == self._me[0]:
             return self._me[1]
-        entry = self.trust.by_key(key)
+        entry = self.trust.author_of(key)  # a retired key still names its member
         return None if entry is None else entry.name
 
     def name_of_text(self, key_text: str) -> str | None:
@@ -111,7 +111,8 @@ class Membership:
         object until the trust list changes (do not modify it)."""
         names = self._names_by_text
         if names is None or names[0] is not self.trust:
-            table = {p.key.text: p.name for p in self.trust}
+            table = {r.key.text: p.name for p in self.trust for r in p.retired}
+            table.update({p.key.text: p.name for p in self.trust})
             if self._me is not None:
                 table[self._me[0].text] = self._me[1]
             names = self._names_by_text = (self.trust, table)
@@ -221,6 +222,19 @@ class Membership:
         removed = self.peer(name)
         await self._edit(lambda trust: trust.without(name))
         return removed
+
+    async def replace_peer(self, name: str, entry: PeerEntry) -> PeerEntry:
+        """Replace the member ``name`` with ``entry`` (its key rotated, a compromise
+        recorded) in peers.toml, atomically, and apply it now.
+
+        Raises:
+            UnknownPeerError: no peer has that name.
+            DuplicatePeerError: the new key is another member's or this node's.
+        """
+        self.peer(name)
+        await self._edit(lambda trust: TrustList(
+            tuple(entry if p.name == name else p for p in trust)))
+        return entry
 
     async def _edit(self, change: Callable[[TrustList], TrustList]) -> None:
         key, name = self._self()

@@ -49,6 +49,7 @@ from agent.node.aid import NodeAid
 from agent.node.author import Author
 from agent.node.committer import MAX_QUEUED_ENTRIES, GroupCommitter
 from agent.node.erasure import NodeErasure
+from agent.node.keys import KeyRotation
 from agent.node.membership import Membership
 from agent.node.replication import (
     NullReplication,
@@ -145,6 +146,7 @@ class Node:
         self._tokens: TokenStore | None = None
         self._committer: GroupCommitter | None = None
         self.restore: RestoreGuard | None = None  # set on start (agent/node/restore.py)
+        self.keys = KeyRotation(self)  # key rotation, both sides (agent/node/keys.py)
         self._batch_worker = batch_worker
         self._replication: Replication = NullReplication()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -203,6 +205,7 @@ class Node:
         data_dir = self.data_dir
         await asyncio.to_thread(data_dir.require_node)
         self._config = await asyncio.to_thread(load_node_config, data_dir)
+        await self.keys.promote()  # a rotation signed in the previous run
         self._identity = await asyncio.to_thread(self._load_identity)
         me = self._identity.public_key
         self.members.know_self(me, self._config.name)
@@ -210,19 +213,20 @@ class Node:
         self._tokens = TokenStore(data_dir)
         self._ledger = await Ledger.open(
             self._config.ledger_path(data_dir), identity=self._identity,
-            is_trusted_origin=self._is_trusted, clock=self.clock)
+            is_trusted_origin=self._is_trusted, clock=self.clock,
+            trusted_until=self.keys.trusted_until)
         author = Author(self._identity, clock=self.clock, randbytes=self._randbytes,
                         retention=self._config.retention.policy())
-        self.restore = RestoreGuard(data_dir.root, me, self._ledger.head,
-                                    lambda: self._replication, lambda: self.members.trust,
-                                    self.name_of)
+        self.restore = RestoreGuard(data_dir.root, me, self._ledger.head, lambda: self._replication,
+                                    lambda: self.members.trust, self.name_of)
         self._committer = GroupCommitter(self._ledger, author, self._committed,
-                                         gate=self.restore.check)
+                                         gate=self.keys.gate)
         self._committer.start()
         if self._replication_factory is not None:
             self._replication = self._replication_factory(self)
         await self._replication.start()
         self._spawn(self.restore.run(), "entraide-restore-guard")
+        self._spawn(self.keys.watch(), "entraide-key-watch")
         self._spawn(self.members.watch(initial_stamp), "entraide-trust-watch")
         self._spawn(self.aid.watch(), "entraide-aid-watch")
         self._spawn(self.retention.run(), "entraide-retention-sweep")
@@ -306,7 +310,7 @@ class Node:
         return self._replication
 
     def _is_trusted(self, key: PublicKey) -> bool:
-        return key in self.members.trust
+        return self.keys.trusts(key)
 
     # Who is who: answered by self.members (agent/node/membership.py has the contracts).
 

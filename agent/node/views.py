@@ -60,6 +60,12 @@ def peer_json(node: Node, peer: PeerEntry) -> dict[str, Any]:
         "connected": state.connected,
         "last_seen": None if state.last_seen_ms is None else format_ms(state.last_seen_ms),
         "forked": forked,
+        # Earlier keys (a rotation it announced, or declared compromised), and since
+        # which seq its current key is compromised (agent/node/keys.py).
+        "retired_keys": [{"key": r.key.text, "fingerprint": r.key.fingerprint,
+                          "last_seq": r.last_seq, "reason": r.reason} for r in peer.retired],
+        "compromised_since_seq": peer.compromised_since_seq,
+        "quarantined": node.keys.held_quarantined(peer),
     }
 
 
@@ -76,8 +82,15 @@ def fork_json(node: Node, record: ForkRecord) -> dict[str, Any]:
 
 
 def decorate(node: Node, observation: dict[str, Any]) -> dict[str, Any]:
-    """Add ``origin_name`` to an observation dict from the ledger (in place)."""
-    observation["origin_name"] = node.name_of_text(observation.get("origin", ""))
+    """Add ``origin_name`` to an observation dict from the ledger (in place), and
+    ``quarantined: true`` when its origin's key is trusted only up to an earlier seq
+    (declared compromised; agent/node/keys.py)."""
+    origin = observation.get("origin", "")
+    observation["origin_name"] = node.name_of_text(origin)
+    limit = node.keys.limits_by_text().get(origin)
+    seq = observation.get("seq")
+    if limit is not None and isinstance(seq, int) and seq > limit:
+        observation["quarantined"] = True
     return observation
 
 
@@ -113,6 +126,8 @@ async def status(node: Node) -> dict[str, Any]:
         } for f in forks],
         # Restored from a backup and not caught up yet: why it signs nothing.
         "restore": None if node.restore is None else node.restore.status(),
+        # A key hand-over signed, waiting for a restart (agent/node/keys.py).
+        "key_rotation": node.keys.status(),
     }
 
 

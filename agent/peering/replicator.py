@@ -183,7 +183,8 @@ class Replicator:
             with contextlib.suppress(Exception):
                 self.ledger.drop_held(key)
         if self._engine is not None:
-            self._engine.set_trusted([*new, self.identity.public_key], self._clock())
+            self._engine.set_trusted([*new, *self._retired(), self.identity.public_key],
+                                     self._clock())
             self._after_engine()
         if self._dialer is not None:
             self._dialer.update(self.peers.targets())
@@ -209,7 +210,7 @@ class Replicator:
         self._engine = GossipEngine(
             self.identity.public_key, self.params, seed=self._randbytes(32),
             heads=self.ledger.version_vector(), forks=forks, cleared=cleared,
-            trusted=[*self.peers.trusted, self.identity.public_key])
+            trusted=[*self.peers.trusted, *self._retired(), self.identity.public_key])
         t = self.transport
         if self._given_verifier is None:
             self._own_pool = VerifyPool(t.verify_workers, t.verify_processes,
@@ -524,6 +525,13 @@ class Replicator:
     def backlog(self) -> int:
         """Entries known to exist that the ledger does not hold yet."""
         return self._engine.backlog() if self._engine is not None else 0
+
+    def _retired(self) -> list[PublicKey]:
+        """Members' retired keys (a key rotation): their chains are still replicated,
+        as far as the ledger trusts them (agent/config/trust.py, ``RetiredKey``)."""
+        source = self.peers.source
+        items = source() if callable(source) else source
+        return [r.key for item in items for r in getattr(item, "retired", ())]
 
     def heads_heard(self, origin: PublicKey) -> dict[PublicKey, int]:
         """Per connected peer whose whole version vector reached us this session, the

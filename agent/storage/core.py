@@ -67,14 +67,19 @@ class LedgerCore:
             secret key only opens envelopes sealed to this node, so their payloads can
             be indexed. The ledger signs nothing: the node's author does.
         is_trusted_origin: the live trust list; consulted on every ingest.
+        trusted_until: the last trusted seq of an origin's chain (None: no limit), for
+            a key retired by a rotation or declared compromised (agent/node/keys.py);
+            later entries are refused on ingest. Consulted on every ingest.
         clock: seconds since the epoch (``time.time``); fork and clear times carry it.
         buffer_limits: caps on entries held ahead of a gap.
     """
 
     def __init__(self, path: Path, identity: Identity,
                  is_trusted_origin: Callable[[PublicKey], bool], clock: Callable[[], float],
-                 limits: BufferLimits, lock_fd: int) -> None:
+                 limits: BufferLimits, lock_fd: int,
+                 trusted_until: Callable[[PublicKey], int | None] | None = None) -> None:
         self._path = path
+        self._trusted_until = trusted_until
         self._identity = identity
         self._me = identity.public_key
         self._is_trusted = is_trusted_origin
@@ -105,6 +110,7 @@ class LedgerCore:
         is_trusted_origin: Callable[[PublicKey], bool],
         clock: Callable[[], float] = time.time,
         buffer_limits: BufferLimits | None = None,
+        trusted_until: Callable[[PublicKey], int | None] | None = None,
     ) -> Self:
         """Open (or create) the ledger at ``path`` and bring its schema up to date.
 
@@ -116,7 +122,7 @@ class LedgerCore:
         path = Path(path)
         lock_fd = lock_ledger(path)
         ledger = cls(path, identity, is_trusted_origin, clock,
-                     buffer_limits or BufferLimits(), lock_fd)
+                     buffer_limits or BufferLimits(), lock_fd, trusted_until)
         try:
             await asyncio.to_thread(prepare_file, path, owner=identity.public_key.raw,
                                     now_ms=int(clock() * 1000),

@@ -177,6 +177,16 @@ class LedgerIngest(LedgerCore):
             tally.refuse(group, "origin is not in the trust list")
             self._ahead.drop(key.raw)
             return
+        limit = None if self._trusted_until is None or key == self._me else (
+            self._trusted_until(key))
+        if limit is not None and group[-1].seq > limit:
+            # A retired key past its hand-over, or a compromised key from the seq an
+            # admin gave (docs/operations.md, "A key is compromised"): quarantined.
+            tally.refuse([e for e in group if e.seq > limit],
+                         f"quarantined: this key is trusted up to seq {limit} only")
+            group = [e for e in group if e.seq <= limit]
+            if not group:
+                return
         current = self._origins.get(key.raw)
         if current is not None and current.forked:
             tally.refuse(group, "origin is quarantined after a fork")

@@ -227,9 +227,10 @@ def test_peers_add_card_list_remove(
     listed = run_json(capsys, "peers", "list", "--json", "--data-dir", str(qc))["peers"]
     assert listed == [
         {"name": "ON", "jurisdiction": "Ontario", "key": on_key.text,
-         "url": "http://127.0.0.1:8471", "fingerprint": on_key.fingerprint},
+         "url": "http://127.0.0.1:8471", "retired": [], "compromised_since_seq": None,
+         "fingerprint": on_key.fingerprint},
         {"name": "FED", "jurisdiction": None, "key": fed_key.text, "url": None,
-         "fingerprint": fed_key.fingerprint},
+         "retired": [], "compromised_since_seq": None, "fingerprint": fed_key.fingerprint},
     ]
     status, out, _ = run(capsys, "peers", "list", "--data-dir", str(qc))
     assert "ON" in out and "FED" in out and on_key.fingerprint in out
