@@ -180,10 +180,13 @@ class GossipEngine:
         self._flush(now)
 
     def remove_peer(self, peer: PublicKey) -> None:
-        """The session with ``peer`` ended: its WANTs are retried elsewhere. No-op if unknown."""
+        """The session with ``peer`` ended: its WANTs are retried elsewhere, and the
+        entries it sent that wait in the reorder buffer are dropped (unverified; honest
+        copies come again). No-op if unknown."""
         p = self._peers.pop(peer, None)
         if p is None:
             return
+        self._table.drop_peer(peer)
         self._pull.forget_peer(p)
         self._send.tree_out(self._tree.remove_peer(peer, self._now))
         self._schedule(self._now, "flush", None)
@@ -468,6 +471,12 @@ class GossipEngine:
         """Bytes waiting to be sent to ``peer`` (0 if unknown)."""
         p = self._peers.get(peer)
         return p.queued_bytes() if p is not None else 0
+
+    def buffered_bytes(self, peer: PublicKey | None = None) -> int:
+        """Bytes in the reorder buffer: all of them, or those ``peer`` sent."""
+        if peer is None:
+            return self._table.buffer_bytes
+        return self._table.peer_bytes.get(peer, 0)
 
     # --- bookkeeping -------------------------------------------------------------------
 

@@ -56,6 +56,10 @@ class GossipParams:
     """Entries beyond an origin's head that may be requested, handed or buffered."""
     reorder_bytes: int = 32 << 20
     """Bytes held in the reorder buffer, over all origins."""
+    reorder_peer_bytes: int = 8 << 20
+    """Of those, bytes one peer's entries may take, over all origins: one member cannot
+    fill the buffer with (unverified) entries ahead of another origin's gaps; what it
+    sent is dropped when its session ends."""
     serve_batch: int = 256
     """Entries asked of the agent per EntriesRequested."""
     serve_bytes: int = 512 << 10
@@ -79,6 +83,7 @@ class GossipParams:
 
     def __post_init__(self) -> None:
         positive = ("want_batch", "want_window", "reorder_limit", "reorder_bytes",
+                    "reorder_peer_bytes",
                     "serve_batch", "serve_bytes", "serve_queue", "eager_queue_bytes",
                     "reply_queue_bytes", "control_queue", "frame_bytes", "max_origins",
                     "recent_window", "anti_entropy_interval", "want_timeout",

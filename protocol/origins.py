@@ -17,7 +17,9 @@ Invariants:
 - ``top_seq >= seq``; every seq in ``seq+1 .. top_seq`` is in ``handed``: entries
   given to the agent, in chain order, whose outcome is not yet known.
 - ``buffer`` holds only seqs ``> top_seq + 1``, at most ``reorder_limit`` beyond the
-  head and ``reorder_bytes`` in all; it is released in order as the chain reaches it.
+  head, ``reorder_bytes`` in all and ``reorder_peer_bytes`` of any one peer's entries
+  (``peer_bytes``: by sender, exact); it is released in order as the chain reaches it,
+  and a peer's entries leave it when its session ends (:meth:`OriginTable.drop_peer`).
 - ``eligible <= known``: the part of what is known to exist that may be requested
   now (announced entries wait ``ihave_timeout`` for the eager copy first).
 - A conflict an admin cleared (``cleared``: key id and seq) never marks its origin
@@ -229,6 +231,7 @@ class OriginTable:
         self.fork_seqs: dict[bytes, int] = {}  # key id -> the seq of its proof
         self.cleared: dict[tuple[bytes, int], None] = {}  # conflicts an admin cleared
         self.buffer_bytes = 0
+        self.peer_bytes: dict[PublicKey, int] = {}  # buffered bytes by sender
         # Origins that may miss entries; a dict for a replayable (insertion) order.
         self.lagging: dict[OriginLog, None] = {}
         # Entries whose header contradicts the chain: (log, sender, seq to ask it for).
@@ -340,9 +343,8 @@ class OriginTable:
 
     def drop_pending(self, log: OriginLog) -> None:
         """Forget everything beyond the head of ``log`` (forked or no longer trusted)."""
-        for held in log.buffer.values():
-            self.buffer_bytes -= len(held.raw)
-        log.buffer.clear()
+        for seq in list(log.buffer):
+            self._unbuffer(log, seq)
         log.handed.clear()
         log.wants.clear()
         log.steps.clear()
@@ -377,11 +379,37 @@ class OriginTable:
             return "drop"
         log.note_known(seq, now + self.params.ihave_timeout, now, STEP_CAP)
         if (seq > log.seq + self.params.reorder_limit
-                or self.buffer_bytes + len(raw) > self.params.reorder_bytes):
+                or self.buffer_bytes + len(raw) > self.params.reorder_bytes
+                or self.peer_bytes.get(peer, 0) + len(raw) > self.params.reorder_peer_bytes):
             return "drop"
         log.buffer[seq] = Buffered(raw, digest, prev, peer, live)
         self.buffer_bytes += len(raw)
+        self.peer_bytes[peer] = self.peer_bytes.get(peer, 0) + len(raw)
         return "new"
+
+    def _unbuffer(self, log: OriginLog, seq: int) -> Buffered | None:
+        """Take the entry at ``seq`` out of ``log``'s buffer (None: there is none)."""
+        held = log.buffer.pop(seq, None)
+        if held is not None:
+            self.buffer_bytes -= len(held.raw)
+            left = self.peer_bytes[held.peer] - len(held.raw)
+            if left:
+                self.peer_bytes[held.peer] = left
+            else:
+                del self.peer_bytes[held.peer]
+        return held
+
+    def drop_peer(self, peer: PublicKey) -> int:
+        """Forget the buffered entries ``peer`` sent (its session ended); return how
+        many. They were never verified: honest copies come again by anti-entropy."""
+        if peer not in self.peer_bytes:
+            return 0
+        dropped = 0
+        for log in self.logs.values():
+            for seq in [s for s, held in log.buffer.items() if held.peer == peer]:
+                self._unbuffer(log, seq)
+                dropped += 1
+        return dropped
 
     def _hand(self, log: OriginLog, seq: int, digest: bytes, raw: bytes, *, live: bool,
               peer: PublicKey, check: bool) -> None:
@@ -393,8 +421,7 @@ class OriginTable:
 
     def _release(self, log: OriginLog) -> None:
         """Hand the buffered entries that now follow the chain."""
-        while (held := log.buffer.pop(log.top_seq + 1, None)) is not None:
-            self.buffer_bytes -= len(held.raw)
+        while (held := self._unbuffer(log, log.top_seq + 1)) is not None:
             if held.prev != (log.top_hash if log.top_seq else None):
                 self.conflicts.append((log, held.peer, log.top_seq))
                 return
@@ -477,9 +504,7 @@ class OriginTable:
             self._rollback(log, seq + 1)
         elif log.top_seq < seq:
             log.top_seq, log.top_hash = seq, digest
-        held = log.buffer.pop(seq, None)
-        if held is not None:
-            self.buffer_bytes -= len(held.raw)
+        self._unbuffer(log, seq)
         log.known = max(log.known, seq)
         self._digest = None
         self._release(log)
