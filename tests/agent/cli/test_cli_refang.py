@@ -76,6 +76,7 @@ async def test_cli_submit_refang_says_what_it_did(tmp_path: Path,
                                                  "--refang"))
         assert status == 0, err
         assert "refanged 'hxxps://217.12.208[.]28/' as 'https://217.12.208.28/'" in err
+        assert len(out.split()[0]) == 64  # the entry id on stdout
         status, _out, err = await run(capsys, cli(api, tmp_path, "submit", "--type", "url",
                                                  "--value", "hxxps://217.12.208[.]28/"))
         assert status != 0 and "hxxps" in err
