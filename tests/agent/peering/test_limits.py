@@ -121,7 +121,23 @@ async def test_guard_closes_connections_idle_before_a_head_and_between_requests(
         answer = await _closed_by_server(idle_r)
         assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok")
         assert guard.refused.get("header_timeout") == 2  # its head came in time
-        for w in (silent_w, slow_w, idle_w):
+        # A later head fed a byte at a time (slowloris after a first request): closed
+        # by keep-alive, however long the drip would go on.
+        drip_r, drip_w = await _dial(port)
+        drip_w.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+
+        async def drip() -> None:
+            for byte in b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 400:
+                if drip_w.is_closing():
+                    return
+                drip_w.write(bytes([byte]))
+                await asyncio.sleep(0.05)
+
+        dripping = asyncio.create_task(drip())
+        answer = await _closed_by_server(drip_r)
+        assert answer.count(b"HTTP/1.1 200") == 1
+        dripping.cancel()
+        for w in (silent_w, slow_w, idle_w, drip_w):
             w.close()
         await wait_for(lambda: guard.open == 0, what="every connection released")
     finally:
