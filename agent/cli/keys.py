@@ -23,8 +23,8 @@ from agent.cli.client import _client, _common, call_api
 from agent.cli.lang import _
 from agent.cli.trustcmds import UsageError
 from agent.config.datadir import DataDir, passphrase_from_env
+from agent.config.trust import NEXT_KEY_DIR
 from agent.errors import ConfigError
-from agent.node.keys import NEXT_KEY_DIR
 from protocol.handover import countersign
 from protocol.keys import Identity
 

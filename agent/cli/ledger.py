@@ -103,7 +103,7 @@ async def _import(data_dir: DataDir, file: Path, passphrase_env: str) -> ImportR
     trust = load_trust_list(data_dir)
     # A member's retired keys and this node's own earlier keys (a key rotation) still
     # author their chains (agent/node/keys.py).
-    from agent.node.keys import previous_keys
+    from agent.config.trust import previous_keys
 
     own = {r.key for r in previous_keys(data_dir)}
     ledger = await Ledger.open(path, identity=identity, is_trusted_origin=lambda k: (

@@ -104,11 +104,25 @@ def _cmd_id(args: argparse.Namespace, data_dir: DataDir) -> int:
         key = data_dir.load_identity().public_key
     else:
         key = data_dir.public_key()
-    info = _identity_info(config, key.text, key.fingerprint)
+    info: dict[str, Any] = _identity_info(config, key.text, key.fingerprint)
+    # A key rotation (docs/operations.md, "Rotate a key"): the keys this node signed
+    # with before, and a new key waiting for the node's restart.
+    from agent.config.trust import NEXT_KEY_DIR, previous_keys
+
+    info["previous_keys"] = [{"key": r.key.text, "fingerprint": r.key.fingerprint,
+                              "last_seq": r.last_seq} for r in previous_keys(data_dir)]
+    pending = DataDir(data_dir.root / NEXT_KEY_DIR)
+    info["next_key"] = pending.public_key().text if pending.pub_path.exists() else None
     if args.json:
         print_json(info)
         return 0
     _print_identity(info)
+    for old in info["previous_keys"]:
+        print(_("previous key {fingerprint}: its chain ended at seq {seq} (key rotated)")
+              .format(fingerprint=old["fingerprint"], seq=old["last_seq"]))
+    if info["next_key"] is not None:
+        print(_("a key rotation waits for the node's restart: new key {fingerprint}").format(
+            fingerprint=PublicKey.from_text(info["next_key"]).fingerprint))
     if config.peer.public_url is None:
         print(
             "\n" + _("note: no [peer] public_url in entraide.toml; peers on other hosts need "
@@ -505,7 +519,7 @@ def _identity_info(config: NodeConfig, key_text: str, fingerprint: str) -> dict[
             "card": card, "peer_url": config.peer_url}
 
 
-def _print_identity(info: dict[str, str]) -> None:
+def _print_identity(info: dict[str, Any]) -> None:
     print_table([
         (_("name"), info["name"]), (_("key"), info["key"]),
         (_("fingerprint"), info["fingerprint"]), (_("peer url"), info["peer_url"]),

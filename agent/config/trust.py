@@ -15,6 +15,7 @@ leading comment kept) and the daemon notices them with :class:`TrustListWatcher`
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 
 import tomli_w
@@ -36,13 +37,16 @@ from protocol.keys import PublicKey
 
 __all__ = [
     "MAX_PEERS",
+    "NEXT_KEY_DIR",
     "PEERS_HEADER",
+    "PREVIOUS_KEYS",
     "PeerEntry",
     "RetiredKey",
     "TrustList",
     "TrustListWatcher",
     "edit_trust_list",
     "load_trust_list",
+    "previous_keys",
     "save_trust_list",
 ]
 
@@ -65,6 +69,29 @@ class RetiredKey(ConfigModel):
     key: KeyField
     last_seq: int = Field(ge=0)
     reason: str = Field(default="rotated", pattern="^(rotated|compromised)$")
+
+
+NEXT_KEY_DIR = "next-key"
+"""Where ``entraide key rotate`` puts the new key until the node's restart."""
+PREVIOUS_KEYS = "previous-keys.json"
+"""This node's own earlier keys (agent/node/keys.py writes it at a rotation)."""
+_MAX_PREVIOUS = 64
+
+
+def previous_keys(data_dir: DataDir) -> list[RetiredKey]:
+    """This node's own earlier keys (``previous-keys.json``; empty when none).
+
+    Raises:
+        ConfigError: the file is damaged.
+    """
+    path = data_dir.root / PREVIOUS_KEYS
+    try:
+        data = json.loads(path.read_bytes()[: 64 * 1024])
+        return [RetiredKey.model_validate(item) for item in data[:_MAX_PREVIOUS]]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: damaged: {exc}") from exc
 
 
 class PeerEntry(ConfigModel):

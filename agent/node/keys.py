@@ -47,7 +47,13 @@ from typing import Any, Protocol
 
 from agent.config.datadir import DataDir, atomic_write
 from agent.config.settings import NodeConfig, TrustList
-from agent.config.trust import PeerEntry, RetiredKey
+from agent.config.trust import (
+    NEXT_KEY_DIR,
+    PREVIOUS_KEYS,
+    PeerEntry,
+    RetiredKey,
+    previous_keys,
+)
 from agent.errors import ConfigError, KeyHandedOverError, NodeStoppingError
 from agent.node.membership import Membership
 from agent.node.restore import RestoreGuard
@@ -77,10 +83,7 @@ __all__ = [
 
 log = logging.getLogger("entraide.keys")
 
-NEXT_KEY_DIR = "next-key"
-PREVIOUS_KEYS = "previous-keys.json"
 _POLL_S = 1.0
-_MAX_PREVIOUS = 64
 
 ROTATED = {
     "en": "this node handed its key over to a new one; restart it to sign with the new key",
@@ -342,22 +345,6 @@ class Succession:
 
 
 # --- the promotion at start -------------------------------------------------------------
-
-
-def previous_keys(data_dir: DataDir) -> list[RetiredKey]:
-    """This node's own earlier keys (``previous-keys.json``; empty when none).
-
-    Raises:
-        ConfigError: the file is damaged.
-    """
-    path = data_dir.root / PREVIOUS_KEYS
-    try:
-        data = json.loads(path.read_bytes()[: 64 * 1024])
-        return [RetiredKey.model_validate(item) for item in data[:_MAX_PREVIOUS]]
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError, TypeError) as exc:
-        raise ConfigError(f"{path}: damaged: {exc}") from exc
 
 
 def promote_next_key(data_dir: DataDir, ledger_path: Path) -> PublicKey | None:

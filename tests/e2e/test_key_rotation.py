@@ -69,6 +69,7 @@ def test_key_rotation_peers_follow_and_the_chain_goes_on_under_the_new_key(
     status = fed["QC"].call("GET", "/api/v1/status")["key_rotation"]
     assert status["state"] == "restart-needed" and status["new_key"] == new_key
     assert set(status["message"]) == {"en", "fr"}
+    assert json.loads(fed["QC"].cli("id", "--json").stdout)["next_key"] == new_key
 
     for peer in ("ON", "FED"):
         wait_for(lambda p=peer: _qc_entry(fed, p)["key"] == new_key, DEADLINE_S,
@@ -88,6 +89,10 @@ def test_key_rotation_peers_follow_and_the_chain_goes_on_under_the_new_key(
     ident = json.loads(fed["QC"].cli("id", "--json").stdout)
     assert ident["key"] == new_key and ident["card"] != old_card
     assert ident["fingerprint"] == PublicKey.from_text(new_key).fingerprint
+    assert ident["previous_keys"] == [{"key": old_key, "last_seq": 3, "fingerprint":
+                                       PublicKey.from_text(old_key).fingerprint}]
+    assert ident["next_key"] is None
+    assert "its chain ended at seq 3" in fed["QC"].cli("id").stdout
     assert fed["QC"].call("GET", "/api/v1/status")["key_rotation"] is None
 
     after = _submit(fed, "203.0.113.10")

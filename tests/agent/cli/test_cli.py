@@ -129,7 +129,9 @@ def test_init_refuses_bad_input_without_creating_anything(
 
 def test_id_json_describes_the_node(qc: Path, capsys: pytest.CaptureFixture[str]) -> None:
     info = run_json(capsys, "id", "--json", "--data-dir", str(qc))
-    assert set(info) == {"name", "key", "fingerprint", "card", "peer_url"}
+    assert set(info) == {"name", "key", "fingerprint", "card", "peer_url", "previous_keys",
+                         "next_key"}
+    assert info["previous_keys"] == [] and info["next_key"] is None
     key = DataDir(qc).load_identity().public_key
     assert (info["name"], info["key"], info["fingerprint"]) == ("QC", key.text, key.fingerprint)
     assert info["peer_url"] == "https://qc.example:8471"
