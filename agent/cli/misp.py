@@ -29,13 +29,14 @@ def import_misp_command(argv: list[str], data_dir: Path) -> int:
         prog="entraide import misp",
         description="Share the indicators of a MISP event JSON file as this node's observations.")
     parser.add_argument("file", metavar="FILE", help="MISP event JSON ('-' for stdin)")
-    parser.add_argument("--tlp", default="GREEN",
-                        help="TLP of attributes without a tlp:* tag (default GREEN)")
+    parser.add_argument("--tlp",
+                        help="TLP of attributes without a tlp:* tag (default GREEN; AMBER "
+                             "for e-mail addresses and user accounts)")
     parser.add_argument("--to", help="audience for AMBER/RED attributes: peer names, "
                                      "comma-separated")
     _common(parser)
     args = parser.parse_args(argv)
-    if args.tlp.upper() == "RED" and not args.to:
+    if (args.tlp or "").upper() == "RED" and not args.to:
         print("error: --tlp RED needs an audience (--to NAME,...) / "
               "erreur : --tlp RED exige un auditoire (--to NOM,...)", file=sys.stderr)
         return 1
@@ -45,7 +46,7 @@ def import_misp_command(argv: list[str], data_dir: Path) -> int:
         document = json.loads(text)
     except ValueError as exc:
         raise EntraideError(f"{args.file}: not JSON ({exc})") from exc
-    params = {"tlp": args.tlp.upper()}
+    params = {"tlp": args.tlp.upper()} if args.tlp else {}
     if args.to:
         params["audience"] = args.to
     result = call_api(base, token, "POST",

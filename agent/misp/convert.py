@@ -56,8 +56,9 @@ class MispImportQuery(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    tlp: TLP = Field(TLP.GREEN, description="TLP of attributes whose event and attribute "
-                                            "carry no tlp:* tag")
+    tlp: TLP | None = Field(None, description="TLP of attributes whose event and attribute "
+                                              "carry no tlp:* tag (default GREEN, AMBER for "
+                                              "personal data: email-addr, user-account)")
     audience: Annotated[str | None, Field(max_length=4096)] = Field(
         None, description="comma-separated peer names, for AMBER and RED attributes")
 
@@ -89,14 +90,15 @@ class MispImported(BaseModel):
     invalid: list[MispRefusal]
 
 
-async def import_misp_event(node: Node, document: Any, *, tlp: TLP = TLP.GREEN,
+async def import_misp_event(node: Node, document: Any, *, tlp: TLP | None = None,
                             audience: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Share the indicators of MISP event JSON (``{"Event": ...}``, a list of events or
     a REST search answer) as ``node``'s observations; the answer of the import route
     (:class:`MispImported`'s fields).
 
     Args:
-        tlp: the TLP of attributes whose event and attribute carry no ``tlp:*`` tag.
+        tlp: the TLP of attributes whose event and attribute carry no ``tlp:*`` tag
+            (None: GREEN, AMBER for a personal-data type).
         audience: peer names, for AMBER and RED attributes.
 
     Raises:

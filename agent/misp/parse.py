@@ -37,7 +37,7 @@ from pydantic import ValidationError
 
 from protocol.entries import TLP
 from protocol.errors import PayloadError
-from protocol.indicators import IndicatorType
+from protocol.indicators import PERSONAL_DATA_TYPES, IndicatorType
 from protocol.payloads import (
     MAX_DESCRIPTION_CHARS,
     MAX_TAG_CHARS,
@@ -200,13 +200,17 @@ def _text(holder: Mapping[str, Any], key: str) -> str | None:
 @dataclass(frozen=True)
 class _Event:
     tags: list[str]
-    tlp: TLP
+    tlp: TLP | None
     severity: str | None
     meta: list[tuple[str, str]]
 
 
-def parse_misp(document: Any, *, default_tlp: TLP = TLP.GREEN) -> MispImport:
+def parse_misp(document: Any, *, default_tlp: TLP | None = None) -> MispImport:
     """The observations of MISP events (see the module docstring).
+
+    An attribute's TLP is its ``tlp:*`` tag's, else its event's, else ``default_tlp``;
+    without one, GREEN, or AMBER for a personal-data type (``email-addr``,
+    ``user-account``: docs/privacy.md).
 
     Raises:
         PayloadError: the document holds no MISP event, or more than 1,000 events.
@@ -323,7 +327,8 @@ def _attribute(attribute: Mapping[str, Any], obj: Mapping[str, Any] | None, even
         item = _observation(part_type, part_value, [*part_meta, *extra], labels, comment,
                             seen_at, event, report, result)
         if item is not None:
-            out.append((item, tlp))
+            out.append((item, tlp or (TLP.AMBER if item.type.value in PERSONAL_DATA_TYPES
+                                      else TLP.GREEN)))
     return out
 
 

@@ -248,3 +248,19 @@ async def test_misp_red_without_audience_is_refused(api: Api, tmp_path: Path,
     status, found = await api.call("GET", "/api/v1/observations/" + result["ids"][0],
                                    scope="read")
     assert found["tlp"] == TLP.RED.value
+
+
+def test_misp_personal_data_without_a_tlp_is_amber() -> None:
+    event = {"Event": {"uuid": "5f0c9a8e-1b2c-4d3e-8f40-123456789abc", "info": "phishing",
+                       "Attribute": [
+                           {"type": "email-src", "value": "victim@example.com"},
+                           {"type": "target-user", "value": "EXAMPLE\\jdoe"},
+                           {"type": "domain", "value": "phish.example"}]}}
+    tlps = {o.type.value: tlp for o, tlp in parse_misp(event).items}
+    assert tlps == {"email-addr": TLP.AMBER, "user-account": TLP.AMBER,
+                    "domain-name": TLP.GREEN}
+    # a TLP the event or the operator gives is taken as given
+    tagged = copy.deepcopy(event)
+    tagged["Event"]["Tag"] = [{"name": "tlp:green"}]
+    assert {tlp for _, tlp in parse_misp(tagged).items} == {TLP.GREEN}
+    assert {tlp for _, tlp in parse_misp(event, default_tlp=TLP.CLEAR).items} == {TLP.CLEAR}
