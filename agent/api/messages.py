@@ -65,6 +65,13 @@ TEMPLATES = (
     N_("peer URL must not carry a user name or password"),
     N_("peer URL must not carry a query or fragment"),
     N_("peer URL port must be 1-65535"),
+    # agent/node/keys.py, protocol/handover.py (key rotation and compromise)
+    N_("give the compromise's start as a seq or as a time, one of them"),
+    N_("the compromise's seq must be 1 or more"),
+    N_("no new key to hand over to: {error}"),
+    N_("{path}: holds {fingerprint}, not the key named"),
+    N_("a key cannot hand over to itself"),
+    N_("the new key's countersignature does not verify"),
     # agent/api, agent/web/common.py
     N_("the body is over {limit} bytes"),
     N_("the body is empty; a JSON object is expected"),
