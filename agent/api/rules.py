@@ -73,8 +73,13 @@ class ToolCreated(BaseModel):
     valid: Literal[True] = True
 
 
-class ToolList(BaseModel):
-    items: list[dict[str, Any]]
+class RuleList(BaseModel):
+    rules: list[dict[str, Any]]
+    next: str | None
+
+
+class PlaybookList(BaseModel):
+    playbooks: list[dict[str, Any]]
     next: str | None
 
 
@@ -211,7 +216,7 @@ RULE_ROUTES: tuple[Operation, ...] = (
               "tools", query=ExportQuery, media_type="text/plain", errors=(422,)),
     Operation("GET", "/api/v1/rules", list_rules, "listRules",
               "Rules this node can read, newest first", Scope.READ, "tools",
-              query=RuleQuery, response=(ToolList,), errors=(400, 422)),
+              query=RuleQuery, response=(RuleList,), errors=(400, 422)),
     Operation("GET", f"/api/v1/rules/{_ID}", get_rule, "getRule",
               "One rule, with valid, engine_message and origin_name", Scope.READ, "tools",
               errors=(404,)),
@@ -223,7 +228,7 @@ RULE_ROUTES: tuple[Operation, ...] = (
               Scope.WRITE, "tools", status=201, response=(ToolCreated,), errors=_W),
     Operation("GET", "/api/v1/playbooks", list_playbooks, "listPlaybooks",
               "Playbooks this node can read, newest first", Scope.READ, "tools",
-              query=RuleQuery, response=(ToolList,), errors=(400, 422)),
+              query=RuleQuery, response=(PlaybookList,), errors=(400, 422)),
     Operation("GET", f"/api/v1/playbooks/{_ID}", get_playbook, "getPlaybook",
               "One playbook", Scope.READ, "tools", errors=(404,)),
     Operation("POST", f"/api/v1/playbooks/{_ID}/retract", retract_playbook,

@@ -150,7 +150,13 @@ def _check_sigma(text: str) -> None:
         if documents > 1:
             raise InvalidRuleError("sigma", None,
                                    "give one Sigma rule per submission (one YAML document)")
-        collection = SigmaCollection.from_yaml(text, collect_errors=True)
+        document = yaml.safe_load(text)
+        # pySigma takes any YAML value as a rule and fails with AttributeError on a
+        # scalar or a list (found by the API fuzzer): only a mapping goes to it.
+        if not isinstance(document, dict):
+            raise InvalidRuleError("sigma", None, "a Sigma rule is a YAML mapping "
+                                   "(title, logsource, detection, ...)")
+        collection = SigmaCollection.from_dicts([document], collect_errors=True)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         raise InvalidRuleError("sigma", None if mark is None else mark.line + 1,

@@ -59,6 +59,14 @@ def test_engines_sigma_refuses_yaml_errors_and_aliases() -> None:
         check_rule("sigma", "a: &x [1]\nb: *x\n")
 
 
+@pytest.mark.parametrize("document", ["0", "just words", "- a\n- b\n", "---\n", "null"])
+def test_engines_sigma_refuses_a_document_that_is_not_a_mapping(document: str) -> None:
+    # Found by the API fuzzer: pySigma failed with AttributeError on a YAML scalar
+    # ('int' object has no attribute 'get'), and POST /api/v1/rules answered 500.
+    with pytest.raises(InvalidRuleError, match="YAML mapping"):
+        check_rule("sigma", document)
+
+
 @pytest.mark.parametrize("rule_type", ["suricata", "snort"])
 def test_engines_ids_refuse_bad_and_silencing_rules(rule_type: str) -> None:
     good = text(VALID[rule_type]).strip()
