@@ -55,7 +55,7 @@ from agent.web.common import (
 )
 from protocol.entries import VerifiedEntry
 from protocol.errors import EntraideError
-from protocol.indicators import refang
+from protocol.matching import refang
 from protocol.payloads import Observation, encode_payload, format_validation_error
 
 __all__ = [

@@ -46,7 +46,8 @@ from agent.storage.ledger import ObservationEvent, Subscription
 from agent.storage.queries import decode_cursor
 from agent.web.common import API_SETTINGS, NODE, STATE, ApiError, parse_query
 from protocol.errors import EntraideError
-from protocol.indicators import indicator_key, normalise_indicator
+from protocol.indicators import normalise_indicator
+from protocol.matching import indicator_key
 
 __all__ = ["parse_position", "stream"]
 

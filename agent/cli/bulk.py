@@ -39,7 +39,8 @@ from agent.cli.client import _client, _common, call_api
 from agent.cli.examples import epilog
 from agent.cli.lang import _
 from protocol.errors import EntraideError
-from protocol.indicators import IndicatorType, refang
+from protocol.indicators import IndicatorType
+from protocol.matching import refang
 
 __all__ = ["guess_type", "import_command", "read_indicators"]
 

@@ -38,15 +38,12 @@ from agent.storage.cursors import (
     encode_time_cursor,
     format_ms,
 )
+from agent.storage.ipblocks import matching_keys
 from protocol.entries import TLP
 from protocol.errors import EncodingError, PayloadError
-from protocol.indicators import (
-    IndicatorType,
-    containment_keys,
-    indicator_key,
-    normalise_indicator,
-)
+from protocol.indicators import IndicatorType, normalise_indicator
 from protocol.keys import PublicKey
+from protocol.matching import containment_keys, indicator_key
 from protocol.payloads import Observation, Payload, Playbook, Retraction, Rule, Sighting
 
 __all__ = [
@@ -222,53 +219,6 @@ _ROWS_SQL = (f"SELECT {_OBS_SELECT}, o.first_seen, o.last_seen {_OBS_FROM} "
              "WHERE o.type = ? AND o.value IN ({keys}){live} ORDER BY o.obs_no DESC LIMIT ?")
 
 
-@dataclass
-class _Blocks:
-    """The prefix lengths of the CIDR blocks stored, per IP type, up to ``obs_no``."""
-
-    conn: sqlite3.Connection
-    obs_no: int = 0
-    lengths: dict[str, set[int]] = field(default_factory=dict)
-    frozen: dict[str, frozenset[int]] = field(default_factory=dict)
-
-
-# By connection (sqlite3 connections take no weak references): the newest 64, each
-# entry holding its connection so that an id is never taken for another's.
-_BLOCKS: dict[int, _Blocks] = {}
-_MAX_BLOCK_STATES = 64
-_IP_TYPES = (IndicatorType.IPV4_ADDR.value, IndicatorType.IPV6_ADDR.value)
-_NEW_BLOCKS_SQL = ("SELECT obs_no, type, value FROM observations WHERE obs_no > ? "
-                   "AND type IN (?, ?) AND instr(value, '/') > 0")
-
-
-def _block_lengths(conn: sqlite3.Connection, type: str) -> frozenset[int]:
-    """The prefix lengths of ``type``'s CIDR blocks stored (a superset: an erased
-    block's length stays). Rows only get higher ``obs_no``s, so each call reads the
-    rows written since the last one (the first reads every IP row once)."""
-    state = _BLOCKS.get(id(conn))
-    if state is None or state.conn is not conn:
-        if len(_BLOCKS) >= _MAX_BLOCK_STATES:
-            del _BLOCKS[next(iter(_BLOCKS))]
-        state = _BLOCKS[id(conn)] = _Blocks(conn)
-    top = conn.execute("SELECT max(obs_no) FROM observations").fetchone()[0] or 0
-    if top > state.obs_no:
-        for _no, kind, value in conn.execute(_NEW_BLOCKS_SQL, (state.obs_no, *_IP_TYPES)):
-            state.lengths.setdefault(kind, set()).add(int(value.rpartition("/")[2]))
-        state.obs_no = top
-        state.frozen = {k: frozenset(v) for k, v in state.lengths.items()}
-    return state.frozen.get(type, frozenset())
-
-
-def _matching(conn: sqlite3.Connection, type: str,
-              value: str) -> tuple[str, tuple[str, ...]]:
-    """The ``{keys}`` placeholders and the keys a lookup of (type, value) matches on
-    ``conn`` (protocol.indicators.containment_keys with the block lengths stored)."""
-    if type not in _IP_TYPES:
-        return "?", (value,)
-    keys = containment_keys(type, value, _block_lengths(conn, type))
-    return ",".join("?" * len(keys)), keys
-
-
 def indicator_bounded(conn: sqlite3.Connection, type: str, value: str,
                       include_retracted: bool, limit: int,
                       max_rows: int) -> dict[str, Any] | None:
@@ -280,7 +230,7 @@ def indicator_bounded(conn: sqlite3.Connection, type: str, value: str,
     both answer alike.
     """
     live = "" if include_retracted else " AND o.retracted = 0"
-    marks, keys = _matching(conn, type, value)
+    marks, keys = matching_keys(conn, type, value)
     rows = conn.execute(_ROWS_SQL.format(keys=marks, live=live),
                         (type, *keys, max_rows + 1)).fetchall()
     if len(rows) > max_rows:
@@ -304,7 +254,7 @@ def indicator_aggregated(conn: sqlite3.Connection, type: str, value: str,
     """The lookup of an indicator with any number of rows, on ``conn``: aggregates in
     SQL, and the newest ``limit`` observations."""
     live = "" if include_retracted else " AND o.retracted = 0"
-    marks, keys = _matching(conn, type, value)
+    marks, keys = matching_keys(conn, type, value)
     agg = conn.execute(_AGGREGATES_SQL.format(keys=marks, live=live), (type, *keys)).fetchone()
     origins = conn.execute(_ORIGINS_SQL.format(keys=marks, live=live),
                            (type, *keys)).fetchall()

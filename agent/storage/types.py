@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 
 from agent.storage.queries import IndexRecord
 from protocol.entries import TLP, ForkProof, VerifiedEntry
-from protocol.indicators import indicator_key
 from protocol.keys import PublicKey
+from protocol.matching import indicator_key
 from protocol.payloads import Payload
 
 __all__ = [

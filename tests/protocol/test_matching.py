@@ -1,6 +1,7 @@
-"""``indicator_key``: the one form URLs are matched by (RFC 3986 §6.2.2 normalisation of
-the path, query, fragment and userinfo; IDNA host and default port come from
-``normalise_indicator``), and every other type's canonical value unchanged."""
+"""protocol/matching.py: ``indicator_key``, the one form URLs are matched by (RFC 3986
+§6.2.2 for the path, query, fragment and userinfo; IDNA host and default port come from
+``normalise_indicator``), every other type's canonical value unchanged;
+``containment_keys`` for IP lookups; ``refang``."""
 
 from __future__ import annotations
 
@@ -10,13 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.provisional import urls
 
 from protocol.errors import PayloadError
-from protocol.indicators import (
-    IndicatorType,
-    containment_keys,
-    indicator_key,
-    normalise_indicator,
-    refang,
-)
+from protocol.indicators import IndicatorType, normalise_indicator
+from protocol.matching import containment_keys, indicator_key, refang
 
 
 def url_key(value: str) -> str:

@@ -1,0 +1,70 @@
+"""Which CIDR blocks an IP lookup must probe: the prefix lengths of the blocks stored,
+learned per connection (agent/storage/queries.py runs the lookups).
+
+``protocol.matching.containment_keys`` gives the keys an address or block matches;
+probing only the block lengths actually stored keeps a lookup on a ledger without
+blocks at one key (docs/operations.md, "Indicator").
+
+Invariants:
+- The lengths known for a connection are a superset of the lengths stored in the rows
+  it has seen: rows only get higher ``obs_no``s while the writer runs, so each call
+  reads the rows written since the last one (the first reads every IP row once); an
+  erased block's length stays (one probe too many, never one too few).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+
+from protocol.indicators import IndicatorType
+from protocol.matching import containment_keys
+
+__all__ = ["matching_keys"]
+
+
+@dataclass
+class _Blocks:
+    """The prefix lengths of the CIDR blocks stored, per IP type, up to ``obs_no``."""
+
+    conn: sqlite3.Connection
+    obs_no: int = 0
+    lengths: dict[str, set[int]] = field(default_factory=dict)
+    frozen: dict[str, frozenset[int]] = field(default_factory=dict)
+
+
+# By connection (sqlite3 connections take no weak references): the newest 64, each
+# entry holding its connection so that an id is never taken for another's.
+_BLOCKS: dict[int, _Blocks] = {}
+_MAX_BLOCK_STATES = 64
+_IP_TYPES = (IndicatorType.IPV4_ADDR.value, IndicatorType.IPV6_ADDR.value)
+_NEW_BLOCKS_SQL = ("SELECT obs_no, type, value FROM observations WHERE obs_no > ? "
+                   "AND type IN (?, ?) AND instr(value, '/') > 0")
+
+
+def _block_lengths(conn: sqlite3.Connection, type: str) -> frozenset[int]:
+    """The prefix lengths of ``type``'s CIDR blocks stored (a superset: an erased
+    block's length stays). Rows only get higher ``obs_no``s, so each call reads the
+    rows written since the last one (the first reads every IP row once)."""
+    state = _BLOCKS.get(id(conn))
+    if state is None or state.conn is not conn:
+        if len(_BLOCKS) >= _MAX_BLOCK_STATES:
+            del _BLOCKS[next(iter(_BLOCKS))]
+        state = _BLOCKS[id(conn)] = _Blocks(conn)
+    top = conn.execute("SELECT max(obs_no) FROM observations").fetchone()[0] or 0
+    if top > state.obs_no:
+        for _no, kind, value in conn.execute(_NEW_BLOCKS_SQL, (state.obs_no, *_IP_TYPES)):
+            state.lengths.setdefault(kind, set()).add(int(value.rpartition("/")[2]))
+        state.obs_no = top
+        state.frozen = {k: frozenset(v) for k, v in state.lengths.items()}
+    return state.frozen.get(type, frozenset())
+
+
+def matching_keys(conn: sqlite3.Connection, type: str,
+              value: str) -> tuple[str, tuple[str, ...]]:
+    """The ``{keys}`` placeholders and the keys a lookup of (type, value) matches on
+    ``conn`` (protocol.indicators.containment_keys with the block lengths stored)."""
+    if type not in _IP_TYPES:
+        return "?", (value,)
+    keys = containment_keys(type, value, _block_lengths(conn, type))
+    return ",".join("?" * len(keys)), keys
