@@ -1,0 +1,1 @@
+"""Chaos runs against real ``entraide run`` processes (issue 17; docs/chaos.md)."""

@@ -1,0 +1,543 @@
+"""A chaos run: real ``entraide run`` processes, every peer link through a
+:class:`chaos.proxy.LinkProxy`, faults injected on a schedule, steady submits, and the
+invariants checked after healing (docs/chaos.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from agent.cli.localfed import FedNode, LocalFederation, child_pids
+from chaos.proxy import Link, LinkProxy
+
+__all__ = ["PROFILES", "Profile", "Report", "run_chaos"]
+
+FAULT_KINDS = ("latency", "bandwidth", "blackhole", "reset", "half_open", "slow_read",
+               "kill", "sigstop", "clock_skew", "enospc")
+NAMES = [("QC", "Québec"), ("ON", "Ontario"), ("BC", "British Columbia"), ("AB", "Alberta"),
+         ("NS", "Nova Scotia"), ("MB", "Manitoba"), ("SK", "Saskatchewan"),
+         ("NB", "New Brunswick")]
+SATELLITE = ("NU", "Nunavut")
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+@dataclass
+class Profile:
+    name: str
+    nodes: int
+    duration: float                       # seconds of faults and submits
+    faults: tuple[str, ...] = FAULT_KINDS
+    fault_every: float = 5.0              # a new fault starts this often
+    fault_length: float = 4.0             # and lasts this long
+    submit_rate: float = 4.0              # acknowledged submits per second, all nodes
+    heal_deadline: float = 30.0           # invariants must hold within this after healing
+    rss_limit_mb: float = 400.0
+    satellite: bool = False
+    seed: int = 0
+
+
+PROFILES = {
+    "short": Profile("short", nodes=5, duration=60.0, fault_every=5.0, fault_length=4.0),
+    "long": Profile("long", nodes=5, duration=330.0, fault_every=6.0, fault_length=5.0),
+    "satellite": Profile("satellite", nodes=4, duration=90.0, fault_every=30.0,
+                         fault_length=20.0, faults=("outage",), satellite=True,
+                         submit_rate=3.0),
+}
+
+
+@dataclass
+class Report:
+    profile: str
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, name: str, ok: bool, detail: str) -> None:
+        self.checks.append((name, ok, detail))
+
+    @property
+    def ok(self) -> bool:
+        return all(ok for _n, ok, _d in self.checks)
+
+    def text(self) -> str:
+        lines = [f"chaos run, profile {self.profile}"]
+        for k, v in self.figures.items():
+            lines.append(f"  {k}: {v}")
+        lines.append("faults:")
+        lines.extend(f"  {e}" for e in self.events)
+        lines.append("invariants:")
+        for name, ok, detail in self.checks:
+            lines.append(f"  [{'PASS' if ok else 'FAIL'}] {name}: {detail}")
+        lines.append("result: " + ("PASS" if self.ok else "FAIL"))
+        return "\n".join(lines)
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of a process and its workers, in MB."""
+    total = 0
+    for p in [pid, *child_pids(pid)]:
+        with contextlib.suppress(OSError, ValueError, IndexError), \
+                open(f"/proc/{p}/statm", encoding="ascii") as f:
+            total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return total / 2**20
+
+
+def _ledger(node: FedNode) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{node.data_dir / 'ledger.sqlite3'}?mode=ro", uri=True,
+                           timeout=5)
+
+
+def version_vector(node: FedNode) -> dict[str, tuple[int, str]]:
+    """origin key (hex) → (head seq, head hash), read from the node's ledger file."""
+    with contextlib.closing(_ledger(node)) as db:
+        rows = db.execute("SELECT hex(key), head_seq, hex(head_hash) FROM origins "
+                          "WHERE head_hash IS NOT NULL").fetchall()
+    return {k: (s, h) for k, s, h in rows}
+
+
+def missing_ids(node: FedNode, ids: set[str]) -> set[str]:
+    """The acknowledged ids that the node's ledger does not hold."""
+    with contextlib.closing(_ledger(node)) as db:
+        have = {h.lower() for (h,) in db.execute("SELECT hex(hash) FROM entries")}
+    return ids - have
+
+
+class Chaos:
+    def __init__(self, profile: Profile, root: Path, log: Callable[[str], None]) -> None:
+        self.p = profile
+        self.root = root
+        self.say = log
+        self.rng = random.Random(profile.seed or time.time_ns())
+        specs = NAMES[:profile.nodes - (1 if profile.satellite else 0)]
+        if profile.satellite:
+            specs = [*specs, SATELLITE]
+        self.tmpfs: Path | None = None
+        self.fed = LocalFederation(root, specs, [])
+        self.report = Report(profile.name)
+        self.proxies: dict[tuple[str, str], LinkProxy] = {}
+        self.acked: dict[str, tuple[str, float]] = {}   # id → (node, ack time)
+        self.submit_errors: dict[str, int] = {}
+        self.rss_peak: dict[str, float] = {}
+        self.skewed: set[str] = set()
+        self.stopped: set[str] = set()
+        self.down: set[str] = set()
+        self.sat_lag: list[float] = []
+        self._stop = asyncio.Event()
+        self._seq = 0
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    # -- set-up
+
+    def _mount_tmpfs(self, node: FedNode) -> None:
+        """Put ``node``'s data dir on a small tmpfs of its own (root only)."""
+        mnt = self.root / "tmpfs"
+        mnt.mkdir(exist_ok=True)
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            return
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs",
+                              str(mnt)], capture_output=True, text=True)
+        if res.returncode == 0:
+            self.tmpfs = mnt
+            node.data_dir = mnt / node.name.lower()
+
+    def set_up(self) -> None:
+        if "enospc" in self.p.faults:
+            self._mount_tmpfs(self.fed.nodes[-1])
+        self.fed.set_up()
+        names = [n.name for n in self.fed.nodes]
+        # Every node dials every other whose name sorts after its own: a full mesh of
+        # links, each one through its own proxy (set up once the loop runs).
+        self.links = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+
+    async def start_proxies(self) -> None:
+        for a, b in self.links:
+            link = Link()
+            if self.p.satellite and SATELLITE[0] in (a, b):
+                # 600 ms round trip = 300 ms each way, 1 Mbit/s, 2% loss
+                link.latency_ms, link.jitter_ms = 290.0, 20.0
+                link.bandwidth, link.loss = 125_000.0, 0.02
+            proxy = LinkProxy(self.fed[b].peer_port, link)
+            port = await proxy.start()
+            self.proxies[(a, b)] = proxy
+            self.fed[a].cli("peers", "update", b, "--url", f"http://127.0.0.1:{port}")
+
+    # -- processes
+
+    def start_node(self, name: str) -> None:
+        node = self.fed[name]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if name in self.skewed:
+            env.update(LD_PRELOAD=LIBFAKETIME, FAKETIME="+150s",
+                       FAKETIME_DONT_FAKE_MONOTONIC="1", FAKETIME_NO_CACHE="1")
+        node.log = self.root / f"{name.lower()}.log"
+        with node.log.open("ab") as log:
+            node.process = subprocess.Popen(
+                [sys.executable, "-m", "agent.cli", "run", "--data-dir", str(node.data_dir)],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def kill_node(self, name: str) -> None:
+        node = self.fed[name]
+        if node.process is not None and node.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.process.pid, signal.SIGKILL)
+            node.process.wait()
+
+    async def wait_healthy(self, session: aiohttp.ClientSession, name: str,
+                           timeout: float) -> bool:
+        node = self.fed[name]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with session.get(node.api + "/api/v1/health",
+                                       timeout=aiohttp.ClientTimeout(total=3)) as r:
+                    if r.status == 200:
+                        return True
+            await asyncio.sleep(0.2)
+        return False
+
+    # -- load
+
+    async def submitter(self, session: aiohttp.ClientSession) -> None:
+        nodes = self.fed.nodes
+        interval = 1.0 / self.p.submit_rate
+        while not self._stop.is_set():
+            node = nodes[self._seq % len(nodes)]
+            self._seq += 1
+            task = asyncio.create_task(self._submit_one(session, node, self._seq))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+
+    async def _submit_one(self, session: aiohttp.ClientSession, node: FedNode, n: int) -> None:
+        body = {"type": "ipv4-addr", "value": f"198.18.{(n >> 8) & 255}.{n & 255}",
+                "tlp": "GREEN", "confidence": 60, "severity": "medium",
+                "tags": ["chaos"], "description": {"en": f"chaos {self.p.name} #{n}"}}
+        try:
+            async with session.post(node.api + "/api/v1/observations", json=body,
+                                    headers={"Authorization": f"Bearer {node.token}"},
+                                    timeout=aiohttp.ClientTimeout(total=15)) as r:
+                if r.status == 201:
+                    self.acked[(await r.json())["id"]] = (node.name, time.monotonic())
+                    return
+                key = f"{node.name} HTTP {r.status}"
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            key = f"{node.name} {type(exc).__name__}"
+        self.submit_errors[key] = self.submit_errors.get(key, 0) + 1
+
+    async def sampler(self) -> None:
+        while not self._stop.is_set():
+            for node in self.fed.nodes:
+                if node.process is not None and node.process.poll() is None:
+                    rss = _rss_mb(node.process.pid)
+                    self.rss_peak[node.name] = max(self.rss_peak.get(node.name, 0.0), rss)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 1.0)
+
+    async def satellite_watch(self) -> None:
+        """How long after its acknowledgement each entry from another node is held by
+        the satellite node (while no outage is under way)."""
+        sat = self.fed[SATELLITE[0]]
+        seen: set[str] = set()
+        while not self._stop.is_set():
+            await asyncio.sleep(0.5)
+            if self.down:
+                seen |= set(self.acked)       # entries of an outage are not timed
+                continue
+            now = time.monotonic()
+            pending = {i for i, (n, _t) in self.acked.items() if n != sat.name} - seen
+            if not pending:
+                continue
+            with contextlib.suppress(sqlite3.Error):
+                have = pending - missing_ids(sat, pending)
+                for i in have:
+                    self.sat_lag.append(now - self.acked[i][1])
+                seen |= have
+
+    # -- faults
+
+    def _links_of(self, name: str) -> list[LinkProxy]:
+        return [p for (a, b), p in self.proxies.items() if name in (a, b)]
+
+    async def fault(self, kind: str, session: aiohttp.ClientSession) -> None:
+        names = [n.name for n in self.fed.nodes]
+        victim = self.rng.choice(names)
+        link_key = self.rng.choice(list(self.proxies))
+        link = self.proxies[link_key]
+        length = self.p.fault_length
+        t0 = time.monotonic() - self.t_start
+        what = ""
+        if kind == "latency":
+            link.link.latency_ms, link.link.jitter_ms = 400.0, 300.0
+            what = f"link {link_key[0]}-{link_key[1]}: +400 ms latency, 300 ms jitter"
+            await asyncio.sleep(length)
+            link.link.latency_ms = link.link.jitter_ms = 0.0
+        elif kind == "bandwidth":
+            link.link.bandwidth = 4_000.0
+            what = f"link {link_key[0]}-{link_key[1]}: 4 kB/s"
+            await asyncio.sleep(length)
+            link.link.bandwidth = 0.0
+        elif kind == "blackhole":
+            for p in self._links_of(victim):
+                p.link.blackhole = True
+                p.link.poke()
+            what = f"{victim}: all its links black-holed"
+            await asyncio.sleep(length)
+            for p in self._links_of(victim):
+                p.heal()
+        elif kind == "reset":
+            n = sum(p.reset() for p in self.proxies.values())
+            what = f"every link: {n} connections reset (RST)"
+        elif kind == "half_open":
+            n = sum(p.half_open() for p in self._links_of(victim))
+            what = f"{victim}: {n} connections half-open (upstream gone, no FIN)"
+            await asyncio.sleep(length)
+            for p in self._links_of(victim):
+                p.heal()
+        elif kind == "slow_read":
+            for p in self._links_of(victim):
+                p.link.slow_read = 2_000.0
+            what = f"{victim}: its links read at 2 kB/s"
+            await asyncio.sleep(length)
+            for p in self._links_of(victim):
+                p.heal()
+        elif kind == "kill":
+            self.down.add(victim)
+            self.kill_node(victim)
+            what = f"{victim}: kill -9, restarted {length:.0f} s later"
+            await asyncio.sleep(length)
+            self.start_node(victim)
+            await self.wait_healthy(session, victim, 60)
+            self.down.discard(victim)
+        elif kind == "sigstop":
+            proc = self.fed[victim].process
+            assert proc is not None
+            self.stopped.add(victim)
+            os.killpg(proc.pid, signal.SIGSTOP)
+            what = f"{victim}: SIGSTOP for {length:.0f} s, then SIGCONT"
+            await asyncio.sleep(length)
+            os.killpg(proc.pid, signal.SIGCONT)
+            self.stopped.discard(victim)
+        elif kind == "clock_skew":
+            if not os.path.exists(LIBFAKETIME):
+                what = "clock skew skipped: libfaketime is not installed"
+            else:
+                self.down.add(victim)
+                self.kill_node(victim)
+                self.skewed.add(victim)
+                self.start_node(victim)
+                await self.wait_healthy(session, victim, 60)
+                self.down.discard(victim)
+                what = f"{victim}: restarted with its clock 150 s ahead (libfaketime), " \
+                       f"then back to the true time {length:.0f} s later"
+                await asyncio.sleep(length * 2)
+                self.down.add(victim)
+                self.kill_node(victim)
+                self.skewed.discard(victim)
+                self.start_node(victim)
+                await self.wait_healthy(session, victim, 60)
+                self.down.discard(victim)
+        elif kind == "enospc":
+            if self.tmpfs is None:
+                what = "ENOSPC skipped: needs root to mount a small tmpfs"
+            else:
+                filler = self.tmpfs / "filler"
+                with contextlib.suppress(OSError), filler.open("wb") as f:
+                    while True:
+                        f.write(b"\0" * 2**20)
+                with contextlib.suppress(OSError), filler.open("ab") as f:
+                    while True:
+                        f.write(b"\0" * 4096)
+                        f.flush()
+                what = f"{self.fed.nodes[-1].name}: its data dir's tmpfs full (ENOSPC) " \
+                       f"for {length:.0f} s"
+                await asyncio.sleep(length)
+                filler.unlink()
+        elif kind == "outage":
+            sat = SATELLITE[0]
+            self.down.add(sat)
+            for p in self._links_of(sat):
+                p.link.blackhole = True
+                p.link.poke()
+            what = f"{sat}: satellite outage (all its links black-holed) for {length:.0f} s"
+            await asyncio.sleep(length)
+            for p in self._links_of(sat):
+                p.heal()
+            self.down.discard(sat)
+        self.report.events.append(f"t={t0:5.1f}s {kind}: {what}")
+        self.say(f"  t={t0:5.1f}s {kind}: {what}")
+
+    async def fault_loop(self, session: aiohttp.ClientSession) -> None:
+        kinds = list(self.p.faults)
+        order: list[str] = []
+        running: set[asyncio.Task[None]] = set()
+        end = self.t_start + self.p.duration
+        await asyncio.sleep(min(3.0, self.p.fault_every))
+        while time.monotonic() + self.p.fault_length < end:
+            if not order:
+                order = kinds[:]
+                self.rng.shuffle(order)
+            t = asyncio.create_task(self.fault(order.pop(), session))
+            running.add(t)
+            t.add_done_callback(running.discard)
+            await asyncio.sleep(self.p.fault_every)
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+
+    # -- healing and the invariants
+
+    async def heal(self, session: aiohttp.ClientSession) -> None:
+        for p in self.proxies.values():
+            p.heal()
+        for name in list(self.stopped):
+            proc = self.fed[name].process
+            if proc is not None:
+                os.killpg(proc.pid, signal.SIGCONT)
+        for node in self.fed.nodes:
+            if node.process is None or node.process.poll() is not None:
+                self.start_node(node.name)
+        if self.tmpfs is not None:
+            with contextlib.suppress(OSError):
+                (self.tmpfs / "filler").unlink()
+
+    async def check(self, session: aiohttp.ClientSession) -> None:
+        rep = self.report
+        t_heal = time.monotonic()
+        wedged = [n.name for n in self.fed.nodes
+                  if not await self.wait_healthy(session, n.name, self.p.heal_deadline)]
+        rep.check("no node wedged", not wedged,
+                  "every node answers /api/v1/health" if not wedged
+                  else f"no health answer from {', '.join(wedged)}")
+        ids = set(self.acked)
+        converged_at: float | None = None
+        last_detail = ""
+        while time.monotonic() - t_heal < self.p.heal_deadline:
+            try:
+                vectors = {n.name: version_vector(n) for n in self.fed.nodes}
+                lost = {n.name: missing_ids(n, ids) for n in self.fed.nodes}
+            except sqlite3.Error as exc:
+                last_detail = f"ledger read: {exc}"
+                await asyncio.sleep(0.5)
+                continue
+            same = len({json.dumps(v, sort_keys=True) for v in vectors.values()}) == 1
+            if same and not any(lost.values()):
+                converged_at = time.monotonic() - t_heal
+                break
+            last_detail = ("vectors differ; " if not same else "") + ", ".join(
+                f"{k} misses {len(v)}" for k, v in lost.items() if v)
+            await asyncio.sleep(0.5)
+        if converged_at is None:
+            lost = {n.name: missing_ids(n, ids) for n in self.fed.nodes}
+        rep.check("no acknowledged entry lost", converged_at is not None or not any(
+            lost.values()), f"{len(ids)} acknowledged ids on every node" if converged_at
+            is not None else last_detail)
+        rep.check("identical version vectors", converged_at is not None,
+                  f"after {converged_at:.1f} s (deadline {self.p.heal_deadline:.0f} s)"
+                  if converged_at is not None else f"not within {self.p.heal_deadline:.0f} s: "
+                  f"{last_detail}")
+        bad = []
+        for node in self.fed.nodes:
+            try:
+                async with session.get(node.api + "/api/v1/ledger/verify",
+                                       headers={"Authorization": f"Bearer {node.token}"},
+                                       timeout=aiohttp.ClientTimeout(total=120)) as r:
+                    doc = await r.json()
+                    if r.status != 200 or not doc.get("ok"):
+                        bad.append(f"{node.name}: {doc.get('problems', doc)!s:.200}")
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                bad.append(f"{node.name}: {type(exc).__name__}")
+        rep.check("ledger verify ok", not bad, "every node" if not bad else "; ".join(bad))
+        worst = max(self.rss_peak.values(), default=0.0)
+        rep.check("memory bounded", worst <= self.p.rss_limit_mb,
+                  f"peak RSS {worst:.0f} MB (limit {self.p.rss_limit_mb:.0f} MB): " + ", ".join(
+                      f"{k} {v:.0f}" for k, v in sorted(self.rss_peak.items())))
+        if self.p.satellite:
+            lag = sorted(self.sat_lag)
+            worst_lag = lag[-1] if lag else float("inf")
+            rep.check("satellite within 10 s", bool(lag) and worst_lag <= 10.0,
+                      f"{len(lag)} entries, p50 {lag[len(lag) // 2]:.1f} s, max "
+                      f"{worst_lag:.1f} s" if lag else "no entry timed")
+        rep.check("submits acknowledged", len(ids) > 0,
+                  f"{len(ids)} acknowledged, {sum(self.submit_errors.values())} failed")
+        rep.figures["acknowledged submits"] = len(ids)
+        rep.figures["failed submits"] = dict(sorted(self.submit_errors.items()))
+        rep.figures["connections through the proxies"] = sum(
+            p.accepted for p in self.proxies.values())
+
+    async def main(self) -> Report:
+        self.say(f"setting up {len(self.fed.nodes)} nodes in {self.root}")
+        self.set_up()
+        await self.start_proxies()
+        for node in self.fed.nodes:
+            self.start_node(node.name)
+        async with aiohttp.ClientSession() as session:
+            for node in self.fed.nodes:
+                if not await self.wait_healthy(session, node.name, 60):
+                    raise RuntimeError(f"node {node.name} did not start: "
+                                       f"{node.log.read_text(errors='replace')[-2000:]}")
+            self.t_start = time.monotonic()
+            self.say(f"running {self.p.duration:.0f} s of faults and submits")
+            tasks = [asyncio.create_task(self.submitter(session)),
+                     asyncio.create_task(self.sampler())]
+            if self.p.satellite:
+                tasks.append(asyncio.create_task(self.satellite_watch()))
+            try:
+                faults = asyncio.create_task(self.fault_loop(session))
+                await asyncio.sleep(self.p.duration)
+                await faults
+                self._stop.set()
+                await asyncio.gather(*tasks)
+                await asyncio.gather(*self._inflight)     # submits in flight end
+                self.say("healing: every fault ended, every node running")
+                await self.heal(session)
+                await self.check(session)
+            finally:
+                self._stop.set()
+                for t in tasks:
+                    t.cancel()
+        return self.report
+
+    async def close(self) -> None:
+        for p in self.proxies.values():
+            await p.close()
+        for node in self.fed.nodes:
+            if node.process is not None and node.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(node.process.pid, signal.SIGCONT)
+        self.fed.stop()
+        for node in self.fed.nodes:
+            if node.process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(node.process.pid, signal.SIGKILL)
+        if self.tmpfs is not None:
+            subprocess.run(["umount", "-l", str(self.tmpfs)], capture_output=True)
+
+
+async def _run(profile: Profile, root: Path, log: Callable[[str], None]) -> Report:
+    chaos = Chaos(profile, root, log)
+    try:
+        return await chaos.main()
+    finally:
+        await chaos.close()
+
+
+def run_chaos(profile: Profile, root: Path, log: Callable[[str], None] = print) -> Report:
+    """Run one chaos run in ``root`` (its data dirs and logs stay there)."""
+    root.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(_run(profile, root, log))
