@@ -122,6 +122,10 @@ def _check_depth_and_types(value: Any, depth: int, max_depth: int) -> None:
     elif isinstance(value, dict):
         previous: bytes | None = None
         for key, item in value.items():
+            # msgpack's strict_map_key lets binary keys through: refused here (a binary
+            # key raised AttributeError out of decode; found by the fuzzer).
+            if not isinstance(key, str):
+                raise EncodingError("map keys must be strings")
             encoded = key.encode("utf-8")
             if previous is not None and encoded <= previous:
                 raise EncodingError("map keys are not sorted")

@@ -92,6 +92,7 @@ _TLP_TAGS = {"tlp:white": TLP.CLEAR, "tlp:clear": TLP.CLEAR, "tlp:green": TLP.GR
 TLP_ORDER = (TLP.CLEAR, TLP.GREEN, TLP.AMBER, TLP.AMBER_STRICT, TLP.RED)
 _SEVERITY = {"1": "high", "2": "medium", "3": "low"}
 _MAX_EVENTS = 1000
+_MAX_NESTING = 8  # lists and {"response": ...} around the events
 _FR_MARKER = "\n\n[fr] "
 _MAX_CHUNKS = 8
 
@@ -165,13 +166,17 @@ class MispImport:
     attributes: int = 0
 
 
-def _events(document: Any) -> Iterator[Mapping[str, Any]]:
+def _events(document: Any, depth: int = 0) -> Iterator[Mapping[str, Any]]:
+    # A search answer is {"response": [...]}: a few levels at most, never a deep
+    # recursion on a hostile document (found by the fuzzer: RecursionError).
+    if depth > _MAX_NESTING:
+        return
     if isinstance(document, list):
         for item in document:
-            yield from _events(item)
+            yield from _events(item, depth + 1)
     elif isinstance(document, Mapping):
         if "response" in document:
-            yield from _events(document["response"])
+            yield from _events(document["response"], depth + 1)
         elif isinstance(document.get("Event"), Mapping):
             yield document["Event"]
         elif "Attribute" in document or "Object" in document:
@@ -244,14 +249,21 @@ def parse_misp(document: Any, *, default_tlp: TLP | None = None) -> MispImport:
     return result
 
 
+def _list(holder: Mapping[str, Any], key: str) -> list[Any]:
+    """``holder[key]`` when it is a list, else nothing (a hostile ``"Attribute": true``
+    made the parser raise TypeError: found by the fuzzer)."""
+    value = holder.get(key)
+    return value if isinstance(value, list) else []
+
+
 def _attributes(event: Mapping[str, Any]
                 ) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any] | None]]:
-    for attribute in event.get("Attribute") or []:
+    for attribute in _list(event, "Attribute"):
         if isinstance(attribute, Mapping):
             yield attribute, None
-    for obj in event.get("Object") or []:
+    for obj in _list(event, "Object"):
         if isinstance(obj, Mapping) and obj.get("deleted") is not True:
-            for attribute in obj.get("Attribute") or []:
+            for attribute in _list(obj, "Attribute"):
                 if isinstance(attribute, Mapping):
                     yield attribute, obj
 

@@ -69,3 +69,13 @@ def test_encoding_caps_depth() -> None:
         nested = [nested]
     with pytest.raises(EncodingError):
         decode(msgpack.packb(nested))
+
+
+@pytest.mark.parametrize("data", [
+    b"\x81\xc4\x01a\x01",            # {b"a": 1}: msgpack's strict_map_key allows binary keys
+    b"\x91\x81\xc4\x00\xc0",         # [{b"": None}]
+])
+def test_encoding_refuses_binary_map_keys(data: bytes) -> None:
+    # Found by the fuzzer (tests/fuzz): a binary key raised AttributeError out of decode.
+    with pytest.raises(EncodingError, match="map keys must be strings"):
+        decode(data)

@@ -197,3 +197,25 @@ async def test_misp_cli_import_and_export(api: Api, tmp_path: Path,
     unchanged = copy.deepcopy(exported)
     assert {o.value for o, _ in parse_misp(unchanged).items} == {"203.0.113.7",
                                                                  "198.51.100.1"}
+
+
+@pytest.mark.parametrize("document", [
+    {"Event": {"Attribute": True}},
+    {"Event": {"Object": 1}},
+    {"Event": {"Object": [{"Attribute": False}]}},
+    {"Attribute": "not a list"},
+])
+def test_parse_misp_ignores_attribute_and_object_fields_that_are_not_lists(
+        document: Any) -> None:
+    # Found by the fuzzer (tests/fuzz): these raised TypeError ('bool' object is not
+    # iterable) instead of a typed error.
+    result = parse_misp(document)
+    assert result.events == 1 and result.items == []
+
+
+def test_parse_misp_does_not_recurse_without_bound() -> None:
+    document: Any = {"Event": {"Attribute": []}}
+    for _ in range(5000):
+        document = {"response": [document]}
+    with pytest.raises(PayloadError, match="no MISP event"):
+        parse_misp(document)
