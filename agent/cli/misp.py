@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli.client import _client, _common, call_api
+from agent.cli.examples import epilog
+from agent.cli.lang import _
 from agent.misp.convert import export_misp
 from protocol.errors import EntraideError
 
@@ -26,26 +28,28 @@ _PAGE = 1000
 def import_misp_command(argv: list[str], data_dir: Path) -> int:
     """``entraide import misp FILE [--tlp T] [--to N,...]``."""
     parser = argparse.ArgumentParser(
-        prog="entraide import misp",
-        description="Share the indicators of a MISP event JSON file as this node's observations.")
-    parser.add_argument("file", metavar="FILE", help="MISP event JSON ('-' for stdin)")
+        prog="entraide import misp", epilog=epilog("import misp"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_("Share the indicators of a MISP event JSON file as this node's "
+                      "observations (docs/misp.md: what is kept, mapped and refused)."))
+    parser.add_argument("file", metavar="FILE", help=_("MISP event JSON ('-' for stdin)"))
     parser.add_argument("--tlp",
-                        help="TLP of attributes without a tlp:* tag (default GREEN; AMBER "
-                             "for e-mail addresses and user accounts)")
-    parser.add_argument("--to", help="audience for AMBER/RED attributes: peer names, "
-                                     "comma-separated")
+                        help=_("TLP of attributes without a tlp:* tag (default GREEN; AMBER "
+                               "for e-mail addresses and user accounts)"))
+    parser.add_argument("--to", help=_("audience for AMBER/RED attributes: peer names, "
+                                       "comma-separated"))
     _common(parser)
     args = parser.parse_args(argv)
     if (args.tlp or "").upper() == "RED" and not args.to:
-        print("error: --tlp RED needs an audience (--to NAME,...) / "
-              "erreur : --tlp RED exige un auditoire (--to NOM,...)", file=sys.stderr)
+        print(_("error: --tlp RED needs an audience (--to NAME,...)"), file=sys.stderr)
         return 1
     base, token = _client(args, data_dir)
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     try:
         document = json.loads(text)
     except ValueError as exc:
-        raise EntraideError(f"{args.file}: not JSON ({exc})") from exc
+        raise EntraideError(_("{file}: not JSON ({error})").format(file=args.file,
+                                                                   error=exc)) from exc
     params = {"tlp": args.tlp.upper()} if args.tlp else {}
     if args.to:
         params["audience"] = args.to
@@ -54,39 +58,43 @@ def import_misp_command(argv: list[str], data_dir: Path) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"imported {result['imported']} of {result['attributes']} attributes from "
-          f"{result['events']} event(s); {result['already_shared']} already shared, "
-          f"{result['repeated']} repeated, {len(result['context'])} context (to_ids false, "
-          f"not shared) / {result['imported']} importés sur {result['attributes']} "
-          f"attributs de {result['events']} événement(s); {result['already_shared']} déjà "
-          f"partagés, {result['repeated']} répétés, {len(result['context'])} contexte "
-          f"(to_ids faux, non partagés)")
-    for what in ("mapped", "unsupported", "invalid"):
+    print(_("imported {imported} of {attributes} attributes from {events} event(s); "
+            "{already} already shared, {repeated} repeated, {context} context (to_ids "
+            "false, not shared)").format(
+        imported=result["imported"], attributes=result["attributes"],
+        events=result["events"], already=result["already_shared"],
+        repeated=result["repeated"], context=len(result["context"])))
+    labels = {"mapped": _("mapped"), "unsupported": _("unsupported"), "invalid": _("invalid")}
+    for what, label in labels.items():
         for item in result[what]:
-            print(f"{what}: {item['type']} {item['value']!r}: {item['reason']}", file=sys.stderr)
+            print(_("{what}: {type} {value!r}: {reason}").format(what=label, **item),
+                  file=sys.stderr)
     return 0
 
 
 def export_misp_command(argv: list[str], data_dir: Path) -> int:
     """``entraide export misp [--type T] [--origin N] [--since T] [-o FILE]``."""
     parser = argparse.ArgumentParser(
-        prog="entraide export misp",
-        description="Write the observations this node can read as MISP event JSON: one "
-                    "event per source MISP event (its uuid, info and attributes' uuids "
-                    "kept), one more for the rest; several events are written as a REST "
-                    "search answer {\"response\": [...]}.")
-    parser.add_argument("--type", help="only this indicator type")
-    parser.add_argument("--origin", help="only this origin (peer name or key)")
-    parser.add_argument("--tlp", help="only this TLP")
-    parser.add_argument("--since", help="RFC 3339 time or ms since the epoch")
+        prog="entraide export misp", epilog=epilog("export misp"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_("Write the observations this node can read as MISP event JSON: one "
+                      "event per source MISP event (its uuid, info and attributes' uuids "
+                      "kept), one more for the rest; several events are written as a MISP "
+                      "REST search answer (docs/misp.md)."))
+    parser.add_argument("--type", help=_("only this indicator type"))
+    parser.add_argument("--origin", help=_("only this origin: peer name or ed25519 key"))
+    parser.add_argument("--tlp", help=_("only this TLP"))
+    parser.add_argument("--since", help=_("RFC 3339 time or ms since the epoch"))
     parser.add_argument("--limit", type=int, default=10_000,
-                        help="at most this many observations, newest first (default 10000)")
-    parser.add_argument("--include-retracted", action="store_true")
+                        help=_("at most this many observations, newest first (default "
+                               "10000)"))
+    parser.add_argument("--include-retracted", action="store_true",
+                        help=_("list retracted observations too"))
     parser.add_argument("--no-rules", action="store_true",
-                        help="leave out the shared detection rules (yara, sigma, snort; "
-                             "left out too with --type)")
-    parser.add_argument("--info", help="the event's info line")
-    parser.add_argument("-o", "--output", help="write here instead of stdout")
+                        help=_("leave out the shared detection rules (yara, sigma, snort; "
+                               "left out too with --type)"))
+    parser.add_argument("--info", help=_("the event's info line"))
+    parser.add_argument("-o", "--output", help=_("write here instead of stdout"))
     _common(parser)
     args = parser.parse_args(argv)
     base, token = _client(args, data_dir)
@@ -126,7 +134,9 @@ def export_misp_command(argv: list[str], data_dir: Path) -> int:
                                   rules=rules), ensure_ascii=False, indent=1)
     if args.output:
         Path(args.output).write_text(text + "\n", encoding="utf-8")
-        print(f"wrote {len(observations)} attributes to {args.output}", file=sys.stderr)
+        print(_("wrote {count} attributes to {path}").format(count=len(observations),
+                                                            path=args.output),
+              file=sys.stderr)
     else:
         print(text)
     return 0
