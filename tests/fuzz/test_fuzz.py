@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fuzz.targets import TARGETS, fuzz_handshake, fuzz_misp, fuzz_stix, seeds
+from tests.fuzz.targets import CORPUS, TARGETS, fuzz_handshake, fuzz_misp, fuzz_stix, seeds
 
 FUZZ = settings(max_examples=300, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))
@@ -105,3 +105,10 @@ def test_fuzz_seeds_pass() -> None:
         for data in seeds(target):
             function(data)
     fuzz_handshake(b"")
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_fuzz_corpus_replays(target: str) -> None:
+    """Every input of the committed corpus (scripts/fuzz's findings kept) still passes."""
+    for path in sorted((CORPUS / target).glob("*")):
+        TARGETS[target](path.read_bytes())
