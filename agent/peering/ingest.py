@@ -51,6 +51,13 @@ class IngestLimits:
     """Batches being checked ahead of the one being stored."""
     store_max_entries: int = 2048
     """Most entries in one ledger transaction (batches checked meanwhile are merged)."""
+    retry_initial: float = 0.05
+    retry_max: float = 2.0
+    """After a failed transaction (a full disk), the store stage waits this long before
+    the next one, doubling from ``retry_initial`` up to ``retry_max``; a success resets
+    it. Without it, a node whose disk filled retried as fast as its peers resent."""
+    failure_log_interval: float = 30.0
+    """At most one log line per this many seconds about failed transactions."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,11 @@ class IngestPipeline:
         self._checked_wake = asyncio.Event()
         self._checked_room = asyncio.Event()
         self.transactions = 0  # ledger transactions (ingest calls), for diagnostics
+        self.failures = 0      # of which failed (nothing stored)
+        self._retry_delay = 0.0
+        self._failure_logged_at: float | None = None
+        self._failures_unlogged = 0
+        self._sleep = asyncio.sleep
 
     def add(self, event: EntriesReceived) -> None:
         """Take a batch from the engine (readers pause once over the caps)."""
@@ -194,6 +206,8 @@ class IngestPipeline:
             finally:
                 for event, _ in group:
                     self._done(event)
+            if self._retry_delay:
+                await self._sleep(self._retry_delay)
 
     async def _store(self, events: list[EntriesReceived], checked: list[Checked | None]
                      ) -> None:
@@ -216,9 +230,11 @@ class IngestPipeline:
                 self.transactions += 1
                 result = await self._ledger.ingest(verified, records=records)
             except EntraideError as exc:
-                # Nothing is stored; the engine rolls the batches back and asks again.
-                log.error("ledger ingest failed (%d entries): %s", len(verified), exc)
+                # Nothing is stored; the engine rolls the batches back and asks again,
+                # after a growing pause, and the log gets one line per interval.
+                self._failed(len(verified), exc)
             else:
+                self._retry_delay = 0.0
                 stored, duplicates, forks = (result.new_entries, result.duplicates,
                                              result.fork_proofs)
                 if result.refused and log.isEnabledFor(logging.DEBUG):
@@ -233,6 +249,21 @@ class IngestPipeline:
         for i, (event, part) in enumerate(zip(events, parts, strict=True)):
             self._report(Report(event.batch, tuple(part), duplicates if i == last else 0,
                                 invalid[i], forks if i == last else ()))
+
+    def _failed(self, entries: int, exc: EntraideError) -> None:
+        self.failures += 1
+        self._retry_delay = min(self.limits.retry_max,
+                                max(self.limits.retry_initial, 2 * self._retry_delay))
+        now = asyncio.get_running_loop().time()
+        if (self._failure_logged_at is not None
+                and now - self._failure_logged_at < self.limits.failure_log_interval):
+            self._failures_unlogged += 1
+            return
+        more = (f" ({self._failures_unlogged} more failed since the last line)"
+                if self._failures_unlogged else "")
+        log.error("ledger ingest failed (%d entries): %s; retrying%s", entries, exc, more)
+        self._failure_logged_at = now
+        self._failures_unlogged = 0
 
     def cancel_checks(self) -> None:
         """Cancel the checks of batches never stored (the pipeline is stopping)."""

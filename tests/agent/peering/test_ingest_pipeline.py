@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.errors import StorageError
 from agent.peering.ingest import IngestLimits, IngestPipeline, Report, split_stored
 from agent.storage.ledger import Ledger
 from agent.workers.verify import VerifyWorker
@@ -159,3 +160,45 @@ async def test_ingest_pipeline_pauses_readers_over_its_cap(
     assert pipeline.room.is_set()
     pipeline.add(EntriesReceived(A.public_key, tuple(_raws(a[10:])), 2))
     assert not pipeline.room.is_set()
+
+
+async def test_ingest_pipeline_full_disk_logs_once_and_backs_off(
+        ledger: Ledger, executor: concurrent.futures.Executor,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A chaos run's finding (issue 17): while a node's disk was full, every resent batch
+    failed at once and logged an ERROR line, ~100 lines a second. Now one line per
+    interval, and the store stage pauses (growing) between failed transactions."""
+    a = make_entries(A, 16)
+    resent = [_raws(a[:2])] * 12 + [_raws(a[i:i + 2]) for i in range(0, 16, 2)]
+    events = [EntriesReceived(A.public_key, tuple(raws), n) for n, raws in enumerate(resent)]
+    reports: list[Report] = []
+    real_ingest = ledger.ingest
+    calls: list[int] = []
+
+    async def full_disk(entries: list[VerifiedEntry], **kw: object) -> object:
+        calls.append(len(entries))
+        if len(calls) <= 12:
+            raise StorageError("ledger write failed: database or disk is full")
+        return await real_ingest(entries, **kw)  # type: ignore[arg-type]
+
+    ledger.ingest = full_disk  # type: ignore[method-assign]
+    pipeline = IngestPipeline(ledger, VerifyWorker(executor, enabled=False), reports.append,
+                              IngestLimits(store_max_entries=2, retry_initial=0.001,
+                                           retry_max=0.004))
+    waits: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        waits.append(delay)
+        await asyncio.sleep(0)
+
+    pipeline._sleep = sleep  # type: ignore[method-assign]
+    with caplog.at_level("ERROR", logger="agent.peering.transport"):
+        await _run(pipeline, events, reports)
+    failed = [r for r in caplog.records if "ledger ingest failed" in r.getMessage()]
+    assert pipeline.failures == 12 and len(failed) == 1
+    assert "retrying" in failed[0].getMessage()
+    # a pause after each failure, doubling to its cap; none after the successes
+    assert waits[:4] == [0.001, 0.002, 0.004, 0.004] and len(waits) == 12
+    assert [r.batch for r in reports] == list(range(20))
+    assert [len(r.stored) for r in reports] == [0] * 12 + [2] * 8
+    assert ledger.counts().entries == 16
