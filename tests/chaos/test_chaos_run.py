@@ -1,0 +1,25 @@
+"""A short chaos run in the suite (issue 17): four real ``entraide run`` processes, every
+link through the fault proxy, a few fault kinds, steady submits; the invariants must hold
+after healing. Deadlines are generous (a loaded 2-core machine); nothing is timed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chaos.run import Profile, run_chaos
+
+pytestmark = pytest.mark.slow
+
+
+def test_short_chaos_run_keeps_its_invariants(tmp_path: Path) -> None:
+    profile = Profile("test", nodes=4, duration=35.0, fault_every=5.0, fault_length=3.5,
+                      faults=("reset", "kill", "half_open", "sigstop", "blackhole",
+                              "latency"),
+                      submit_rate=3.0, heal_deadline=150.0, rss_limit_mb=600.0, seed=17)
+    report = run_chaos(profile, tmp_path, log=lambda _line: None)
+    print(report.text())
+    assert len(report.events) >= 5
+    assert report.figures["acknowledged submits"] > 20
+    assert report.ok, report.text()
