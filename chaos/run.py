@@ -55,7 +55,7 @@ class Profile:
 PROFILES = {
     "short": Profile("short", nodes=5, duration=60.0, fault_every=5.0, fault_length=4.0),
     "long": Profile("long", nodes=5, duration=330.0, fault_every=6.0, fault_length=5.0),
-    "satellite": Profile("satellite", nodes=4, duration=90.0, fault_every=30.0,
+    "satellite": Profile("satellite", nodes=4, duration=100.0, fault_every=30.0,
                          fault_length=20.0, faults=("outage",), satellite=True,
                          submit_rate=3.0),
 }
@@ -137,7 +137,10 @@ class Chaos:
         self.skewed: set[str] = set()
         self.stopped: set[str] = set()
         self.down: set[str] = set()
+        self.busy: set[str] = set()                    # nodes under a process fault
         self.sat_lag: list[float] = []
+        self.catchup: tuple[float, set[str]] | None = None
+        self.catchups: list[float] = []
         self._stop = asyncio.Event()
         self._seq = 0
         self._inflight: set[asyncio.Task[None]] = set()
@@ -261,6 +264,14 @@ class Chaos:
                 seen |= set(self.acked)       # entries of an outage are not timed
                 continue
             now = time.monotonic()
+            if self.catchup is not None:      # after an outage: how long to catch up
+                t_end, ids = self.catchup
+                with contextlib.suppress(sqlite3.Error):
+                    if not missing_ids(sat, ids):
+                        self.catchups.append(now - t_end)
+                        self.catchup = None
+                seen |= set(self.acked)       # nor those of its catching up
+                continue
             pending = {i for i, (n, _t) in self.acked.items() if n != sat.name} - seen
             if not pending:
                 continue
@@ -277,7 +288,23 @@ class Chaos:
 
     async def fault(self, kind: str, session: aiohttp.ClientSession) -> None:
         names = [n.name for n in self.fed.nodes]
+        if kind in ("kill", "sigstop", "clock_skew"):
+            # One process fault at a time per node: two would start it twice.
+            names = [n for n in names if n not in self.busy] or names
         victim = self.rng.choice(names)
+        if kind in ("kill", "sigstop", "clock_skew"):
+            if victim in self.busy:
+                self.report.events.append(f"{kind} skipped: every node under a process fault")
+                return
+            self.busy.add(victim)
+            try:
+                await self._fault(kind, victim, session)
+            finally:
+                self.busy.discard(victim)
+        else:
+            await self._fault(kind, victim, session)
+
+    async def _fault(self, kind: str, victim: str, session: aiohttp.ClientSession) -> None:
         link_key = self.rng.choice(list(self.proxies))
         link = self.proxies[link_key]
         length = self.p.fault_length
@@ -379,6 +406,8 @@ class Chaos:
             await asyncio.sleep(length)
             for p in self._links_of(sat):
                 p.heal()
+            self.catchup = (time.monotonic(), {i for i, (n, _t) in self.acked.items()
+                                               if n != sat})
             self.down.discard(sat)
         self.report.events.append(f"t={t0:5.1f}s {kind}: {what}")
         self.say(f"  t={t0:5.1f}s {kind}: {what}")
@@ -388,7 +417,9 @@ class Chaos:
         order: list[str] = []
         running: set[asyncio.Task[None]] = set()
         end = self.t_start + self.p.duration
-        await asyncio.sleep(min(3.0, self.p.fault_every))
+        # The satellite profile measures its steady state before its first outage.
+        await asyncio.sleep(self.p.fault_every if self.p.satellite else
+                            min(3.0, self.p.fault_every))
         while time.monotonic() + self.p.fault_length < end:
             if not order:
                 order = kinds[:]
@@ -473,6 +504,12 @@ class Chaos:
             rep.check("satellite within 10 s", bool(lag) and worst_lag <= 10.0,
                       f"{len(lag)} entries, p50 {lag[len(lag) // 2]:.1f} s, max "
                       f"{worst_lag:.1f} s" if lag else "no entry timed")
+            outages = sum(1 for e in rep.events if " outage:" in e)
+            caught = len(self.catchups) == outages and self.catchup is None
+            rep.check("satellite catches up after an outage", caught and outages > 0,
+                      f"{outages} outages, caught up after " + ", ".join(
+                          f"{c:.1f} s" for c in self.catchups) if caught else
+                      f"{len(self.catchups)} of {outages} outages caught up before the end")
         rep.check("submits acknowledged", len(ids) > 0,
                   f"{len(ids)} acknowledged, {sum(self.submit_errors.values())} failed")
         rep.figures["acknowledged submits"] = len(ids)
