@@ -16,7 +16,7 @@ from pathlib import Path
 
 import atheris
 
-with atheris.instrument_imports(include=["protocol", "agent.misp"]):
+with atheris.instrument_imports(include=["protocol", "agent.misp", "agent.taxii"]):
     from tests.fuzz.targets import CORPUS, ROOT, TARGETS, seeds
 
 

@@ -10,6 +10,8 @@ Targets:
 - ``encoding``: protocol.encoding.decode; what it accepts re-encodes to the same bytes.
 - ``handshake``: the HELLO, REPLY and FINISH parsers and the label check.
 - ``stix``: protocol.stix_check.check_stix_object on a JSON document.
+- ``taxii``: a TAXII POST body: the envelope parser, then every object judged as the
+  post path judges it (agent.taxii.post: STIX checks, import, TLP).
 - ``misp``: agent.misp.parse.parse_misp on a JSON document.
 """
 
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.misp.parse import parse_misp
+from agent.taxii.post import _judge, parse_envelope
 from protocol.encoding import decode, encode
 from protocol.errors import EntraideError
 from protocol.handshake import check_label, decode_finish, decode_hello, decode_reply
@@ -70,6 +73,14 @@ def fuzz_stix(data: bytes) -> None:
         check_stix_object(document)
 
 
+def fuzz_taxii(data: bytes) -> None:
+    try:
+        objects = parse_envelope(data)
+    except EntraideError:
+        return
+    _judge(objects, 0, "QC", False)
+
+
 def fuzz_misp(data: bytes) -> None:
     document = _json(data)
     if document is _NOT_JSON:
@@ -83,6 +94,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "handshake": fuzz_handshake,
     "stix": fuzz_stix,
     "misp": fuzz_misp,
+    "taxii": fuzz_taxii,
 }
 
 
@@ -118,6 +130,11 @@ def seeds(target: str) -> list[bytes]:
             bundle = json.loads((data / "stix" / name).read_text())
             found += [json.dumps(obj).encode() for obj in bundle["objects"]]
         return found
+    if target == "taxii":
+        return [(data / "stix" / name).read_bytes() for name in (
+            "oasis-indicators-for-C2-with-COA.json",
+            "oasis-malicious-email-indicator-with-attachment.json")] + [
+            b'{"objects": []}', b'{"type": "indicator"}']
     if target == "misp":
         event = (data / "misp" / "57c4445b-c548-4654-af0b-4be3950d210f.json").read_bytes()
         return [event, b'{"response": []}', b"[]"]

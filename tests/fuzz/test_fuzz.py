@@ -13,7 +13,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fuzz.targets import CORPUS, TARGETS, fuzz_handshake, fuzz_misp, fuzz_stix, seeds
+from tests.fuzz.targets import (
+    CORPUS,
+    TARGETS,
+    fuzz_handshake,
+    fuzz_misp,
+    fuzz_stix,
+    fuzz_taxii,
+    seeds,
+)
 
 FUZZ = settings(max_examples=300, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))
@@ -82,6 +90,12 @@ def _json_like(keys: st.SearchStrategy[str], values: st.SearchStrategy[Any]
 @given(_json_like(_STIX_KEYS, _STIX_VALUES))
 def test_fuzz_stix_documents(document: Any) -> None:
     fuzz_stix(json.dumps(document).encode())
+
+
+@FUZZ
+@given(st.lists(_json_like(_STIX_KEYS, _STIX_VALUES), min_size=1, max_size=4))
+def test_fuzz_taxii_envelopes(objects: list[Any]) -> None:
+    fuzz_taxii(json.dumps({"objects": objects}).encode())
 
 
 _MISP_KEYS = st.sampled_from([
