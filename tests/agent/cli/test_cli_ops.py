@@ -206,7 +206,7 @@ async def test_cli_ops_peers_update(tmp_path: Path, capsys: pytest.CaptureFixtur
                                             "--data-dir", root, "--lang", "fr"])
         assert status == 1 and "aucun pair nommé 'ATLANTIS'" in err
         status, _, err = await run(capsys, ["peers", "update", "ON", "--data-dir", root])
-        assert status == 2 and "needs --url, --key or --jurisdiction" in err
+        assert status == 2 and "needs --url, --key, --card or --jurisdiction" in err
 
 
 def test_cli_ops_language_choice(monkeypatch: pytest.MonkeyPatch,
