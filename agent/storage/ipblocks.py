@@ -1,5 +1,6 @@
 """Which CIDR blocks an IP lookup must probe: the prefix lengths of the blocks stored,
-learned per connection (agent/storage/queries.py runs the lookups).
+learned per connection (agent/storage/queries.py runs the lookups); and schema 7,
+which indexes the stored blocks and re-keys URL rows (:func:`migrate_v7`).
 
 ``protocol.matching.containment_keys`` gives the keys an address or block matches;
 probing only the block lengths actually stored keeps a lookup on a ledger without
@@ -10,6 +11,9 @@ Invariants:
   it has seen: rows only get higher ``obs_no``s while the writer runs, so each call
   reads the rows written since the last one (the first reads every IP row once); an
   erased block's length stays (one probe too many, never one too few).
+- Reading those rows walks the partial index ``observations_ip_blocks`` (schema 7):
+  the blocks written since, never every IP row (0.14 ms instead of 167 ms for the
+  first read at 1M IPv4 rows, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -18,9 +22,9 @@ import sqlite3
 from dataclasses import dataclass, field
 
 from protocol.indicators import IndicatorType
-from protocol.matching import containment_keys
+from protocol.matching import containment_keys, indicator_key
 
-__all__ = ["matching_keys"]
+__all__ = ["matching_keys", "migrate_v7"]
 
 
 @dataclass
@@ -38,8 +42,32 @@ class _Blocks:
 _BLOCKS: dict[int, _Blocks] = {}
 _MAX_BLOCK_STATES = 64
 _IP_TYPES = (IndicatorType.IPV4_ADDR.value, IndicatorType.IPV6_ADDR.value)
-_NEW_BLOCKS_SQL = ("SELECT obs_no, type, value FROM observations WHERE obs_no > ? "
-                   "AND type IN (?, ?) AND instr(value, '/') > 0")
+# The index's WHERE and the query's are the same text, and the query names the index:
+# SQLite's planner would otherwise take the (type, value) index and read every IP row.
+_BLOCKS_WHERE = "type IN ('ipv4-addr', 'ipv6-addr') AND instr(value, '/') > 0"
+_BLOCKS_INDEX = ("CREATE INDEX observations_ip_blocks ON observations (obs_no) "
+                 f"WHERE {_BLOCKS_WHERE}")
+_NEW_BLOCKS_SQL = ("SELECT obs_no, type, value FROM observations INDEXED BY observations_ip_blocks "
+                   f"WHERE obs_no > ? AND {_BLOCKS_WHERE}")
+
+
+def migrate_v7(conn: sqlite3.Connection) -> None:
+    """Schema 7: the partial index of the stored CIDR blocks (the first IP lookup of a
+    connection reads the blocks, not every IP row), and the ``url`` rows of the query
+    tables re-keyed by ``indicator_key`` (rows written before it keep the spelling
+    submitted, which an upgraded node's URL lookups would miss). A row whose value
+    the key refuses is left as it is."""
+    conn.execute(_BLOCKS_INDEX)
+    changed = []
+    for obs_no, value in conn.execute(
+            "SELECT obs_no, value FROM observations WHERE type = 'url'"):
+        try:
+            key = indicator_key(IndicatorType.URL, value)
+        except ValueError:
+            continue
+        if key != value:
+            changed.append((key, obs_no))
+    conn.executemany("UPDATE observations SET value = ? WHERE obs_no = ?", changed)
 
 
 def _block_lengths(conn: sqlite3.Connection, type: str) -> frozenset[int]:
@@ -53,7 +81,7 @@ def _block_lengths(conn: sqlite3.Connection, type: str) -> frozenset[int]:
         state = _BLOCKS[id(conn)] = _Blocks(conn)
     top = conn.execute("SELECT max(obs_no) FROM observations").fetchone()[0] or 0
     if top > state.obs_no:
-        for _no, kind, value in conn.execute(_NEW_BLOCKS_SQL, (state.obs_no, *_IP_TYPES)):
+        for _no, kind, value in conn.execute(_NEW_BLOCKS_SQL, (state.obs_no,)):
             state.lengths.setdefault(kind, set()).add(int(value.rpartition("/")[2]))
         state.obs_no = top
         state.frozen = {k: frozenset(v) for k, v in state.lengths.items()}

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from agent.errors import StorageError
 from agent.storage.aid import migrate_v4
+from agent.storage.ipblocks import migrate_v7
 from agent.storage.retention import migrate_v6
 from agent.storage.rules import migrate_v5
 
@@ -197,6 +198,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "index of shared tools: rules and playbooks (agent/storage/rules.py)",
               migrate_v5),
     Migration(6, "expiry index of stored bodies (agent/storage/retention.py)", migrate_v6),
+    Migration(7, "index of stored CIDR blocks, URL rows re-keyed by indicator_key "
+              "(agent/storage/ipblocks.py)", migrate_v7),
 )
 """Every migration, in order; the last one's version is :data:`SCHEMA_VERSION`."""
 
