@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.common import REPO, Context, Result, machine_info, stderr_log, table, write_results
 
 SCENARIOS = ("baseline", "submit", "ingest", "propagation", "catchup", "query", "taxii",
-             "aid", "retention", "chainrun", "scale")
+             "aid", "retention", "chainrun", "scale", "mixed")
 
 
 def main(argv: list[str] | None = None) -> int:

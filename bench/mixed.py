@@ -1,0 +1,475 @@
+"""mixed: one node under everything at once (issue 20): entries arriving from a peer at
+a target rate, 32 lookup clients, 16 stream subscribers and batched submits.
+
+The node is an ``entraide run`` process whose ledger holds ``PREFILL`` observations of
+``ORIGINS`` author identities before it starts (the values the lookups ask for).
+- *The peer* is a helper process (spawn) running an in-process node
+  (tests/agent/nodes.py: real ledger, replicator, WebSocket session, the node path a
+  submit takes: ``ingest`` then ``publish``) that dials the node over the real peer
+  protocol. Its entries are signed by it before the timed part; it then stores and
+  publishes them in chunks every ``TICK_S`` at ``RATE`` entries/s, and says when
+  each chunk was published (``time.monotonic``: the same clock in every process).
+- *Lookups*: bench/httpload.py's lean client, ``CLIENTS`` keep-alive connections,
+  ``GET /api/v1/indicators/ipv4-addr/{value}`` of prefilled values; every answer
+  checked (200, the value asked).
+- *Stream subscribers*: ``SUBSCRIBERS`` unfiltered ``GET /api/v1/stream``; each event's
+  delivery latency is from the publish of its chunk by the peer (ingest) or from the
+  moment its batch's POST was sent (submit) until the subscriber holds the event. A
+  subscriber the node disconnects (its queue full) resumes with Last-Event-ID; the
+  disconnects are counted.
+- *Batched submits*: one client POSTs ``SUBMIT_BATCH`` GREEN observations every
+  ``SUBMIT_EVERY_S``.
+
+Each figure is also measured alone in the same run, as its baseline: the lookups with
+nothing else, the peer's ingest with nothing else, and the stream with the submits
+only. Then all run at once for ``DURATION`` s.
+Ingest rate: entries the node stored from the window's start to its end (status
+polls), less the acknowledged submits, over the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import multiprocessing
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from agent.cli.localfed import tree_cpu_seconds, wait_idle
+from bench.common import Context, Result, cpu_seconds, percentile
+from bench.fed import (
+    Client,
+    FedNode,
+    add_origins,
+    fill_ledger,
+    identity,
+    ipv4,
+    metrics,
+    new_federation,
+    open_ledger,
+    sign_chain,
+)
+from bench.httpload import run_load
+
+ORIGINS = 4
+CLIENTS = 32
+SUBSCRIBERS = 16
+RATE = 5_000
+TICK_S = 0.05
+SUBMIT_BATCH = 100
+SUBMIT_EVERY_S = 0.2
+PEER_BASE = 4_000_000
+"""Peer entry ``i`` observes ``ipv4(PEER_BASE + i)``; submit ``i`` ``ipv4(SUBMIT_BASE + i)``."""
+SUBMIT_BASE = 8_000_000
+_MAX_EVENT = 64 * 1024
+
+
+# --- the peer (a helper process) ----------------------------------------------------
+
+
+def _peer_main(conn: Connection, data_dir: str, target_url: str, target_key: str,
+               count: int) -> None:
+    """The helper process: sign ``count`` entries, run a node dialing the target, then
+    on each ``("go", n, rate)`` store and publish the next ``n`` at ``rate``/s and send
+    back ``[(first index, n, monotonic publish time), ...]``; ``("stop",)`` ends it."""
+    from agent.peering.replicator import TrustedPeer
+    from protocol.keys import PublicKey
+    from tests.agent.nodes import Node
+
+    ident = identity("mixed-peer")
+    entries = sign_chain(ident, count, value=lambda s: ipv4(PEER_BASE + s - 1), tag="mixed")
+
+    async def main() -> None:
+        node = Node("PEER", ident, Path(data_dir))
+        node.set_trust([TrustedPeer("MIX", PublicKey.from_text(target_key), target_url)])
+        await node.start()
+        try:
+            deadline = time.monotonic() + 60
+            while not node.repl.connected():
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the peer did not connect to the node")
+                await asyncio.sleep(0.02)
+            conn.send(("ready",))
+            at = 0
+            loop = asyncio.get_running_loop()
+            while True:
+                cmd = await loop.run_in_executor(None, conn.recv)
+                if cmd[0] == "stop":
+                    return
+                _, n, rate = cmd
+                sent: list[tuple[int, int, float]] = []
+                start, end, t0 = at, at + n, time.monotonic()
+                while at < end:
+                    due = start + min(n, max(1, int((time.monotonic() - t0) * rate)))
+                    if due > at:
+                        chunk = entries[at:due]
+                        result = await node.db.ingest(chunk)
+                        if result.stored != len(chunk):
+                            raise RuntimeError(f"peer stored {result.stored} of {len(chunk)}")
+                        node.repl.publish(chunk)
+                        sent.append((at, len(chunk), time.monotonic()))
+                        at = due
+                    if at < end:
+                        await asyncio.sleep(TICK_S)
+                conn.send(("done", sent))
+        finally:
+            await node.stop()
+
+    try:
+        asyncio.run(main())
+    except Exception as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        raise
+
+
+class _Peer:
+    """The parent's handle on the helper process."""
+
+    def __init__(self, root: Path, node: FedNode, count: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_peer_main, daemon=True, args=(
+            child, str(root), f"http://127.0.0.1:{node.peer_port}", node.key, count))
+        self.proc.start()
+
+    async def recv(self, timeout: float) -> tuple[Any, ...]:
+        def wait() -> tuple[Any, ...]:
+            if not self.conn.poll(timeout):
+                raise TimeoutError("the peer process did not answer")
+            msg: tuple[Any, ...] = self.conn.recv()
+            if msg[0] == "error":
+                raise RuntimeError(f"the peer process failed: {msg[1]}")
+            return msg
+        return await asyncio.to_thread(wait)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(("stop",))
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+
+
+def _peer_times(chunks: list[tuple[int, int, float]]) -> dict[str, float]:
+    return {ipv4(PEER_BASE + i): t for first, n, t in chunks for i in range(first, first + n)}
+
+
+# --- stream subscribers -------------------------------------------------------------
+
+
+class _Subscriber:
+    """One unfiltered stream; records (value, monotonic arrival) of every observation."""
+
+    def __init__(self, node: FedNode) -> None:
+        self.url = node.api + "/api/v1/stream"
+        self.headers = {"Authorization": f"Bearer {node.token}"}
+        self.seen: list[tuple[str, float]] = []
+        self.last_id: str | None = None
+        self.disconnects = 0
+        self.ready = asyncio.Event()
+
+    async def run(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            headers = dict(self.headers)
+            if self.last_id is not None:
+                headers["Last-Event-ID"] = self.last_id
+            try:
+                async with session.get(self.url, headers=headers) as resp:
+                    if resp.status != 200:
+                        raise RuntimeError(f"stream: HTTP {resp.status}")
+                    await self._read(resp)
+            except (TimeoutError, aiohttp.ClientError, ConnectionError):
+                pass
+            self.disconnects += 1
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> None:
+        buf = b""
+        async for data in resp.content.iter_any():
+            now = time.monotonic()
+            buf += data
+            *events, buf = buf.split(b"\n\n")
+            if len(buf) > _MAX_EVENT:
+                raise RuntimeError("a stream event over 64 KiB")
+            for event in events:
+                if event.startswith(b"retry:"):
+                    self.ready.set()
+                if not event.startswith(b"event: observation\n"):
+                    continue
+                _, id_line, data_line = event.split(b"\n", 2)
+                self.last_id = id_line[4:].strip().decode("ascii")
+                at = data_line.find(b'"value":"')
+                if at < 0:
+                    raise RuntimeError(f"an event without a value: {event[:200]!r}")
+                end = data_line.index(b'"', at + 9)
+                self.seen.append((data_line[at + 9:end].decode("ascii"), now))
+
+
+def _delivery(subs: list[_Subscriber], sent: dict[str, float]) -> tuple[list[float], int]:
+    """Latencies (s) of every event of a value in ``sent`` each subscriber received, and
+    how many (subscriber, value) deliveries are missing."""
+    out: list[float] = []
+    for sub in subs:
+        for value, t in sub.seen:
+            at = sent.get(value)
+            if at is not None:
+                out.append(t - at)
+    return out, len(sent) * len(subs) - len(out)
+
+
+# --- the node's load ----------------------------------------------------------------
+
+
+class _Load:
+    def __init__(self, node: FedNode, client: Client, prefill: int) -> None:
+        self.node = node
+        self.client = client
+        self.prefill = prefill
+        self.rng = random.Random(20)
+        self.submit_counter = itertools.count()
+        self.submit_sent: dict[str, float] = {}
+        self.submitted = 0
+        self.expected = prefill
+        self.cpu: dict[str, float] = {}
+        """Cores used during the last window: the node (with its workers), its main
+        process, this process (the clients), the peer process."""
+        """Entries the node holds once it stored what the peer published (submits apart)."""
+
+    async def entries(self) -> int:
+        status = await self.client.request("GET", "/api/v1/status")
+        return int(status["ledger"]["entries"])
+
+    async def lookups(self, until: float | None, count: int) -> list[float]:
+        def paths() -> Iterator[str]:
+            for n in itertools.count():
+                if (until is not None and time.monotonic() >= until) or (
+                        until is None and n >= count):
+                    return
+                yield f"/api/v1/indicators/ipv4-addr/{ipv4(self.rng.randrange(self.prefill))}"
+
+        def check(path: str, body: bytes) -> None:
+            if path.rsplit("/", 1)[1].encode() not in body:
+                raise ValueError("answered for another value")
+
+        warm = [f"/api/v1/indicators/ipv4-addr/{ipv4(i)}" for i in range(4 * CLIENTS)]
+        done = await run_load("127.0.0.1", self.node.api_port, paths(), connections=CLIENTS,
+                              headers=[("Authorization", f"Bearer {self.node.token}")],
+                              check=check, warmup=warm)
+        return done.latencies
+
+    async def submits(self, until: float) -> None:
+        """POST a batch every SUBMIT_EVERY_S until ``until``."""
+        nxt = time.monotonic()
+        while nxt < until:
+            await asyncio.sleep(max(0.0, nxt - time.monotonic()))
+            values = [ipv4(SUBMIT_BASE + next(self.submit_counter))
+                      for _ in range(SUBMIT_BATCH)]
+            body = {"observations": [{"type": "ipv4-addr", "value": v, "tlp": "GREEN",
+                                      "confidence": 80, "tags": ["bench", "mixed"]}
+                                     for v in values]}
+            t = time.monotonic()
+            for v in values:
+                self.submit_sent[v] = t
+            reply = await self.client.request("POST", "/api/v1/observations", body, expect=201)
+            if len(reply["ids"]) != SUBMIT_BATCH:
+                raise RuntimeError("a batch was not stored whole")
+            self.submitted += SUBMIT_BATCH
+            nxt += SUBMIT_EVERY_S
+
+
+async def _measure(node: FedNode, peer: _Peer, prefill: int, duration: float,
+                   lookups_alone: int, result: Result, log: Any) -> None:
+    rate = result.params["rate"]
+    per_phase = int(rate * duration)
+    async with Client(node) as client:
+        load = _Load(node, client, prefill)
+        await peer.recv(90)  # ready: connected to the node
+
+        # 1. Lookups alone.
+        lat = await load.lookups(None, lookups_alone)
+        alone_lookup = percentile(lat, 0.99) * 1000
+        result.add("alone_lookup_p99_ms", f"alone: lookup p99 ({CLIENTS} clients)",
+                   alone_lookup, "ms")
+        log(f"mixed: lookups alone p99 {alone_lookup:.1f} ms")
+
+        # 2. The peer's ingest alone.
+        async def ingest_window(extra: Any = None) -> tuple[float, float, list[Any]]:
+            """Run the peer for ``duration`` s (with ``extra`` coroutines); the node's
+            ingest rate between two status polls in the window (at 1/5 and at its end,
+            both in steady state), less the submits acknowledged meanwhile."""
+            async def count_at(when: float) -> tuple[float, int, int]:
+                await asyncio.sleep(max(0.0, when - time.monotonic()))
+                acked = load.submitted
+                entries = await load.entries()
+                return time.monotonic(), entries, acked
+
+            pid = node.process.pid  # type: ignore[union-attr]
+            cpu0, bench0, peer0 = (tree_cpu_seconds(pid), cpu_seconds(os.getpid()),
+                                   cpu_seconds(peer.proc.pid or 0))
+            t0 = time.monotonic()
+            peer.conn.send(("go", per_phase, rate))
+            polls = asyncio.gather(count_at(t0 + duration / 5), count_at(t0 + duration))
+            others = await asyncio.gather(*(extra or []))
+            (t1, c1, a1), (t2, c2, a2) = await polls
+            window = time.monotonic() - t0
+            cpu1 = tree_cpu_seconds(pid)
+            load.cpu = {"node": (cpu1[0] - cpu0[0]) / window,
+                        "node_main": (cpu1[1] - cpu0[1]) / window,
+                        "bench": (cpu_seconds(os.getpid()) - bench0) / window,
+                        "peer": (cpu_seconds(peer.proc.pid or 0) - peer0) / window}
+            _, chunks = await peer.recv(duration * 10 + 60)
+            ingest = (c2 - c1 - (a2 - a1)) / (t2 - t1)
+            # The next phase starts with the node's backlog stored (not timed).
+            load.expected += per_phase
+            deadline = time.monotonic() + 30 + 4 * duration
+            while (await load.entries() < load.expected + load.submitted
+                   and time.monotonic() < deadline):
+                await asyncio.sleep(0.1)
+            return ingest, per_phase / (chunks[-1][2] - t0), [chunks, *others]
+
+        await asyncio.to_thread(wait_idle, [node.process.pid])  # type: ignore[union-attr]
+        ingest, offered, _ = await ingest_window()
+        result.params["alone_ingest_cores"] = {k: round(v, 2) for k, v in load.cpu.items()}
+        result.add("alone_ingest_per_s", "alone: ingest from the peer", ingest, "entries/s")
+        result.add("alone_offered_per_s", "alone: the peer's publish rate", offered,
+                   "entries/s")
+        log(f"mixed: ingest alone {ingest:,.0f}/s (offered {offered:,.0f}/s)")
+
+        # 3. The stream with the submits only; 4. everything at once.
+        async with aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=60)) as session:
+            async def with_subscribers(body: Any) -> tuple[list[_Subscriber], Any]:
+                subs = [_Subscriber(node) for _ in range(SUBSCRIBERS)]
+                tasks = [asyncio.create_task(s.run(session)) for s in subs]
+                try:
+                    await asyncio.wait_for(asyncio.gather(*(s.ready.wait() for s in subs)), 30)
+                    out = await body()
+                    sent = set(load.submit_sent) | set(out[1])
+                    deadline = time.monotonic() + max(20.0, 2 * duration)
+                    hits, scanned = [0] * len(subs), [0] * len(subs)
+                    while time.monotonic() < deadline:
+                        for n, sub in enumerate(subs):
+                            hits[n] += sum(1 for v, _ in sub.seen[scanned[n]:] if v in sent)
+                            scanned[n] = len(sub.seen)
+                        if min(hits) >= len(sent):
+                            break
+                        await asyncio.sleep(0.25)
+                    return subs, out[0]
+                finally:
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+
+            async def stream_alone() -> tuple[None, list[str]]:
+                await load.submits(time.monotonic() + duration)
+                return None, []
+
+            subs, _ = await with_subscribers(stream_alone)
+            lat, missing = _delivery(subs, load.submit_sent)
+            result.add("alone_stream_p99_ms", "alone: stream delivery p99 (submits only)",
+                       percentile(lat, 0.99) * 1000, "ms")
+            log(f"mixed: stream alone p99 {percentile(lat, 0.99) * 1000:.1f} ms, "
+                f"{missing} missing")
+            load.submit_sent.clear()
+
+            async def everything() -> tuple[Any, list[str]]:
+                until = time.monotonic() + duration
+                out = await ingest_window([load.lookups(until, 0), load.submits(until)])
+                return out, list(_peer_times(out[2][0]))
+
+            subs, (ingest, offered, (chunks, lat, _)) = await with_subscribers(everything)
+        result.params["mixed_cores"] = {k: round(v, 2) for k, v in load.cpu.items()}
+        result.add("node_cores", "mixed: cores the node used (workers included)",
+                   load.cpu["node"], "cores")
+        result.add("node_main_cores", "mixed: the node's main process", load.cpu["node_main"],
+                   "cores")
+        result.add("bench_cores", "mixed: cores the clients' process used", load.cpu["bench"],
+                   "cores")
+        parsed = await metrics(client)
+        result.params["stream_disconnect_reasons"] = {
+            dict(k).get("reason", ""): v for k, v in
+            parsed.get("entraide_stream_disconnects_total", {}).items()}
+        peer_sent = _peer_times(chunks)
+        mixed_lookup = percentile(lat, 0.99) * 1000
+        result.add("lookup_p99_ms", f"mixed: lookup p99 ({CLIENTS} clients)", mixed_lookup,
+                   "ms", op="<=", target=20)
+        result.add("lookup_vs_alone", "mixed / alone lookup p99", mixed_lookup / alone_lookup,
+                   "ratio")
+        result.add("lookups", "mixed: lookups answered", len(lat), "requests")
+        both = {**peer_sent, **load.submit_sent}
+        lat_all, missing = _delivery(subs, both)
+        lat_sub, _ = _delivery(subs, load.submit_sent)
+        stream = percentile(lat_all, 0.99) * 1000
+        result.add("stream_p99_ms", "mixed: stream delivery p99 (ingested and submitted)",
+                   stream, "ms", op="<=", target=100)
+        result.add("stream_p50_ms", "mixed: stream delivery p50", percentile(lat_all, 0.5)
+                   * 1000, "ms")
+        result.add("stream_submit_p99_ms", "mixed: stream delivery p99 of submits",
+                   percentile(lat_sub, 0.99) * 1000, "ms")
+        result.add("stream_vs_alone", "mixed / alone stream p99 (submits)",
+                   percentile(lat_sub, 0.99) * 1000
+                   / result.figure("alone_stream_p99_ms").value, "ratio")
+        result.add("stream_missing", "mixed: deliveries not seen in time", missing, "events")
+        result.add("stream_disconnects", "mixed: subscribers disconnected by the node",
+                   sum(s.disconnects for s in subs), "streams")
+        result.add("ingest_per_s", "mixed: ingest from the peer", ingest, "entries/s",
+                   op=">=", target=5_000)
+        result.add("ingest_vs_alone", "mixed / alone ingest", ingest
+                   / result.figure("alone_ingest_per_s").value, "ratio")
+        result.add("offered_per_s", "mixed: the peer's publish rate", offered, "entries/s")
+        result.add("submitted_per_s", "mixed: submitted (batched)",
+                   len(load.submit_sent) / duration, "obs/s")
+
+
+def _offset_ipv4(offset: int) -> Callable[[int], str]:
+    return lambda seq: ipv4(offset + seq)
+
+
+def run(ctx: Context) -> Result:
+    quick = ctx.quick
+    prefill = 2_000 if quick else 100_000
+    duration = 1.5 if quick else 15.0
+    rate = 1_000 if quick else RATE
+    lookups_alone = 1_000 if quick else 20_000
+    result = Result("mixed", params={
+        "prefill": prefill, "rate": rate, "duration_s": duration, "clients": CLIENTS,
+        "subscribers": SUBSCRIBERS, "submit_batch": SUBMIT_BATCH,
+        "submit_every_s": SUBMIT_EVERY_S, "tick_s": TICK_S,
+        "nodes": "MIX: entraide run process; the peer: an in-process node in a helper "
+                 "process; clients in the bench process"})
+    root = ctx.tempdir("mixed")
+    fed = new_federation(root, ["MIX"])
+    node = fed["MIX"]
+    idents = [identity(f"mixed-origin-{o}") for o in range(ORIGINS)]
+    add_origins(node, [(f"MO{o}", i.public_key) for o, i in enumerate(idents)]
+                + [("PEER", identity("mixed-peer").public_key)])
+    per = prefill // ORIGINS
+    entries = [e for o, i in enumerate(idents)
+               for e in sign_chain(i, per, value=_offset_ipv4(o * per - 1))]
+
+    async def fill() -> None:
+        async with open_ledger(node) as ledger:
+            await fill_ledger(ledger, entries)
+    asyncio.run(fill())
+    ctx.log(f"mixed: {len(entries):,} observations in the node; starting it and the peer")
+    with fed:
+        fed.start()
+        assert node.process is not None
+        wait_idle([node.process.pid])
+        peer_dir = root / "peer"
+        peer_dir.mkdir()
+        peer = _Peer(peer_dir, node, 2 * int(rate * duration))
+        try:
+            asyncio.run(_measure(node, peer, prefill, duration, lookups_alone, result,
+                                 ctx.log))
+        finally:
+            peer.close()
+    return result
