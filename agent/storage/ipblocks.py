@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from protocol.indicators import IndicatorType
 from protocol.matching import containment_keys, indicator_key
 
-__all__ = ["matching_keys", "migrate_v7"]
+__all__ = ["matching_keys", "migrate_v7", "rekey_urls"]
 
 
 @dataclass
@@ -54,20 +54,38 @@ _NEW_BLOCKS_SQL = ("SELECT obs_no, type, value FROM observations INDEXED BY obse
 def migrate_v7(conn: sqlite3.Connection) -> None:
     """Schema 7: the partial index of the stored CIDR blocks (the first IP lookup of a
     connection reads the blocks, not every IP row), and the ``url`` rows of the query
-    tables re-keyed by ``indicator_key`` (rows written before it keep the spelling
-    submitted, which an upgraded node's URL lookups would miss). A row whose value
-    the key refuses is left as it is."""
+    tables re-keyed by ``indicator_key`` (:func:`rekey_urls`)."""
     conn.execute(_BLOCKS_INDEX)
-    changed = []
-    for obs_no, value in conn.execute(
-            "SELECT obs_no, value FROM observations WHERE type = 'url'"):
-        try:
-            key = indicator_key(IndicatorType.URL, value)
-        except ValueError:
-            continue
-        if key != value:
-            changed.append((key, obs_no))
-    conn.executemany("UPDATE observations SET value = ? WHERE obs_no = ?", changed)
+    rekey_urls(conn)
+
+
+_REKEY_BATCH = 10_000
+
+
+def rekey_urls(conn: sqlite3.Connection, *, batch: int = _REKEY_BATCH) -> int:
+    """Give the ``url`` rows written before ``indicator_key`` their key (they kept the
+    spelling submitted, which an upgraded node's URL lookups would miss); return how
+    many changed. Reads ``batch`` rows at a time along the (type, value) index, so its
+    memory is bounded; a row whose value the key refuses, or whose key is not its own
+    key, is left as it is (each row changes at most once, so the walk ends)."""
+    after: tuple[str, int] = ("", 0)
+    changed = 0
+    while rows := conn.execute(
+            "SELECT value, obs_no FROM observations WHERE type = 'url' "
+            "AND (value, obs_no) > (?, ?) ORDER BY value, obs_no LIMIT ?",
+            (*after, batch)).fetchall():
+        after = rows[-1]
+        updates = []
+        for value, obs_no in rows:
+            try:
+                key = indicator_key(IndicatorType.URL, value)
+                if key != value and indicator_key(IndicatorType.URL, key) == key:
+                    updates.append((key, obs_no))
+            except ValueError:
+                continue
+        conn.executemany("UPDATE observations SET value = ? WHERE obs_no = ?", updates)
+        changed += len(updates)
+    return changed
 
 
 def _block_lengths(conn: sqlite3.Connection, type: str) -> frozenset[int]:

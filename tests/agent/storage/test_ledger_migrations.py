@@ -118,3 +118,26 @@ async def test_the_first_ip_lookup_reads_the_blocks_by_their_index(tmp_path: Pat
     finally:
         conn.close()
     assert own[-1].seq == 6
+
+
+def test_url_rows_are_re_keyed_a_batch_at_a_time(tmp_path: Path) -> None:
+    # Old spellings, duplicates across batch boundaries, rows already keyed, a row the
+    # key refuses and other types: each url row ends at its key, nothing else changes.
+    conn = sqlite3.connect(tmp_path / "ledger.sqlite3", isolation_level=None)
+    schema.migrate(conn, now_ms=0, software="old", migrations=schema.MIGRATIONS[:6])
+    values = [("url", URL)] * 3 + [("url", URL_KEY), ("url", "http://b.example/%7e/./x")] * 2 \
+        + [("url", "http://c.example/%FF%FE"), ("domain-name", "a.example"),
+           ("ipv4-addr", BLOCK)] + [("url", f"http://d{i}.example/%7e") for i in range(5)]
+    conn.executemany(
+        "INSERT INTO observations (entry_no, origin_id, ts, tlp, type, value, first_seen, "
+        "last_seen, doc) VALUES (?, 1, 0, 'CLEAR', ?, ?, 0, 0, '{}')",
+        [(n, t, v) for n, (t, v) in enumerate(values, 1)])
+    conn.execute("BEGIN")
+    changed = ipblocks.rekey_urls(conn, batch=2)
+    conn.execute("COMMIT")
+    got = [r[0] for r in conn.execute("SELECT value FROM observations ORDER BY obs_no")]
+    conn.close()
+    keys = {URL: URL_KEY, "http://b.example/%7e/./x": "http://b.example/~/x",
+            **{f"http://d{i}.example/%7e": f"http://d{i}.example/~" for i in range(5)}}
+    assert got == [keys.get(v, v) for _t, v in values]
+    assert changed == 3 + 2 + 5
