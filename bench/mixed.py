@@ -20,6 +20,9 @@ The node is an ``entraide run`` process whose ledger holds ``PREFILL`` observati
 - *Batched submits*: one client POSTs ``SUBMIT_BATCH`` GREEN observations every
   ``SUBMIT_EVERY_S``.
 
+``BENCH_MIXED_RATE`` and ``BENCH_MIXED_SUBSCRIBERS`` change the full run's rate and
+number of subscribers (to see what one of them costs).
+
 Each figure is also measured alone in the same run, as its baseline: the lookups with
 nothing else, the peer's ingest with nothing else, and the stream with the submits
 only. Then all run at once for ``DURATION`` s.
@@ -347,7 +350,7 @@ async def _measure(node: FedNode, peer: _Peer, prefill: int, duration: float,
         async with aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_read=60)) as session:
             async def with_subscribers(body: Any) -> tuple[list[_Subscriber], Any]:
-                subs = [_Subscriber(node) for _ in range(SUBSCRIBERS)]
+                subs = [_Subscriber(node) for _ in range(result.params["subscribers"])]
                 tasks = [asyncio.create_task(s.run(session)) for s in subs]
                 try:
                     await asyncio.wait_for(asyncio.gather(*(s.ready.wait() for s in subs)), 30)
@@ -437,11 +440,12 @@ def run(ctx: Context) -> Result:
     quick = ctx.quick
     prefill = 2_000 if quick else 100_000
     duration = 1.5 if quick else 15.0
-    rate = 1_000 if quick else RATE
+    rate = 1_000 if quick else int(os.environ.get("BENCH_MIXED_RATE", RATE))
+    subscribers = int(os.environ.get("BENCH_MIXED_SUBSCRIBERS", SUBSCRIBERS))
     lookups_alone = 1_000 if quick else 20_000
     result = Result("mixed", params={
         "prefill": prefill, "rate": rate, "duration_s": duration, "clients": CLIENTS,
-        "subscribers": SUBSCRIBERS, "submit_batch": SUBMIT_BATCH,
+        "subscribers": subscribers, "submit_batch": SUBMIT_BATCH,
         "submit_every_s": SUBMIT_EVERY_S, "tick_s": TICK_S,
         "nodes": "MIX: entraide run process; the peer: an in-process node in a helper "
                  "process; clients in the bench process"})
