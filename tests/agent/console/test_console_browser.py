@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -94,6 +95,14 @@ async def sign_in(tab: Tab, token: str) -> None:
     await tab.page.wait_for_url("**/console/status")
 
 
+
+async def live(page: Any) -> None:
+    """Wait until the live feed says it is connected. A locator wait, not
+    wait_for_function: the console's CSP forbids eval, and Playwright evaluates a
+    string predicate with it when the first check fails (a flaky EvalError)."""
+    await page.locator("#feed-state", has_text=re.compile(r"^\s*Live")).wait_for(
+        timeout=30_000)
+
 async def test_console_browser_sign_in_switch_language_and_feed(
         node: Console, browser: Any, tmp_path: Path) -> None:
     tab = await open_tab(browser, base_of(node), tmp_path, "fr-CA")
@@ -117,8 +126,7 @@ async def test_console_browser_sign_in_switch_language_and_feed(
 
     # The live feed: open, then an observation submitted through the form arrives.
     await tab.go("/console/feed")
-    await page.wait_for_function(
-        "document.getElementById('feed-state').textContent.startsWith('Live')")
+    await live(page)
     other = await open_tab(browser, base_of(node), tmp_path, "en-CA")
     await sign_in(other, node.tokens["write"])
     await other.go("/console/submit")
@@ -241,8 +249,7 @@ async def test_console_browser_two_real_nodes(browser: Any, tmp_path: Path) -> N
         on = await open_tab(browser, on_node.api, shots, "en-CA")
         await sign_in(on, on_node.token)
         await on.go("/console/feed")
-        await on.page.wait_for_function(
-            "document.getElementById('feed-state').textContent.startsWith('Live')")
+        await live(on.page)
         await qc.go("/console/submit")
         await qc.page.fill("#value", "192.0.2.44")
         await qc.page.click("form[action='/console/submit'] button[type=submit]")
