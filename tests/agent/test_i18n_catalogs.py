@@ -65,6 +65,16 @@ def test_i18n_catalogs_every_message_has_its_french(domain: str) -> None:
 
 
 @pytest.mark.parametrize("domain", PRESENT)
+def test_i18n_catalogs_english_is_whole(domain: str) -> None:
+    """English is the source: scripts/i18n gives each msgid its own text as msgstr, so
+    the en catalog is whole too (and may reword a message without touching the code)."""
+    english = _po(domain, "en")
+    assert set(english) == set(_po(domain, "fr")), f"en/{domain}.po and fr differ: run scripts/i18n"
+    empty = sorted(msgid for msgid, (text, _fuzzy) in english.items() if not text.strip())
+    assert not empty, f"no text in en/{domain}.po (run scripts/i18n): {empty[:10]}"
+
+
+@pytest.mark.parametrize("domain", PRESENT)
 @pytest.mark.parametrize("lang", ["en", "fr"])
 def test_i18n_catalogs_compiled_catalog_is_not_stale(domain: str, lang: str) -> None:
     po = LOCALE_DIR / lang / "LC_MESSAGES" / f"{domain}.po"
