@@ -15,6 +15,7 @@ import pytest
 
 from agent.cli.client import ApiError
 from agent.cli.localfed import LocalFederation, wait_for
+from tests.e2e._fed import running
 
 pytestmark = pytest.mark.slow
 
@@ -37,13 +38,7 @@ REQUEST = {
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
-    federation = LocalFederation(tmp_path_factory.mktemp("aid"), LINE, LINKS)
-    federation.set_up()
-    federation.start()
-    try:
-        yield federation
-    finally:
-        federation.stop()
+    yield from running(tmp_path_factory.mktemp("aid"), LINE, LINKS)
 
 
 def _status(node: Any, method: str, path: str, body: object = None) -> tuple[int, str]:

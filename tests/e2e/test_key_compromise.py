@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli.localfed import LocalFederation, wait_for
+from tests.e2e._fed import running, submit_green
 
 pytestmark = pytest.mark.slow
 
@@ -27,18 +28,8 @@ DEADLINE_S = 60.0
 
 @pytest.fixture
 def fed(tmp_path: Path) -> Iterator[LocalFederation]:
-    federation = LocalFederation(tmp_path, NODES, LINKS)
-    federation.set_up()
-    federation.start()
-    try:
-        yield federation
-    finally:
-        federation.stop()
+    yield from running(tmp_path, NODES, LINKS)
 
-
-def _submit(fed: LocalFederation, value: str) -> str:
-    body = {"type": "ipv4-addr", "value": value, "tlp": "GREEN"}
-    return str(fed["QC"].call("POST", "/api/v1/observations", body)["id"])
 
 
 def _qc(fed: LocalFederation) -> dict[str, object]:
@@ -48,7 +39,7 @@ def _qc(fed: LocalFederation) -> dict[str, object]:
 
 def test_key_compromise_quarantines_later_entries_and_the_new_key_comes_by_card(
         fed: LocalFederation) -> None:
-    ids = [_submit(fed, f"198.51.100.{i}") for i in (1, 2, 3)]
+    ids = [str(submit_green(fed, "QC", f"198.51.100.{i}")["id"]) for i in (1, 2, 3)]
     wait_for(lambda: all(fed["ON"].visible(i) for i in ids), DEADLINE_S,
              "ON to hold QC's entries")
     old_key = fed["QC"].key
@@ -86,7 +77,7 @@ def test_key_compromise_quarantines_later_entries_and_the_new_key_comes_by_card(
     assert qc["compromised_since_seq"] is None and qc["quarantined"] == 0
     assert qc["retired_keys"] == [{"key": old_key, "fingerprint": marked["fingerprint"],
                                    "last_seq": 2, "reason": "compromised"}]
-    fresh = _submit(fed, "198.51.100.9")
+    fresh = str(submit_green(fed, "QC", "198.51.100.9")["id"])
     wait_for(lambda: fed["ON"].visible(fresh), DEADLINE_S, "ON to get QC's new entry")
     got = fed["ON"].call("GET", f"/api/v1/observations/{fresh}")
     assert got["origin_name"] == "QC" and got.get("quarantined", False) is False

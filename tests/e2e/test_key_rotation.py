@@ -20,6 +20,7 @@ from agent.cli.localfed import LocalFederation, wait_for
 from agent.config.datadir import DataDir
 from agent.config.trust import load_trust_list
 from protocol.keys import PublicKey
+from tests.e2e._fed import running, submit_green
 
 pytestmark = pytest.mark.slow
 
@@ -30,19 +31,8 @@ DEADLINE_S = 60.0
 
 @pytest.fixture
 def fed(tmp_path: Path) -> Iterator[LocalFederation]:
-    federation = LocalFederation(tmp_path, NODES, LINKS)
-    federation.set_up()
-    federation.start()
-    try:
-        yield federation
-    finally:
-        federation.stop()
+    yield from running(tmp_path, NODES, LINKS)
 
-
-def _submit(fed: LocalFederation, value: str) -> dict[str, object]:
-    body = {"type": "ipv4-addr", "value": value, "tlp": "GREEN"}
-    result: dict[str, object] = fed["QC"].call("POST", "/api/v1/observations", body)
-    return result
 
 
 def _qc_entry(fed: LocalFederation, peer: str) -> dict[str, object]:
@@ -53,7 +43,7 @@ def _qc_entry(fed: LocalFederation, peer: str) -> dict[str, object]:
 
 def test_key_rotation_peers_follow_and_the_chain_goes_on_under_the_new_key(
         fed: LocalFederation) -> None:
-    old_ids = [str(_submit(fed, f"203.0.113.{i}")["id"]) for i in (1, 2)]
+    old_ids = [str(submit_green(fed, "QC", f"203.0.113.{i}")["id"]) for i in (1, 2)]
     old_key, old_card = fed["QC"].key, fed["QC"].card
     for peer in ("ON", "FED"):
         wait_for(lambda p=peer: all(fed[p].visible(i) for i in old_ids), DEADLINE_S,
@@ -64,7 +54,7 @@ def test_key_rotation_peers_follow_and_the_chain_goes_on_under_the_new_key(
     new_key = rotated["new_key"]
     assert new_key != old_key
     with pytest.raises(ApiError) as refused:
-        _submit(fed, "203.0.113.9")
+        submit_green(fed, "QC", "203.0.113.9")
     assert refused.value.status == 503
     status = fed["QC"].call("GET", "/api/v1/status")["key_rotation"]
     assert status["state"] == "restart-needed" and status["new_key"] == new_key
@@ -95,7 +85,7 @@ def test_key_rotation_peers_follow_and_the_chain_goes_on_under_the_new_key(
     assert "its chain ended at seq 3" in fed["QC"].cli("id").stdout
     assert fed["QC"].call("GET", "/api/v1/status")["key_rotation"] is None
 
-    after = _submit(fed, "203.0.113.10")
+    after = submit_green(fed, "QC", "203.0.113.10")
     assert after["seq"] == 1 and after["origin"] == new_key
     for peer in ("ON", "FED"):
         wait_for(lambda p=peer: fed[p].visible(str(after["id"])), DEADLINE_S,

@@ -29,6 +29,7 @@ from agent.cli.localfed import FedNode, LocalFederation, wait_for
 from agent.taxii.app import API_ROOT, COLLECTIONS
 from protocol.entries import VerifiedEntry, verify_header
 from protocol.keys import PublicKey
+from tests.e2e._fed import running
 
 pytestmark = pytest.mark.slow
 
@@ -40,13 +41,7 @@ MEDIA = "application/taxii+json;version=2.1"
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
-    federation = LocalFederation(tmp_path_factory.mktemp("privacy"), LINE, LINKS)
-    federation.set_up()
-    federation.start()
-    try:
-        yield federation
-    finally:
-        federation.stop()
+    yield from running(tmp_path_factory.mktemp("privacy"), LINE, LINKS)
 
 
 def _status(node: FedNode, path: str) -> int:

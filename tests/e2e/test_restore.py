@@ -18,6 +18,7 @@ import pytest
 from agent.cli.client import ApiError
 from agent.cli.localfed import LocalFederation, wait_for
 from agent.storage.backup import RESTORED_MARKER
+from tests.e2e._fed import running, submit_green
 
 pytestmark = pytest.mark.slow
 
@@ -28,19 +29,8 @@ DEADLINE_S = 60.0
 
 @pytest.fixture
 def fed(tmp_path: Path) -> Iterator[LocalFederation]:
-    federation = LocalFederation(tmp_path, NODES, LINKS)
-    federation.set_up()
-    federation.start()
-    try:
-        yield federation
-    finally:
-        federation.stop()
+    yield from running(tmp_path, NODES, LINKS)
 
-
-def _submit(fed: LocalFederation, value: str) -> dict[str, object]:
-    body = {"type": "ipv4-addr", "value": value, "tlp": "GREEN"}
-    result: dict[str, object] = fed["QC"].call("POST", "/api/v1/observations", body)
-    return result
 
 
 def _own_seq(fed: LocalFederation, name: str) -> int:
@@ -52,10 +42,10 @@ def _own_seq(fed: LocalFederation, name: str) -> int:
 def test_restore_old_backup_catches_up_own_chain_and_forks_nothing(
         fed: LocalFederation, tmp_path: Path) -> None:
     for i in range(3):
-        _submit(fed, f"198.51.100.{i + 1}")
+        submit_green(fed, "QC", f"198.51.100.{i + 1}")
     archive = tmp_path / "qc-backup.tar"
     fed["QC"].cli("backup", str(archive))
-    later = [_submit(fed, f"198.51.100.{i + 10}") for i in range(4)]
+    later = [submit_green(fed, "QC", f"198.51.100.{i + 10}") for i in range(4)]
     assert [e["seq"] for e in later] == [4, 5, 6, 7]
     for peer in ("ON", "FED"):
         wait_for(lambda p=peer: _own_seq(fed, p) == 7, DEADLINE_S, f"{peer} to hold QC's 7")
@@ -66,7 +56,7 @@ def test_restore_old_backup_catches_up_own_chain_and_forks_nothing(
     fed.start(["QC"])  # its peers are down: it cannot learn its own head yet
     assert _own_seq(fed, "QC") == 3
     with pytest.raises(ApiError) as refused:
-        _submit(fed, "198.51.100.99")
+        submit_green(fed, "QC", "198.51.100.99")
     assert refused.value.status == 503 and refused.value.code == "restoring"
     assert "restored" in str(refused.value) and "restauré" in str(refused.value)
     restore = fed["QC"].call("GET", "/api/v1/status")["restore"]
@@ -82,7 +72,7 @@ def test_restore_old_backup_catches_up_own_chain_and_forks_nothing(
     assert _own_seq(fed, "QC") == 7
     assert "caught up its own chain at seq 7" in fed["QC"].log.read_text()
 
-    after = _submit(fed, "198.51.100.100")
+    after = submit_green(fed, "QC", "198.51.100.100")
     assert after["seq"] == 8
     for peer in ("ON", "FED"):
         wait_for(lambda p=peer: _own_seq(fed, p) == 8, DEADLINE_S, f"{peer} to hold seq 8")
