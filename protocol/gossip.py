@@ -449,6 +449,18 @@ class GossipEngine:
         kid = origin.key_id
         return {p.key: p.told.get(kid, 0) for p in self._peers.values() if p.heard}
 
+    def peer_heads(self, peer: PublicKey) -> dict[bytes, int] | None:
+        """Origin key id → the highest seq ``peer`` has shown it holds (a HAVE vector
+        or a digest equal to ours, IHAVE, entries it sent, WANTs), or None until its
+        whole vector reached us this session. The agent derives a peer's lag from it
+        (docs/protocol.md §8, "Lag").
+
+        Raises:
+            LocalProtocolError: unknown peer.
+        """
+        p = self._peer(peer)
+        return dict(p.told) if p.heard else None
+
     def wants_in_flight(self) -> list[tuple[PublicKey, bytes, int, int]]:
         """Requests sent and not yet fulfilled: (peer, origin key id, from_seq, to_seq)."""
         return [(w.peer, log.kid, w.from_seq, w.to_seq)

@@ -211,6 +211,10 @@ class Receiver:
     def _synced(self, p: PeerState, digest: bytes) -> None:
         if p.synced_digest != digest:
             p.synced_digest = digest
+            # Equal digests: the peer holds exactly our vector (its heads, for the lag
+            # the agent shows; once per new digest, not per HAVE).
+            for log in self.table.vector_logs():
+                p.tell(log.kid, log.seq)
             self.events.append(PeerSynced(p.key))
 
     def _send_vector(self, p: PeerState) -> None:

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from agent.api.models import PeerAdd
+from agent.api.models import PeerAdd, PeerUpdate
 from agent.config.settings import PeerEntry
 from agent.errors import ConfigError, UnknownAudienceError, UnknownForkError
+from agent.i18n import N_
 from agent.storage.types import bodies_json
 from agent.web.common import NODE, ApiError, json_response, read_json
 from protocol.cards import parse_card
 from protocol.errors import KeyFormatError
 
 __all__ = ["add_peer", "clear_fork", "get_peer", "list_forks", "list_peers", "remove_peer",
-           "status", "verify_ledger"]
+           "status", "update_peer", "verify_ledger"]
 
 
 async def status(request: web.Request) -> web.Response:
@@ -61,6 +62,36 @@ async def add_peer(request: web.Request) -> web.Response:
     await node.add_peer(entry)
     return json_response(node.peer_json(entry), status=201,
                          headers={"Location": f"/api/v1/peers/{entry.name}"})
+
+
+async def update_peer(request: web.Request) -> web.Response:
+    """PATCH /api/v1/peers/{name}: change a trusted peer's URL, key (or both, from its
+    card) or jurisdiction, as ``entraide peers update`` does; applied live (a new key
+    ends the sessions of the old one)."""
+    node = request.app[NODE]
+    name = request.match_info["name"]
+    current = node.peer(name)
+    data = await read_json(request)
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid", "the body must be a JSON object")
+    body = PeerUpdate.model_validate(data)
+    url, key = body.url, body.key
+    try:
+        if body.card is not None:
+            card = parse_card(body.card)
+            if card.name != name:
+                raise ApiError(422, "invalid", N_("this card is another peer's (its name "
+                                                  "differs)"))
+            key, url = card.key.text, card.url or ""
+        entry = current.updated(url=url, key=key, jurisdiction=body.jurisdiction)
+    except KeyFormatError as exc:
+        raise ApiError(422, "invalid", f"bad peer card: {exc}") from exc
+    except ConfigError as exc:
+        if type(exc) is not ConfigError:
+            raise
+        raise ApiError(422, "invalid", str(exc)) from exc
+    await node.members.replace_peer(name, entry)
+    return json_response(node.peer_json(entry))
 
 
 async def remove_peer(request: web.Request) -> web.Response:

@@ -33,6 +33,7 @@ from agent.api.admin import (
     list_peers,
     remove_peer,
     status,
+    update_peer,
     verify_ledger,
 )
 from agent.api.aid import AID_ROUTES
@@ -56,6 +57,7 @@ from agent.api.models import (
     PeerList,
     PeerOut,
     PeerRemoved,
+    PeerUpdate,
     RetractionCreated,
     RetractRequest,
     SightingCreated,
@@ -214,6 +216,10 @@ ROUTES: tuple[Operation, ...] = (
               status=201, body=(PeerAdd,), response=(PeerOut,), errors=(*_BAD_BODY, 409)),
     Operation("GET", "/api/v1/peers/{name}", get_peer, "getPeer", "One trusted peer",
               Scope.ADMIN, "peers", response=(PeerOut,), errors=(404,)),
+    Operation("PATCH", "/api/v1/peers/{name}", update_peer, "updatePeer",
+              "Change a trusted peer's URL, key (or both, from its card) or jurisdiction "
+              "(applied live, persisted to peers.toml)", Scope.ADMIN, "peers",
+              body=(PeerUpdate,), response=(PeerOut,), errors=(*_BAD_BODY, 404, 409)),
     Operation("DELETE", "/api/v1/peers/{name}", remove_peer, "removePeer",
               "Stop trusting a peer (applied live, persisted to peers.toml)", Scope.ADMIN,
               "peers", response=(PeerRemoved,), errors=(404,)),

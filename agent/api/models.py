@@ -196,6 +196,26 @@ class PeerAdd(_In):
         return self
 
 
+class PeerUpdate(_In):
+    """Changes to a trusted peer: its ``url`` (``""`` removes it: trusted as an author,
+    not dialled), ``key`` (its new Ed25519 key) or both from its new ``card``, and
+    ``jurisdiction`` (``""`` removes it). Fields left out are kept."""
+
+    card: Annotated[str, StringConstraints(strict=True, max_length=4096)] | None = None
+    key: Annotated[str, StringConstraints(strict=True, max_length=100)] | None = None
+    url: Annotated[str, StringConstraints(strict=True, max_length=2048)] | None = None
+    jurisdiction: Annotated[str, StringConstraints(strict=True, max_length=100)] | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> PeerUpdate:
+        if self.card is not None and (self.key is not None or self.url is not None):
+            raise ValueError("give either 'card', or 'key' and/or 'url', not both")
+        if self.card is None and self.key is None and self.url is None \
+                and self.jurisdiction is None:
+            raise ValueError("give 'url', 'key', 'card' or 'jurisdiction' to change")
+        return self
+
+
 # --- query strings ------------------------------------------------------------------------
 
 
@@ -391,6 +411,12 @@ class PeerOut(_Out):
     connected: bool
     last_seen: str | None
     forked: bool
+    lag_entries: int | None = Field(
+        description="entries this node holds that the peer has not shown it holds (from "
+                    "its last known heads, kept while it is away); null until its whole "
+                    "version vector has reached this node once")
+    behind_entries: int | None = Field(
+        description="entries the peer has shown it holds that this node lacks")
     retired_keys: list[RetiredKeyOut] = Field(
         description="earlier keys (a key rotation it announced, or declared compromised)")
     compromised_since_seq: int | None = Field(

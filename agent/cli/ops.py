@@ -98,6 +98,11 @@ def status_command(argv: list[str], data_dir: Path) -> int:
     return 0
 
 
+def _count(value: Any) -> str:
+    """A peer's lag in entries (docs/operations.md, "Peer lag"), "-" when not known."""
+    return str(value) if isinstance(value, int) else "-"
+
+
 def render_status(status: dict[str, Any]) -> str:
     """The text of ``entraide status``."""
     from agent.cli.client import render_table
@@ -115,9 +120,10 @@ def render_status(status: dict[str, Any]) -> str:
     if peers:
         lines.append("")
         lines.append(render_table(
-            [_("peer"), _("connected"), _("last seen"), "url"],
+            [_("peer"), _("connected"), _("last seen"), _("lag"), _("we lack"), "url"],
             [[p["name"], _("yes") if p.get("connected") else _("no"),
-              p.get("last_seen") or "-", p.get("url") or "-"] for p in peers]))
+              p.get("last_seen") or "-", _count(p.get("lag_entries")),
+              _count(p.get("behind_entries")), p.get("url") or "-"] for p in peers]))
     else:
         lines.append(_("no peers yet: add one with 'entraide peers add --card CARD'"))
     forks = status.get("forks") or []

@@ -13,7 +13,6 @@ from typing import Any
 
 from agent.cli.lang import _
 from agent.config.datadir import DataDir
-from agent.config.fields import validate_model
 from agent.config.settings import (
     PeerEntry,
     TrustList,
@@ -195,19 +194,4 @@ def updated_peer(trust: TrustList, name: str, *, url: str | None, key: str | Non
         raise UnknownPeerError(f"no peer named {name!r} in the trust list")
     if url is None and key is None and jurisdiction is None:
         raise UsageError(_("peers update needs --url, --key, --card or --jurisdiction"))
-    # Every other field of the entry is kept as it is (checked again with the new ones).
-    changes: dict[str, Any] = {}
-    if key is not None:
-        changes["key"] = key
-        since = current.compromised_since_seq
-        if since is not None and key != current.key.text:
-            # Its new key after a compromise: the old one stays trusted for its chain
-            # up to the seq before the compromise (docs/operations.md).
-            changes["retired"] = [*current.model_dump(mode="json")["retired"], {
-                "key": current.key.text, "last_seq": since - 1, "reason": "compromised"}]
-            changes["compromised_since_seq"] = None
-    if url is not None:
-        changes["url"] = url or None
-    if jurisdiction is not None:
-        changes["jurisdiction"] = jurisdiction or None
-    return validate_model(PeerEntry, None, {**current.model_dump(mode="json"), **changes})
+    return current.updated(url=url, key=key, jurisdiction=jurisdiction)

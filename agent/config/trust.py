@@ -150,6 +150,32 @@ class PeerEntry(ConfigModel):
             cls, None, {"name": name, "key": key, "url": url, "jurisdiction": jurisdiction}
         )
 
+    def updated(self, *, url: str | None = None, key: str | None = None,
+                jurisdiction: str | None = None) -> PeerEntry:
+        """This entry with the fields given changed (None: kept; ``url=""`` or
+        ``jurisdiction=""`` removes it); every other field is kept and checked again
+        (``entraide peers update``, ``PATCH /api/v1/peers/{name}``).
+
+        A new key for a member whose key was declared compromised retires the old key
+        for its chain up to the seq before the compromise (docs/operations.md).
+
+        Raises:
+            ConfigError: a new value is invalid (one line naming it).
+        """
+        changes: dict[str, object] = {}
+        if key is not None:
+            changes["key"] = key
+            since = self.compromised_since_seq
+            if since is not None and key != self.key.text:
+                changes["retired"] = [*self.model_dump(mode="json")["retired"], {
+                    "key": self.key.text, "last_seq": since - 1, "reason": "compromised"}]
+                changes["compromised_since_seq"] = None
+        if url is not None:
+            changes["url"] = url or None
+        if jurisdiction is not None:
+            changes["jurisdiction"] = jurisdiction or None
+        return validate_model(PeerEntry, None, {**self.model_dump(mode="json"), **changes})
+
 
 class _TrustFile(ConfigModel):
     peer: list[PeerEntry] = Field(default_factory=list, max_length=MAX_PEERS)

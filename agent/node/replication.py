@@ -29,6 +29,15 @@ class PeerState(Protocol):
     @property
     def last_seen_ms(self) -> int | None: ...
 
+    @property
+    def lag_entries(self) -> int | None:
+        """Entries this node holds that the peer has not shown it holds (None: its
+        whole version vector never reached this node)."""
+
+    @property
+    def behind_entries(self) -> int | None:
+        """Entries the peer has shown it holds that this node lacks (None: as above)."""
+
 
 @dataclass(frozen=True)
 class PeerStatus:
@@ -36,6 +45,8 @@ class PeerStatus:
 
     connected: bool = False
     last_seen_ms: int | None = None
+    lag_entries: int | None = None
+    behind_entries: int | None = None
 
 
 @runtime_checkable

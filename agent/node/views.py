@@ -60,6 +60,9 @@ def peer_json(node: Node, peer: PeerEntry) -> dict[str, Any]:
         "connected": state.connected,
         "last_seen": None if state.last_seen_ms is None else format_ms(state.last_seen_ms),
         "forked": forked,
+        # From its last known heads (docs/protocol.md §8, "Lag"); None: never heard.
+        "lag_entries": state.lag_entries,
+        "behind_entries": state.behind_entries,
         # Earlier keys (a rotation it announced, or declared compromised), and since
         # which seq its current key is compromised (agent/node/keys.py).
         "retired_keys": [{"key": r.key.text, "fingerprint": r.key.fingerprint,

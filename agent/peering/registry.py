@@ -40,6 +40,8 @@ __all__ = [
     "RateLimitedLog",
     "TrustSource",
     "TrustedPeer",
+    "lag",
+    "merge_heads",
     "read_trust",
 ]
 
@@ -84,6 +86,10 @@ class PeerStatus:
     """What the status endpoint and the metrics show about one trusted peer.
 
     ``last_seen`` and ``since`` are wall-clock seconds since the epoch (None: never).
+    ``lag_entries``: entries this node holds that the peer has not shown it holds;
+    ``behind_entries``: entries the peer has shown it holds that this node lacks; both
+    from the peer's last known heads (:func:`lag`), None until its whole version
+    vector has reached this node once.
     """
 
     name: str
@@ -98,6 +104,8 @@ class PeerStatus:
     synced: bool
     sessions: int
     last_close: str | None
+    lag_entries: int | None = None
+    behind_entries: int | None = None
 
     @property
     def last_seen_ms(self) -> int | None:
@@ -151,11 +159,40 @@ class PeerState:
     last_seen: float | None = None  # monotonic
     synced: bool = False
     last_close: str | None = None
+    heads: dict[bytes, int] | None = None
+    """The peer's heads when its last session ended (None: never heard whole)."""
 
 
 def bump(counts: dict[str, int], key: str, n: int = 1) -> None:
     """Add ``n`` to ``counts[key]``."""
     counts[key] = counts.get(key, 0) + n
+
+
+def merge_heads(*known: dict[bytes, int] | None) -> dict[bytes, int] | None:
+    """The highest seq per origin over ``known`` (a peer never loses entries it held);
+    None when none is known."""
+    out: dict[bytes, int] | None = None
+    for heads in known:
+        if heads is None:
+            continue
+        if out is None:
+            out = dict(heads)
+            continue
+        for kid, seq in heads.items():
+            if seq > out.get(kid, 0):
+                out[kid] = seq
+    return out
+
+
+def lag(ours: dict[bytes, int], theirs: dict[bytes, int]) -> tuple[int, int]:
+    """``(lag, behind)`` between our heads and a peer's (origin key id → seq): the
+    entries we hold beyond the peer's heads, and those the peer holds beyond ours
+    (counted only for origins we replicate: the others we would refuse)."""
+    behind_them = sum(seq - theirs.get(kid, 0) for kid, seq in ours.items()
+                      if seq > theirs.get(kid, 0))
+    behind_us = sum(seq - ours.get(kid, 0) for kid, seq in theirs.items()
+                    if kid in ours and seq > ours[kid])
+    return behind_them, behind_us
 
 
 def _fold(past: dict[str, Any], stats: PeerStats) -> None:
@@ -314,9 +351,11 @@ class PeerRegistry:
         state = self.state(key)
         try:
             stats = engine.peer_stats(key)
+            heads = engine.peer_heads(key)
         except LocalProtocolError:
             return
         _fold(state.past, stats)
+        state.heads = merge_heads(state.heads, heads)
 
     def closed(self, link: PeerLink) -> None:
         """Book an established link that ended: wire counters, close reason, a log line
@@ -352,22 +391,34 @@ class PeerRegistry:
                     ) -> list[PeerStatus] | PeerStatus:
         """One status per trusted peer in trust-list order, or the status of ``key``
         (a not-connected status for a key never seen)."""
+        ours = self._our_heads(engine)
         if key is not None:
             peer = self.trusted.get(key)
             state = self._states.get(key)
             name = peer.name if peer else (state.name if state else key.fingerprint)
-            return self._status(TrustedPeer(name, key, peer.url if peer else None), engine)
-        return [self._status(peer, engine) for peer in self.trusted.values()]
+            return self._status(TrustedPeer(name, key, peer.url if peer else None), engine,
+                                ours)
+        return [self._status(peer, engine, ours) for peer in self.trusted.values()]
 
-    def _status(self, peer: TrustedPeer, engine: GossipEngine | None) -> PeerStatus:
+    @staticmethod
+    def _our_heads(engine: GossipEngine | None) -> dict[bytes, int] | None:
+        if engine is None:
+            return None
+        return {kid: seq for kid, (seq, _hash) in engine.vector().items()}
+
+    def _status(self, peer: TrustedPeer, engine: GossipEngine | None,
+                ours: dict[bytes, int] | None) -> PeerStatus:
         now, wall = self._clock(), self._wall()
         key = peer.key
         state = self._states.get(key)
         link = self._links.active(key)
         eager = rtt = None
+        heads = state.heads if state is not None else None
         if link is not None and engine is not None and key in engine.peers:
             eager = engine.is_eager(key)
             rtt = engine.peer_stats(key).rtt
+            heads = merge_heads(heads, engine.peer_heads(key))
+        lags = lag(ours, heads) if ours is not None and heads is not None else (None, None)
         last_seen = state.last_seen if state is not None else None
         return PeerStatus(
             name=peer.name, key=key, url=peer.url, connected=link is not None,
@@ -376,7 +427,8 @@ class PeerRegistry:
             last_seen=wall - (now - last_seen) if last_seen is not None else None,
             rtt=rtt, eager=eager, synced=bool(state and state.synced and link),
             sessions=state.sessions if state is not None else 0,
-            last_close=state.last_close if state is not None else None)
+            last_close=state.last_close if state is not None else None,
+            lag_entries=lags[0], behind_entries=lags[1])
 
     def counters(self, engine: GossipEngine | None) -> dict[str, PeerCounters]:
         """Per-peer counters (by trust-list name) over all sessions so far."""
@@ -443,9 +495,18 @@ class PeerRegistry:
             add("entraide_peer_disconnects_total", "Sessions ended, by close reason.",
                 "counter", ("peer", "reason"),
                 {(name, r): float(v) for r, v in c.closes.items()})
-        rtts = {(s.name,): s.rtt for s in self.peer_status(engine) if s.rtt is not None}
+        statuses = self.peer_status(engine)
+        rtts = {(s.name,): s.rtt for s in statuses if s.rtt is not None}
         add("entraide_peer_rtt_seconds", "Last PING round-trip time.", "gauge", ("peer",),
             {k: float(v) for k, v in rtts.items()})
+        add("entraide_peer_lag_entries",
+            "Entries this node holds that the peer has not shown it holds (its last known "
+            "heads).", "gauge", ("peer",),
+            {(s.name,): float(s.lag_entries) for s in statuses if s.lag_entries is not None})
+        add("entraide_peer_behind_entries",
+            "Entries the peer has shown it holds that this node lacks.", "gauge", ("peer",),
+            {(s.name,): float(s.behind_entries) for s in statuses
+             if s.behind_entries is not None})
         add("entraide_peer_handshake_failures_total",
             "Inbound or outbound handshakes that failed (refused: untrusted or bad signature; "
             "busy: no handshake slot for its address or at all, HTTP 503).",
