@@ -13,6 +13,8 @@ the HTTP API maps these classes to statuses (noted on the right)::
     │   ├── UnknownPeerError              no trust-list entry by that name            404
     │   └── UnknownTokenError             no API token by that name                   404
     ├── StorageError                      the ledger database failed (I/O, corruption) 500
+    │   ├── StorageFullError              the disk holding it is full (SQLITE_FULL,
+    │   │                                 ENOSPC): nothing of that write was stored    507
     │   └── NodeStoppingError             the node is shutting down or not started     503
     │       ├── RestoringError            restored from a backup, still catching up its
     │       │                             own chain: it signs nothing yet              503
@@ -74,6 +76,7 @@ __all__ = [
     "RestoringError",
     "ScopeError",
     "StorageError",
+    "StorageFullError",
     "TransportError",
     "UnknownAudienceError",
     "UnknownEntryError",
@@ -110,6 +113,12 @@ class UnknownTokenError(ConfigError, LookupError):
 
 class StorageError(EntraideError):
     """The ledger database failed: I/O error, corruption, unexpected schema."""
+
+
+class StorageFullError(StorageError):
+    """A write failed because the disk holding the ledger is full (SQLite's
+    ``SQLITE_FULL``, the OS's ``ENOSPC``). The transaction was rolled back: nothing of
+    it is stored, reads still work, and the same write succeeds once space is freed."""
 
 
 class UntrustedPeerError(EntraideError):

@@ -95,6 +95,7 @@ from agent.errors import (
     RestoringError,
     ScopeError,
     StorageError,
+    StorageFullError,
     UnknownAudienceError,
     UnknownEntryError,
     UnknownForkError,
@@ -306,6 +307,7 @@ _ERRORS: tuple[tuple[type[BaseException], int, str], ...] = (
     (RestoringError, 503, "restoring"),
     (KeyHandedOverError, 503, "key_rotated"),
     (NodeStoppingError, 503, "unavailable"),
+    (StorageFullError, 507, "storage_full"),
     (StorageError, 500, "storage_error"),
 )
 

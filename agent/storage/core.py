@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import sqlite3
@@ -31,7 +32,7 @@ from typing import Any, Self, TypeVar
 import aiosqlite
 
 from agent import __version__
-from agent.errors import StorageError
+from agent.errors import StorageError, StorageFullError
 from agent.jsoncodec import loads
 from agent.storage.batch import COUNTERS, Batch, OriginState
 from agent.storage.buffer import AheadBuffer
@@ -47,13 +48,29 @@ from agent.storage.types import (
 from protocol.errors import EntraideError
 from protocol.keys import Identity, PublicKey
 
-__all__ = ["MAX_SUBSCRIBERS", "LedgerCore"]
+__all__ = ["MAX_SUBSCRIBERS", "LedgerCore", "write_failed"]
 
 MAX_SUBSCRIBERS = 256
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
+
+FULL_MESSAGE = "the disk holding the ledger is full: nothing was stored; free space and retry"
+
+
+def write_failed(exc: BaseException, what: str = "ledger write failed") -> StorageError:
+    """The error a failed write raises: :class:`StorageFullError` when the disk is full
+    (``SQLITE_FULL``, or ``ENOSPC`` anywhere in the chain of causes: a ROLLBACK that
+    fails after it hides the first error), else :class:`StorageError` with ``what``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        code = getattr(seen, "sqlite_errorcode", None)
+        if (isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL) or \
+                (isinstance(seen, OSError) and seen.errno == errno.ENOSPC):
+            return StorageFullError(FULL_MESSAGE)
+        seen = seen.__cause__ or seen.__context__
+    return StorageError(f"{what}: {exc}")
 
 
 class LedgerCore:
@@ -235,8 +252,8 @@ class LedgerCore:
             finally:
                 if full:
                     await db.execute("PRAGMA synchronous = NORMAL")
-        except sqlite3.Error as exc:
-            raise StorageError(f"ledger write failed: {exc}") from exc
+        except (sqlite3.Error, OSError) as exc:
+            raise write_failed(exc) from exc
         self._install(batch)
 
     def _install(self, batch: Batch) -> None:

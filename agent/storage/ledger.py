@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
 from agent.errors import StorageError
-from agent.storage.core import MAX_SUBSCRIBERS, LedgerCore
+from agent.storage.core import MAX_SUBSCRIBERS, LedgerCore, write_failed
 from agent.storage.ingest import LedgerIngest
 from agent.storage.maint import export_snapshot, import_file, verify_snapshot
 from agent.storage.queries import IndexRecord, Page
@@ -310,8 +310,8 @@ class Ledger(LedgerIngest):
                         raise
                 finally:
                     await db.execute("PRAGMA synchronous = NORMAL")
-            except sqlite3.Error as exc:
-                raise StorageError(f"ledger write failed: {exc}") from exc
+            except (sqlite3.Error, OSError) as exc:
+                raise write_failed(exc) from exc
             return DroppedBodies(tuple(h for _no, h in dropped), counts)
 
     async def scrub(self, attempts: int = 50, pause: float = 0.02) -> bool:

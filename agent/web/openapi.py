@@ -39,6 +39,7 @@ _REASONS = {
     413: "Body over 1 MiB, or a batch over 1,000 items",
     422: "Well-formed JSON that is not valid input (fields, values, TLP, audience)",
     503: "Temporarily unavailable (too many streams, shutting down)",
+    507: "The disk holding the ledger is full: nothing was stored (storage_full)",
 }
 
 
@@ -163,6 +164,8 @@ def openapi_document(operations: Sequence[Operation], *, title: str, version: st
         responses: dict[str, Any] = {str(op.status): {"description": op.summary,
                                                       "content": ok_content}}
         statuses = set(op.errors)
+        if op.method != "GET":
+            statuses.add(507)  # any write may meet a full disk (agent/storage/core.py)
         if op.scope is not None:
             statuses |= {401, 403}
             item["security"] = [{"bearer": []}]
