@@ -16,7 +16,7 @@ Each node timestamps every entry as its ledger commits it (a ledger subscription
   bytes (engine counters); the wire figure uses WebSocket bytes (secretstream and
   framing included, everything in the window: pings, anti-entropy, announcements).
 
-(b) Simulated: 1,000 gossip engines in the sans-I/O simulator (tests/protocol/sim.py)
+(b) Simulated: 1,000 gossip engines in the sans-I/O simulator (bench/sim.py)
 with a virtual clock and 25 ms +-10% link delay, same overlay rule and figures.
 """
 
@@ -318,7 +318,7 @@ def run_real(n: int, entries: int, warmup: int, root: Path, log: Any, result: Re
 
 
 def run_sim(n: int, entries: int, warmup: int, result: Result) -> None:
-    from tests.protocol.sim import run_propagation
+    from bench.sim import run_propagation
 
     sim = run_propagation(nodes=n, entries=entries, warmup=warmup, delay=0.025, jitter=0.1,
                           entry_bytes=1024, rate=RATE)

@@ -1,12 +1,12 @@
 """scale: the gossip engine at federation size (issue 20), simulated.
 
 ``NODES`` gossip engines (10,000; ``BENCH_SCALE_NODES`` sets another size; ``--quick``
-200) in the sans-I/O simulator
-(tests/protocol/sim.py: real engines, real ``verify_entry``, a virtual clock) on a random
-overlay of degree 3-5 with 25 ms +-10% links, the engine's default parameters. After a
-warm-up (the broadcast tree settles, ``WARMUP`` entries not measured), entries of about
-1 KiB are published at random nodes, 20 per second. Two runs, each in its own process
-(fresh heap, so its memory is its own):
+200) in the sans-I/O simulator (bench/sim.py: real engines, real ``verify_entry`` once
+per distinct entry, a virtual clock) on a random overlay of degree 3-5 with 25 ms +-10%
+links, the engine's default parameters. After a warm-up (the broadcast tree settles,
+``WARMUP`` entries not measured), entries of about 1 KiB are published at random
+nodes, 20 per second. Two runs, each in its own process (fresh heap, so its memory is
+its own):
 
 - **steady**: nobody leaves.
 - **churn**: 5% of the nodes (never the publishers) leave at a random instant of the
@@ -62,46 +62,6 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def _overlay(rng: Any, n: int, degree: tuple[int, int]) -> list[tuple[int, int]]:
-    """The simulator's overlay rule (a shuffled ring, then random chords up to a per-node
-    degree in ``degree``) in linear time: saturated nodes leave the candidate list at
-    once instead of the list being rebuilt at each draw (quadratic at 10,000 nodes)."""
-    if n < 2:
-        return []
-    order = list(range(n))
-    rng.shuffle(order)
-    edges = {(min(order[i], order[(i + 1) % n]), max(order[i], order[(i + 1) % n]))
-             for i in range(n)}
-    deg = dict.fromkeys(range(n), 0)
-    for a, b in edges:
-        deg[a] += 1
-        deg[b] += 1
-    target = {i: degree[0] + rng.below(degree[1] - degree[0] + 1) for i in range(n)}
-    want = [i for i in range(n) if deg[i] < target[i]]
-    where = {i: k for k, i in enumerate(want)}
-
-    def drop(i: int) -> None:
-        k = where.pop(i)
-        last = want.pop()
-        if last != i:
-            want[k] = last
-            where[last] = k
-
-    for _ in range(20 * n):
-        if len(want) < 2:
-            break
-        a, b = rng.sample(want, 2)
-        edge = (min(a, b), max(a, b))
-        if edge in edges:
-            continue
-        edges.add(edge)
-        for x in (a, b):
-            deg[x] += 1
-            if deg[x] >= target[x]:
-                drop(x)
-    return sorted(edges)
-
-
 def _percentile(values: list[float], q: float) -> float:
     from bench.common import percentile
 
@@ -111,16 +71,12 @@ def _percentile(values: list[float], q: float) -> float:
 def simulate(n: int, entries: int, warmup: int, *, churn: bool,
              seed: bytes = b"scale") -> dict[str, Any]:
     """One run (see the module docstring); returns its figures, times in seconds."""
+    from bench.sim import LinkModel, Simulation, make_chain
     from protocol.prng import Prng
-    from tests.protocol.sim import LinkModel, Simulation, make_chain
-
-    class ScaleSim(Simulation):
-        def _overlay(self, n: int, degree: tuple[int, int]) -> list[tuple[int, int]]:
-            return _overlay(self.rng, n, degree)
 
     started = time.perf_counter()
     rss0 = _rss_mb()
-    sim = ScaleSim(n, seed=seed, link=LinkModel(delay=LINK_DELAY, jitter=JITTER))
+    sim = Simulation(n, seed=seed, link=LinkModel(delay=LINK_DELAY, jitter=JITTER))
     prng = Prng(seed + b"/plan")
     root = min(range(n), key=lambda i: sim.nodes[i].key.key_id)
     churned: set[int] = set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench.sim import Ledger, make_chain, make_identity, verify_cached
 from protocol.entries import ForkProof, VerifiedEntry, detect_fork
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.gossip import (
@@ -36,7 +37,6 @@ from protocol.messages import (
     decode_message,
     encode_message,
 )
-from tests.protocol.sim import Ledger, make_chain, make_identity, verify_cached
 
 PARAMS = GossipParams(ping_interval=0)
 

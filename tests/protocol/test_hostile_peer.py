@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from bench.sim import make_chain
 from protocol.errors import EntraideError, LocalProtocolError, RemoteProtocolError
 from protocol.gossip import GossipParams
 from protocol.messages import (
@@ -37,7 +38,6 @@ from protocol.messages import (
     encode_message,
 )
 from protocol.session import HandshakeComplete, MessageReceived, SessionState
-from tests.protocol.sim import make_chain
 from tests.protocol.test_gossip import AUTHOR, KID, ME, P1, P2, Node
 from tests.protocol.test_session import ON, QC, flip, make
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from bench.sim import make_identity
 from protocol.messages import Beacon
 from protocol.tree import ROOT_TIMEOUT_ROUNDS, BroadcastTree
-from tests.protocol.sim import make_identity
 
 
 def test_tree_root_timeout_fires_at_its_own_timer_instant() -> None:

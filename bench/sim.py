@@ -18,7 +18,16 @@ anti-entropy repair it); ``LinkModel.session_drop`` instead tears the session do
 (both ends see ``remove_peer``) and re-establishes it ``reconnect_delay`` later.
 
 Everything random comes from :class:`~protocol.prng.Prng`: a run replays exactly.
-Also used by the benchmark: :func:`run_propagation`.
+
+Verification: each node verifies every entry it receives, but a simulated federation
+receives the same bytes once per node, so the simulation keeps a per-run cache
+(:class:`VerifyCache`, keyed on the entry's bytes): each distinct entry is verified once
+for real with :func:`~protocol.entries.verify_entry` (``Simulation.verify.real`` counts
+those checks), failures are never cached (tampered bytes are other bytes, checked anew).
+
+Its one home: tests/protocol imports it, and so do the benchmarks (``bench scale``,
+``bench propagation``: :func:`run_propagation`); it is test tooling, so not in protocol/,
+and bench/ is not installed with the product.
 """
 
 from __future__ import annotations
@@ -59,22 +68,39 @@ __all__ = [
     "PropagationResult",
     "SimNode",
     "Simulation",
+    "VerifyCache",
     "make_chain",
     "run_propagation",
 ]
 
-_VERIFIED: dict[bytes, VerifiedEntry] = {}
+class VerifyCache:
+    """``verify_entry`` with a cache of successes, keyed on the entry's bytes: a simulated
+    federation verifies the same bytes once per node, and only the first costs a
+    signature check. ``real`` counts the real checks, ``hits`` the answers from the
+    cache; a failure is not cached (and raises as ``verify_entry`` does)."""
 
+    __slots__ = ("_entries", "hits", "limit", "real")
 
-def verify_cached(raw: bytes) -> VerifiedEntry:
-    """``verify_entry`` with a cache of successes: a simulated federation verifies the
-    same bytes once per node, and only the first costs a signature check."""
-    entry = _VERIFIED.get(raw)
-    if entry is None:
+    def __init__(self, limit: int = 1_000_000) -> None:
+        self._entries: dict[bytes, VerifiedEntry] = {}
+        self.limit = limit
+        self.real = 0
+        self.hits = 0
+
+    def __call__(self, raw: bytes) -> VerifiedEntry:
+        entry = self._entries.get(raw)
+        if entry is not None:
+            self.hits += 1
+            return entry
+        self.real += 1
         entry = verify_entry(raw)
-        if len(_VERIFIED) < 1_000_000:
-            _VERIFIED[raw] = entry
-    return entry
+        if len(self._entries) < self.limit:
+            self._entries[raw] = entry
+        return entry
+
+
+verify_cached = VerifyCache()
+"""One cache for the tests that verify outside a :class:`Simulation`."""
 
 
 def make_identity(label: str) -> Identity:
@@ -238,34 +264,53 @@ class Simulation:
         self.published: dict[bytes, float] = {}
         self.delivered = 0
         self.dropped = 0
+        self.verify = VerifyCache()
+        """This run's verification cache (``verify.real``: signatures really checked)."""
 
     # --- topology -----------------------------------------------------------------
 
     def _overlay(self, n: int, degree: tuple[int, int]) -> list[tuple[int, int]]:
-        """A connected random graph: a shuffled ring, then random chords up to ``degree``."""
+        """A connected random graph: a shuffled ring, then random chords up to a per-node
+        degree drawn in ``degree``. Linear in ``n``: a node that reached its degree
+        leaves the candidate list at once, and each chord draws two candidates by index
+        (no shuffle of the whole list per chord: quadratic at 10,000 nodes)."""
         if n < 2:
             return []
+        rng = self.rng
         order = list(range(n))
-        self.rng.shuffle(order)
-        edges = {tuple(sorted((order[i], order[(i + 1) % n]))) for i in range(n)}
-        deg = dict.fromkeys(range(n), 0)
+        rng.shuffle(order)
+        edges = {(min(order[i], order[(i + 1) % n]), max(order[i], order[(i + 1) % n]))
+                 for i in range(n)}
+        deg = [0] * n
         for a, b in edges:
             deg[a] += 1
             deg[b] += 1
-        target = {i: degree[0] + self.rng.below(degree[1] - degree[0] + 1) for i in range(n)}
+        target = [degree[0] + rng.below(degree[1] - degree[0] + 1) for _ in range(n)]
         want = [i for i in range(n) if deg[i] < target[i]]
+        where = {i: k for k, i in enumerate(want)}
+
+        def drop(i: int) -> None:
+            k = where.pop(i)
+            last = want.pop()
+            if last != i:
+                want[k] = last
+                where[last] = k
+
         for _ in range(20 * n):
-            want = [i for i in want if deg[i] < target[i]]
             if len(want) < 2:
                 break
-            a, b = self.rng.sample(want, 2)
+            x = rng.below(len(want))
+            y = rng.below(len(want) - 1)
+            a, b = want[x], want[y + (y >= x)]
             edge = (min(a, b), max(a, b))
             if edge in edges:
                 continue
             edges.add(edge)
-            deg[a] += 1
-            deg[b] += 1
-        return sorted(edges)  # type: ignore[arg-type]
+            for z in (a, b):
+                deg[z] += 1
+                if deg[z] >= target[z]:
+                    drop(z)
+        return sorted(edges)
 
     # --- clock --------------------------------------------------------------------
 
@@ -422,7 +467,7 @@ class Simulation:
         dups = 0
         for raw in event.raws:
             try:
-                entry = verify_cached(raw)
+                entry = self.verify(raw)
             except EntraideError:
                 invalid.append(raw)
                 continue
@@ -464,23 +509,26 @@ class Simulation:
         if generation is None:
             return
         link = self.link
-        roll = self.rng.random()
-        if roll < link.loss:
-            self.dropped += 1
-            return
-        if roll < link.loss + link.session_drop:
-            self.dropped += 1
-            a, b = src.index, dst.index
-            self.at(self.now + self.detect_delay,
-                    lambda: self._disconnect(a, b, reconnect=True))
-            return
-        copies = 2 if self.rng.random() < link.duplicate else 1
+        rng = self.rng
+        # A probability of 0 draws nothing: the common lossless run pays one draw (the
+        # delay) per message, not four.
+        if link.loss or link.session_drop:
+            roll = rng.random()
+            if roll < link.loss:
+                self.dropped += 1
+                return
+            if roll < link.loss + link.session_drop:
+                self.dropped += 1
+                a, b = src.index, dst.index
+                self.at(self.now + self.detect_delay,
+                        lambda: self._disconnect(a, b, reconnect=True))
+                return
+        copies = 2 if link.duplicate and rng.random() < link.duplicate else 1
+        direction = (src.index, dst.index)
         for _ in range(copies):
-            delay = link.delay * self.rng.uniform(1 - link.jitter, 1 + link.jitter)
-            when = self.now + delay
-            direction = (src.index, dst.index)
-            if self.rng.random() < link.reorder:
-                when += self.rng.uniform(0, link.reorder_delay)
+            when = self.now + link.delay * rng.uniform(1 - link.jitter, 1 + link.jitter)
+            if link.reorder and rng.random() < link.reorder:
+                when += rng.uniform(0, link.reorder_delay)
             else:
                 when = max(when, self._fifo.get(direction, 0.0))
                 self._fifo[direction] = when
