@@ -246,6 +246,9 @@ class GossipEngine:
         if p is None:
             return []
         self._now = now
+        if not (p.control or p.push or p.replies or p.serving) and (
+                p.ihave_due is None or p.ihave_due > now):
+            return []  # the common case (asked for every peer after every event): no work
         if p.ihave_due is not None and p.ihave_due <= now:
             self._send.flush_ihave(p)
         frames = p.take(max_bytes, self.params.frame_bytes)

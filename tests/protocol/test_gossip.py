@@ -367,6 +367,20 @@ def test_engine_batches_announcements_per_origin() -> None:
     assert only(node.out(P2, 2), IHave) == [IHave((Announcement(KID, 5),))]
 
 
+def test_engine_idle_peer_costs_nothing_and_a_due_announcement_still_goes() -> None:
+    node = tree_of_three()
+    before = node.engine.totals()
+    assert node.engine.data_to_send(P2.public_key, 0.5) == []  # nothing queued, nothing due
+    assert node.engine.totals() == before
+    node.ledger.add(CHAIN[0])
+    node.engine.publish(CHAIN[0], 1)
+    node.out(P1, 1)
+    node.out(P2, 1)
+    assert node.engine.data_to_send(P2.public_key, 1 + PARAMS.lazy_delay / 2) == []
+    # Due at this very instant (the timer not run yet): taken by data_to_send itself.
+    assert only(node.out(P2, 1 + PARAMS.lazy_delay), IHave) == [IHave((Announcement(KID, 1),))]
+
+
 def test_engine_prunes_a_non_tree_peer_that_pushes_duplicates() -> None:
     node = tree_of_three()
     node.send(P1, Graft(), 0.5)
