@@ -41,8 +41,9 @@ from agent.config.trust import (
 )
 from agent.errors import NodeExistsError
 from protocol.cards import validate_peer_name, validate_peer_url
-from protocol.entries import TLP
+from protocol.entries import MAX_ENTRY_BYTES, TLP
 from protocol.errors import EncodingError
+from protocol.gossip_types import GossipParams
 from protocol.keys import DEFAULT_KDF, Identity
 from protocol.payloads import PAYLOAD_KINDS
 from protocol.retention import (
@@ -155,6 +156,11 @@ class GossipConfig(ConfigModel):
     """Entries held per peer while waiting for a gap to fill (beyond: dropped, re-asked)."""
     max_send_queue: int = Field(1024, ge=16, le=1_000_000)
     """Frames queued for one peer before backpressure applies."""
+    reorder_peer_bytes: int = Field(GossipParams.reorder_peer_bytes, ge=MAX_ENTRY_BYTES,
+                                    le=GossipParams.reorder_bytes)
+    """Bytes of the reorder buffer (entries held ahead of a gap, 32 MiB in all) one
+    peer's entries may take; what it sent is dropped when its session ends. At least
+    one entry, at most the whole buffer (docs/security.md, "The reorder buffer")."""
 
 
 class LogConfig(ConfigModel):

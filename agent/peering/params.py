@@ -78,6 +78,7 @@ _CONFIG_TO_PARAMS: tuple[tuple[str, str, float | None], ...] = (
     ("max_batch_entries", "serve_batch", None),
     ("max_pending_per_peer", "reorder_limit", None),
     ("max_send_queue", "control_queue", None),
+    ("reorder_peer_bytes", "reorder_peer_bytes", None),
 )
 
 
@@ -87,7 +88,8 @@ def gossip_params(value: object | None) -> GossipParams:
     Config names map as: ``lazy_delay_ms`` and ``anti_entropy_interval_ms`` → seconds,
     ``max_batch_entries`` → ``want_batch`` and ``serve_batch``, ``max_pending_per_peer``
     → ``reorder_limit``, ``max_send_queue`` → ``control_queue``, ``beacon_interval_ms`` and
-    ``ihave_timeout_ms`` → seconds. Others keep the engine defaults.
+    ``ihave_timeout_ms`` → seconds, ``reorder_peer_bytes`` as is. Others keep the engine
+    defaults.
     """
     if value is None:
         return GossipParams()
