@@ -11,17 +11,20 @@ it by themselves) gets every matching observation committed after that position,
 then the live ones. Without it, the stream starts at "now".
 
 How (docs/operations.md, "The stream"):
-- *Catch-up* pages through the ledger in commit order from the position; *live*
-  events come from a bounded ledger subscription taken before the last catch-up
-  page, and events already sent by the catch-up are skipped, so nothing is lost or
-  repeated between the two.
+- *Catch-up* pages through the ledger in commit order from the position, one write
+  per page; *live* events come from a bounded feed of the node's fan-out
+  (agent/node/fanout.py) taken before the last catch-up page, and events already sent
+  by the catch-up are skipped, so nothing is lost or repeated between the two.
+- Live events are shared by every client: each is decorated and JSON-encoded once
+  (filters read its fields); what is queued for a client when it wakes goes out in
+  one write (at most ``STREAM_BATCH`` events), in commit order.
 - A position is the list cursor of an observation (exact), or ``<cursor>.<n>``: the
   n-th row after that cursor in the catch-up's order (the ledger gives exact cursors
   only at page ends). Rows are never deleted and the catch-up counts retracted rows
   too, so ``n`` stays valid for the same filters.
-- Memory per client is bounded: the subscription holds at most ``stream_queue``
-  events, one write may block at most ``stream_write_timeout`` seconds; a client too
-  slow for either is disconnected (it resumes with Last-Event-ID).
+- Memory per client is bounded: its feed holds at most ``stream_queue`` events, one
+  write may block at most ``stream_write_timeout`` seconds; a client too slow for
+  either is disconnected (it resumes with Last-Event-ID).
 - Comment lines (``: ping``) keep idle connections alive through proxies.
 - A stream not filtered by indicator also carries ``event: aid`` (``data.kind``:
   request, offer, withdraw, accept, update, close; live only, no ``id:``), sent by
@@ -41,8 +44,8 @@ from agent.api.aid import forward_aid_events
 from agent.api.models import MAX_PAGE, StreamQuery
 from agent.api.observations import filters_of
 from agent.errors import InvalidCursorError
-from agent.jsoncodec import dumps
-from agent.storage.ledger import ObservationEvent, Subscription
+from agent.jsoncodec import dumps_bytes
+from agent.node.fanout import ObservationFeed
 from agent.storage.queries import decode_cursor
 from agent.web.common import API_SETTINGS, NODE, STATE, ApiError, parse_query
 from protocol.errors import EntraideError
@@ -84,6 +87,11 @@ def parse_position(text: str) -> tuple[str, int]:
     return base, skip
 
 
+STREAM_BATCH = 256
+"""Live events written at most per write (one write carries every event queued for the
+client when it wakes, up to this many)."""
+
+
 class _Stream:
     def __init__(self, request: web.Request, response: web.StreamResponse,
                  filters: dict[str, Any]) -> None:
@@ -94,22 +102,27 @@ class _Stream:
         self.state = request.app[STATE]
         self.filters = filters
         self.include_retracted = bool(filters["include_retracted"])
-        self.subscription: Subscription | None = None
+        self.unfiltered = all(filters[k] is None for k in _FILTERS)
+        self.subscription: ObservationFeed | None = None
 
-    async def write(self, text: str) -> None:
+    async def write(self, data: str | bytes) -> None:
+        """Write ``data`` (text as UTF-8), within ``stream_write_timeout`` seconds.
+
+        Raises:
+            _Disconnect: the client did not take it in time.
+        """
+        if isinstance(data, str):
+            data = data.encode("utf-8")
         try:
-            await asyncio.wait_for(self.response.write(text.encode("utf-8")),
-                                   self.settings.stream_write_timeout)
+            async with asyncio.timeout(self.settings.stream_write_timeout):
+                await self.response.write(data)
         except TimeoutError as exc:
             raise _Disconnect("write_timeout") from exc
 
-    async def send(self, position: str, observation: dict[str, Any]) -> None:
-        await self.write(f"event: observation\nid: {position}\ndata: {dumps(observation)}\n\n")
-        self.state.stream_events.inc()
-
     async def catch_up(self, base: str, skip: int) -> tuple[str, int, set[str]]:
-        """Send every matching row after (base, skip); return the new position and the
-        ids of the last, partial page (which live events may repeat)."""
+        """Send every matching row after (base, skip), one write per page; return the
+        new position and the ids of the last, partial page (which live events may
+        repeat)."""
         query = {**self.filters, "include_retracted": True}
         while True:
             if self.state.closing:
@@ -118,6 +131,7 @@ class _Stream:
             page = await self.node.list_observations(**query, cursor=base, limit=limit,
                                                      newest_first=False)
             items = page.items
+            parts: list[bytes] = []
             for index in range(skip, len(items)):
                 row = items[index]
                 if page.next is not None and index == len(items) - 1:
@@ -126,10 +140,17 @@ class _Stream:
                     position = f"{base}.{index + 1}"
                 if row["retracted"] and not self.include_retracted:
                     continue
-                await self.send(position, row)
+                parts += (_EVENT, position.encode("ascii"), _DATA, dumps_bytes(row), _END)
+            await self._send(parts)
             if page.next is None:
                 return base, len(items), {row["id"] for row in items}
             base, skip = page.next, 0
+
+    async def _send(self, parts: list[bytes]) -> None:
+        """Write the events in ``parts`` (five parts each) at once, and count them."""
+        if parts:
+            await self.write(b"".join(parts))
+            self.state.stream_events.inc(len(parts) // 5)
 
     def matches(self, observation: dict[str, Any]) -> bool:
         f = self.filters
@@ -147,32 +168,40 @@ class _Stream:
             return False
         return f["until"] is None or ts < f["until"]
 
-    async def live(self, sub: Subscription, base: str, recent: set[str]) -> None:
+    async def live(self, feed: ObservationFeed, base: str, recent: set[str]) -> None:
+        """Send the feed's events after ``base`` (and not in ``recent``) that match the
+        filters: what is queued when the client wakes goes in one write (at most
+        STREAM_BATCH events), each event's JSON encoded once for every client
+        (agent/node/fanout.py SharedEvent); ``: ping`` after ``stream_heartbeat`` s of
+        silence.
+
+        Raises:
+            _Disconnect: the feed ended (slow_client, shutdown), or a write timed out.
+        """
         boundary = decode_cursor("observation", base)
         while True:
-            try:
-                event = await asyncio.wait_for(_next(sub), self.settings.stream_heartbeat)
-            except TimeoutError:
-                await self.write(": ping\n\n")
+            events = feed.take(STREAM_BATCH)
+            if not events:
+                if feed.ended:
+                    raise _Disconnect("slow_client" if feed.overflowed else "shutdown")
+                if not await feed.wait(self.settings.stream_heartbeat):
+                    await self.write(b": ping\n\n")
                 continue
-            if event is None:
-                raise _Disconnect("slow_client" if sub.overflowed else "shutdown")
-            number = decode_cursor("observation", event.cursor)
-            observation = event.observation
-            if number <= boundary or observation["id"] in recent:
-                continue
-            if not self.matches(observation):
-                continue
-            shown = dict(observation)  # the event is shared by every subscriber
-            self.node.decorate(shown)
-            await self.send(event.cursor, shown)
+            parts: list[bytes] = []
+            for event in events:
+                observation = event.observation
+                if event.number <= boundary or observation["id"] in recent:
+                    continue
+                if not self.unfiltered and not self.matches(observation):
+                    continue
+                parts += (_EVENT, event.cursor.encode("ascii"), _DATA, event.json(), _END)
+            await self._send(parts)
 
 
-async def _next(sub: Subscription) -> ObservationEvent | None:
-    try:
-        return await sub.__anext__()
-    except StopAsyncIteration:
-        return None
+_FILTERS = ("type", "value", "origin", "tlp", "since", "until")
+_EVENT = b"event: observation\nid: "
+_DATA = b"\ndata: "
+_END = b"\n\n"
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -204,7 +233,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     })
     await response.prepare(request)
     client = _Stream(request, response, filters)
-    sub: Subscription | None = None
+    sub: ObservationFeed | None = None
     state.streams.add(client)
     state.streams_open.inc()
     reason = "client_gone"

@@ -49,6 +49,7 @@ from agent.node.aid import NodeAid
 from agent.node.author import Author
 from agent.node.committer import MAX_QUEUED_ENTRIES, GroupCommitter
 from agent.node.erasure import NodeErasure
+from agent.node.fanout import ObservationFanout, ObservationFeed
 from agent.node.keys import KeyRotation
 from agent.node.membership import Membership
 from agent.node.replication import (
@@ -65,7 +66,6 @@ from agent.storage.ledger import (
     Ledger,
     OwnDraft,
     Page,
-    Subscription,
     VerifyReport,
 )
 from agent.storage.queries import canonical_indicator, with_names
@@ -168,6 +168,8 @@ class Node:
                                  lambda: self.config.ledger_path(self.data_dir), self.clock,
                                  self.metrics)
         self.erasure = NodeErasure(self, self.metrics)  # erasure (agent/node/erasure.py)
+        # new observations to the stream's subscribers (agent/node/fanout.py)
+        self._fanout = ObservationFanout(lambda: self.ledger, self.decorate)
         self.metrics.add_collector(self._collect)
 
     # -- life cycle
@@ -254,6 +256,7 @@ class Node:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._fanout.close()
         if self._committer is not None:
             await self._committer.close()
         try:
@@ -502,9 +505,14 @@ class Node:
         canonical = canonical_indicator(type, value)
         return dumps_bytes(await self.indicator(*canonical))
 
-    def subscribe(self, maxsize: int = 1024) -> Subscription:
-        """Follow new readable observations (see :class:`agent.storage.ledger.Subscription`)."""
-        return self.ledger.subscribe(maxsize)
+    def subscribe(self, maxsize: int = 1024) -> ObservationFeed:
+        """Follow new readable observations: a bounded feed shared-encoded with every
+        other subscriber's (:class:`agent.node.fanout.ObservationFeed`; close it when done).
+
+        Raises:
+            StorageError: too many subscribers, or the node is stopping.
+        """
+        return self._fanout.subscribe(maxsize)
 
     async def verify_ledger(self) -> VerifyReport:
         return await self.ledger.verify()
