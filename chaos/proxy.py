@@ -1,5 +1,6 @@
 """A fault-injecting TCP proxy in asyncio: one per peer link, between the dialling node
-and the dialled node's peer listener, on 127.0.0.1 only.
+and the dialled node's peer listener: on 127.0.0.1, or (chaos/netns.py) on the root
+side of the dialling node's veth, forwarding into the dialled node's namespace.
 
 Kernel ``netem`` is not available on the machines the chaos runs on, so the proxy does
 its job at the byte-stream level. A :class:`Link` holds the faults in force; they can be
@@ -93,7 +94,7 @@ class _Conn:
             while link.blackhole:                       # accepted, never connected upstream
                 await link.changed.wait()
             up_r, up_w = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", self.proxy.target_port), 10)
+                asyncio.open_connection(self.proxy.target_host, self.proxy.target_port), 10)
             self.up_w = up_w
             self.tasks = [asyncio.create_task(self._pump(self.down_r, up_w)),
                           asyncio.create_task(self._pump(up_r, self.down_w))]
@@ -194,10 +195,13 @@ class _Conn:
 
 
 class LinkProxy:
-    """Listens on 127.0.0.1:``port`` (0: any) and forwards to 127.0.0.1:``target_port``."""
+    """Listens on ``host``:``port`` (0: any) and forwards to ``target_host``:``target_port``
+    (both 127.0.0.1 by default)."""
 
-    def __init__(self, target_port: int, link: Link | None = None) -> None:
+    def __init__(self, target_port: int, link: Link | None = None, *,
+                 target_host: str = "127.0.0.1") -> None:
         self.target_port = target_port
+        self.target_host = target_host
         self.link = link or Link()
         self.port = 0
         self.conns: set[_Conn] = set()
@@ -205,8 +209,8 @@ class LinkProxy:
         self.accepted = 0
         self._server: asyncio.Server | None = None
 
-    async def start(self, port: int = 0) -> int:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", port)
+    async def start(self, port: int = 0, host: str = "127.0.0.1") -> int:
+        self._server = await asyncio.start_server(self._accept, host, port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
