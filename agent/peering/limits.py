@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import time
 from collections.abc import Awaitable, Callable
@@ -48,6 +49,7 @@ __all__ = [
     "ListenerLimits",
     "fit_to_nofile",
     "merged_families",
+    "open_fds",
     "raise_nofile",
 ]
 
@@ -396,7 +398,25 @@ class AcceptErrorLog:
             self._unsaid = 0
 
     def metric_families(self) -> list[MetricFamily]:
+        """The accept errors, and the process's open descriptors against its limit
+        (``RLIMIT_NOFILE``), so an alert fires before the caps or ``accept`` bite."""
         return [MetricFamily("entraide_listener_accept_errors_total",
                              "accept() failures on a listener (EMFILE, ENFILE, ENOBUFS, "
                              "ENOMEM): the process ran out of descriptors or memory.",
-                             "counter", (), {(): float(self.errors)})]
+                             "counter", (), {(): float(self.errors)}),
+                MetricFamily("entraide_process_open_fds",
+                             "File descriptors the node's main process has open.",
+                             "gauge", (), {(): float(open_fds())}),
+                MetricFamily("entraide_process_max_fds",
+                             "The main process's open-file limit (soft RLIMIT_NOFILE).",
+                             "gauge", (), {(): float(resource.getrlimit(
+                                 resource.RLIMIT_NOFILE)[0])})]
+
+
+def open_fds() -> int:
+    """Descriptors this process has open (counted in /proc/self/fd; -1 where there is
+    no /proc)."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # less the one listdir opened
+    except OSError:
+        return -1

@@ -507,6 +507,10 @@ class PeerRegistry:
             "Entries the peer has shown it holds that this node lacks.", "gauge", ("peer",),
             {(s.name,): float(s.behind_entries) for s in statuses
              if s.behind_entries is not None})
+        add("entraide_peer_log_lines_suppressed_total",
+            "Refused-handshake log lines not written: the same source address and kind "
+            "within a minute, or the rate limiter's table full (a flood).", "counter", (),
+            {(): float(self.refusal_log.suppressed)})
         add("entraide_peer_handshake_failures_total",
             "Inbound or outbound handshakes that failed (refused: untrusted or bad signature; "
             "busy: no handshake slot for its address or at all, HTTP 503).",

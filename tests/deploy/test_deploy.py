@@ -138,7 +138,12 @@ def test_deploy_prometheus_rules_use_real_metrics(tmp_path: Path) -> None:
     used = _check_known([rule["expr"] for rule in rules])
     for needed in ("up", "entraide_peer_connected", "entraide_replication_backlog_entries",
                    "entraide_ledger_forked_origins", "entraide_verify_workers_up",
-                   "entraide_peer_errors_total", "node_filesystem_avail_bytes"):
+                   "entraide_peer_errors_total", "node_filesystem_avail_bytes",
+                   # the listener limits (docs/security.md) and a full disk (507)
+                   "entraide_listener_refused_total", "entraide_peer_handshake_failures_total",
+                   "entraide_peer_log_lines_suppressed_total", "entraide_process_open_fds",
+                   "entraide_process_max_fds", "entraide_listener_accept_errors_total",
+                   "entraide_http_requests_total"):
         assert needed in used, needed
     tool = shutil.which("promtool")
     if tool is None:
@@ -154,6 +159,7 @@ def test_deploy_grafana_dashboard_uses_real_metrics() -> None:
     assert exprs and len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
     used = _check_known(exprs)
     assert "entraide_peer_connected" in used and "entraide_ledger_entries" in used
+    assert {"entraide_listener_refused_total", "entraide_process_open_fds"} <= used
 
 
 def test_deploy_metric_check_catches_an_unknown_name() -> None:
