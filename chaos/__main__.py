@@ -6,6 +6,7 @@ the network namespaces of runs that ended without removing theirs (kill -9)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import sys
 import tempfile
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from chaos.netns import cleanup_leftovers, unavailable_reason
 from chaos.run import NAMES, PROFILES, run_chaos
+from protocol.errors import EntraideError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cleanup:
         if unavailable_reason() is None:
-            for name in cleanup_leftovers():
-                print(f"removed network namespace {name}")
+            for what in cleanup_leftovers():
+                print(f"removed {what}")
         return 0
     profile = PROFILES[args.profile]
     duration = args.minutes * 60 if args.minutes else args.duration
@@ -47,9 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     root = args.dir or Path(tempfile.mkdtemp(prefix="entraide-chaos-"))
     try:
         report = run_chaos(profile, root, netns=args.netns)
-    except RuntimeError as exc:
+    except (RuntimeError, EntraideError) as exc:
         print(f"chaos: {exc}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"chaos: interrupted; nodes stopped, namespaces removed; logs in {root}",
+              file=sys.stderr)
+        return 130
     print(report.text())
     print(f"data dirs and logs: {root}")
     return 0 if report.ok else 1

@@ -84,8 +84,19 @@ def _remove_namespace(name: str) -> None:
 
 
 def cleanup_leftovers() -> list[str]:
-    """Delete the namespaces (and their veths) of chaos runs whose process is gone;
-    return their names. Those of a run still going are left alone."""
+    """Delete the namespaces (and their veths) of chaos runs whose process is gone, and
+    unmount their small tmpfs (mounted with the source ``PREFIX<pid>``); return what
+    was removed. What belongs to a run still going is left alone."""
+    removed: list[str] = []
+    mounts: list[list[str]] = []
+    with contextlib.suppress(OSError), open("/proc/self/mounts", encoding="utf-8") as f:
+        mounts = [line.split()[:2] for line in f]
+    for source, target in mounts:
+        pid = source.removeprefix(PREFIX)
+        if source.startswith(PREFIX) and pid.isdigit() and not _alive(int(pid)):
+            target = target.replace("\\040", " ")
+            subprocess.run(["umount", "-l", target], capture_output=True, timeout=30)
+            removed.append(f"tmpfs {target}")
     gone = [name for name, pid in _our_namespaces() if not _alive(pid)]
     for name in gone:
         _remove_namespace(name)
@@ -93,7 +104,7 @@ def cleanup_leftovers() -> list[str]:
         m = re.search(r"\d+: (ec(\d+)h\d+)@", line)
         if m and not _alive(int(m.group(2))):
             _ip("link", "del", m.group(1), check=False)
-    return gone
+    return [*(f"network namespace {name}" for name in gone), *removed]
 
 
 def unavailable_reason() -> str | None:

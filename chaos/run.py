@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from agent.cli.localfed import FedNode, LocalFederation, child_pids
-from chaos.netns import Netns, cleanup_leftovers, unavailable_reason
+from chaos.netns import PREFIX, Netns, cleanup_leftovers, unavailable_reason
 from chaos.proxy import Link, LinkProxy
 
 __all__ = ["PROFILES", "Profile", "Report", "run_chaos"]
@@ -171,8 +171,10 @@ class Chaos:
         mnt.mkdir(exist_ok=True)
         if os.geteuid() != 0 or shutil.which("mount") is None:
             return
-        res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs",
-                              str(mnt)], capture_output=True, text=True)
+        # Named after this run, so that a cleanup finds it if the run is killed outright.
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700",
+                              f"{PREFIX}{os.getpid()}", str(mnt)], capture_output=True,
+                             text=True)
         if res.returncode == 0:
             self.tmpfs = mnt
             node.data_dir = mnt / node.name.lower()
@@ -723,7 +725,7 @@ def choose_network(names: list[str], mode: str, log: Callable[[str], None]) -> N
     if reason is None:
         gone = cleanup_leftovers()
         if gone:
-            log(f"removed {len(gone)} network namespaces left by earlier runs")
+            log(f"removed what earlier runs left: {', '.join(gone)}")
         net = Netns(names)
         try:
             net.create()

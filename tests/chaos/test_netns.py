@@ -9,10 +9,11 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from chaos.netns import Netns, cleanup_leftovers, unavailable_reason
+from chaos.netns import PREFIX, Netns, cleanup_leftovers, unavailable_reason
 from chaos.run import choose_network
 
 REASON = unavailable_reason()
@@ -70,22 +71,30 @@ def test_netns_node_reaches_its_own_proxy_side_only_and_all_is_removed() -> None
 
 
 @needs_netns
-def test_netns_left_by_a_killed_run_is_removed_by_the_next_cleanup() -> None:
+def test_netns_left_by_a_killed_run_is_removed_by_the_next_cleanup(tmp_path: Path) -> None:
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     dead_pid = int(gone.stdout)                  # a process that has ended
     net = Netns(["QC"], owner=dead_pid)
     net.create()
     sleeper = subprocess.Popen(["ip", "netns", "exec", net.nodes["QC"].ns, "sleep", "600"])
+    mnt = tmp_path / "tmpfs"                     # its full-disk tmpfs, as run.py names it
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", f"{PREFIX}{dead_pid}", str(mnt)],
+                   check=True)
     try:
         assert net.nodes["QC"].ns in _namespaces()
-        assert net.nodes["QC"].ns in cleanup_leftovers()
+        removed = cleanup_leftovers()
+        assert f"network namespace {net.nodes['QC'].ns}" in removed
+        assert f"tmpfs {mnt}" in removed
         assert net.nodes["QC"].ns not in _namespaces()
         assert net.nodes["QC"].host_if not in _links()
         assert sleeper.wait(timeout=10) != 0      # what ran inside was killed
+        assert str(mnt) not in Path("/proc/self/mounts").read_text()
     finally:
         sleeper.kill()
         net.destroy()
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_netns_fallback_to_loopback_says_why_and_on_refuses(
