@@ -41,11 +41,10 @@ pytestmark = pytest.mark.slow
 
 EXAMPLES = int(os.environ.get("ENTRAIDE_FUZZ_EXAMPLES", "5"))
 
-# Operations left out, and why:
-# - the event stream never ends by itself (it is an SSE stream; its bad inputs are
-#   tested in test_api_stream.py);
+# Operations left out here, fuzzed by tests/fuzz/test_api_fuzz_stream_keys.py:
+# - the event stream never ends by itself (there it is read as a stream and closed);
 # - rotating the node's key or declaring a peer's key compromised changes the node
-#   under the other cases' feet (their own tests cover their bad inputs).
+#   under the other cases' feet (there they have a node of their own).
 SKIPPED = {"streamObservations", "rotateKey", "declareCompromised"}
 
 

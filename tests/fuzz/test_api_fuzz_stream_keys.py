@@ -1,0 +1,132 @@
+"""The API fuzz's remaining routes (issue 17 item 3): the event stream and the key routes,
+which tests/agent/api/test_api_fuzz.py leaves out.
+
+- ``GET /api/v1/stream`` never ends by itself, and schemathesis reads a whole answer
+  before checking it. Each case is sent with the request schemathesis built, read as a
+  stream: an error answer (finite JSON) is read and checked like any other; a 200 is
+  checked on its status and content type, then closed without waiting for events.
+- ``POST /api/v1/key/rotate`` and ``POST /api/v1/peers/{name}/compromised`` change the
+  node (its key, its trust list): they run against a node of their own, made for this
+  module, after the stream's cases.
+
+Checks: no 5xx, a status the document lists, and for JSON answers the document's schema.
+``ENTRAIDE_FUZZ_EXAMPLES`` cases per operation and scope (5 by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+
+from agent.config.tokens import Scope, TokenStore
+from tests.agent._api_helpers import make_data_dir
+from tests.agent.api.test_api_fuzz import CHECKS, EXAMPLES, _Server, _summary
+
+pytestmark = pytest.mark.slow
+
+SCOPES = [None, "read", "write", "admin"]
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    """A throwaway node: the key routes may change its key or its trust list."""
+    root: Path = tmp_path_factory.mktemp("fuzz-api-keys")
+    dd = make_data_dir(root, "QC", ("ON", "FED"))
+    store = TokenStore(dd)
+    tokens = {scope.value: store.create(scope) for scope in Scope}
+    server = _Server(dd)
+    url = server.start()
+    try:
+        yield url, tokens
+    finally:
+        server.close()
+
+
+def _operation(url: str, operation_id: str) -> Any:
+    schema = schemathesis.openapi.from_url(f"{url}/api/v1/openapi.json")
+    for result in schema.get_all_operations():
+        op = result.ok()
+        if op.definition.raw.get("operationId") == operation_id:
+            return op
+    raise AssertionError(f"{operation_id} is not in the document")
+
+
+def _headers(tokens: dict[str, str], scope: str | None) -> dict[str, str]:
+    return {} if scope is None else {"Authorization": f"Bearer {tokens[scope]}"}
+
+
+def _documented(op: Any) -> set[int]:
+    return {int(code) for code in op.definition.raw["responses"]}
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_stream_answers_as_documented(node: tuple[str, dict[str, str]],
+                                      scope: str | None) -> None:
+    url, tokens = node
+    op = _operation(url, "streamObservations")
+    statuses = _documented(op)
+    headers = _headers(tokens, scope)
+    seen: set[int] = set()
+
+    with requests.Session() as session:
+        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=op.as_strategy())
+        def run(case: Any) -> None:
+            kwargs = case.as_transport_kwargs(base_url=url, headers=headers)
+            kwargs.pop("timeout", None)
+            with session.request(**kwargs, stream=True, timeout=30) as response:
+                where = (f"GET {case.formatted_path} query={case.query!r} "
+                         f"headers={case.headers!r}: {response.status_code}")
+                assert response.status_code < 500, where
+                assert response.status_code in statuses, where
+                seen.add(response.status_code)
+                if response.status_code == 200:
+                    # Events may never come: the head is the answer's contract.
+                    assert response.headers["Content-Type"].startswith(
+                        "text/event-stream"), where
+                    return
+                assert response.headers["Content-Type"].startswith("application/json"), where
+                response.content  # noqa: B018 - an error answer is finite: read it whole
+                case.validate_response(response, checks=CHECKS)
+
+        try:
+            run()
+        except (Exception, BaseExceptionGroup) as exc:
+            pytest.fail(_summary(exc))
+    assert seen, "no case was sent"
+    if scope in (None,):
+        assert seen == {401}
+
+
+@pytest.mark.parametrize("operation_id", ["declareCompromised", "rotateKey"])
+@pytest.mark.parametrize("scope", SCOPES)
+def test_key_routes_answer_as_documented(node: tuple[str, dict[str, str]],
+                                         operation_id: str, scope: str | None) -> None:
+    url, tokens = node
+    op = _operation(url, operation_id)
+    headers = _headers(tokens, scope)
+    with requests.Session() as session:
+        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=op.as_strategy())
+        def run(case: Any) -> None:
+            response = case.call(base_url=url, headers=headers, session=session, timeout=30)
+            assert response.status_code < 500, (
+                f"{case.method} {case.formatted_path} body={str(case.body)[:300]!r}: "
+                f"{response.status_code} {response.text[:300]}")
+            case.validate_response(response, checks=CHECKS)
+
+        try:
+            run()
+        except (Exception, BaseExceptionGroup) as exc:
+            pytest.fail(_summary(exc))
+    # The node still answers, under the same key or not.
+    health = requests.get(f"{url}/api/v1/health", timeout=30)
+    assert health.status_code == 200
