@@ -2,7 +2,8 @@
 (docs/operations.md, "The web console").
 
 :func:`console_app` builds it from one route table (method, path, handler, scope: the
-core's sign-in and language routes, ``pages.py``'s and ``manage.py``'s) and the core's
+core's sign-in and language routes, ``pages.py``'s, ``manage.py``'s and
+``directory.py``'s) and the core's
 middleware (core.py states the security invariants); :func:`mount_console` adds it to
 the API app, whose Host and Origin checks then apply to the console too.
 """
@@ -25,13 +26,14 @@ from agent.console.core import (
     redirect,
     security_headers,
 )
+from agent.console.directory import DIRECTORY_ROUTES
 from agent.console.manage import MANAGE_ROUTES
 from agent.console.pages import PAGE_ROUTES
 from agent.console.session import SessionStore
 
 __all__ = ["CONSOLE_PREFIX", "ROUTES", "console_app", "mount_console"]
 
-ROUTES: tuple[Route, ...] = (*CORE_ROUTES, *PAGE_ROUTES, *MANAGE_ROUTES)
+ROUTES: tuple[Route, ...] = (*CORE_ROUTES, *PAGE_ROUTES, *MANAGE_ROUTES, *DIRECTORY_ROUTES)
 
 
 def console_app(*, sessions: SessionStore | None = None) -> web.Application:

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from agent.config.tokens import Scope
-from agent.console.backend import segment
+from agent.console.backend import BackendError, segment
 from agent.console.core import (
     CONSOLE_PREFIX,
     LANG,
@@ -86,6 +86,82 @@ async def trust_add(request: web.Request) -> web.StreamResponse:
     return done(request, f"{CONSOLE_PREFIX}/trust",
                 _(N_("{name} is trusted; the node applies it at once.")).format(
                     name=peer["name"]))
+
+
+def _peer_name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if not 0 < len(name) <= 64:
+        raise PageError(404, gettext(request)(N_("No such peer.")))
+    return name
+
+
+async def _edit_page(request: web.Request, name: str, *, http_status: int = 200,
+                     values: dict[str, str] | None = None, card: dict[str, Any] | None = None,
+                     card_text: str = "", error: str | None = None) -> web.Response:
+    peer = await api(request, "GET", f"/api/v1/peers/{segment(name)}")
+    shown = values if values is not None else {
+        "url": peer.get("url") or "", "jurisdiction": peer.get("jurisdiction") or ""}
+    return render(request, "trust_edit.html", http_status=http_status, peer=peer,
+                  values=shown, card=card, card_text=card_text, error=error)
+
+
+async def trust_edit(request: web.Request) -> web.StreamResponse:
+    """GET /console/trust/{name}/edit: a peer's URL and jurisdiction, and its new key
+    from a new card."""
+    return await _edit_page(request, _peer_name(request))
+
+
+async def trust_update(request: web.Request) -> web.StreamResponse:
+    """POST /console/trust/{name}/update: PATCH the peer's URL and jurisdiction (an
+    empty URL: trusted as an author, not dialled)."""
+    name = _peer_name(request)
+    data = form(request)
+    values = {"url": _text(data.get("url"), 2048), "jurisdiction": _text(data.get("jurisdiction"),
+                                                                          100)}
+    try:
+        await api(request, "PATCH", f"/api/v1/peers/{segment(name)}", body=values)
+    except BackendError as exc:
+        if exc.status != 422:
+            raise
+        return await _edit_page(request, name, http_status=422, values=values,
+                                error=exc.message)
+    return done(request, f"{CONSOLE_PREFIX}/trust",
+                gettext(request)(N_("{name} is updated; the node applies it at once."))
+                .format(name=name))
+
+
+async def trust_key_preview(request: web.Request) -> web.StreamResponse:
+    """POST /console/trust/{name}/card: read the peer's new card and show its new
+    fingerprint (and the old one) to check by phone; nothing changes yet."""
+    name = _peer_name(request)
+    text = _text(form(request).get("card"))
+    _ = gettext(request)
+    try:
+        card = parse_card(text)
+    except EntraideError as exc:
+        return await _edit_page(request, name, http_status=422, card_text=text, error=_(
+            N_("This card cannot be read: {reason}")).format(
+                reason=localize(str(exc), request[LANG])))
+    if card.name != name:
+        return await _edit_page(request, name, http_status=422, card_text=text, error=_(
+            N_("This card is {card}'s, not {name}'s.")).format(card=card.name, name=name))
+    shown = {"name": card.name, "key": card.key.text, "fingerprint": card.key.fingerprint,
+             "url": card.url}
+    return await _edit_page(request, name, card=shown, card_text=text)
+
+
+async def trust_key(request: web.Request) -> web.StreamResponse:
+    """POST /console/trust/{name}/key: the new card, confirmed by phone: PATCH it."""
+    name = _peer_name(request)
+    data = form(request)
+    _ = gettext(request)
+    if data.get("confirmed") != "yes":
+        raise PageError(422, _("Confirm the fingerprint with the peer's administrator first."))
+    await api(request, "PATCH", f"/api/v1/peers/{segment(name)}",
+              body={"card": _text(data.get("card"))})
+    return done(request, f"{CONSOLE_PREFIX}/trust",
+                _(N_("{name}'s new key is trusted; the node applies it at once.")).format(
+                    name=name))
 
 
 async def trust_remove(request: web.Request) -> web.StreamResponse:
@@ -260,6 +336,10 @@ MANAGE_ROUTES: tuple[Route, ...] = (
     Route("GET", "/trust", trust_page, Scope.ADMIN),
     Route("POST", "/trust/preview", trust_preview, Scope.ADMIN),
     Route("POST", "/trust/add", trust_add, Scope.ADMIN),
+    Route("GET", "/trust/{name}/edit", trust_edit, Scope.ADMIN),
+    Route("POST", "/trust/{name}/update", trust_update, Scope.ADMIN),
+    Route("POST", "/trust/{name}/card", trust_key_preview, Scope.ADMIN),
+    Route("POST", "/trust/{name}/key", trust_key, Scope.ADMIN),
     Route("POST", "/trust/{name}/remove", trust_remove, Scope.ADMIN),
     Route("POST", "/forks/{origin}/clear", fork_clear, Scope.ADMIN),
     Route("GET", "/aid", aid_page),

@@ -26,8 +26,8 @@ from tests.agent.console._console_helpers import (
 
 PAGES = ("/console/status", "/console/federation", "/console/feed", "/console/search",
          "/console/submit", "/console/aid", "/console/rules", "/console/trust",
-         "/console/tokens", "/console/verify",
-         "/console/search?type=ipv4-addr&value=203.0.113.9")
+         "/console/tokens", "/console/verify", "/console/capabilities",
+         "/console/trust/ON/edit", "/console/search?type=ipv4-addr&value=203.0.113.9")
 
 
 @pytest.fixture

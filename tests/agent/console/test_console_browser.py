@@ -185,6 +185,103 @@ async def test_console_browser_aid_request_and_read_only_token(
     assert "scope does not allow" in await reader.page.inner_text("main")
 
 
+async def test_console_browser_edit_a_peer_by_keyboard_and_read_token_refused(
+        node: Console, browser: Any, tmp_path: Path) -> None:
+    """An admin edits ON's URL and jurisdiction, then takes its new key from its new
+    card after the fingerprint is shown, reaching every field with the keyboard; a
+    read token is refused the edit page."""
+    from protocol.cards import PeerCard, encode_card
+    from tests.agent._api_helpers import identity
+
+    for locale, lang in (("fr-CA", "fr"), ("en-CA", "en")):
+        tab = await open_tab(browser, base_of(node), tmp_path, locale)
+        page = tab.page
+        await sign_in(tab, node.tokens["admin"])
+        await tab.go("/console/trust")
+        await page.click("#trusted tr[data-peer=ON] td.actions a")
+        await page.wait_for_url("**/console/trust/ON/edit")
+        await page.focus("#url")
+        await page.keyboard.press("Control+A")
+        await page.keyboard.type(f"https://on-{lang}.example:8471")
+        await page.keyboard.press("Tab")  # to the jurisdiction, past the help text
+        assert await page.evaluate("document.activeElement.id") == "edit-jurisdiction"
+        await page.keyboard.press("Control+A")
+        await page.keyboard.type("Ontario")
+        async with page.expect_navigation():
+            await page.keyboard.press("Enter")
+        assert "ON" in await page.inner_text(".flash")
+        row = page.locator("#trusted tr[data-peer=ON]")
+        assert f"https://on-{lang}.example:8471" in await row.inner_text()
+        assert "Ontario" in await row.inner_text()
+
+        new = identity(f"ON-{lang}").public_key
+        await tab.go("/console/trust/ON/edit")
+        await tab.shot(f"trust-edit-{lang}")
+        await page.fill("#card", encode_card(PeerCard("ON", new, f"https://on-{lang}.example")))
+        async with page.expect_navigation():
+            await page.click("#card-form button[type=submit]")
+        assert await page.inner_text("#card-fingerprint") == new.fingerprint
+        await tab.shot(f"trust-new-key-{lang}")
+        await page.check("#confirmed")
+        async with page.expect_navigation():
+            await page.click("#key-form button[type=submit]")
+        assert new.fingerprint in await page.locator(
+            "#trusted tr[data-peer=ON]").inner_text()
+        assert not tab.problems, tab.problems
+
+    reader = await open_tab(browser, base_of(node), tmp_path, "en-CA")
+    await sign_in(reader, node.tokens["read"])
+    await reader.go("/console/trust/ON/edit")
+    assert "scope does not allow" in await reader.page.inner_text("main")
+    assert await reader.page.locator("#url").count() == 0
+
+
+async def test_console_browser_expertise_directory(
+        node: Console, browser: Any, tmp_path: Path) -> None:
+    """The admin publishes this node's capability profile from the directory page
+    (linked from the navigation), then asks who can help with a need, in a language,
+    now; a read token sees the directory and no form."""
+    tab = await open_tab(browser, base_of(node), tmp_path, "fr-CA")
+    page = tab.page
+    await sign_in(tab, node.tokens["admin"])
+    await page.click("nav a[href='/console/capabilities']")
+    await page.wait_for_url("**/console/capabilities")
+    assert await page.inner_text("h1") == "Répertoire d'expertise"
+    await page.check("#skill-forensics")
+    await page.check("#skill-malware-analysis")
+    await page.fill("#languages", "fr, en")
+    await page.fill("#hours", "24/7")
+    await page.fill("#contact_name", "Centre des opérations")
+    await page.fill("#contact_channel", "+1 418 555 0100")
+    await page.fill("#detail_fr", "Deux analystes en criminalistique")
+    async with page.expect_navigation():
+        await page.click("#profile-form button[type=submit]")
+    assert await page.inner_text(".flash") == "Le profil de ce nœud est publié."
+    row = page.locator("#profiles tr[data-origin=QC]")
+    assert "criminalistique" in await row.inner_text()
+    await page.select_option("#need", "forensics")
+    await page.fill("#language", "fr")
+    await page.check("#available")
+    async with page.expect_navigation():
+        await page.click("form[role=search] button[type=submit]")
+    assert await row.count() == 1
+    await tab.shot("capabilities-fr")
+    await page.select_option("#need", "recovery")
+    async with page.expect_navigation():
+        await page.click("form[role=search] button[type=submit]")
+    assert await row.count() == 0
+    assert "Aucun profil de membre ne correspond." in await page.inner_text("#profiles")
+    assert not tab.problems, tab.problems
+
+    reader = await open_tab(browser, base_of(node), tmp_path, "en-CA")
+    await sign_in(reader, node.tokens["read"])
+    await reader.go("/console/capabilities")
+    assert await reader.page.inner_text("h1") == "Expertise directory"
+    assert await reader.page.locator("#profiles tr[data-origin=QC]").count() == 1
+    assert await reader.page.locator("#profile-form").count() == 0
+    await reader.shot("capabilities-en")
+
+
 async def test_console_browser_pages_pass_axe_and_fit_a_narrow_window(
         node: Console, browser: Any, tmp_path: Path) -> None:
     """WCAG 2.1 A/AA rules of axe-core (contrast, labels, landmarks...) on every page
@@ -198,7 +295,8 @@ async def test_console_browser_pages_pass_axe_and_fit_a_narrow_window(
         await sign_in(tab, node.tokens["admin"])
         for path in ("/console/login", "/console/status", "/console/federation",
                      "/console/feed", "/console/search", "/console/submit", "/console/aid",
-                     "/console/rules", "/console/trust", "/console/tokens", "/console/verify"):
+                     "/console/rules", "/console/trust", "/console/tokens", "/console/verify",
+                     "/console/capabilities", "/console/trust/ON/edit"):
             await tab.go(path)
             results = await axe.run(tab.page, options={
                 "runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a",
@@ -209,7 +307,8 @@ async def test_console_browser_pages_pass_axe_and_fit_a_narrow_window(
                 found[f"{locale} {path}"] = bad
         await tab.page.set_viewport_size({"width": 400, "height": 800})
         for path in ("/console/status", "/console/federation", "/console/aid",
-                     "/console/trust", "/console/submit"):
+                     "/console/trust", "/console/submit", "/console/capabilities",
+                     "/console/trust/ON/edit"):
             await tab.go(path)
             wide = await tab.page.evaluate(
                 "document.documentElement.scrollWidth - window.innerWidth")
@@ -310,6 +409,26 @@ async def test_console_browser_two_real_nodes(browser: Any, tmp_path: Path) -> N
         await qc.page.wait_for_url("**/console/trust")
         assert await qc.page.locator("#trusted tr[data-peer=BC]").count() == 0
         assert "BC" not in {p["name"] for p in qc_node.call("GET", "/api/v1/peers")["peers"]}
+
+        # Lag: none once both hold the same; ON stopped while QC writes 3 entries lags
+        # by 3, and by none again once it is back and has caught up.
+        async def lag_is(text: str) -> None:
+            for _attempt in range(240):
+                await qc.go("/console/federation")
+                if (await qc.page.inner_text("#peers tr[data-peer=ON] td.lag")).strip() == text:
+                    return
+                await asyncio.sleep(0.25)
+            raise AssertionError(f"ON's lag never showed {text!r}")
+
+        await lag_is("0")
+        await asyncio.to_thread(fed.stop, ["ON"])
+        await asyncio.to_thread(qc_node.call, "POST", "/api/v1/observations", {
+            "observations": [{"type": "ipv4-addr", "value": f"192.0.2.{60 + i}",
+                              "tlp": "GREEN"} for i in range(3)]})
+        await lag_is("3")
+        await qc.shot("federation-lag-fr")
+        await asyncio.to_thread(fed.start, ["ON"])
+        await lag_is("0")
         assert not qc.problems, qc.problems
         assert not on.problems, on.problems
     finally:
