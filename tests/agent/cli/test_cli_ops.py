@@ -60,9 +60,24 @@ async def test_cli_ops_status_text_and_json(tmp_path: Path,
         assert status == 0, err
         assert "QC" in out and shown["fingerprint"] in out and "ON" in out and "FED" in out
         assert "ledger: 1 entries from 1 origins" in out
+        assert "lag" in out and "we lack" in out  # never heard: "-" in both columns
         status, out, err = await run(capsys, cli(api, tmp_path, "--lang", "fr", "status"))
         assert status == 0 and "registre : 1 entrées de 1 origines" in out
-        assert "connecté" in out
+        assert "connecté" in out and "retard" in out and "il nous manque" in out
+
+
+def test_cli_ops_status_shows_each_peers_lag() -> None:
+    from agent.cli.ops import render_status
+
+    text = render_status({"name": "QC", "fingerprint": "f", "key": "k",
+                          "ledger": {"entries": 9, "origins": 2}, "forks": [], "peers": [
+                              {"name": "ON", "connected": False, "lag_entries": 7,
+                               "behind_entries": 0},
+                              {"name": "FED", "connected": True, "lag_entries": None,
+                               "behind_entries": None}]})
+    on = next(line for line in text.splitlines() if line.startswith("ON"))
+    fed = next(line for line in text.splitlines() if line.startswith("FED"))
+    assert on.split()[3:5] == ["7", "0"] and fed.split()[3:5] == ["-", "-"]
 
 
 async def test_cli_ops_retract_and_sighting(tmp_path: Path,
