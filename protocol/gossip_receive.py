@@ -213,8 +213,9 @@ class Receiver:
             p.synced_digest = digest
             # Equal digests: the peer holds exactly our vector (its heads, for the lag
             # the agent shows; once per new digest, not per HAVE).
-            for log in self.table.vector_logs():
-                p.tell(log.kid, log.seq)
+            for log in self.table.logs.values():
+                if log.active and log.seq > 0:
+                    p.tell(log.kid, log.seq)
             self.events.append(PeerSynced(p.key))
 
     def _send_vector(self, p: PeerState) -> None:
