@@ -86,7 +86,8 @@ def sighting_command(argv: list[str], data_dir: Path) -> int:
 def status_command(argv: list[str], data_dir: Path) -> int:
     """``entraide status [--json]``."""
     parser = _parser("status", _("The running node: its identity, its peers (connected or "
-                                 "not, last seen), its ledger and its forks."))
+                                 "not, last seen, lag in entries each way), its ledger and "
+                                 "its forks."))
     _common(parser)
     args = parser.parse_args(argv)
     base, token = _client(args, data_dir)
