@@ -31,6 +31,10 @@ Figures of each run:
   ledger index; the entries themselves are shared by every simulated node, as bytes
   objects, and counted once).
 
+Also kept per run (the JSON's params): CPU seconds and wall seconds, messages delivered,
+signatures really checked (``verify_entry`` runs once per distinct entry: bench/sim.py's
+per-run cache keyed on the entry's bytes) and the answers from that cache.
+
 Baseline in the same run: the same simulation at 1,000 nodes (the size the first round
 of targets used), so the 10,000-node figures also read as ratios.
 """
@@ -75,6 +79,7 @@ def simulate(n: int, entries: int, warmup: int, *, churn: bool,
     from protocol.prng import Prng
 
     started = time.perf_counter()
+    cpu0 = time.process_time()
     rss0 = _rss_mb()
     sim = Simulation(n, seed=seed, link=LinkModel(delay=LINK_DELAY, jitter=JITTER))
     prng = Prng(seed + b"/plan")
@@ -143,6 +148,8 @@ def simulate(n: int, entries: int, warmup: int, *, churn: bool,
         "control_ratio": ((total1 - total0) - payload) / payload if payload else float("nan"),
         "rss_mb": rss1, "mb_per_node": (rss1 - rss0) / n,
         "virtual_s": round(sim.now, 1), "wall_s": round(time.perf_counter() - started, 1),
+        "cpu_s": round(time.process_time() - cpu0, 1), "deliveries": sim.delivered,
+        "signatures_checked": sim.verify.real, "verify_cache_hits": sim.verify.hits,
     }
 
 
@@ -191,6 +198,8 @@ def run(ctx: Context) -> Result:
     result.add("p99_vs_base", f"p99 {n} / {base_n} nodes", steady["p99"] / base["p99"], "x")
     result.add("base_mb_per_node", f"baseline {base_n} nodes: memory per node",
                base["mb_per_node"], "MiB")
+    for key, run_ in (("steady", steady), ("churn", churn), ("base", base)):
+        result.add(f"{key}_cpu_s", f"{key} run ({run_['nodes']} nodes): CPU", run_["cpu_s"], "s")
     for key, run_ in (("steady", steady), ("churn", churn)):
         if not run_["one_root_after_warmup"]:
             result.notes.append(f"{key}: the tree had more than one root after the warm-up")
