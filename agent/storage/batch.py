@@ -1,7 +1,8 @@
 """One write transaction of the ledger: the rows it adds and the state it leaves.
 
 The ledger builds a :class:`Batch` under its write lock, writes it with
-:meth:`Batch.write` inside one transaction, and installs the batch's origin states and
+:meth:`Batch.write` inside one transaction (the whole transaction is one call on the
+database's thread), and installs the batch's origin states and
 row counters in memory only once the commit succeeded. Row numbers (``entry_no``,
 ``obs_no`` ...) are assigned here, from the committed counters, so ``executemany``
 can insert whole batches and the observation cursor of an event is known before the
@@ -11,10 +12,9 @@ no one else takes numbers.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field, replace
 from typing import Any
-
-import aiosqlite
 
 from agent.storage.queries import IndexRecord
 from agent.storage.types import Head
@@ -133,10 +133,15 @@ class Batch:
     def empty(self) -> bool:
         return not (self.origins or self.entries or self.forks or self.cleared)
 
-    async def write(self, db: aiosqlite.Connection) -> None:
-        """Insert the batch's rows; the caller holds the transaction."""
+    def write(self, db: sqlite3.Connection) -> None:
+        """Insert the batch's rows; the caller holds the transaction.
+
+        Runs on the database's own thread (``LedgerCore._write``), every statement
+        in one call, so a transaction of 2,048 entries is one hop from the event loop
+        to that thread and back, not one per statement.
+        """
         if self.origins:
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO origins (origin_id, key, head_seq, head_hash, forked) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (origin_id) DO UPDATE SET "
                 "head_seq = excluded.head_seq, head_hash = excluded.head_hash, "
@@ -144,44 +149,44 @@ class Batch:
                 [(o.origin_id, o.key.raw, o.head_seq, o.head_hash, int(o.forked))
                  for o in self.origins.values()])
         if self.entries:
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO entries (entry_no, origin_id, seq, hash, readable, header, body, "
                 "body_state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self.entries)
         if self.observations:
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO observations (obs_no, entry_no, origin_id, ts, tlp, type, value, "
                 "first_seen, last_seen, doc, hash, seq) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 self.observations)
         if self.sightings:
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO sightings (sighting_no, entry_no, origin_id, ts, tlp, target, doc) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)", self.sightings)
         if self.items:
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO items (item_no, entry_no, kind, origin_id, ts, tlp, doc) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)", self.items)
         if self.expiries:
-            await db.executemany("INSERT INTO expiries (entry_no, expires_ms) VALUES (?, ?)",
-                                 self.expiries)
+            db.executemany("INSERT INTO expiries (entry_no, expires_ms) VALUES (?, ?)",
+                           self.expiries)
         for entry_no, origin_id, target, doc in self.retractions:
             # Void unless it names an entry of its own origin (design: retraction). The
             # target is always stored already: its hash was needed to write the retraction.
-            found = list(await db.execute_fetchall(
+            found = db.execute(
                 "SELECT entry_no FROM entries WHERE hash = ? AND origin_id = ?",
-                (target, origin_id)))
+                (target, origin_id)).fetchall()
             if found:
                 for table in ("observations", "sightings", "items"):
-                    await db.execute(f"UPDATE {table} SET retracted = 1 WHERE entry_no = ?",
-                                     (found[0][0],))
-            await db.execute(
+                    db.execute(f"UPDATE {table} SET retracted = 1 WHERE entry_no = ?",
+                               (found[0][0],))
+            db.execute(
                 "INSERT INTO retractions (entry_no, origin_id, target, applied, doc) "
                 "VALUES (?, ?, ?, ?, ?)", (entry_no, origin_id, target, int(bool(found)), doc))
         if self.forks:
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO forks (origin_id, seq, proof, detected_ms) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT DO NOTHING", self.forks)
         if self.cleared:
-            await db.executemany(
+            db.executemany(
                 "UPDATE forks SET cleared_ms = ? WHERE origin_id = ? AND cleared_ms IS NULL",
                 self.cleared)

@@ -27,7 +27,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 import aiosqlite
 
@@ -233,27 +233,22 @@ class LedgerCore:
     # -- writing
 
     async def _write(self, batch: Batch, *, full: bool) -> None:
-        """Write ``batch`` in one transaction; FULL makes its commit durable at return."""
+        """Write ``batch`` in one transaction; FULL makes its commit durable at return.
+
+        The whole transaction (BEGIN, every insert, COMMIT or ROLLBACK) is one call on
+        the writer connection's thread (:func:`_commit`): the event loop hands it over
+        once and is free meanwhile, instead of one round trip per statement.
+        """
         db = self._db
         assert db is not None
         batch.settle()
         try:
-            if full:
-                await db.execute("PRAGMA synchronous = FULL")
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    await batch.write(db)
-                    await db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        await db.execute("ROLLBACK")
-                    raise
-            finally:
-                if full:
-                    await db.execute("PRAGMA synchronous = NORMAL")
-        except (sqlite3.Error, OSError) as exc:
-            raise write_failed(exc) from exc
+            # aiosqlite runs its calls in order on the connection's one thread; its
+            # ``_execute`` is how its own methods get there (no public equivalent).
+            on_thread = cast(Callable[..., Awaitable[None]], db._execute)
+            await on_thread(_commit, db._conn, batch, full)
+        except sqlite3.Error as exc:
+            raise StorageError(f"ledger write failed: {exc}") from exc
         self._install(batch)
 
     def _install(self, batch: Batch) -> None:
@@ -369,6 +364,26 @@ class LedgerCore:
 
 
 # --- helpers ----------------------------------------------------------------------
+
+
+def _commit(conn: sqlite3.Connection, batch: Batch, full: bool) -> None:
+    """One write transaction, on the writer connection's thread: all of ``batch`` or,
+    on any error, nothing (rolled back). ``full``: this commit is durable at return
+    (``synchronous=FULL``); the connection goes back to NORMAL after it."""
+    if full:
+        conn.execute("PRAGMA synchronous = FULL")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            batch.write(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    finally:
+        if full:
+            conn.execute("PRAGMA synchronous = NORMAL")
 
 
 def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
