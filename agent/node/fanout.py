@@ -162,7 +162,7 @@ class ObservationFanout:
         """Whether the fan-out follows the ledger now (it does while a feed is open)."""
         return self._source is not None
 
-    def subscribe(self, maxsize: int = 1024) -> ObservationFeed:
+    def subscribe(self, maxsize: int = 16_384) -> ObservationFeed:
         """A new feed of every observation committed from now on (and possibly some
         committed just before: a consumer that caught up from the ledger skips those).
         Close it when done; the last feed closed stops the pump (a later subscribe

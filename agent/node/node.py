@@ -505,7 +505,7 @@ class Node:
         canonical = canonical_indicator(type, value)
         return dumps_bytes(await self.indicator(*canonical))
 
-    def subscribe(self, maxsize: int = 1024) -> ObservationFeed:
+    def subscribe(self, maxsize: int = 16_384) -> ObservationFeed:
         """Follow new readable observations: a bounded feed shared-encoded with every
         other subscriber's (:class:`agent.node.fanout.ObservationFeed`; close it when done).
 

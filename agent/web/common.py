@@ -68,14 +68,18 @@ class ApiSettings:
 
     Attributes:
         stream_heartbeat: seconds of silence before a ``: ping`` comment.
-        stream_queue: events buffered per stream client before it is disconnected.
+        stream_queue: events buffered per stream client before it is disconnected;
+            above the largest commit (10,000 entries per ingest, 2,048 per replicated
+            transaction), so that one commit never cuts off a client that keeps up.
+            Events are shared by every client (agent/node/fanout.py): a client's
+            queue holds references, 128 KiB at most.
         stream_write_timeout: seconds one write to a stream client may block.
         max_streams: concurrent stream clients.
         stream_page: rows per catch-up query of a resumed stream.
     """
 
     stream_heartbeat: float = 15.0
-    stream_queue: int = 1024
+    stream_queue: int = 16_384
     stream_write_timeout: float = 30.0
     max_streams: int = 128
     stream_page: int = 500

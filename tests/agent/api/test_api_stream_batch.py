@@ -142,3 +142,18 @@ async def test_stream_batches_never_carry_what_the_node_may_not_read(
     hidden = [*sealed, *red]
     assert not any(h.encode() in raw for h in hidden for _, raw in writes.seen)
     assert api.node.ledger.counts().entries == 7  # stored and relayed, never streamed
+
+
+async def test_stream_client_that_keeps_up_survives_a_commit_larger_than_1024(
+        api: Api) -> None:
+    # A replicated transaction holds up to 2,048 entries (agent/peering/ingest.py) and
+    # an ingest up to 10,000: with the default queue one commit never cuts a client
+    # that keeps up (with 1,024 every subscriber was dropped and caught up again).
+    async with open_stream(api) as stream:
+        ids = await ingest_from(api, "ON", [
+            Observation(type="ipv4-addr", value=f"10.{i >> 8}.{i & 255}.1")
+            for i in range(2_100)])
+        got = await stream.events(2_100)
+    assert [e.observation["id"] for e in got] == ids
+    _status, text = await api.call("GET", "/metrics", scope="read")
+    assert "slow_client" not in text
