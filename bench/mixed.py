@@ -55,6 +55,7 @@ from bench.fed import (
     fill_ledger,
     identity,
     ipv4,
+    metric,
     metrics,
     new_federation,
     open_ledger,
@@ -73,6 +74,10 @@ PEER_BASE = 4_000_000
 """Peer entry ``i`` observes ``ipv4(PEER_BASE + i)``; submit ``i`` ``ipv4(SUBMIT_BASE + i)``."""
 SUBMIT_BASE = 8_000_000
 _MAX_EVENT = 64 * 1024
+WORKER_START_S = 30.0  # a guard: past it, the run goes on with in-process lookups
+MAX_CHUNK = 2_000
+"""Entries the peer stores and publishes at once at most (the ledger takes 10,000 per
+ingest; a peer process starved by a loaded machine falls behind its schedule)."""
 
 
 # --- the peer (a helper process) ----------------------------------------------------
@@ -112,6 +117,7 @@ def _peer_main(conn: Connection, data_dir: str, target_url: str, target_key: str
                 start, end, t0 = at, at + n, time.monotonic()
                 while at < end:
                     due = start + min(n, max(1, int((time.monotonic() - t0) * rate)))
+                    due = min(due, at + MAX_CHUNK)  # a starved peer catches up in steps
                     if due > at:
                         chunk = entries[at:due]
                         result = await node.db.ingest(chunk)
@@ -295,6 +301,23 @@ async def _measure(node: FedNode, peer: _Peer, prefill: int, duration: float,
     async with Client(node) as client:
         load = _Load(node, client, prefill)
         await peer.recv(90)  # ready: connected to the node
+        # The first lookup connection starts the read lane's readers; measure once they
+        # take connections (as bench/query.py), else the lookup clients' keep-alive
+        # connections all stay with the node's main process.
+        await client.request("GET", f"/api/v1/indicators/ipv4-addr/{ipv4(0)}")
+        deadline = time.monotonic() + WORKER_START_S
+        while (not metric(await metrics(client), "entraide_read_lane_readers")
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.05)
+        result.params["read_lane_readers"] = int(
+            metric(await metrics(client), "entraide_read_lane_readers"))
+
+        async def work_mark() -> tuple[float, float, float]:
+            """(monotonic, CPU s of the node's main process, stream events written)."""
+            parsed = await metrics(client)
+            pid = node.process.pid  # type: ignore[union-attr]
+            return (time.monotonic(), tree_cpu_seconds(pid)[1],
+                    metric(parsed, "entraide_stream_events_total"))
 
         # 1. Lookups alone.
         lat = await load.lookups(None, lookups_alone)
@@ -344,6 +367,8 @@ async def _measure(node: FedNode, peer: _Peer, prefill: int, duration: float,
         result.add("alone_ingest_per_s", "alone: ingest from the peer", ingest, "entries/s")
         result.add("alone_offered_per_s", "alone: the peer's publish rate", offered,
                    "entries/s")
+        result.add("alone_ingest_main_us", "alone: main-process CPU per ingested entry",
+                   load.cpu["node_main"] / max(ingest, 1) * 1e6, "us")
         log(f"mixed: ingest alone {ingest:,.0f}/s (offered {offered:,.0f}/s)")
 
         # 3. The stream with the submits only; 4. everything at once.
@@ -375,7 +400,14 @@ async def _measure(node: FedNode, peer: _Peer, prefill: int, duration: float,
                 await load.submits(time.monotonic() + duration)
                 return None, []
 
+            mark0 = await work_mark()
             subs, _ = await with_subscribers(stream_alone)
+            mark1 = await work_mark()
+            events = mark1[2] - mark0[2]
+            result.add("alone_stream_events_per_s", "alone: stream events written",
+                       events / (mark1[0] - mark0[0]), "events/s")
+            result.add("alone_stream_main_us", "alone: main-process CPU per event written "
+                       "(submits included)", (mark1[1] - mark0[1]) / max(events, 1) * 1e6, "us")
             lat, missing = _delivery(subs, load.submit_sent)
             result.add("alone_stream_p99_ms", "alone: stream delivery p99 (submits only)",
                        percentile(lat, 0.99) * 1000, "ms")
@@ -388,7 +420,11 @@ async def _measure(node: FedNode, peer: _Peer, prefill: int, duration: float,
                 out = await ingest_window([load.lookups(until, 0), load.submits(until)])
                 return out, list(_peer_times(out[2][0]))
 
+            mark0 = await work_mark()
             subs, (ingest, offered, (chunks, lat, _)) = await with_subscribers(everything)
+            mark1 = await work_mark()
+            result.add("stream_events_per_s", "mixed: stream events written (window and "
+                       "after)", (mark1[2] - mark0[2]) / (mark1[0] - mark0[0]), "events/s")
         result.params["mixed_cores"] = {k: round(v, 2) for k, v in load.cpu.items()}
         result.add("node_cores", "mixed: cores the node used (workers included)",
                    load.cpu["node"], "cores")
@@ -397,6 +433,8 @@ async def _measure(node: FedNode, peer: _Peer, prefill: int, duration: float,
         result.add("bench_cores", "mixed: cores the clients' process used", load.cpu["bench"],
                    "cores")
         parsed = await metrics(client)
+        result.params["read_lane_connections"] = int(
+            metric(parsed, "entraide_read_lane_connections_total"))
         result.params["stream_disconnect_reasons"] = {
             dict(k).get("reason", ""): v for k, v in
             parsed.get("entraide_stream_disconnects_total", {}).items()}
