@@ -38,12 +38,15 @@ import os
 import random
 import shutil
 import sqlite3
+import subprocess
 import sys
 import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from agent.cli.localfed import child_pids, wait_idle
 from agent.config.datadir import DataDir
@@ -60,7 +63,7 @@ from bench.fed import (
     open_ledger,
 )
 from bench.httpload import run_load
-from bench.query import _body, _lookup_check
+from bench.query import _body
 from protocol.entries import TLP, VerifiedEntry, sign_entry
 
 ORIGINS = 200
@@ -143,7 +146,7 @@ async def _build_ledger(node: FedNode, total: int, log: Any) -> dict[str, float]
                         f"({done / (time.perf_counter() - start):,.0f}/s)")
     seconds = time.perf_counter() - start
     return {"build_s": seconds, "build_per_s": done / seconds, "wire_bytes": wire,
-            "observations": done}
+            "observations": done, "distinct": distinct}
 
 
 def _cache_root() -> Path:
@@ -179,6 +182,52 @@ def _biggest(path: Path, n: int = 8) -> list[tuple[str, int]]:
     finally:
         conn.close()
     return [(str(name), int(size)) for name, size in rows]
+
+
+def _wire_bytes(path: Path) -> int:
+    """The wire bytes of every entry in the ledger file, from the stored parts: an
+    entry is ``encode([header, body])`` (protocol/entries.py ``split_entry``)."""
+    framing = ("(CASE WHEN length({0}) < 256 THEN 2 WHEN length({0}) < 65536 THEN 3 "
+               "ELSE 5 END + length({0}))")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = conn.execute(f"SELECT sum(1 + {framing.format('header')} + coalesce("
+                           f"{framing.format('body')}, 1)) FROM entries").fetchone()
+    finally:
+        conn.close()
+    return int(row[0] or 0)
+
+
+def finalize(building: Path, started: float) -> Path:
+    """Keep a build that was stopped before the end (a deadline): its ledger holds the
+    chains stored so far (the last one possibly a prefix), a real ledger of fewer
+    observations, cached as ``bigledger-<stored>-s<schema>`` and marked partial."""
+    path = building / "l" / "ledger.sqlite3"
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        stored = int(conn.execute("SELECT count(*) FROM entries").fetchone()[0])
+    finally:
+        conn.close()
+    total = int(building.name.split("-")[1])
+    ident = json.loads(subprocess.run(
+        [sys.executable, "-m", "agent.cli", "id", "--json", "--data-dir", str(building / "l")],
+        capture_output=True, text=True, check=True).stdout)
+    token = json.loads(subprocess.run(
+        [sys.executable, "-m", "agent.cli", "token", "create", "--scope", "admin", "--name",
+         "bigledger", "--json", "--data-dir", str(building / "l")],
+        capture_output=True, text=True, check=True).stdout)["token"]
+    seconds = path.stat().st_mtime - started
+    meta = {"key": ident["key"], "token": token, "schema": SCHEMA_VERSION,
+            "build_s": seconds, "build_per_s": stored / seconds,
+            "wire_bytes": _wire_bytes(path), "observations": stored,
+            "distinct": total // SHARING, "partial_of": total,
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(path.stat().st_mtime))}
+    (building / "bigledger.json").write_text(json.dumps(meta, indent=2) + "\n",
+                                             encoding="utf-8")
+    root = building.parent / f"bigledger-{stored}-s{SCHEMA_VERSION}"
+    building.rename(root)
+    return root
 
 
 def _federation(root: Path) -> tuple[LocalFederation, dict[str, Any]]:
@@ -269,7 +318,18 @@ def _start_timed(fed: LocalFederation, lookup: str) -> tuple[float, float]:
 async def _lookups(node: FedNode, distinct: int, lookups: int, result: Result) -> None:
     rng = random.Random(20)
     auth = [("Authorization", f"Bearer {node.token}")]
-    check = _lookup_check(SHARING)
+    prefix = len("/api/v1/indicators/ipv4-addr/")
+
+    def check(path: str, body: bytes) -> None:
+        """As the query scenario's check, 1 to ``SHARING`` origins (a stopped build)."""
+        doc = orjson.loads(body)
+        value = path[prefix:]
+        if doc["type"] != "ipv4-addr" or doc["value"] != value:
+            raise ValueError(f"answered for {doc['type']}/{doc['value']}")
+        if not 1 <= len(doc["origins"]) <= SHARING or doc["count"] != len(doc["observations"]):
+            raise ValueError(f"{len(doc['origins'])} origins, count {doc['count']}")
+        if any(o["value"] != value for o in doc["observations"]):
+            raise ValueError("an observation of another value")
 
     def paths(n: int) -> list[str]:
         return [f"/api/v1/indicators/ipv4-addr/{_value(rng.randrange(distinct))}"
@@ -349,14 +409,18 @@ def _catch_up(ctx: Context, fed: LocalFederation, total: int, result: Result) ->
 
 def run(ctx: Context) -> Result:
     total = int(os.environ.get("BENCH_BIGLEDGER_OBS", 100_000 if ctx.quick else 10_000_000))
-    if total % ORIGINS or total < ORIGINS * SHARING:
+    cached = (_cache_root() / f"bigledger-{total}-s{SCHEMA_VERSION}" / "bigledger.json").exists()
+    if not cached and (total % ORIGINS or total < ORIGINS * SHARING):
         raise ValueError(f"BENCH_BIGLEDGER_OBS must be a multiple of {ORIGINS}")
     lookups = 1_000 if ctx.quick else 10_000
-    distinct = total // SHARING
     result = Result("bigledger", params={"observations": total, "origins": ORIGINS,
-                                         "distinct_values": distinct, "clients": CLIENTS,
-                                         "lookups": lookups})
+                                         "clients": CLIENTS, "lookups": lookups})
     fed, meta = _prepare(ctx, total, result)
+    distinct = int(meta["distinct"])
+    result.params["distinct_values"] = distinct
+    if "partial_of" in meta:
+        result.notes.append(f"a build of {meta['partial_of']:,} stopped at {total:,}: every "
+                            f"value is observed by 1-{SHARING} origins")
     node = fed["L"]
     result.params["build_s"] = round(meta["build_s"], 1)
     result.add("build_per_s", "ledger build (2 signing processes, batched ingest)",
@@ -390,9 +454,14 @@ def run(ctx: Context) -> Result:
 
 
 def main() -> int:
-    """``python -m bench.bigledger`` builds the cached ledger only (no measurement)."""
+    """``python -m bench.bigledger`` builds the cached ledger only (no measurement);
+    ``python -m bench.bigledger finalize DIR STARTED`` keeps a stopped build (DIR the
+    ``.partial-<pid>`` directory, STARTED its start as a Unix time)."""
     from bench.common import stderr_log
 
+    if sys.argv[1:2] == ["finalize"]:
+        print(finalize(Path(sys.argv[2]), float(sys.argv[3])))
+        return 0
     total = int(os.environ.get("BENCH_BIGLEDGER_OBS", 10_000_000))
     ctx = Context(quick=False, workdir=Path("/tmp"), log=stderr_log)
     _prepare(ctx, total, Result("bigledger"))
