@@ -111,26 +111,41 @@ def _check_depth_and_types(value: Any, depth: int, max_depth: int) -> None:
     With floats gone and map keys strictly sorted here, re-packing the decoded value
     as is reproduces the input exactly when (and only when) every header and integer
     used its shortest form: that is the final check in :func:`decode`.
+
+    A value is nested at ``depth``; anything at a depth over ``max_depth`` is refused.
+    msgpack builds exactly ``list``, ``dict``, ``float`` and scalar types, so items are
+    told apart by ``type()`` and only containers recurse: an entry header (an array of
+    eleven scalars and one small array) costs two calls, not twelve.
     """
     if depth > max_depth:
         raise EncodingError("nested too deeply")
-    if isinstance(value, float):
+    kind = type(value)
+    if kind is float:
         raise EncodingError("floats are not allowed")
-    if isinstance(value, list):
-        for item in value:
-            _check_depth_and_types(item, depth + 1, max_depth)
-    elif isinstance(value, dict):
+    if kind is dict:
         previous: bytes | None = None
-        for key, item in value.items():
+        for key in value:
             # msgpack's strict_map_key lets binary keys through: refused here (a binary
             # key raised AttributeError out of decode; found by the fuzzer).
-            if not isinstance(key, str):
+            if type(key) is not str:
                 raise EncodingError("map keys must be strings")
             encoded = key.encode("utf-8")
             if previous is not None and encoded <= previous:
                 raise EncodingError("map keys are not sorted")
             previous = encoded
+        items = value.values()
+    elif kind is list:
+        items = value
+    else:
+        return
+    if items and depth >= max_depth:
+        raise EncodingError("nested too deeply")  # its items are deeper than allowed
+    for item in items:
+        inner = type(item)
+        if inner is list or inner is dict:
             _check_depth_and_types(item, depth + 1, max_depth)
+        elif inner is float:
+            raise EncodingError("floats are not allowed")
 
 
 def _packb(value: Any) -> bytes:
