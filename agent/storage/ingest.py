@@ -192,6 +192,15 @@ class LedgerIngest(LedgerCore):
             tally.refuse(group, "origin is quarantined after a fork")
             return
         state = batch.origin(key)
+        if (group[0].seq == state.head_seq + 1 and group[-1].seq - group[0].seq == len(group) - 1
+                and not self._ahead.count(key.raw)):
+            # The bulk case (catch-up): the group extends the head with consecutive seqs
+            # (so one entry per seq: no duplicate, no fork) and nothing waits ahead.
+            # Same verdicts as the loop below: a link that fails is refused, and so is
+            # each one after it (they no longer extend the head).
+            for entry in group:
+                self._extend(batch, state, entry, records.get(entry.hash, _UNDECODED), tally)
+            return
         known: dict[int, bytes] = {}
         low = [e.seq for e in group if e.seq <= state.head_seq]
         if low and current is not None:
