@@ -247,8 +247,8 @@ class LedgerCore:
             # ``_execute`` is how its own methods get there (no public equivalent).
             on_thread = cast(Callable[..., Awaitable[None]], db._execute)
             await on_thread(_commit, db._conn, batch, full)
-        except sqlite3.Error as exc:
-            raise StorageError(f"ledger write failed: {exc}") from exc
+        except (sqlite3.Error, OSError) as exc:
+            raise write_failed(exc) from exc  # a full disk is StorageFullError (507)
         self._install(batch)
 
     def _install(self, batch: Batch) -> None:

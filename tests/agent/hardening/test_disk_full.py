@@ -17,7 +17,10 @@ import pytest
 
 from agent.errors import StorageError, StorageFullError
 from agent.storage.core import write_failed
+from agent.storage.ledger import Ledger
+from protocol.keys import Identity, PublicKey
 from tests.agent._api_helpers import ip, obs, running_api
+from tests.agent.nodes import make_entries
 
 SIZE = "8m"
 
@@ -98,6 +101,31 @@ async def test_full_disk_is_507_and_nothing_half_written(tmp_path: Path) -> None
             status, verify = await api.call("GET", "/api/v1/ledger/verify")
             assert status == 200 and verify["ok"] is True, verify
             assert api.node.ledger.counts().entries == before.entries + 50
+
+
+async def test_full_disk_ingest_acknowledges_nothing_it_did_not_store(tmp_path: Path) -> None:
+    """Entries from a peer on a full disk: refused whole, and the version vector (what
+    the node tells its peers it holds) does not move until they are stored."""
+    me, alice = Identity(b"m" * 32), Identity(b"a" * 32)
+
+    def trusted(key: PublicKey) -> bool:
+        return key == alice.public_key
+
+    with small_disk(tmp_path / "disk") as disk:
+        async with await Ledger.open(disk / "ledger.sqlite3", identity=me,
+                                     is_trusted_origin=trusted) as ledger:
+            first = make_entries(alice, 10)
+            await ledger.ingest(first)
+            vector = ledger.version_vector()
+            more = make_entries(alice, 500, head=(first[-1].seq, first[-1].hash))
+            filler = fill(disk)
+            with pytest.raises(StorageFullError):
+                await ledger.ingest(more)
+            assert ledger.version_vector() == vector
+            assert ledger.counts().entries == 10
+            filler.unlink()
+            await ledger.ingest(more)
+            assert ledger.version_vector()[alice.public_key][0] == 510
 
 
 def test_write_failed_tells_a_full_disk_from_other_failures() -> None:
