@@ -56,6 +56,8 @@ the ``Unknown*`` ones also derive from ``LookupError``.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from protocol.errors import EncodingError, EntraideError
 
 __all__ = [
@@ -119,6 +121,12 @@ class StorageFullError(StorageError):
     """A write failed because the disk holding the ledger is full (SQLite's
     ``SQLITE_FULL``, the OS's ``ENOSPC``). The transaction was rolled back: nothing of
     it is stored, reads still work, and the same write succeeds once space is freed."""
+
+    MESSAGE: ClassVar[str] = ("the disk holding the ledger is full: nothing was stored; "
+                              "free space and retry")
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.MESSAGE)
 
 
 class UntrustedPeerError(EntraideError):

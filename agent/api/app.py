@@ -16,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -376,6 +377,15 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         log.exception("unexpected error on %s %s", request.method,
                       loggable_path(request.path))
         return _error(500, "internal", f"{type(exc).__name__}: {exc}", request=request)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:  # peers.toml & co. on a full disk, as the ledger
+            log.error("request %s %s failed: %s", request.method,
+                      loggable_path(request.path), exc)
+            return _error(507, "storage_full", StorageFullError.MESSAGE, request=request)
+        log.exception("unexpected error on %s %s", request.method,
+                      loggable_path(request.path))
+        return _error(500, "internal", "internal error (see the node's log)",
+                      request=request)
     except Exception:
         log.exception("unexpected error on %s %s", request.method,
                       loggable_path(request.path))

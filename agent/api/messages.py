@@ -47,7 +47,7 @@ TEMPLATES = (
     N_("invalid cursor for a list ordered by time"),
     N_("the node is not started"),
     N_("the node is shutting down"),
-    # agent/storage/core.py (a full disk: 507 storage_full)
+    # agent/errors.py StorageFullError (a full disk: 507 storage_full)
     N_("the disk holding the ledger is full: nothing was stored; free space and retry"),
     # agent/config/trust.py, protocol/cards.py (the trust list, API and CLI alike)
     N_("peer {name} has this node's own key; a node does not trust itself"),

@@ -56,7 +56,7 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-FULL_MESSAGE = "the disk holding the ledger is full: nothing was stored; free space and retry"
+FULL_MESSAGE = StorageFullError.MESSAGE
 
 
 def write_failed(exc: BaseException, what: str = "ledger write failed") -> StorageError:

@@ -19,7 +19,7 @@ from agent.errors import StorageError, StorageFullError
 from agent.storage.core import write_failed
 from agent.storage.ledger import Ledger
 from protocol.keys import Identity, PublicKey
-from tests.agent._api_helpers import ip, obs, running_api
+from tests.agent._api_helpers import identity, ip, obs, running_api
 from tests.agent.nodes import make_entries
 
 SIZE = "8m"
@@ -92,6 +92,12 @@ async def test_full_disk_is_507_and_nothing_half_written(tmp_path: Path) -> None
             assert status in (200, 404)
             status, _ = await api.call("GET", "/api/v1/health", scope=None)
             assert status == 200
+            # peers.toml on the same full disk: 507 too, and the trust list unchanged.
+            status, body = await api.call("POST", "/api/v1/peers", json_body={
+                "name": "NB", "key": identity("NB").public_key.text})
+            assert status == 507 and body["error"]["code"] == "storage_full", body
+            status, peers = await api.call("GET", "/api/v1/peers")
+            assert status == 200 and "NB" not in {p["name"] for p in peers["peers"]}
 
             # Space back: the same write goes through, and the chain verifies.
             filler.unlink()
