@@ -157,6 +157,8 @@ class Chaos:
         self.stopped: set[str] = set()
         self.down: set[str] = set()
         self.busy: set[str] = set()                    # nodes under a process fault
+        self.restarts = 0
+        self.restart_failures: list[str] = []
         self.sat_lag: list[float] = []                  # vector lag samples, seconds
         self.acked_seq: dict[tuple[str, int], float] = {}  # (node, seq) → ack time
         self.origin_of: dict[str, str] = {}             # node → its origin key (hex)
@@ -273,9 +275,13 @@ class Chaos:
 
     async def wait_healthy(self, session: aiohttp.ClientSession, name: str,
                            timeout: float) -> bool:
+        """True once node ``name`` answers health; False after ``timeout`` seconds or as
+        soon as its process has exited."""
         node = self.fed[name]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if node.process is not None and node.process.poll() is not None:
+                return False
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
                 async with session.get(self.api(node) + "/api/v1/health",
                                        timeout=aiohttp.ClientTimeout(total=3)) as r:
@@ -283,6 +289,18 @@ class Chaos:
                         return True
             await asyncio.sleep(0.2)
         return False
+
+    async def restart(self, session: aiohttp.ClientSession, name: str, why: str) -> None:
+        """Start node ``name`` again and wait until it answers health (60 s at most);
+        a restart that does not come back is noted for the report."""
+        self.restarts += 1
+        self.start_node(name)
+        if not await self.wait_healthy(session, name, 60):
+            proc = self.fed[name].process
+            status = proc.poll() if proc is not None else None
+            self.restart_failures.append(
+                f"{name} after {why}: " + (f"exited with status {status}" if status is not None
+                                          else "no health answer within 60 s"))
 
     # -- load
 
@@ -448,8 +466,7 @@ class Chaos:
             self.kill_node(victim)
             what = f"{victim}: kill -9, restarted {length:.0f} s later"
             await asyncio.sleep(length)
-            self.start_node(victim)
-            await self.wait_healthy(session, victim, 60)
+            await self.restart(session, victim, "kill -9")
             self.down.discard(victim)
         elif kind == "sigstop":
             proc = self.fed[victim].process
@@ -467,8 +484,7 @@ class Chaos:
                 self.down.add(victim)
                 self.kill_node(victim)
                 self.skewed.add(victim)
-                self.start_node(victim)
-                await self.wait_healthy(session, victim, 60)
+                await self.restart(session, victim, "a clock skew")
                 self.down.discard(victim)
                 what = f"{victim}: restarted with its clock 150 s ahead (libfaketime), " \
                        f"then back to the true time {length:.0f} s later"
@@ -476,8 +492,7 @@ class Chaos:
                 self.down.add(victim)
                 self.kill_node(victim)
                 self.skewed.discard(victim)
-                self.start_node(victim)
-                await self.wait_healthy(session, victim, 60)
+                await self.restart(session, victim, "its clock back")
                 self.down.discard(victim)
         elif kind == "enospc":
             if self.tmpfs is None:
@@ -582,7 +597,9 @@ class Chaos:
         wedged: list[str] = []
         for node in self.fed.nodes:
             if not await self.wait_healthy(session, node.name, max(left(), 1.0)):
-                wedged.append(f"{node.name}: no health answer")
+                status = node.process.poll() if node.process is not None else None
+                wedged.append(f"{node.name}: no health answer" + (
+                    f" (exited with status {status})" if status is not None else ""))
                 continue
             self._seq += 1
             while not await self._submit_one(session, node, self._seq):
@@ -658,6 +675,9 @@ class Chaos:
                       f"{outages} outages, caught up after " + ", ".join(
                           f"{c:.1f} s" for c in self.catchups) if caught else
                       f"{len(self.catchups)} of {outages} outages caught up before the end")
+        rep.check("every restart came back", not self.restart_failures,
+                  f"{self.restarts} restarts (kill -9, clock skew), each answered health"
+                  if not self.restart_failures else "; ".join(self.restart_failures))
         rep.check("submits acknowledged", len(ids) > 0,
                   f"{len(ids)} acknowledged, {sum(self.submit_errors.values())} failed")
         rep.figures["acknowledged submits"] = len(ids)

@@ -28,7 +28,8 @@ def test_short_chaos_run_keeps_its_invariants(tmp_path: Path) -> None:
     names = [name for name, _ok, _detail in report.checks]
     for invariant in ("no node wedged", "no acknowledged entry lost",
                       "identical version vectors", "ledger verify ok",
-                      "healed within the deadline", "memory bounded"):
+                      "healed within the deadline", "memory bounded",
+                      "every restart came back"):
         assert invariant in names
     in_netns = unavailable_reason() is None
     assert report.figures["network"].startswith("namespaces" if in_netns else "loopback")
