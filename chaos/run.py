@@ -99,6 +99,19 @@ def _start_time(event: str) -> float:
         return 0.0
 
 
+def _vector_diff(vectors: dict[str, dict[str, tuple[int, str]]]) -> str:
+    """The origins whose head seq differs between nodes, at most three, e.g.
+    ``origin 1A2B3C4D: QC 12, ON 11``."""
+    parts = []
+    for origin in sorted({o for v in vectors.values() for o in v}):
+        heads = {name: v.get(origin, (0, ""))[0] for name, v in sorted(vectors.items())}
+        if len(set(heads.values())) > 1 or len({v.get(origin) for v in vectors.values()}) > 1:
+            fork = " (same seq, different hashes)" if len(set(heads.values())) == 1 else ""
+            parts.append(f"origin {origin[:8]}: " + ", ".join(
+                f"{name} {seq}" for name, seq in heads.items()) + fork)
+    return "; ".join(parts[:3]) or "no ledger could be read"
+
+
 def node_specs(profile: Profile) -> list[tuple[str, str]]:
     """(name, jurisdiction) of the profile's nodes; the satellite node last."""
     specs = NAMES[:profile.nodes - (1 if profile.satellite else 0)]
@@ -617,7 +630,7 @@ class Chaos:
         same_at: float | None = None
         lost: dict[str, set[str]] = {}
         vectors: dict[str, dict[str, tuple[int, str]]] = {}
-        bad: list[str] = ["not run"]
+        bad: list[str] = ["not run: the vectors were never identical"]
         while True:
             self._sample_rss()
             try:
@@ -627,7 +640,8 @@ class Chaos:
                 lost = {"?": {f"ledger read: {exc}"}}
             same = len({json.dumps(v, sort_keys=True) for v in vectors.values()}) == 1
             if same and not any(lost.values()):
-                same_at = same_at or time.monotonic() - t_heal
+                if same_at is None:
+                    same_at = time.monotonic() - t_heal
                 bad = await self._verify(session)
                 if not bad:
                     healed_at = time.monotonic() - t_heal
@@ -644,7 +658,7 @@ class Chaos:
         rep.check("identical version vectors", same_at is not None,
                   f"{n_origins} origins, identical on every node {same_at:.1f} s after "
                   f"healing ({limit})" if same_at is not None else
-                  f"not within {self.p.heal_deadline:.0f} s: heads differ")
+                  f"not within {self.p.heal_deadline:.0f} s: {_vector_diff(vectors)}")
         rep.check("ledger verify ok", not bad,
                   "every node" if not bad else "; ".join(bad))
         rep.check("healed within the deadline", healed_at is not None,
@@ -656,7 +670,7 @@ class Chaos:
         self._sample_rss()
         over = {k: v for k, v in self.rss_peak.items() if v > self.p.rss_limit_mb}
         rep.check("memory bounded", not over and bool(self.rss_peak),
-                  f"peak RSS per node (with its workers) under {self.p.rss_limit_mb:.0f} MB: "
+                  f"peak RSS per node (with its workers), cap {self.p.rss_limit_mb:.0f} MB: "
                   + ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(self.rss_peak.items())))
         if self.p.satellite:
             lag = sorted(self.sat_lag)
