@@ -4,7 +4,8 @@ which tests/agent/api/test_api_fuzz.py leaves out.
 - ``GET /api/v1/stream`` never ends by itself, and schemathesis reads a whole answer
   before checking it. Each case is sent with the request schemathesis built, read as a
   stream: an error answer (finite JSON) is read and checked like any other; a 200 is
-  checked on its status and content type, then closed without waiting for events.
+  checked on its status, its content type and its first block of Server-Sent Events,
+  then closed without waiting for events.
 - ``POST /api/v1/key/rotate`` and ``POST /api/v1/peers/{name}/compromised`` change the
   node (its key, its trust list): they run against a node of their own, made for this
   module, after the stream's cases.
@@ -65,6 +66,22 @@ def _documented(op: Any) -> set[int]:
     return {int(code) for code in op.definition.raw["responses"]}
 
 
+def _first_block(response: requests.Response, where: str) -> None:
+    """Read the stream's first block (up to its blank line) and check it is Server-Sent
+    Events; then the caller closes. Events may never come, but the node opens every
+    stream with a block of its own (``retry:`` and a comment)."""
+    block = b""
+    for byte in response.iter_content(chunk_size=1):
+        block += byte
+        if block.endswith(b"\n\n") or len(block) > 4096:
+            break
+    assert block.endswith(b"\n\n"), f"{where}: {block[:200]!r}"
+    for line in block.decode("utf-8").splitlines():
+        field = line.split(":", 1)[0]
+        assert line == "" or field in ("", "retry", "event", "id", "data"), \
+            f"{where}: not an SSE line: {line[:200]!r}"
+
+
 @pytest.mark.parametrize("scope", SCOPES)
 def test_stream_answers_as_documented(node: tuple[str, dict[str, str]],
                                       scope: str | None) -> None:
@@ -88,9 +105,9 @@ def test_stream_answers_as_documented(node: tuple[str, dict[str, str]],
                 assert response.status_code in statuses, where
                 seen.add(response.status_code)
                 if response.status_code == 200:
-                    # Events may never come: the head is the answer's contract.
                     assert response.headers["Content-Type"].startswith(
                         "text/event-stream"), where
+                    _first_block(response, where)
                     return
                 assert response.headers["Content-Type"].startswith("application/json"), where
                 response.content  # noqa: B018 - an error answer is finite: read it whole
