@@ -141,16 +141,16 @@ class _Stream:
                 if row["retracted"] and not self.include_retracted:
                     continue
                 parts += (_EVENT, position.encode("ascii"), _DATA, dumps_bytes(row), _END)
-            await self._send(parts)
+            await self._send(parts, len(parts) // 5)
             if page.next is None:
                 return base, len(items), {row["id"] for row in items}
             base, skip = page.next, 0
 
-    async def _send(self, parts: list[bytes]) -> None:
-        """Write the events in ``parts`` (five parts each) at once, and count them."""
+    async def _send(self, parts: list[bytes], events: int) -> None:
+        """Write ``parts`` (``events`` events) at once, and count the events."""
         if parts:
             await self.write(b"".join(parts))
-            self.state.stream_events.inc(len(parts) // 5)
+            self.state.stream_events.inc(events)
 
     def matches(self, observation: dict[str, Any]) -> bool:
         f = self.filters
@@ -171,9 +171,9 @@ class _Stream:
     async def live(self, feed: ObservationFeed, base: str, recent: set[str]) -> None:
         """Send the feed's events after ``base`` (and not in ``recent``) that match the
         filters: what is queued when the client wakes goes in one write (at most
-        STREAM_BATCH events), each event's JSON encoded once for every client
-        (agent/node/fanout.py SharedEvent); ``: ping`` after ``stream_heartbeat`` s of
-        silence.
+        STREAM_BATCH events), each event's SSE block encoded once for every client
+        (agent/node/fanout.py SharedEvent.frame); ``: ping`` after
+        ``stream_heartbeat`` s of silence.
 
         Raises:
             _Disconnect: the feed ended (slow_client, shutdown), or a write timed out.
@@ -194,8 +194,12 @@ class _Stream:
                     continue
                 if not self.unfiltered and not self.matches(observation):
                     continue
-                parts += (_EVENT, event.cursor.encode("ascii"), _DATA, event.json(), _END)
-            await self._send(parts)
+                frame = event.frame
+                if frame is None:  # the first client to send it encodes it for all
+                    frame = event.frame = b"".join(
+                        (_EVENT, event.cursor.encode("ascii"), _DATA, event.json(), _END))
+                parts.append(frame)
+            await self._send(parts, len(parts))
 
 
 _FILTERS = ("type", "value", "origin", "tlp", "since", "until")

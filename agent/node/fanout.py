@@ -52,9 +52,11 @@ class SharedEvent:
         cursor: its position (an SSE ``id:``, a Last-Event-ID).
         number: the row number inside ``cursor``.
         observation: the ledger's fields (no ``origin_name``); what filters read.
+        frame: the consumer's whole encoding of the event (the stream's SSE block),
+            set by the first consumer that sends it, reused by the others (None before).
     """
 
-    __slots__ = ("_decorate", "_json", "cursor", "number", "observation")
+    __slots__ = ("_decorate", "_json", "cursor", "frame", "number", "observation")
 
     def __init__(self, event: ObservationEvent, decorate: Decorate) -> None:
         self.cursor = event.cursor
@@ -62,6 +64,7 @@ class SharedEvent:
         self.observation = event.observation
         self._decorate = decorate
         self._json: bytes | None = None
+        self.frame: bytes | None = None
 
     def json(self) -> bytes:
         """The observation as the API shows it (decorated), compact UTF-8 JSON; computed
