@@ -148,7 +148,14 @@ class PeerSessions:
         ws = web.WebSocketResponse(
             heartbeat=self.transport.heartbeat, max_msg_size=self.transport.max_msg_size,
             compress=False, autoping=True, timeout=self.transport.close_grace)
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except ConnectionResetError:
+            # The peer went away before the 101 was written: an ordinary end of
+            # connection (aiohttp would log a server-error traceback per connection).
+            # The answer cannot be sent; aiohttp drops it quietly.
+            log.debug("inbound %s gone during the upgrade", source)
+            return web.Response(status=400, text="connection closed\n")
         session = Session(self.identity, initiator=False, is_trusted=self.peers.is_trusted,
                           ephemeral_seed=self._randbytes(32))
         link = PeerLink(ws, session, outbound=False, name=f"inbound {request.remote}",
