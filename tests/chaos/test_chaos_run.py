@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_short_chaos_run_keeps_its_invariants(tmp_path: Path) -> None:
-    profile = Profile("test", nodes=4, duration=30.0, fault_every=4.5, fault_length=3.5,
+    profile = Profile("test", nodes=4, duration=25.0, fault_every=3.5, fault_length=3.0,
                       faults=("reset", "kill", "half_open", "sigstop", "blackhole",
                               "latency"),
                       submit_rate=3.0, heal_deadline=150.0, rss_limit_mb=600.0, seed=17)
