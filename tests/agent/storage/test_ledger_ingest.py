@@ -164,6 +164,24 @@ async def test_ingest_refuses_an_entry_that_breaks_the_chain(ledger: Ledger) -> 
     assert "prev" in result.refusals[0].reason
 
 
+async def test_ingest_refuses_a_consecutive_run_from_its_broken_link_on(ledger: Ledger) -> None:
+    # Consecutive seqs from the head with nothing held ahead (catch-up's fast path): a
+    # broken link in the middle refuses it and every entry after it, nothing else.
+    entries = chain(ALICE, 4)
+    stray = sign_entry(ALICE, seq=3, prev=bytes(32), now_ms=1, tlp=TLP.GREEN, audience=None,
+                       body=encode_payload(observation()))
+    after = sign_entry(ALICE, seq=4, prev=stray.hash, now_ms=2, tlp=TLP.GREEN, audience=None,
+                       body=encode_payload(observation()))
+    result = await ledger.ingest([*entries[:2], stray, after])
+    assert (result.stored, result.refused, result.forks) == (2, 2, 0)
+    assert [r.seq for r in result.refusals] == [3, 4]
+    assert all(r.reason.startswith("chain:") for r in result.refusals)
+    assert ledger.head(ALICE.public_key) == head_of(entries[:2])
+    result = await ledger.ingest(entries[2:])
+    assert (result.stored, result.refused) == (2, 0)
+    assert (await ledger.verify()).ok
+
+
 async def test_ingest_detects_a_fork_with_a_stored_entry(ledger: Ledger) -> None:
     entries = chain(ALICE, 5)
     await ledger.ingest(entries[:3])
