@@ -16,15 +16,36 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.errors import NodeStoppingError
+from agent.metrics import Registry
 from agent.node.author import Author, Built
 from agent.storage.ledger import MAX_APPEND_BATCH, Head, Ledger, OwnDraft
 from protocol.entries import VerifiedEntry
 from protocol.errors import OversizeError
 
-__all__ = ["MAX_QUEUED_ENTRIES", "GroupCommitter"]
+__all__ = ["MAX_QUEUED_ENTRIES", "CommitMetrics", "GroupCommitter"]
 
 MAX_QUEUED_ENTRIES = 4 * MAX_APPEND_BATCH
 """Entries queued for the committer before submitters wait for room."""
+
+
+class CommitMetrics:
+    """What the group committer did: own entries committed, and entries and
+    submissions per durable commit (how much grouping there was)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._entries = registry.counter(
+            "entraide_local_entries_total", "Own entries committed (signed by this node).")
+        self._sizes = registry.histogram(
+            "entraide_commit_entries", "Own entries per durable commit (group commit size).",
+            buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000))
+        self._submitters = registry.histogram(
+            "entraide_commit_submissions", "Submissions coalesced into one durable commit.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+
+    def committed(self, entries: int, submissions: int) -> None:
+        self._entries.inc(entries)
+        self._sizes.observe(entries)
+        self._submitters.observe(submissions)
 
 
 @dataclass

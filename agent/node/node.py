@@ -43,11 +43,11 @@ from agent.errors import (
     UnknownForkError,
 )
 from agent.jsoncodec import dumps_bytes
-from agent.metrics import Counter, Histogram, MetricFamily, Registry
+from agent.metrics import MetricFamily, Registry
 from agent.node import about, views
 from agent.node.aid import NodeAid
 from agent.node.author import Author
-from agent.node.committer import MAX_QUEUED_ENTRIES, GroupCommitter
+from agent.node.committer import MAX_QUEUED_ENTRIES, CommitMetrics, GroupCommitter
 from agent.node.erasure import NodeErasure
 from agent.node.fanout import ObservationFanout, ObservationFeed
 from agent.node.keys import KeyRotation
@@ -152,14 +152,7 @@ class Node:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
         self._stopped = False
-        self._entries_out: Counter = self.metrics.counter(
-            "entraide_local_entries_total", "Own entries committed (signed by this node).")
-        self._commits: Histogram = self.metrics.histogram(
-            "entraide_commit_entries", "Own entries per durable commit (group commit size).",
-            buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000))
-        self._commit_submitters: Histogram = self.metrics.histogram(
-            "entraide_commit_submissions", "Submissions coalesced into one durable commit.",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self._commit_metrics = CommitMetrics(self.metrics)
         self.members = Membership(self.data_dir, self.metrics, self._trust_applied,
                                   poll_interval=trust_poll_interval)
         self.aid = NodeAid(self, self.metrics)  # mutual aid (agent/node/aid.py)
@@ -446,9 +439,7 @@ class Node:
         return ids
 
     def _committed(self, entries: list[VerifiedEntry], submissions: int) -> None:
-        self._entries_out.inc(len(entries))
-        self._commits.observe(len(entries))
-        self._commit_submitters.observe(submissions)
+        self._commit_metrics.committed(len(entries), submissions)
         try:
             self._replication.publish(entries)
         except Exception:
