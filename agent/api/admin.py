@@ -8,6 +8,9 @@ later entries are refused. Clearing a fork lifts its origin's quarantine at once
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from aiohttp import web
 
 from agent.api.models import PeerAdd, PeerUpdate
@@ -21,6 +24,20 @@ from protocol.errors import KeyFormatError
 
 __all__ = ["add_peer", "clear_fork", "get_peer", "list_forks", "list_peers", "remove_peer",
            "status", "update_peer", "verify_ledger"]
+
+
+@contextlib.contextmanager
+def _peer_input() -> Iterator[None]:
+    """A bad card or peer field in a request body is 422 ``invalid`` (a ConfigError's
+    subclasses keep their own mapping: a duplicate name is 409)."""
+    try:
+        yield
+    except KeyFormatError as exc:
+        raise ApiError(422, "invalid", f"bad peer card: {exc}") from exc
+    except ConfigError as exc:
+        if type(exc) is not ConfigError:
+            raise
+        raise ApiError(422, "invalid", str(exc)) from exc
 
 
 async def status(request: web.Request) -> web.Response:
@@ -46,19 +63,13 @@ async def add_peer(request: web.Request) -> web.Response:
     if not isinstance(data, dict):
         raise ApiError(422, "invalid", "the body must be a JSON object")
     body = PeerAdd.model_validate(data)
-    try:
+    with _peer_input():
         if body.card is not None:
             entry = PeerEntry.from_card(parse_card(body.card), body.jurisdiction)
         else:
             assert body.name is not None and body.key is not None
             entry = PeerEntry.build(name=body.name, key=body.key, url=body.url,
                                     jurisdiction=body.jurisdiction)
-    except KeyFormatError as exc:
-        raise ApiError(422, "invalid", f"bad peer card: {exc}") from exc
-    except ConfigError as exc:
-        if type(exc) is not ConfigError:
-            raise
-        raise ApiError(422, "invalid", str(exc)) from exc
     await node.add_peer(entry)
     return json_response(node.peer_json(entry), status=201,
                          headers={"Location": f"/api/v1/peers/{entry.name}"})
@@ -76,7 +87,7 @@ async def update_peer(request: web.Request) -> web.Response:
         raise ApiError(422, "invalid", "the body must be a JSON object")
     body = PeerUpdate.model_validate(data)
     url, key = body.url, body.key
-    try:
+    with _peer_input():
         if body.card is not None:
             card = parse_card(body.card)
             if card.name != name:
@@ -84,12 +95,6 @@ async def update_peer(request: web.Request) -> web.Response:
                                                   "differs)"))
             key, url = card.key.text, card.url or ""
         entry = current.updated(url=url, key=key, jurisdiction=body.jurisdiction)
-    except KeyFormatError as exc:
-        raise ApiError(422, "invalid", f"bad peer card: {exc}") from exc
-    except ConfigError as exc:
-        if type(exc) is not ConfigError:
-            raise
-        raise ApiError(422, "invalid", str(exc)) from exc
     await node.members.replace_peer(name, entry)
     return json_response(node.peer_json(entry))
 

@@ -17,7 +17,6 @@ Checks: no 5xx, a status the document lists, and for JSON answers the document's
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,9 +24,7 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from agent.config.tokens import Scope, TokenStore
-from tests.agent._api_helpers import make_data_dir
-from tests.agent.api.test_api_fuzz import CHECKS, EXAMPLES, _Server, _summary
+from tests.agent.api.test_api_fuzz import CHECKS, EXAMPLES, _summary, serve_node
 
 pytestmark = pytest.mark.slow
 
@@ -37,16 +34,7 @@ SCOPES = [None, "read", "write", "admin"]
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     """A throwaway node: the key routes may change its key or its trust list."""
-    root: Path = tmp_path_factory.mktemp("fuzz-api-keys")
-    dd = make_data_dir(root, "QC", ("ON", "FED"))
-    store = TokenStore(dd)
-    tokens = {scope.value: store.create(scope) for scope in Scope}
-    server = _Server(dd)
-    url = server.start()
-    try:
-        yield url, tokens
-    finally:
-        server.close()
+    yield from serve_node(tmp_path_factory, "fuzz-api-keys")
 
 
 def _operation(url: str, operation_id: str) -> Any:

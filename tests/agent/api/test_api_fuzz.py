@@ -96,9 +96,11 @@ class _Server:
         self.thread.join(60)
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
-    root: Path = tmp_path_factory.mktemp("fuzz-api")
+def serve_node(tmp_path_factory: pytest.TempPathFactory,
+               prefix: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A node QC (trusting ON and FED) serving its API, with a token of each scope:
+    its URL and the tokens by scope name (use with ``yield from`` in a fixture)."""
+    root: Path = tmp_path_factory.mktemp(prefix)
     dd = make_data_dir(root, "QC", ("ON", "FED"))
     store = TokenStore(dd)
     tokens = {scope.value: store.create(scope) for scope in Scope}
@@ -108,6 +110,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[s
         yield url, tokens
     finally:
         server.close()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    yield from serve_node(tmp_path_factory, "fuzz-api")
 
 
 def _operations(url: str) -> list[Any]:
