@@ -122,6 +122,7 @@ from agent.web.common import (
     json_response,
     server_header,
 )
+from agent.web.failures import FAILURE_LOG, FailureLog
 from agent.web.openapi import Operation, openapi_document
 from protocol.errors import (
     EncodingError,
@@ -370,7 +371,11 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
             if isinstance(exc, cls):
                 challenge = ({"WWW-Authenticate": 'Bearer realm="entraide"'}
                              if status_code == 401 else None)
-                if status_code >= 500:
+                if status_code == 507:  # a client may retry in a loop: rate-limited
+                    request.config_dict[FAILURE_LOG].error(
+                        code, "request %s %s failed: %s", request.method,
+                        loggable_path(request.path), exc)
+                elif status_code >= 500:
                     log.error("request %s %s failed: %s", request.method,
                               loggable_path(request.path), exc)
                 return _error(status_code, code, str(exc), challenge, request=request)
@@ -379,8 +384,9 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return _error(500, "internal", f"{type(exc).__name__}: {exc}", request=request)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:  # peers.toml & co. on a full disk, as the ledger
-            log.error("request %s %s failed: %s", request.method,
-                      loggable_path(request.path), exc)
+            request.config_dict[FAILURE_LOG].error(
+                "storage_full", "request %s %s failed: %s", request.method,
+                loggable_path(request.path), exc)
             return _error(507, "storage_full", StorageFullError.MESSAGE, request=request)
         log.exception("unexpected error on %s %s", request.method,
                       loggable_path(request.path))
@@ -460,6 +466,7 @@ def create_app(node: Node, *, clock: Callable[[], float] = time.perf_counter,
     app[_CLOCK] = clock
     app[API_SETTINGS] = settings or ApiSettings()
     app[STATE] = ApiState.create(node.metrics)
+    app[FAILURE_LOG] = FailureLog(log)
     app[_OPENAPI_TEXT] = dumps(OPENAPI)
     for op in ROUTES:
         if op.path.startswith(TAXII_PREFIX):

@@ -32,7 +32,8 @@ from aiohttp import web
 
 from agent import __version__
 from agent.config.tokens import Scope, TokenRecord, authenticate
-from agent.errors import AuthError
+from agent.errors import AuthError, StorageFullError
+from agent.i18n import N_, localize, negotiate
 from agent.node.node import Node
 from agent.storage.taxii_index import Collection, IndexPage, TaxiiIndex, VersionFilter
 from agent.taxii.http import (
@@ -49,8 +50,9 @@ from agent.taxii.http import (
     parse_filters,
     taxii_response,
 )
-from agent.taxii.post import Judge, add_objects, parse_envelope
+from agent.taxii.post import DiskFullDuringPost, Judge, add_objects, parse_envelope
 from agent.web.common import NODE
+from agent.web.failures import FAILURE_LOG
 from agent.web.openapi import Operation
 from protocol.errors import EntraideError
 from protocol.stix import format_us
@@ -412,6 +414,12 @@ async def _taxii_errors(request: web.Request, handler: Any) -> web.StreamRespons
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return error_response(request, TaxiiError(exc.status, exc.reason, exc.reason, headers))
+    except StorageFullError as exc:  # a client may retry in a loop: rate-limited
+        failures = request.config_dict.get(FAILURE_LOG)
+        if failures is not None:
+            failures.error("storage_full", "TAXII %s %s failed: %s", request.method,
+                           request.path, exc)
+        return error_response(request, _storage_full(request, exc))
     except EntraideError as exc:
         log.error("TAXII %s %s failed: %s", request.method, request.path, exc)
         return error_response(request, TaxiiError(500, "Internal Server Error", str(exc)))
@@ -419,6 +427,23 @@ async def _taxii_errors(request: web.Request, handler: Any) -> web.StreamRespons
         log.exception("unexpected error on TAXII %s %s", request.method, request.path)
         return error_response(request, TaxiiError(500, "Internal Server Error",
                                                   "internal error (see the node's log)"))
+
+
+_PARTLY_STORED = N_("the disk holding the ledger filled up during this post: {created} of "
+                    "its objects were stored, the rest were not; free space and post the "
+                    "envelope again (those stored are then reported as already in the "
+                    "collection)")
+
+
+def _storage_full(request: web.Request, exc: StorageFullError) -> TaxiiError:
+    """507 ``storage_full`` as the REST API answers it, in the reader's language
+    (``Accept-Language``), saying how much of a post was stored before the disk filled."""
+    lang = negotiate(request.headers.get("Accept-Language"))
+    created = exc.created if isinstance(exc, DiskFullDuringPost) else 0
+    message = (_PARTLY_STORED.format(created=created) if created
+               else StorageFullError.MESSAGE)
+    return TaxiiError(507, "Insufficient Storage", localize(message, lang),
+                      {"Content-Language": lang}, code="storage_full")
 
 
 def taxii_app() -> web.Application:

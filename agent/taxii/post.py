@@ -5,6 +5,8 @@ Each object is judged on its own: an invalid one is listed in the status resourc
 whose (id, version) the read-write collection already holds, or that appears twice in
 the envelope, succeeds without creating anything. The others are signed and durably
 committed through the node's group committer before the status answers ``complete``.
+A full disk is no object's fault: the post answers 507 ``storage_full`` instead
+(:class:`DiskFullDuringPost`, agent/taxii/app.py), each object stored whole or not at all.
 
 Judging (checking, mapping, rendering the object served) is CPU work, done off the
 event loop by a :class:`Judge`: in a worker thread, and for a large envelope, when the
@@ -37,7 +39,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.errors import StorageError, UnknownAudienceError
+from agent.errors import StorageError, StorageFullError, UnknownAudienceError
 from agent.node.node import Node, Submission
 from agent.storage.ledger import MAX_APPEND_BATCH
 from agent.storage.taxii_index import Collection, KnownObject, TaxiiIndex
@@ -56,8 +58,8 @@ from protocol.stix import (
     parse_timestamp,
 )
 
-__all__ = ["CHUNK", "COMMAND", "DEFAULT_TLP", "MAX_OBJECTS", "PARALLEL_MIN", "Judge",
-           "PostResult", "add_objects", "main", "parse_envelope"]
+__all__ = ["CHUNK", "COMMAND", "DEFAULT_TLP", "MAX_OBJECTS", "PARALLEL_MIN",
+           "DiskFullDuringPost", "Judge", "PostResult", "add_objects", "main", "parse_envelope"]
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,17 @@ def _check_sizes(objects: Sequence[Any]) -> None:
                 f"too large: {name} is {size // 1024} KiB as JSON; one object holds at most "
                 f"{MAX_STIX_JSON_BYTES // 1024} KiB. Nothing of this envelope was stored; "
                 f"post it without that object")
+
+
+class DiskFullDuringPost(StorageFullError):
+    """The disk holding the ledger was full during a post: ``created`` of its objects
+    were stored before it filled (each whole, with its entries), the rest were not.
+    Posting the envelope again once space is freed stores the rest; the others are
+    then reported as already in the collection."""
+
+    def __init__(self, created: int) -> None:
+        super().__init__()
+        self.created = created
 
 
 @dataclass
@@ -295,16 +308,23 @@ async def add_objects(node: Node, index: TaxiiIndex, objects: Sequence[Any],
     Returns the status resource (``complete``).
 
     Raises:
+        DiskFullDuringPost: the disk holding the ledger is full (what was stored before
+            stays stored, each object whole).
         StorageError: the index cannot be read (what was stored before stays stored).
     """
     request_us = int(clock() * 1_000_000)
     result = PostResult(str(uuid.uuid4()), format_us(request_us, taxii=True))
     parts = (judge or Judge()).judge(objects, node.public_key.text)
     outcome: dict[int, tuple[bool, dict[str, str]]] = {}
+    stored: dict[bytes, KnownObject] = {}
     try:
         async with lock:
             await index.sync()
-            stored = await _store(node, index, parts, outcome)
+            try:
+                await _store(node, index, parts, outcome, stored)
+            except StorageFullError as exc:
+                raise DiskFullDuringPost(len({(k.stix_id, k.version)
+                                              for k in stored.values()})) from exc
             # The index takes these entries as rendered here, not read back.
             await index.sync(stored)
     finally:
@@ -318,11 +338,16 @@ async def add_objects(node: Node, index: TaxiiIndex, objects: Sequence[Any],
 
 
 async def _store(node: Node, index: TaxiiIndex, parts: Sequence[Awaitable[_Judged]],
-                 outcome: dict[int, tuple[bool, dict[str, str]]]) -> dict[bytes, KnownObject]:
+                 outcome: dict[int, tuple[bool, dict[str, str]]],
+                 stored: dict[bytes, KnownObject]) -> None:
     """Submit the fresh items of each judged chunk, in order, one submission at a time:
     each takes every item judged while the one before was being committed. Fills
-    ``outcome``; returns what was stored, by entry hash."""
-    stored: dict[bytes, KnownObject] = {}
+    ``outcome`` and ``stored`` (what was stored, by entry hash).
+
+    Raises:
+        StorageFullError: a submission found the disk full (it stored nothing; those
+            before it stay stored, each object whole).
+    """
     seen: set[tuple[str, int]] = set()
     ready: list[_Item] = []
     waiting = [asyncio.ensure_future(part) for part in parts]
@@ -337,7 +362,7 @@ async def _store(node: Node, index: TaxiiIndex, parts: Sequence[Awaitable[_Judge
             pending: list[asyncio.Future[Any]] = [
                 f for f in (next_part, committing[1] if committing else None) if f is not None]
             if not pending:
-                return stored
+                return
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             if committing is not None and committing[1].done():
                 _settle(committing, outcome, stored)
@@ -414,6 +439,8 @@ def _settle(committing: tuple[list[_Item], asyncio.Task[list[VerifiedEntry]]],
     batch, task = committing
     try:
         entries = task.result()
+    except StorageFullError:
+        raise  # the whole post is a 507, not one failure per object (agent/taxii/app.py)
     except (UnknownAudienceError, PayloadError, StorageError, EntraideError) as exc:
         for item in batch:
             outcome[item.position] = (False, _detail(

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -18,11 +20,14 @@ import pytest
 from agent.errors import StorageError, StorageFullError
 from agent.storage.core import write_failed
 from agent.storage.ledger import Ledger
+from agent.taxii.app import API_ROOT, COLLECTIONS
+from agent.web.failures import FAILURE_LOG
 from protocol.keys import Identity, PublicKey
 from tests.agent._api_helpers import identity, ip, obs, running_api
 from tests.agent.nodes import make_entries
 
 SIZE = "8m"
+TAXII = "application/taxii+json;version=2.1"
 
 
 @contextlib.contextmanager
@@ -146,3 +151,72 @@ def test_write_failed_tells_a_full_disk_from_other_failures() -> None:
     other = write_failed(sqlite3.OperationalError("disk I/O error"))
     assert type(other) is StorageError
     assert "disk I/O error" in str(other)
+
+
+async def test_full_disk_refusals_are_logged_once_a_minute_with_a_count(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A client retrying a write in a loop on a full disk: one ERROR line, then at
+    most one a minute saying how many were left out, not one per attempt."""
+    with small_disk(tmp_path / "disk") as disk:
+        async with running_api(disk) as api:
+            now = [1000.0]
+            api.client.app[FAILURE_LOG].clock = lambda: now[0]
+            filler = fill(disk)
+            caplog.set_level(logging.ERROR)
+            for n in range(6):
+                status, body = await api.call("POST", "/api/v1/observations", scope="write",
+                                              json_body=batch(5000 + 100 * n, 5))
+                assert status == 507, body
+
+            def lines() -> list[str]:
+                return [r.getMessage() for r in caplog.records
+                        if r.levelno >= logging.ERROR and "failed" in r.getMessage()]
+
+            assert len(lines()) == 1 and "full" in lines()[0]
+            now[0] += 61
+            status, _ = await api.call("POST", "/api/v1/observations", scope="write",
+                                       json_body=batch(6000, 5))
+            assert status == 507
+            assert len(lines()) == 2 and "5 more like it not logged" in lines()[1]
+            filler.unlink()
+
+
+async def test_full_disk_taxii_post_is_507_and_nothing_stored(tmp_path: Path) -> None:
+    """A TAXII post on a full disk answers 507 storage_full as a TAXII error message
+    (the whole post, not one failure per object); nothing of it is stored, and the
+    same envelope goes in once space is back."""
+    objects = [{"type": "indicator", "spec_version": "2.1",
+                "id": f"indicator--{n:08x}-2222-4222-8222-222222222222",
+                "created": "2024-01-01T00:00:00.000Z", "modified": "2024-01-01T00:00:00.000Z",
+                "pattern": f"[ipv4-addr:value = '{ip(n)}']", "pattern_type": "stix",
+                "valid_from": "2024-01-01T00:00:00Z", "description": "x" * 400}
+               for n in range(40)]
+    path = f"{API_ROOT}collections/{COLLECTIONS[1].id}/objects/"
+    with small_disk(tmp_path / "disk") as disk:
+        async with running_api(disk) as api:
+
+            async def post(lang: str = "en") -> tuple[int, str, dict[str, object]]:
+                async with api.client.post(path, data=json.dumps({"objects": objects}),
+                                           headers={**api.auth("write"), "Accept": TAXII,
+                                                    "Content-Type": TAXII,
+                                                    "Accept-Language": lang}) as resp:
+                    return resp.status, resp.headers["Content-Type"], await resp.json(
+                        content_type=None)
+
+            status, _, body = await post()  # the index opens (and takes its space) first
+            assert status == 202 and body["success_count"] == 40, body
+            objects = [{**o, "id": o["id"].replace("2222-4222", "4444-4444")} for o in objects]
+            before = api.node.ledger.counts()
+            filler = fill(disk)
+            status, media, body = await post()
+            assert (status, media) == (507, TAXII), body
+            assert body["error_code"] == "storage_full" and body["http_status"] == "507"
+            assert "full" in str(body["description"])
+            status, _, body = await post("fr")
+            assert status == 507 and "plein" in str(body["description"]), body
+            assert api.node.ledger.counts() == before
+
+            filler.unlink()
+            status, _, body = await post()
+            assert status == 202 and body["success_count"] == 40, body
+            assert body["failure_count"] == 0
