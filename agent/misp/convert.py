@@ -22,6 +22,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.config.tokens import Scope
+from agent.i18n import N_
 from agent.misp.export import export_misp
 from agent.misp.parse import MispImport, parse_misp
 from agent.node.node import Node, Submission
@@ -44,8 +45,8 @@ __all__ = [
 MAX_MISP_BYTES = 16 * 1024 * 1024
 """Largest MISP document accepted by the import route."""
 
-RED_NEEDS_AUDIENCE = ("TLP:RED needs an audience (?audience=NAME,...) / "
-                      "TLP:RED exige un auditoire (?audience=NOM,...)")
+RED_NEEDS_AUDIENCE = N_("TLP:RED needs an audience (?audience=NAME,...)")
+"""English; the API's error middleware answers it in the reader's language."""
 
 
 # --- the route --------------------------------------------------------------------------

@@ -225,6 +225,20 @@ async def test_misp_real_event_through_the_node_and_back(api: Api) -> None:
     assert keyed(parse_misp(exported).items) == keyed(parse_misp(document).items)
 
 
+async def test_misp_red_without_audience_is_refused_in_the_readers_language(
+        api: Api) -> None:
+    """One message, English by default and French for Accept-Language: fr (not both
+    languages glued into one text)."""
+    status, body = await api.call("POST", "/api/v1/import/misp?tlp=RED", scope="write",
+                                  json_body=_load(XORIST))
+    assert status == 422 and body["error"]["code"] == "audience_required"
+    assert body["error"]["message"] == "TLP:RED needs an audience (?audience=NAME,...)"
+    status, body = await api.call("POST", "/api/v1/import/misp?tlp=RED", scope="write",
+                                  json_body=_load(XORIST), headers={"Accept-Language": "fr"})
+    assert status == 422 and body["error"]["code"] == "audience_required"
+    assert body["error"]["message"] == "TLP:RED exige un auditoire (?audience=NOM,...)"
+
+
 async def test_misp_red_without_audience_is_refused(api: Api, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     entries = api.node.ledger.counts().entries
