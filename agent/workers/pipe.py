@@ -21,6 +21,9 @@ Invariants:
   raises :class:`WorkerFailed` at once (the caller's own path takes the call).
 - The worker never outlives the node: it ends when its stdin reaches end of file,
   which happens when the node closes it or dies.
+- One owner reaps each worker: the event loop's child watcher. The node kills a worker
+  by its pid and closes its transport only once the watcher has seen it exit (see
+  :func:`_end`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import struct
 import sys
 import time
@@ -161,6 +165,31 @@ class _Pipes(asyncio.SubprocessProtocol):
         if not self.exited.done():
             self.exited.set_result(None)
         self._worker._broken(self, "exited")
+
+
+def _end(transport: asyncio.SubprocessTransport, pipes: _Pipes) -> None:
+    """Kill a worker and close its pipes without reaping it; its transport closes once
+    the loop's child watcher has reaped it.
+
+    ``transport.kill()`` and ``transport.close()`` ask ``Popen.poll()`` first, which
+    reaps a worker that has just exited (its stdin closed, or it died): the watcher,
+    blocked in ``waitpid`` on that pid, then finds no child and logs "Unknown child
+    process pid N, will report returncode 255". While the transport has no return
+    code the pid is still the worker's (a zombie at worst), but for the instant between
+    the watcher's ``waitpid`` and its callback on the loop, as ``Popen.send_signal``
+    has between its own ``poll`` and ``kill``.
+    """
+    if transport.get_returncode() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(transport.get_pid(), signal.SIGKILL)
+    for fd in (0, 1):
+        pipe = transport.get_pipe_transport(fd)
+        if pipe is not None:
+            pipe.close()
+    if pipes.exited.done():
+        transport.close()
+    else:
+        pipes.exited.add_done_callback(lambda _: transport.close())
 
 
 class PipeWorker:
@@ -365,9 +394,7 @@ class PipeWorker:
         self._outbox = []
         self._ready = False
         if transport is not None:
-            with contextlib.suppress(ProcessLookupError):
-                transport.kill()
-            transport.close()
+            _end(transport, pipes)
         failure = WorkerFailed(f"the {self.name} {why}")
         self._sent_at.clear()
         for waiter in self._waiting.values():

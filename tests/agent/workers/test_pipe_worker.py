@@ -4,6 +4,7 @@ way a worker can fail ends in WorkerFailed, never in a hang."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 from typing import Any
@@ -158,6 +159,37 @@ async def test_a_failed_worker_starts_again_only_after_the_policy_delay() -> Non
         assert asyncio.get_running_loop().time() - started >= 0.25
     finally:
         await worker.close()
+
+
+@pytest.mark.slow
+async def test_workers_started_and_stopped_are_reaped_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The loop's child watcher is the one owner that reaps a worker: stopping workers
+    (stdin closed, as on node shutdown) and killing one that misbehaves log no "Unknown
+    child process pid N" (the watcher finding its child reaped by someone else), and
+    leave no child unreaped. Several at once, three times: the race was one worker in
+    four or so."""
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    pids: list[int] = []
+    for _ in range(3):
+        workers = [PipeWorker("echo", _worker("body")) for _ in range(6)]
+        await asyncio.gather(*(_ready(w) for w in workers))
+        pids += [w.pid for w in workers if w.pid is not None]
+        await asyncio.gather(*(w.close() for w in workers))
+    killed = PipeWorker("exits", _worker("os._exit(3) if body == 'die' else body"))
+    try:
+        await _ready(killed)
+        with pytest.raises(WorkerFailed):
+            await asyncio.wait_for(killed.call("die", _same), WAIT)
+    finally:
+        await killed.close()
+    await asyncio.sleep(0)  # transports close on the watcher's callback
+    unknown = [r.getMessage() for r in caplog.records if "Unknown child" in r.getMessage()]
+    assert unknown == []
+    assert len(pids) == 18
+    for pid in pids:
+        with pytest.raises(ChildProcessError):  # reaped: no zombie left
+            os.waitpid(pid, os.WNOHANG)
 
 
 def test_the_restart_policy_doubles_its_delay_and_gives_up() -> None:
