@@ -2,8 +2,11 @@
 
 ``python -m bench.chainrun_profile [N] [noprof]``: N entries (default 40,000) of 200
 origins, cut into runs of 256 as WANT replies arrive (origins interleaved), then the
-node's three steps one after the other, each timed:
+node's four steps one after the other, each timed:
 
+- *receive*: what the gossip engine does in the node's main process with each run, as
+  one ENTRIES frame from a peer (``GossipEngine.receive``: the frame decoded, each
+  entry's header read and hashed, classified and handed over as ``EntriesReceived``);
 - *check*: what a verify worker does with each run (``agent.workers.verify.check_raws``:
   ``verify_batch``, and the clear payloads decoded into index records);
 - *rebuild*: what the node's main process does with the worker's verdicts
@@ -12,7 +15,7 @@ node's three steps one after the other, each timed:
   pipeline's ``store_max_entries``) into a fresh ledger. Its CPU time is given apart:
   the transaction runs on the database's thread, so wall time and CPU differ.
 
-Prints the time per entry of each step, then (unless ``noprof``) the cProfile of the
+Prints the CPU time per entry of each step, then (unless ``noprof``) the cProfile of the
 store step (the event loop's thread only), by own time.
 """
 
@@ -31,7 +34,9 @@ from agent.storage.queries import IndexRecord
 from agent.workers.verify import Checked, VerifyWorker, check_raws
 from bench.ingest import make_entries
 from protocol.entries import VerifiedEntry
+from protocol.gossip import EntriesReceived, GossipEngine
 from protocol.keys import Identity
+from protocol.messages import Entries, encode_message
 
 STORE_MAX = 2048
 
@@ -58,6 +63,23 @@ async def _store(checked: list[Checked], prof: cProfile.Profile | None) -> tuple
     return wall, cpu
 
 
+def _receive(runs: list[list[bytes]]) -> tuple[float, int]:
+    """CPU seconds the engine takes to receive ``runs`` as ENTRIES frames, and the
+    number of entries it hands over."""
+    peer = Identity(b"q" * 32).public_key
+    engine = GossipEngine(Identity(b"p" * 32).public_key, seed=b"s" * 32)
+    engine.add_peer(peer, 0.0)
+    frames = [encode_message(Entries(tuple(run), False)) for run in runs]
+    handed = 0
+    cpu = time.process_time()
+    for frame in frames:
+        engine.receive(peer, frame, 1.0)
+        while (event := engine.next_event()) is not None:
+            if isinstance(event, EntriesReceived):
+                handed += len(event.raws)
+    return time.process_time() - cpu, handed
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 40_000
     _, entries = make_entries(200, n, "prof")
@@ -65,6 +87,9 @@ def main() -> None:
     n = per * 200
     runs = [[e.raw for e in entries[o * per + i:o * per + min(per, i + 256)]]
             for i in range(0, per, 256) for o in range(200)]
+    receive, handed = _receive(runs)
+    if handed != n:
+        raise SystemExit(f"the engine handed over {handed} of {n} entries")
     t0 = time.process_time()
     verdicts = [check_raws(run) for run in runs]
     t1 = time.process_time()
@@ -72,7 +97,8 @@ def main() -> None:
     t2 = time.process_time()
     prof = None if "noprof" in sys.argv[2:] else cProfile.Profile()
     wall, cpu = asyncio.run(_store(checked, prof))
-    print(f"check {(t1 - t0) / n * 1e6:.1f} us/entry (worker); rebuild "
+    print(f"receive {receive / n * 1e6:.1f} us/entry (main process); "
+          f"check {(t1 - t0) / n * 1e6:.1f} us/entry (worker); rebuild "
           f"{(t2 - t1) / n * 1e6:.1f} us/entry; store {wall / n * 1e6:.1f} us/entry "
           f"({cpu / n * 1e6:.1f} us CPU) (main process)")
     if prof is not None:

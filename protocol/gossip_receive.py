@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from protocol.entries import ForkProof, decode_fork_proof, entry_hash
+from protocol.entries import ForkProof, decode_fork_proof
 from protocol.errors import EntraideError, RemoteProtocolError
 from protocol.gossip_send import Sender
 from protocol.gossip_types import ForkDetected, GossipEvent, GossipParams, PeerSynced
@@ -121,10 +121,9 @@ class Receiver:
             if log.origin is None:
                 log.origin = header.origin  # checked by the agent's verification
             p.tell(kid, header.seq)
-            digest = entry_hash(raw)
             live = msg.push or self.pull.live(log, header.seq)
             self.pull.progress(log, p.key, header.seq, now)
-            verdict = self.table.classify(log, header.seq, header.prev, digest, raw, p.key,
+            verdict = self.table.classify(log, header.seq, header.prev, header.hash, raw, p.key,
                                            live, now)
             self.pull.step(log)
             dups += verdict == "dup"

@@ -38,7 +38,14 @@ from typing import Any
 import msgpack
 
 from protocol.encoding import Limits, decode
-from protocol.entries import MAX_AUDIENCE, MAX_ENTRY_BYTES, MAX_FORK_BYTES, MAX_SEQ, split_entry
+from protocol.entries import (
+    MAX_AUDIENCE,
+    MAX_ENTRY_BYTES,
+    MAX_FORK_BYTES,
+    MAX_SEQ,
+    header_hash,
+    split_entry,
+)
 from protocol.errors import EncodingError, OversizeError
 from protocol.keys import KEY_ID_BYTES
 
@@ -491,20 +498,24 @@ _PARSERS: dict[int, Callable[[list[Any]], Message]] = {
 
 @dataclass(frozen=True, slots=True)
 class EntryHeader:
-    """What an entry *claims* to be: origin key, seq and prev, read without verifying.
+    """What an entry *claims* to be: origin key, seq and prev, read without verifying,
+    and ``hash``, the entry's id (BLAKE2b-256 of its header bytes, as ``entry_hash``).
 
     The engine orders, deduplicates and buffers entries by these claims; the agent
     verifies every entry before storing it, so a lying header costs the liar a
-    disconnect, never a wrong ledger.
+    disconnect, never a wrong ledger. The hash is of the very bytes received, so it is
+    the id of whatever entry they turn out to be.
     """
 
     origin: bytes
     seq: int
     prev: bytes | None
+    hash: bytes
 
 
 def peek_entry(raw: bytes) -> EntryHeader:
-    """Read origin, seq and prev from an entry's header (§3), without verifying.
+    """Read origin, seq and prev from an entry's header (§3), without verifying, and
+    hash the header (the entry's id): one framing check for both.
 
     Raises:
         OversizeError: over ``MAX_ENTRY_BYTES``, or a part over its cap.
@@ -529,4 +540,4 @@ def peek_entry(raw: bytes) -> EntryHeader:
     _check_seq(seq, "entry")
     if prev is not None and (type(prev) is not bytes or len(prev) != 32):
         raise EncodingError("entry prev is a 32-byte hash")
-    return EntryHeader(origin, seq, prev)
+    return EntryHeader(origin, seq, prev, header_hash(header))

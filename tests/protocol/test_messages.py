@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.encoding import encode
-from protocol.entries import MAX_ENTRY_BYTES, MAX_SEQ, TLP, sign_entry
+from protocol.entries import MAX_ENTRY_BYTES, MAX_SEQ, TLP, entry_hash, sign_entry
 from protocol.errors import EncodingError, OversizeError
 from protocol.keys import Identity
 from protocol.messages import (
@@ -199,6 +199,7 @@ def test_messages_peek_entry_reads_the_claimed_header() -> None:
                         audience=None, body=b"b")
     header = peek_entry(second.raw)
     assert (header.origin, header.seq, header.prev) == (identity.public_key.raw, 2, first.hash)
+    assert header.hash == second.hash == entry_hash(second.raw)  # the id, from one split
     assert peek_entry(first.raw).prev is None
 
 
