@@ -103,6 +103,10 @@ class TaxiiIndex:
         self._owners = Owners(self._own)
         self._origins: list[str] = []  # the ledger's, read at each sync
         self._key_texts: dict[bytes, str] = {}
+        self.refused_rows: int | None = None
+        """What :meth:`refused` counted at the last :meth:`count_refused` (None before
+        the first): read at scrape time, never counted then."""
+        self._counted_at: tuple[int, int] | None = None
 
     @classmethod
     async def open(cls, path: Path, ledger_path: Path, own_key: PublicKey,
@@ -413,6 +417,21 @@ class TaxiiIndex:
         it, or reuse an id it owns). A count of the index's state, so the same on every
         node that holds the same entries."""
         return await self._run(lambda: self._owners.unserved(self._db_now()))
+
+    async def count_refused(self) -> int:
+        """Count :meth:`refused` again into :attr:`refused_rows`, unless the file has not
+        changed since the last count (a count scans the table: call this on a slow
+        timer, not per request nor at scrape time). Changes by another connection (an
+        erasure's ``forget_entries``) count as changes too."""
+        return await self._run(self._count_refused)
+
+    def _count_refused(self) -> int:
+        db = self._db_now()
+        mark = (db.total_changes, int(db.execute("PRAGMA data_version").fetchone()[0]))
+        if self.refused_rows is None or mark != self._counted_at:
+            self.refused_rows = self._owners.unserved(db)
+            self._counted_at = mark
+        return self.refused_rows
 
     async def foreign(self, signer: str, objects: Sequence[tuple[str, str]]
                       ) -> list[tuple[str, str] | None]:

@@ -23,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,8 +33,9 @@ from aiohttp import web
 
 from agent import __version__
 from agent.config.tokens import Scope, TokenRecord, authenticate
-from agent.errors import AuthError, StorageFullError
+from agent.errors import AuthError, StorageError, StorageFullError
 from agent.i18n import N_, localize, negotiate
+from agent.metrics import MetricFamily, Registry
 from agent.node.node import Node
 from agent.storage.taxii_index import Collection, IndexPage, TaxiiIndex, VersionFilter
 from agent.taxii.http import (
@@ -115,8 +117,27 @@ class _State:
     post_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     judge: Judge = field(default_factory=Judge)
     """Thread only; the root app's :data:`JUDGE`, when set, is used instead."""
+    counting: asyncio.Task[None] | None = None
+    """Counts the index's refused rows every :data:`REFUSED_COUNT_S` while it is open."""
+    registry: Registry | None = None
+    """Where :func:`_families` is collected while the index is open."""
 
 
+    def families(self) -> list[MetricFamily]:
+        """The index's figures for /metrics (a registry collector while it is open):
+        what was counted last, nothing before the first count."""
+        counted = None if self.index is None else self.index.refused_rows
+        if counted is None:
+            return []
+        return [MetricFamily(
+            "entraide_taxii_refused_objects", "TAXII index objects kept but not served "
+            "because they speak for another member (they name it, or reuse an id it "
+            f"published first); counted every {REFUSED_COUNT_S:g} s.", "gauge", (),
+            {(): float(counted)})]
+
+
+REFUSED_COUNT_S = 60.0
+"""Seconds between two counts of the TAXII index's refused objects (the metric)."""
 _STATE = web.AppKey("taxii_state", _State)
 JUDGE = web.AppKey("taxii_judge", Judge)
 """On the root app: the judge with the supervisor's judge process (agent/composition.py)."""
@@ -135,9 +156,13 @@ async def _index(request: web.Request, *, sync: bool = True) -> TaxiiIndex:
             if state.index is None:
                 node = _node(request)
                 ledger_path = node.config.ledger_path(node.data_dir)
-                state.index = await TaxiiIndex.open(
+                index = await TaxiiIndex.open(
                     ledger_path.with_name(ledger_path.stem + ".taxii.sqlite3"), ledger_path,
                     node.public_key, _origin_info(node), node.clock)
+                state.counting = asyncio.create_task(_count_refused(index))
+                state.registry = node.metrics
+                state.registry.add_collector(state.families)
+                state.index = index
     if sync:
         await state.index.sync()
     return state.index
@@ -458,8 +483,27 @@ def taxii_app() -> web.Application:
     return app
 
 
+async def _count_refused(index: TaxiiIndex) -> None:
+    """Keep ``index.refused_rows`` current for /metrics: a count scans the index, so
+    it runs on this slow timer (and only when the index changed), never at scrape time."""
+    while True:
+        try:
+            await index.count_refused()
+        except StorageError as exc:  # closed meanwhile, or a database error: next time
+            log.debug("TAXII refused rows not counted: %s", exc)
+        await asyncio.sleep(REFUSED_COUNT_S)
+
+
 async def _close(app: web.Application) -> None:
     state = app[_STATE]
+    if state.counting is not None:
+        state.counting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await state.counting
+        state.counting = None
+    if state.registry is not None:
+        state.registry.remove_collector(state.families)
+        state.registry = None
     if state.index is not None:
         await state.index.close()
         state.index = None
