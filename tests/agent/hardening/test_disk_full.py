@@ -220,3 +220,21 @@ async def test_full_disk_taxii_post_is_507_and_nothing_stored(tmp_path: Path) ->
             status, _, body = await post()
             assert status == 202 and body["success_count"] == 40, body
             assert body["failure_count"] == 0
+
+
+def test_taxii_disk_filled_mid_post_says_how_many_objects_went_in() -> None:
+    """A disk that fills between two commits of one envelope: the 507 says how many
+    objects were stored (whole) before it, in the reader's language."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from agent.taxii.app import _storage_full
+    from agent.taxii.post import DiskFullDuringPost
+
+    for lang, words in (("en", "3 of its objects were stored"),
+                        ("fr", "3 de ses objets ont été stockés")):
+        request = make_mocked_request("POST", "/", headers={"Accept-Language": lang})
+        error = _storage_full(request, DiskFullDuringPost(3))
+        assert (error.status, error.code) == (507, "storage_full")
+        assert words in error.description and error.headers["Content-Language"] == lang
+    nothing = _storage_full(make_mocked_request("POST", "/"), DiskFullDuringPost(0))
+    assert nothing.description == StorageFullError.MESSAGE
