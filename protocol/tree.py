@@ -17,15 +17,23 @@ Protocol:
   then sends ``BEACON(root, round, hops)`` to all its peers, and GRAFT to its
   parent (PRUNE to a parent it left). GRAFT/PRUNE keep their Plumtree meaning:
   "push new entries to me" / "stop".
-- Eager peers: the parent and every peer whose latest word was GRAFT.
+- Eager peers: the parent, the stand-in and every peer whose latest word was GRAFT.
 - A parent that leaves is replaced at once by a peer strictly closer to the root
   (which cannot be a descendant, so no loop forms); otherwise the node waits for
-  the next round. A root not heard of for ``3 * beacon_interval`` is dropped: the
+  the next round, and meanwhile GRAFTs a *stand-in*: the peer closest to the root
+  that is not its child (fewest hops, then smallest key id). The stand-in is an
+  eager link only, not a parent: hops and beacons ignore it, so it cannot make a
+  loop in the tree; it keeps the cut-off subtree on the eager path (a push instead
+  of an announcement and a WANT at each cut) until the node has a parent again
+  (then PRUNE), which with the root gone is only after the root timeout. A root
+  not heard of for ``3 * beacon_interval`` is dropped: the
   node becomes a root candidate itself, and ignores that root's stale round.
 
 Invariants:
 - ``parent`` is None or a connected peer; ``hops == 0`` exactly when this node is
   its own root.
+- ``stand_in`` is None unless ``parent`` is None and this node is not its own root;
+  it is a connected peer that was not a child when chosen.
 - Every action is returned to the caller as (peer, message) pairs; nothing here
   queues or sends.
 """
@@ -68,6 +76,7 @@ class BroadcastTree:
     children: set[PublicKey] = field(default_factory=set)
     expired: dict[bytes, int] = field(default_factory=dict)
     peers: list[PublicKey] = field(default_factory=list)
+    stand_in: PublicKey | None = None
 
     def __post_init__(self) -> None:
         self.root = self.me
@@ -77,8 +86,8 @@ class BroadcastTree:
         return self.root == self.me
 
     def eager(self, peer: PublicKey) -> bool:
-        """Whether entries are pushed to ``peer`` (it is our parent or our child)."""
-        return peer == self.parent or peer in self.children
+        """Whether entries are pushed to ``peer`` (our parent, child or stand-in)."""
+        return peer == self.parent or peer == self.stand_in or peer in self.children
 
     def beacon(self) -> Beacon:
         return Beacon(self.root, self.round, self.hops)
@@ -103,6 +112,9 @@ class BroadcastTree:
             self.peers.remove(peer)
         self.offers.pop(peer, None)
         self.children.discard(peer)
+        if peer == self.stand_in:
+            self.stand_in = None
+            return self._find_stand_in()
         if peer != self.parent:
             return []
         self.parent = None
@@ -114,10 +126,33 @@ class BroadcastTree:
                 if best is None or cand[:2] < best[:2]:
                     best = cand
         if best is None:
-            return []
+            return self._find_stand_in()
         self.parent = best[2]
         self.hops = best[0] + 1
         return [*self._broadcast(), (self.parent, Graft())]
+
+    def _find_stand_in(self) -> list[tuple[PublicKey, Message]]:
+        """Without a parent (and not root): GRAFT the peer closest to the root that is
+        not our child, so entries keep coming by push until a parent is found."""
+        if self.parent is not None or self.is_root:
+            return []
+        best: tuple[int, bytes, PublicKey] | None = None
+        for p, offer in self.offers.items():
+            if offer.root == self.root and p not in self.children:
+                cand = (offer.hops, p.raw, p)
+                if best is None or cand[:2] < best[:2]:
+                    best = cand
+        if best is None:
+            return []
+        self.stand_in = best[2]
+        return [(self.stand_in, Graft())]
+
+    def _drop_stand_in(self) -> list[tuple[PublicKey, Message]]:
+        """A parent again (or root): the stand-in goes back to announcements."""
+        old, self.stand_in = self.stand_in, None
+        if old is None or old == self.parent or old in self.children:
+            return []
+        return [(old, Prune())]
 
     def on_graft(self, peer: PublicKey) -> None:
         self.children.add(peer)
@@ -154,6 +189,7 @@ class BroadcastTree:
         if old is not None and old != self.parent and old not in self.children:
             out.append((old, Prune()))
         if self.parent is not None:
+            out.extend(self._drop_stand_in())
             out.append((self.parent, Graft()))  # new parent, or a refresh once per round
         return out
 
@@ -174,6 +210,7 @@ class BroadcastTree:
             out = self._broadcast()
             if old is not None and old not in self.children:
                 out.append((old, Prune()))
+            out.extend(self._drop_stand_in())
             return out
         return []
 
