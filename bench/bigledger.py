@@ -371,18 +371,20 @@ def _catch_up(ctx: Context, fed: LocalFederation, total: int, result: Result) ->
             t0 = time.perf_counter()
             goal = total
             seen = 0
+            decided = False  # full or partial: judged once, 30 s in
 
             async def poll() -> None:
-                nonlocal goal, seen
+                nonlocal goal, seen, decided
                 async with Client(fresh) as client:
                     last_log = 0.0
                     while seen < goal:
                         status = await client.request("GET", "/api/v1/status")
                         seen = int(status["ledger"]["entries"])
                         elapsed = time.perf_counter() - t0
-                        if (elapsed > 30 and goal == total > CATCHUP_PART and seen
-                                and total / (seen / elapsed) > CATCHUP_FULL_S):
-                            goal = CATCHUP_PART
+                        if elapsed > 30 and seen and not decided:
+                            decided = True
+                            if total > CATCHUP_PART and total / (seen / elapsed) > CATCHUP_FULL_S:
+                                goal = CATCHUP_PART
                         if elapsed - last_log > 30:
                             last_log = elapsed
                             ctx.log(f"bigledger: fresh node holds {seen:,} "
