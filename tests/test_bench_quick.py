@@ -51,13 +51,15 @@ FIGURES = {
                  "catchup_a_cpu_us"},
     "scale": {"p50_ms", "p99_ms", "copies", "control_ratio", "mb_per_node", "churn_p50_ms",
               "churn_p99_ms", "churn_all_up_p99_ms", "churn_copies", "churn_control_ratio",
-              "churn_lost", "base_p99_ms", "p99_vs_base", "base_mb_per_node"},
+              "churn_lost", "base_p99_ms", "p99_vs_base", "base_mb_per_node", "steady_cpu_s",
+              "churn_cpu_s", "base_cpu_s"},
     "mixed": {"alone_lookup_p99_ms", "alone_ingest_per_s", "alone_offered_per_s",
               "alone_stream_p99_ms", "lookup_p99_ms", "lookup_vs_alone", "lookups",
               "stream_p99_ms", "stream_p50_ms", "stream_submit_p99_ms", "stream_vs_alone",
               "stream_missing", "stream_disconnects", "ingest_per_s", "ingest_vs_alone",
               "offered_per_s", "submitted_per_s", "node_cores", "node_main_cores",
-              "bench_cores"},
+              "bench_cores", "alone_ingest_main_us", "alone_stream_main_us",
+              "alone_stream_events_per_s", "stream_events_per_s"},
 }
 TARGETED = {
     "baseline": set(),
