@@ -22,8 +22,10 @@ N = 200_000
 
 def main() -> None:
     ours = Registry()
-    counter = ours.counter("entraide_http_requests_total", "requests", ("method", "route", "status"))
-    latency = ours.histogram("entraide_http_request_duration_seconds", "latency", ("method", "route"))
+    counter = ours.counter("entraide_http_requests_total", "requests",
+                           ("method", "route", "status"))
+    latency = ours.histogram("entraide_http_request_duration_seconds", "latency",
+                             ("method", "route"))
     theirs = pc.CollectorRegistry()
     pc_counter = pc.Counter("entraide_http_requests", "requests", ("method", "route", "status"),
                             registry=theirs)
