@@ -10,7 +10,7 @@ from __future__ import annotations
 from bench.sim import Simulation, make_chain, make_identity
 from protocol.keys import PublicKey
 from protocol.messages import Beacon, Graft, Prune
-from protocol.tree import ROOT_TIMEOUT_ROUNDS, BroadcastTree
+from protocol.tree import CUT, ROOT_TIMEOUT_ROUNDS, BroadcastTree
 
 
 def _keys(*labels: str) -> list[PublicKey]:
@@ -41,11 +41,45 @@ def test_parent_gone_without_closer_peer_grafts_a_stand_in_not_a_parent() -> Non
     assert tree.eager(s) and tree.eager(c)
 
 
-def test_a_child_is_never_a_stand_in() -> None:
-    tree, _, p, s, _ = _attached()
+def test_a_child_is_never_a_stand_in_a_node_without_one_beacons_cut() -> None:
+    tree, root, p, s, c = _attached()
     tree.remove_peer(s, 1.5)
-    assert tree.remove_peer(p, 2.0) == []  # only the child is left
-    assert tree.stand_in is None and tree.parent is None
+    out = tree.remove_peer(p, 2.0)  # only the child is left
+    assert tree.stand_in is None and tree.parent is None and tree.cut
+    assert out == [(c, Beacon(root.key_id, 1, CUT))]  # the child looks in our stead
+    assert tree.remove_peer(c, 2.5) == []  # said once
+
+
+def test_a_parent_that_beacons_cut_makes_its_child_graft_a_stand_in() -> None:
+    tree, root, p, s, _ = _attached()
+    out = tree.on_beacon(p, Beacon(root.key_id, 1, CUT), 2.0)
+    assert out == [(s, Graft())] and tree.parent == p and tree.stand_in == s
+    assert not tree.cut
+    # A peer that beacons CUT is never a stand-in; a stand-in that does is replaced.
+    other = _keys("other")[0]
+    tree.add_peer(other, 2.0)
+    tree.on_beacon(other, Beacon(root.key_id, 1, CUT), 2.0)
+    out = tree.on_beacon(s, Beacon(root.key_id, 1, CUT), 2.5)
+    # No other candidate: one level only, a node with a parent never beacons CUT itself.
+    assert out == [(s, Prune())] and tree.stand_in is None and not tree.cut
+
+
+def test_parent_back_on_a_path_to_the_root_drops_the_stand_in() -> None:
+    tree, root, p, s, _ = _attached()
+    tree.on_beacon(p, Beacon(root.key_id, 1, CUT), 2.0)
+    assert tree.stand_in == s
+    out = tree.on_beacon(p, Beacon(root.key_id, 1, 1), 3.0)
+    assert out == [(s, Prune())] and tree.stand_in is None and tree.parent == p
+
+
+def test_cut_beacons_never_make_a_path() -> None:
+    tree, root, p, s, _ = _attached()
+    far = _keys("far")[0]
+    tree.add_peer(far, 1.0)
+    tree.on_beacon(far, Beacon(root.key_id, 1, CUT), 1.0)
+    assert tree.parent == p
+    tree.remove_peer(p, 2.0)
+    assert tree.parent is None and tree.stand_in == s  # not ``far``
 
 
 def test_closest_non_child_is_chosen() -> None:
@@ -105,6 +139,32 @@ def _reach(sim: Simulation, start: int, live: set[int]) -> set[int]:
                 seen.add(b)
                 todo.append(b)
     return seen
+
+
+def test_sim_root_killed_cut_subtrees_find_stand_ins_below() -> None:
+    n = 80
+    sim = Simulation(n, seed=b"stand-in")
+    sim.start()
+    sim.run_until(2.0)
+    root = min(range(n), key=lambda i: sim.nodes[i].key.key_id)
+    by_key = {sim.nodes[i].key: i for i in range(n)}
+    sim.crash(root)
+    sim.run_until(3.0)  # peers noticed (detect_delay 0.5 s); the root timeout is 15 s away
+    live = {i for i in range(n) if sim.nodes[i].up}
+    for i in live:
+        assert _reach(sim, i, live) == live
+        seen, j = {i}, i
+        while (parent := sim.nodes[j].engine.tree.parent) is not None:  # type: ignore[union-attr]
+            j = by_key[parent]
+            assert j not in seen, "a loop in the parent links"
+            seen.add(j)
+    stand_ins = sum(sim.nodes[i].engine.tree.stand_in is not None for i in live)  # type: ignore[union-attr]
+    assert stand_ins < n // 3  # the children of cut-off nodes, not every node
+    origin = min(live)
+    entry = make_chain(sim.nodes[origin].identity, 1, body_bytes=200)[0]
+    sim.at(3.1, lambda: sim.publish(origin, entry))
+    sim.run_until(3.6)
+    assert all(entry.hash in sim.nodes[i].stored_at for i in live)
 
 
 def test_sim_interior_node_killed_eager_links_still_reach_everyone_without_loops() -> None:
