@@ -22,7 +22,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.config.tokens import Scope
-from agent.i18n import N_
+from agent.i18n import N_, localize, negotiate
 from agent.misp.export import export_misp
 from agent.misp.parse import MispImport, parse_misp
 from agent.node.node import Node, Submission
@@ -39,6 +39,7 @@ __all__ = [
     "export_misp",
     "import_misp",
     "import_misp_event",
+    "localized_reasons",
     "parse_misp",
 ]
 
@@ -127,8 +128,8 @@ async def import_misp_event(node: Node, document: Any, *, tlp: TLP | None = None
                                       audience if item_tlp.encrypted else None))
     if len(submissions) > MAX_APPEND_BATCH:
         raise ApiError(413, "batch_too_large",
-                       f"at most {MAX_APPEND_BATCH} attributes per import, not "
-                       f"{len(submissions)}")
+                       N_("at most {max} attributes per import, not {n}").format(
+                           max=MAX_APPEND_BATCH, n=len(submissions)))
     entries = await node.submit(submissions) if submissions else []
     return {
         "events": parsed.events, "attributes": parsed.attributes, "imported": len(entries),
@@ -150,7 +151,24 @@ async def import_misp(request: web.Request) -> web.Response:
         answer = await import_misp_event(node, document, tlp=query.tlp, audience=audience)
     except PayloadError as exc:
         raise ApiError(422, "invalid", str(exc)) from exc
-    return json_response(answer, status=201)
+    lang = negotiate(request.headers.get("Accept-Language"))
+    return json_response(localized_reasons(answer, lang), status=201,
+                         headers={"Content-Language": lang})
+
+
+def localized_reasons(answer: dict[str, Any], lang: str) -> dict[str, Any]:
+    """``answer`` (an import's, in English) with the ``reason`` of each attribute listed
+    in ``context``, ``mapped``, ``unsupported`` and ``invalid`` in ``lang``: translated
+    where shown (:func:`agent.i18n.localize`), as the API's error messages are, so the
+    CLI (which sends its language as Accept-Language) shows them in its language too."""
+    shown = dict(answer)
+    for key in _LISTED:
+        shown[key] = [{**item, "reason": localize(item["reason"], lang)}
+                      for item in answer[key]]
+    return shown
+
+
+_LISTED = ("context", "mapped", "unsupported", "invalid")
 
 
 async def _read_document(request: web.Request) -> Any:
@@ -165,7 +183,8 @@ async def _read_document(request: web.Request) -> Any:
     try:
         return json.loads(bytes(data).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ApiError(400, "bad_json", f"the body is not MISP JSON: {exc}") from exc
+        raise ApiError(400, "bad_json", N_("the body is not MISP JSON: {reason}").format(
+            reason=exc)) from exc
 
 
 MISP_ROUTES: tuple[Operation, ...] = (

@@ -35,6 +35,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agent.i18n import N_
 from protocol.entries import TLP
 from protocol.errors import PayloadError
 from protocol.indicators import PERSONAL_DATA_TYPES, IndicatorType
@@ -224,10 +225,11 @@ def parse_misp(document: Any, *, default_tlp: TLP | None = None) -> MispImport:
     seen: set[tuple[str, str]] = set()
     events = list(_events(document))
     if not events:
-        raise PayloadError("no MISP event found: expected {\"Event\": {...}}, a list of "
-                           "events, or a REST search answer {\"response\": [...]}")
+        raise PayloadError(N_('no MISP event found: expected {"Event": {...}}, a list of '
+                              'events, or a REST search answer {"response": [...]}'))
     if len(events) > _MAX_EVENTS:
-        raise PayloadError(f"at most {_MAX_EVENTS} events per import, not {len(events)}")
+        raise PayloadError(N_("at most {max} events per import, not {n}").format(
+            max=_MAX_EVENTS, n=len(events)))
     for raw in events:
         result.events += 1
         tags = _tags(raw)
@@ -285,19 +287,20 @@ def _attribute(attribute: Mapping[str, Any], obj: Mapping[str, Any] | None, even
     value = attribute.get("value")
     report = {"type": misp_type, "value": str(value)[:200]}
     if not isinstance(value, str):
-        result.invalid.append({**report, "reason": "the value is not a string"})
+        result.invalid.append({**report, "reason": N_("the value is not a string")})
         return []
     to_ids = attribute.get("to_ids", True)
     if to_ids is False or (isinstance(to_ids, str) and to_ids.lower() in ("0", "false")):
-        result.context.append({**report, "reason": "to_ids is false: context, not an "
-                                                   "indicator; not shared"})
+        result.context.append({**report, "reason": N_(
+            "to_ids is false: context, not an indicator; not shared")})
         return []
     parts: list[tuple[str, str, list[tuple[str, str]]]] = []  # (type, value, extra meta)
     if misp_type in COMPOSITE_TYPES:
         first_type, other = COMPOSITE_TYPES[misp_type]
         left, sep, right = value.partition("|")
         if not sep:
-            result.invalid.append({**report, "reason": f"a {misp_type} value holds a '|'"})
+            result.invalid.append({**report, "reason": N_(
+                "a {type} value holds a '|'").format(type=misp_type)})
             return []
         if other == "filename":
             parts.append((first_type, right, [("filename", left)]))
@@ -310,8 +313,8 @@ def _attribute(attribute: Mapping[str, Any], obj: Mapping[str, Any] | None, even
         name = _filename_of(obj)
         parts.append((misp_type, value, [("filename", name)] if name else []))
     else:
-        result.unsupported.append({**report, "reason": f"MISP type {misp_type!r} has no "
-                                                       "Entraide indicator type"})
+        result.unsupported.append({**report, "reason": N_(
+            "MISP type {type} has no Entraide indicator type").format(type=repr(misp_type))})
         return []
     tags = _tags(attribute)
     tlp = _tlp_of(tags) or event.tlp
@@ -360,7 +363,7 @@ def _observation(misp_type: str, value: str, meta: list[tuple[str, str]],
     room = MAX_TAGS - len(meta_tags)
     kept = list(dict.fromkeys(labels))
     if len(kept) > room:
-        lost.append(f"{len(kept) - room} tags (at most {MAX_TAGS})")
+        lost.append(N_("{n} tags (at most {max})").format(n=len(kept) - room, max=MAX_TAGS))
     fields: dict[str, Any] = {"type": kind.value, "value": value,
                               "tags": [*meta_tags, *kept[:room]], **seen_at}
     if comment:
@@ -376,5 +379,6 @@ def _observation(misp_type: str, value: str, meta: list[tuple[str, str]],
         result.invalid.append({**report, "reason": str(exc)})
         return None
     if lost:
-        result.mapped.append({**report, "reason": "shared without: " + ", ".join(lost)})
+        result.mapped.append({**report, "reason": N_("shared without: {lost}").format(
+            lost=", ".join(lost))})
     return observation

@@ -34,7 +34,7 @@ from aiohttp import web
 from agent import __version__
 from agent.config.tokens import Scope, TokenRecord, authenticate
 from agent.errors import AuthError, StorageError, StorageFullError
-from agent.i18n import N_, localize, negotiate
+from agent.i18n import N_, localize
 from agent.metrics import MetricFamily, Registry
 from agent.node.node import Node
 from agent.storage.taxii_index import Collection, IndexPage, TaxiiIndex, VersionFilter
@@ -50,6 +50,7 @@ from agent.taxii.http import (
     error_response,
     next_token,
     parse_filters,
+    request_lang,
     taxii_response,
 )
 from agent.taxii.post import DiskFullDuringPost, Judge, add_objects, parse_envelope
@@ -182,7 +183,7 @@ def _origin_info(node: Node) -> Callable[[str], tuple[str | None, str | None]]:
 def _collection(request: web.Request) -> TaxiiCollection:
     found = _BY_KEY.get(request.match_info["name"])
     if found is None:
-        raise TaxiiError(404, "Not Found", "no such collection")
+        raise TaxiiError(404, "Not Found", N_("no such collection"))
     return found
 
 
@@ -240,8 +241,8 @@ async def get_status(request: web.Request) -> web.Response:
     index = await _index(request, sync=False)
     status = await index.status(request.match_info["id"])
     if status is None:
-        raise TaxiiError(404, "Not Found", "no such status (statuses are kept 7 days)")
-    return taxii_response(status)
+        raise TaxiiError(404, "Not Found", N_("no such status (statuses are kept 7 days)"))
+    return localized_status(status, request_lang(request))
 
 
 # --- collections (§5) -----------------------------------------------------------------
@@ -315,7 +316,8 @@ async def _one_object(request: web.Request) -> str:
     object_id = request.match_info["id"]
     index = await _index(request)
     if not await index.contains(collection.contents, object_id):
-        raise TaxiiError(404, "Not Found", f"no object {object_id[:100]} in this collection")
+        raise TaxiiError(404, "Not Found", N_("no object {id} in this collection").format(
+            id=object_id[:100]))
     return object_id
 
 
@@ -348,8 +350,9 @@ async def post_objects(request: web.Request) -> web.Response:
     """POST .../objects/: add an envelope's objects; answers a status resource (§5.5)."""
     collection = _collection(request)
     if not collection.writable:
-        raise TaxiiError(403, "Forbidden", f"the {collection.alias} collection is read-only; "
-                                           f"post to the local collection")
+        raise TaxiiError(403, "Forbidden", N_(
+            "the {alias} collection is read-only; post to the local collection").format(
+            alias=collection.alias))
     check_content_type(request)
     data = await _read_body(request)
     objects = await asyncio.to_thread(parse_envelope, data)
@@ -360,20 +363,39 @@ async def post_objects(request: web.Request) -> web.Response:
     result = await add_objects(node, index, objects, state.post_lock, node.clock, judge)
     document = result.document()
     await index.save_status(result.id, document)
-    return taxii_response(document, status=202)
+    return localized_status(document, request_lang(request), 202)
+
+
+def localized_status(document: dict[str, Any], lang: str, status: int = 200
+                     ) -> web.Response:
+    """A status resource with each success's and failure's ``message`` in ``lang``.
+
+    Statuses are made and kept in English (agent/taxii/post.py); they are translated
+    where shown, by the reader's ``Accept-Language``, as every error message is."""
+    shown = dict(document)
+    for key in ("successes", "failures"):
+        details = document.get(key)
+        if isinstance(details, list):
+            shown[key] = [{**d, "message": localize(d["message"], lang)}
+                          if isinstance(d, dict) and isinstance(d.get("message"), str) else d
+                          for d in details]
+    return taxii_response(shown, status=status, headers={"Content-Language": lang})
+
+
+_TOO_LARGE = N_("the body is over max_content_length ({limit} bytes)")
 
 
 async def _read_body(request: web.Request) -> bytes:
     declared = request.content_length
     if declared is not None and declared > MAX_CONTENT_LENGTH:
-        raise TaxiiError(413, "Request Entity Too Large",
-                         f"the body is over max_content_length ({MAX_CONTENT_LENGTH} bytes)")
+        raise TaxiiError(413, "Request Entity Too Large", _TOO_LARGE.format(
+            limit=MAX_CONTENT_LENGTH))
     data = bytearray()
     while chunk := await request.content.readany():
         data += chunk
         if len(data) > MAX_CONTENT_LENGTH:
-            raise TaxiiError(413, "Request Entity Too Large",
-                             f"the body is over max_content_length ({MAX_CONTENT_LENGTH} bytes)")
+            raise TaxiiError(413, "Request Entity Too Large", _TOO_LARGE.format(
+                limit=MAX_CONTENT_LENGTH))
     return bytes(data)
 
 
@@ -451,7 +473,7 @@ async def _taxii_errors(request: web.Request, handler: Any) -> web.StreamRespons
     except Exception:
         log.exception("unexpected error on TAXII %s %s", request.method, request.path)
         return error_response(request, TaxiiError(500, "Internal Server Error",
-                                                  "internal error (see the node's log)"))
+                                                  N_("internal error (see the node's log)")))
 
 
 _PARTLY_STORED = N_("the disk holding the ledger filled up during this post: {created} of "
@@ -463,7 +485,7 @@ _PARTLY_STORED = N_("the disk holding the ledger filled up during this post: {cr
 def _storage_full(request: web.Request, exc: StorageFullError) -> TaxiiError:
     """507 ``storage_full`` as the REST API answers it, in the reader's language
     (``Accept-Language``), saying how much of a post was stored before the disk filled."""
-    lang = negotiate(request.headers.get("Accept-Language"))
+    lang = request_lang(request)
     created = exc.created if isinstance(exc, DiskFullDuringPost) else 0
     message = (_PARTLY_STORED.format(created=created) if created
                else StorageFullError.MESSAGE)

@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from agent.errors import AuthError, ScopeError
+from agent.i18n import N_, localize, negotiate
 from agent.storage.taxii_index import VersionFilter
 from protocol.errors import EntraideError, PayloadError
 from protocol.stix import format_us, parse_timestamp
@@ -44,6 +45,7 @@ __all__ = [
     "error_response",
     "next_token",
     "parse_filters",
+    "request_lang",
     "taxii_response",
 ]
 
@@ -89,18 +91,39 @@ def taxii_response(body: bytes | str | Any, status: int = 200,
                         headers={**(headers or {}), "Content-Type": MEDIA_TAXII})
 
 
+def request_lang(request: web.Request) -> str:
+    """The reader's language, from ``Accept-Language`` (English by default), as the
+    REST API chooses it (:func:`agent.i18n.negotiate`)."""
+    return negotiate(request.headers.get("Accept-Language"))
+
+
 def error_response(request: web.Request, error: TaxiiError) -> web.Response:
     """The error for ``request``: a TAXII error message (§3.6.1) when its Accept header
     names TAXII, else the local API's ``{"error": {"code", "message"}}`` as JSON (a
-    client that did not ask for TAXII gets the answer every other route gives)."""
+    client that did not ask for TAXII gets the answer every other route gives).
+
+    The title and description are in the reader's language (``Accept-Language``,
+    English by default), translated where shown by :func:`agent.i18n.localize` as the
+    REST API's messages are; ``error_code`` and ``http_status`` never change."""
+    lang = request_lang(request)
+    headers = {**error.headers, "Content-Language": lang}
+    description = localize(error.description, lang)
     if accepts_taxii(request):
-        return taxii_response({"title": error.title, "description": error.description,
+        return taxii_response({"title": localize(error.title, lang),
+                               "description": description,
                                "error_code": error.code, "http_status": str(error.status)},
-                              error.status, error.headers)
-    body = json.dumps({"error": {"code": error.code, "message": error.description}},
+                              error.status, headers)
+    body = json.dumps({"error": {"code": error.code, "message": description}},
                       ensure_ascii=False)
-    return web.Response(text=body, status=error.status, headers=error.headers,
+    return web.Response(text=body, status=error.status, headers=headers,
                         content_type="application/json")
+
+
+# The titles of TAXII error messages (HTTP reason phrases), for the catalog.
+TITLES = (N_("Bad Request"), N_("Unauthorized"), N_("Forbidden"), N_("Not Found"),
+          N_("Method Not Allowed"), N_("Not Acceptable"), N_("Request Entity Too Large"),
+          N_("Unsupported Media Type"), N_("Unprocessable Entity"),
+          N_("Internal Server Error"), N_("Insufficient Storage"))
 
 
 # --- media types ------------------------------------------------------------------------
@@ -132,8 +155,8 @@ def check_accept(request: web.Request) -> None:
     header = request.headers.get("Accept", "")
     if not accepts_taxii(request):
         raise TaxiiError(406, "Not Acceptable",
-                         f"this server answers {MEDIA_TAXII} only; the Accept header "
-                         f"was {header[:100]!r}")
+                         N_("this server answers {media} only; the Accept header was "
+                            "{header}").format(media=MEDIA_TAXII, header=repr(header[:100])))
 
 
 def check_content_type(request: web.Request) -> None:
@@ -142,8 +165,8 @@ def check_content_type(request: web.Request) -> None:
     media = _media_types(header)
     if len(media) != 1 or not _is_taxii21(*media[0]):
         raise TaxiiError(415, "Unsupported Media Type",
-                         f"post a TAXII envelope as {MEDIA_TAXII}; the Content-Type "
-                         f"was {header[:100]!r}")
+                         N_("post a TAXII envelope as {media}; the Content-Type was "
+                            "{header}").format(media=MEDIA_TAXII, header=repr(header[:100])))
 
 
 # --- authentication ---------------------------------------------------------------------
@@ -198,15 +221,16 @@ def parse_filters(request: web.Request, allowed: frozenset[str]) -> Filters:
     values: dict[str, Any] = {}
     for name, value in request.query.items():
         if name in seen:
-            raise _bad(f"the parameter {name!r} is given more than once")
+            raise _bad(N_("the parameter {name} is given more than once").format(
+                name=repr(name)))
         seen.add(name)
         if name == "limit":
             if not re.fullmatch(r"[0-9]{1,9}", value) or int(value) < 1:
-                raise _bad("limit must be a positive integer")
+                raise _bad(N_("limit must be a positive integer"))
             values["limit"] = min(int(value), MAX_PAGE)
         elif name == "next":
             if not _NEXT.fullmatch(value):
-                raise _bad("next is not a value this server gave")
+                raise _bad(N_("next is not a value this server gave"))
             values["after_row"] = int(value[1:], 16)
         elif name == "added_after":
             try:
@@ -217,9 +241,10 @@ def parse_filters(request: web.Request, allowed: frozenset[str]) -> Filters:
             field = match.group(1)
             items = value.split(",")
             if not value or len(items) > _MAX_MATCH_VALUES or not all(items):
-                raise _bad(f"{name} needs 1 to {_MAX_MATCH_VALUES} comma-separated values")
+                raise _bad(N_("{name} needs 1 to {n} comma-separated values").format(
+                    name=name, n=_MAX_MATCH_VALUES))
             if len(set(items)) != len(items):
-                raise _bad(f"{name} repeats a value")
+                raise _bad(N_("{name} repeats a value").format(name=name))
             if field == "version":
                 values["versions"] = _versions(items)
             else:
@@ -231,14 +256,14 @@ def parse_filters(request: web.Request, allowed: frozenset[str]) -> Filters:
 def _versions(items: list[str]) -> VersionFilter:
     keywords = {i for i in items if i in ("first", "last", "all")}
     if "all" in keywords and len(items) > 1:
-        raise _bad("match[version]=all cannot be combined with other versions")
+        raise _bad(N_("match[version]=all cannot be combined with other versions"))
     exact = []
     for item in items:
         if item not in keywords:
             try:
                 exact.append(parse_timestamp(item, "match[version]"))
             except PayloadError as exc:
-                raise _bad(f"{exc}, or one of first, last, all") from None
+                raise _bad(N_("{error}, or one of first, last, all").format(error=exc)) from None
     return VersionFilter(last="last" in keywords, first="first" in keywords,
                          all="all" in keywords, exact=tuple(exact))
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.errors import StorageError, StorageFullError, UnknownAudienceError
+from agent.i18n import N_
 from agent.node.node import Node, Submission
 from agent.storage.ledger import MAX_APPEND_BATCH
 from agent.storage.taxii_index import Collection, KnownObject, TaxiiIndex
@@ -76,6 +77,27 @@ COMMAND = (sys.executable, "-c", "from agent.taxii.post import main; main()")
 """The TAXII judge process's command line (agent/workers/supervisor.py starts it)."""
 
 
+# Why protocol/stix*.py refuses an object (a failure's message in a status), here so
+# ``scripts/i18n`` puts them in the catalog; each spells the text its raise site formats.
+STIX_TEMPLATES = (
+    N_("object_json: {reason}"),
+    N_("'type' must be a STIX type name (3-250 of a-z, 0-9, '-')"),
+    N_("'id' must be '{type}--' followed by an RFC 4122 UUID"),
+    N_("{where} must be a STIX id (<type>--<uuid>)"),
+    N_("modified is earlier than created"),
+    N_("a {type} needs '{key}' (STIX 2.1)"),
+    N_("an indicator needs '{key}' (a non-empty string)"),
+    N_("{key} must be precise to the millisecond (e.g. 2024-01-01T00:00:00.000Z), as "
+       "STIX 2.1 requires"),
+    N_("{what} must be a STIX timestamp like 2026-01-02T03:04:05.000Z"),
+    N_("valid_until must be later than valid_from"),
+    N_("invalid STIX pattern: {reason}"),
+    N_("confidence must be an integer from 0 to 100"),
+    N_("revoked must be true or false"),
+    N_("labels must be a non-empty list of non-empty strings"),
+)
+
+
 def parse_envelope(data: bytes) -> list[Any]:
     """The ``objects`` of a posted envelope (a STIX bundle is accepted too).
 
@@ -87,25 +109,28 @@ def parse_envelope(data: bytes) -> list[Any]:
     try:
         envelope = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise TaxiiError(400, "Bad Request", f"the body is not UTF-8 JSON: {exc}") from None
+        raise TaxiiError(400, "Bad Request", N_("the body is not UTF-8 JSON: {reason}").format(
+            reason=exc)) from None
     if not isinstance(envelope, dict):
-        raise TaxiiError(422, "Unprocessable Entity", "the body must be a TAXII envelope: "
-                                                      '{"objects": [...]}')
+        raise TaxiiError(422, "Unprocessable Entity", N_(
+            'the body must be a TAXII envelope: {"objects": [...]}'))
     if "objects" not in envelope:
         if "type" in envelope and envelope.get("type") != "bundle":
-            raise TaxiiError(422, "Unprocessable Entity",
-                             "the body is a bare STIX object; post it inside a TAXII "
-                             'envelope: {"objects": [<the object>]}')
-        raise TaxiiError(422, "Unprocessable Entity", "the envelope has no 'objects': "
-                                                      'post {"objects": [...]}')
+            raise TaxiiError(422, "Unprocessable Entity", N_(
+                "the body is a bare STIX object; post it inside a TAXII envelope: "
+                '{"objects": [<the object>]}'))
+        raise TaxiiError(422, "Unprocessable Entity", N_(
+            """the envelope has no 'objects': post {"objects": [...]}"""))
     objects = envelope["objects"]
     if not isinstance(objects, list):
-        raise TaxiiError(422, "Unprocessable Entity", "'objects' must be a list")
+        raise TaxiiError(422, "Unprocessable Entity", N_("'objects' must be a list"))
     if not objects:
-        raise TaxiiError(422, "Unprocessable Entity", "the envelope's 'objects' list is empty")
+        raise TaxiiError(422, "Unprocessable Entity",
+                         N_("the envelope's 'objects' list is empty"))
     if len(objects) > MAX_OBJECTS:
         raise TaxiiError(413, "Request Entity Too Large",
-                         f"an envelope holds at most {MAX_OBJECTS} objects, not {len(objects)}")
+                         N_("an envelope holds at most {max} objects, not {n}").format(
+                             max=MAX_OBJECTS, n=len(objects)))
     if len(data) > MAX_STIX_JSON_BYTES:  # else no object can be over the limit
         _check_sizes(objects)
     return objects
@@ -129,9 +154,10 @@ def _check_sizes(objects: Sequence[Any]) -> None:
             name = stix_id[:120] if isinstance(stix_id, str) else "an object"
             raise TaxiiError(
                 413, "Request Entity Too Large",
-                f"too large: {name} is {size // 1024} KiB as JSON; one object holds at most "
-                f"{MAX_STIX_JSON_BYTES // 1024} KiB. Nothing of this envelope was stored; "
-                f"post it without that object")
+                N_("too large: {name} is {size} KiB as JSON; one object holds at most "
+                   "{max} KiB. Nothing of this envelope was stored; post it without that "
+                   "object").format(name=name, size=size // 1024,
+                                    max=MAX_STIX_JSON_BYTES // 1024))
 
 
 class DiskFullDuringPost(StorageFullError):
@@ -178,7 +204,9 @@ class _Item:
     version: str | None
     version_us: int | None
     submissions: tuple[Submission, ...] = ()
-    message: str | None = None
+    dropped: str | None = None
+    """None: stored as posted only; else also shared as an observation, which does not
+    hold these properties (comma-separated; empty: it holds them all)."""
     texts: tuple[ObjectText | None, ...] = ()  # rendered but for the entry id and seq
     spec_version: str = "2.1"
 
@@ -403,10 +431,10 @@ async def _fresh(index: TaxiiIndex, items: list[_Item], seen: set[tuple[str, int
                 item.stix_id, item.version or "", _refusal(item, *claim)))
         elif key is not None and key in present:
             outcome[item.position] = (True, _detail(
-                item.stix_id, item.version or "", "already in the collection"))
+                item.stix_id, item.version or "", N_("already in the collection")))
         elif key is not None and key in seen:
             outcome[item.position] = (True, _detail(
-                item.stix_id, item.version or "", "duplicate within the envelope"))
+                item.stix_id, item.version or "", N_("duplicate within the envelope")))
         else:
             if key is not None:
                 seen.add(key)
@@ -424,13 +452,16 @@ def _refusal(item: _Item, other: str, prop: str) -> str:
     taxii_owners.py refuses it in the index too)."""
     tlp = item.submissions[0].tlp
     if prop in ("id", "extensions") and tlp.encrypted:
-        return (f"refused: this is {other}'s TLP:{tlp.value} object (from the federation "
-                f"collection); shared again under this node's name it would reach members "
-                f"its author did not choose. It stays as its author shared it")
+        return N_("refused: this is {other}'s TLP:{tlp} object (from the federation "
+                  "collection); shared again under this node's name it would reach members "
+                  "its author did not choose. It stays as its author shared it").format(
+            other=other, tlp=tlp.value)
     if prop == "id":
-        return (f"refused: this id was first published by {other}; a member cannot publish "
-                f"a version of another member's object (give your own object a new id)")
-    return (f"refused: its {prop} names {other}; a member publishes only in its own name")
+        return N_("refused: this id was first published by {other}; a member cannot "
+                  "publish a version of another member's object (give your own object a "
+                  "new id)").format(other=other)
+    return N_("refused: its {prop} names {other}; a member publishes only in its own "
+              "name").format(prop=prop, other=other)
 
 
 def _settle(committing: tuple[list[_Item], asyncio.Task[list[VerifiedEntry]]],
@@ -444,14 +475,21 @@ def _settle(committing: tuple[list[_Item], asyncio.Task[list[VerifiedEntry]]],
     except (UnknownAudienceError, PayloadError, StorageError, EntraideError) as exc:
         for item in batch:
             outcome[item.position] = (False, _detail(
-                item.stix_id, item.version or "", f"not stored: {exc}"))
+                item.stix_id, item.version or "", N_("not stored: {error}").format(error=exc)))
         return
     at = 0
     for item in batch:
         mine = entries[at:at + len(item.submissions)]
         at += len(item.submissions)
         named = mine[-1]  # the observation when there is one: what the API shows
-        note = f"entry {named.id}" + (f"; {item.message}" if item.message else "")
+        if item.dropped is None:
+            note = N_("entry {id}").format(id=named.id)
+        elif not item.dropped:
+            note = N_("entry {id}; also shared as an Entraide observation").format(id=named.id)
+        else:
+            note = N_("entry {id}; also shared as an Entraide observation (the observation "
+                      "does not hold: {dropped}; the object keeps them)").format(
+                id=named.id, dropped=item.dropped)
         outcome[item.position] = (True, _detail(
             item.stix_id, item.version or format_ms(named.ts), note))
         for submission, text, entry in zip(item.submissions, item.texts, mine, strict=True):
@@ -482,10 +520,11 @@ def _judge(objects: Sequence[Any], offset: int, origin: str, render: bool) -> _J
         tlp = imported.tlp or DEFAULT_TLP
         if tlp is TLP.RED:
             outcome[position] = (False, _detail(
-                stix_id, version or "", "TLP:RED needs an explicit audience, which TAXII "
-                "cannot carry; share it through POST /api/v1/observations with 'audience'"))
+                stix_id, version or "", N_(
+                    "TLP:RED needs an explicit audience, which TAXII cannot carry; share it "
+                    "through POST /api/v1/observations with 'audience'")))
             continue
-        message = None
+        dropped = None
         payload = imported.payload
         version_us = None if imported.version is None else parse_timestamp(imported.version)
         if isinstance(payload, Observation):
@@ -499,10 +538,7 @@ def _judge(objects: Sequence[Any], offset: int, origin: str, render: bool) -> _J
             texts: tuple[ObjectText | None, ...] = (
                 ObjectText((carried.object_json,), ()),
                 observation_text(payload, origin, tlp, marker) if render else None)
-            message = "also shared as an Entraide observation"
-            if imported.dropped:
-                message += " (the observation does not hold: " + ", ".join(imported.dropped)
-                message += "; the object keeps them)"
+            dropped = ", ".join(imported.dropped)
             spec_version = "2.1"
         else:
             assert isinstance(payload, StixObject)  # import_object makes nothing else
@@ -510,5 +546,5 @@ def _judge(objects: Sequence[Any], offset: int, origin: str, render: bool) -> _J
             texts = (ObjectText((payload.object_json,), ()),)
             spec_version = str(obj.get("spec_version", "2.1"))
         items.append(_Item(position, imported.stix_id, imported.version, version_us,
-                           submissions, message, texts, spec_version))
+                           submissions, dropped, texts, spec_version))
     return outcome, items

@@ -219,3 +219,67 @@ def test_parse_misp_does_not_recurse_without_bound() -> None:
         document = {"response": [document]}
     with pytest.raises(PayloadError, match="no MISP event"):
         parse_misp(document)
+
+
+# --- the reasons in the reader's language ----------------------------------------------
+
+REASONS_EVENT: dict[str, Any] = {"Event": {"info": "reasons", "Attribute": [
+    {"type": "ip-dst", "value": "203.0.113.9", "to_ids": False},
+    {"type": "filename", "value": "invoice.pdf.exe"},
+    {"type": "ip-dst|port", "value": "198.51.100.9"},
+    {"type": "domain", "value": 42},
+]}}
+
+
+async def test_misp_import_reasons_follow_accept_language(api: Api) -> None:
+    answers = {}
+    for lang in ("en", "fr-CA"):
+        status, answers[lang] = await api.call("POST", "/api/v1/import/misp", scope="write",
+                                               json_body=REASONS_EVENT,
+                                               headers={"Accept-Language": lang})
+        assert status == 201 and answers[lang]["imported"] == 0
+    english, french = answers["en"], answers["fr-CA"]
+    assert [i["reason"] for i in english["invalid"]] == [
+        "a ip-dst|port value holds a '|'", "the value is not a string"]
+    assert [i["reason"] for i in french["invalid"]] == [
+        "une valeur ip-dst|port contient un '|'", "la valeur n'est pas une chaîne"]
+    assert english["unsupported"][0]["reason"] == ("MISP type 'filename' has no Entraide "
+                                                   "indicator type")
+    assert french["unsupported"][0]["reason"] == ("le type MISP 'filename' n'a pas de type "
+                                                  "d'indicateur Entraide")
+    assert french["context"][0]["reason"] == ("to_ids est false : contexte, pas un "
+                                              "indicateur; non partagé")
+    # Only the reasons change: the rest of the answer is the same in both languages.
+    for key in ("context", "unsupported", "invalid"):
+        assert [{**i, "reason": ""} for i in english[key]] == [
+            {**i, "reason": ""} for i in french[key]]
+    status, body = await api.call("POST", "/api/v1/import/misp", scope="write",
+                                  json_body={"nothing": 1},
+                                  headers={"Accept-Language": "fr-CA"})
+    assert status == 422 and body["error"]["message"].startswith("aucun événement MISP")
+
+
+async def test_misp_cli_reasons_in_the_cli_language(api: Api, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli.bulk import import_command
+    from agent.cli.lang import current_lang, set_lang
+
+    source = tmp_path / "event.json"
+    source.write_text(json.dumps(REASONS_EVENT))
+    common = ["--api", f"http://127.0.0.1:{api.client.port}", "--token", api.tokens["write"]]
+    data_dir = api.node.data_dir.root
+    was = current_lang()
+    try:
+        set_lang("fr")
+        for command in (import_misp_command, import_command):
+            status = await asyncio.to_thread(command, [str(source), *common], data_dir)
+            assert status == 0
+            err = capsys.readouterr().err
+            assert "la valeur n'est pas une chaîne" in err, err
+            assert "n'a pas de type d'indicateur Entraide" in err, err
+        set_lang("en")
+        status = await asyncio.to_thread(import_misp_command, [str(source), *common], data_dir)
+        err = capsys.readouterr().err
+        assert status == 0 and "the value is not a string" in err, err
+    finally:
+        set_lang(was)
