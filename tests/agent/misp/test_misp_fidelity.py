@@ -236,7 +236,7 @@ async def test_misp_red_without_audience_is_refused_in_the_readers_language(
     status, body = await api.call("POST", "/api/v1/import/misp?tlp=RED", scope="write",
                                   json_body=_load(XORIST), headers={"Accept-Language": "fr"})
     assert status == 422 and body["error"]["code"] == "audience_required"
-    assert body["error"]["message"] == "TLP:RED exige un auditoire (?audience=NOM,...)"
+    assert body["error"]["message"] == "TLP:RED exige une audience (?audience=NOM,...)"
 
 
 async def test_misp_red_without_audience_is_refused(api: Api, tmp_path: Path,
