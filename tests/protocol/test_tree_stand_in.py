@@ -206,3 +206,12 @@ def test_sim_interior_node_killed_eager_links_still_reach_everyone_without_loops
     sim.at(3.1, lambda: sim.publish(origin, entry))
     sim.run_until(3.6)
     assert all(entry.hash in sim.nodes[i].stored_at for i in live)
+
+
+def test_hops_adopted_from_a_cut_beacon_stay_encodable() -> None:
+    root, cut_peer, me = _keys("root", "cut", "me")
+    tree = BroadcastTree(me.key_id, 5.0)
+    tree.add_peer(cut_peer, 0.0)
+    out = tree.on_beacon(cut_peer, Beacon(root.key_id, 3, CUT), 1.0)
+    assert tree.parent == cut_peer and tree.hops == CUT
+    assert (cut_peer, Beacon(root.key_id, 3, CUT)) in out  # built: hops within bounds
