@@ -75,7 +75,7 @@ def _percentile(values: list[float], q: float) -> float:
 def simulate(n: int, entries: int, warmup: int, *, churn: bool,
              seed: bytes = b"scale") -> dict[str, Any]:
     """One run (see the module docstring); returns its figures, times in seconds."""
-    from bench.sim import LinkModel, Simulation, make_chain
+    from bench.sim import LinkModel, Simulation, plan_entries, schedule, warm_up
     from protocol.prng import Prng
 
     started = time.perf_counter()
@@ -89,31 +89,16 @@ def simulate(n: int, entries: int, warmup: int, *, churn: bool,
         others = [i for i in range(n) if i != root]
         churned = set(prng.sample(others, max(1, round(CHURN * n))))
     publishers = [i for i in range(n) if i != root and i not in churned]
-    heads: dict[int, tuple[int, bytes | None]] = {}
-    plan = []
-    for _ in range(warmup + entries):
-        i = publishers[prng.below(len(publishers))]
-        seq, prev = heads.get(i, (0, None))
-        entry = make_chain(sim.nodes[i].identity, 1, start=seq + 1, prev=prev,
-                           body_bytes=1024 - 180, tag=b"scale")[0]
-        heads[i] = (seq + 1, entry.hash)
-        plan.append((i, entry))
-    sim.start()
-    sim.run_until(2.0)
-    t = sim.now
-    for i, entry in plan[:warmup]:
-        t += prng.uniform(0.5, 1.5) / RATE
-        sim.at(t, lambda i=i, entry=entry: sim.publish(i, entry))
-    sim.run_until(t + 3.0)
+    plan = plan_entries(sim, publishers, warmup + entries, prng, body_bytes=1024 - 180,
+                        tag=b"scale")
+    warm_up(sim, plan[:warmup], RATE, prng)
     roots = {node.engine.tree.root for node in sim.nodes if node.engine is not None}
     one_root = roots == {sim.nodes[root].key.key_id}
     copies0, payload0, total0 = sim.traffic()
-    t0 = t = sim.now
+    t0 = sim.now
     measured = plan[warmup:]
     window = len(measured) / RATE
-    for i, entry in measured:
-        t += prng.uniform(0.5, 1.5) / RATE
-        sim.at(t, lambda i=i, entry=entry: sim.publish(i, entry))
+    t = schedule(sim, measured, t0, RATE, prng)
     if churn:
         for i in sorted(churned):
             leave = t0 + prng.uniform(0.0, window)

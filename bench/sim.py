@@ -614,6 +614,41 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def plan_entries(sim: Simulation, publishers: Sequence[int], count: int, prng: Prng, *,
+                 body_bytes: int, tag: bytes) -> list[tuple[int, VerifiedEntry]]:
+    """``count`` entries to publish, each the next of a random publisher's chain."""
+    heads: dict[int, tuple[int, bytes | None]] = {}
+    plan: list[tuple[int, VerifiedEntry]] = []
+    for _ in range(count):
+        i = publishers[prng.below(len(publishers))]
+        seq, prev = heads.get(i, (0, None))
+        entry = make_chain(sim.nodes[i].identity, 1, start=seq + 1, prev=prev,
+                           body_bytes=body_bytes, tag=tag)[0]
+        heads[i] = (seq + 1, entry.hash)
+        plan.append((i, entry))
+    return plan
+
+
+def schedule(sim: Simulation, plan: Sequence[tuple[int, VerifiedEntry]], start: float,
+             rate: float, prng: Prng) -> float:
+    """Publish ``plan`` from ``start`` on, ``rate`` per second with each gap drawn
+    between 0.5 and 1.5 of the mean; returns the instant of the last."""
+    t = start
+    for i, entry in plan:
+        t += prng.uniform(0.5, 1.5) / rate
+        sim.at(t, lambda i=i, entry=entry: sim.publish(i, entry))
+    return t
+
+
+def warm_up(sim: Simulation, plan: Sequence[tuple[int, VerifiedEntry]], rate: float,
+            prng: Prng) -> None:
+    """Start the nodes, let the overlay form (2 s), then publish ``plan`` so that the
+    broadcast tree settles, and run 3 s past the last."""
+    sim.start()
+    sim.run_until(2.0)
+    sim.run_until(schedule(sim, plan, sim.now, rate, prng) + 3.0)
+
+
 def run_propagation(nodes: int = 1000, entries: int = 200, *, delay: float = 0.025,
                     jitter: float = 0.1, entry_bytes: int = 1024, rate: float = 20.0,
                     warmup: int = 20, seed: bytes = b"propagation",
@@ -632,30 +667,13 @@ def run_propagation(nodes: int = 1000, entries: int = 200, *, delay: float = 0.0
     link = link or LinkModel(delay=delay, jitter=jitter)
     sim = Simulation(nodes, seed=seed, params=params, link=link)
     prng = Prng(seed + b"/publish")
-    heads: dict[int, tuple[int, bytes | None]] = {}
-    plan: list[tuple[int, VerifiedEntry]] = []
     body = max(1, entry_bytes - 180)  # headers + signature: about 180 bytes
-    for _ in range(warmup + entries):
-        i = prng.below(nodes)
-        seq, prev = heads.get(i, (0, None))
-        entry = make_chain(sim.nodes[i].identity, 1, start=seq + 1, prev=prev,
-                           body_bytes=body, tag=b"bench")[0]
-        heads[i] = (seq + 1, entry.hash)
-        plan.append((i, entry))
-    sim.start()
-    sim.run_until(2.0)
-    t = sim.now
-    for i, entry in plan[:warmup]:
-        t += prng.uniform(0.5, 1.5) / rate
-        sim.at(t, lambda i=i, entry=entry: sim.publish(i, entry))
-    sim.run_until(t + 3.0)
+    plan = plan_entries(sim, range(nodes), warmup + entries, prng, body_bytes=body,
+                        tag=b"bench")
+    warm_up(sim, plan[:warmup], rate, prng)
     copies0, payload0, total0 = sim.traffic()
-    t = sim.now
     measured = plan[warmup:]
-    for i, entry in measured:
-        t += prng.uniform(0.5, 1.5) / rate
-        sim.at(t, lambda i=i, entry=entry: sim.publish(i, entry))
-    sim.run_until(t + 5.0)
+    sim.run_until(schedule(sim, measured, sim.now, rate, prng) + 5.0)
     copies1, payload1, total1 = sim.traffic()
     to_all: list[float] = []
     each: list[float] = []
