@@ -46,8 +46,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from agent.cli.localfed import child_pids, wait_idle
 from agent.config.datadir import DataDir
 from agent.config.settings import load_node_config, write_node_config
@@ -63,7 +61,7 @@ from bench.fed import (
     open_ledger,
 )
 from bench.httpload import run_load
-from bench.query import _body
+from bench.query import _body, lookup_check
 from protocol.entries import TLP, VerifiedEntry, sign_entry
 
 ORIGINS = 200
@@ -318,18 +316,7 @@ def _start_timed(fed: LocalFederation, lookup: str) -> tuple[float, float]:
 async def _lookups(node: FedNode, distinct: int, lookups: int, result: Result) -> None:
     rng = random.Random(20)
     auth = [("Authorization", f"Bearer {node.token}")]
-    prefix = len("/api/v1/indicators/ipv4-addr/")
-
-    def check(path: str, body: bytes) -> None:
-        """As the query scenario's check, 1 to ``SHARING`` origins (a stopped build)."""
-        doc = orjson.loads(body)
-        value = path[prefix:]
-        if doc["type"] != "ipv4-addr" or doc["value"] != value:
-            raise ValueError(f"answered for {doc['type']}/{doc['value']}")
-        if not 1 <= len(doc["origins"]) <= SHARING or doc["count"] != len(doc["observations"]):
-            raise ValueError(f"{len(doc['origins'])} origins, count {doc['count']}")
-        if any(o["value"] != value for o in doc["observations"]):
-            raise ValueError("an observation of another value")
+    check = lookup_check(1, SHARING)  # 1 to SHARING origins: a build may have stopped
 
     def paths(n: int) -> list[str]:
         return [f"/api/v1/indicators/ipv4-addr/{_value(rng.randrange(distinct))}"

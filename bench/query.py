@@ -141,17 +141,19 @@ async def _load(client: Client, paths: list[str], clients: int = CLIENTS
     return time.perf_counter() - t0, latencies
 
 
-def _lookup_check(origins: int) -> Callable[[str, bytes], None]:
-    """Every lookup answers for the value asked, with ``origins`` origins and as many
-    observations as its count says."""
+def lookup_check(fewest: int, most: int | None = None) -> Callable[[str, bytes], None]:
+    """Every lookup answers for the value asked, with ``fewest`` origins (up to ``most``
+    when given) and as many observations as its count says."""
     prefix = len("/api/v1/indicators/ipv4-addr/")
+    most = fewest if most is None else most
 
     def check(path: str, body: bytes) -> None:
         doc = orjson.loads(body)
         value = path[prefix:]
         if doc["type"] != "ipv4-addr" or doc["value"] != value:
             raise ValueError(f"answered for {doc['type']}/{doc['value']}")
-        if len(doc["origins"]) != origins or doc["count"] != len(doc["observations"]):
+        if not fewest <= len(doc["origins"]) <= most or doc["count"] != len(
+                doc["observations"]):
             raise ValueError(f"{len(doc['origins'])} origins, count {doc['count']}")
         if any(o["value"] != value for o in doc["observations"]):
             raise ValueError("an observation of another value")
@@ -194,7 +196,7 @@ async def _measure(node: FedNode, lookups: int, lists: int, distinct: int, per: 
     async with Client(node, concurrency=CLIENTS) as client:
         sample = await client.request("GET", lookup_paths(1)[0])
         result.params["observations_per_indicator"] = len(sample["observations"])
-        check = _lookup_check(len(sample["origins"]))
+        check = lookup_check(len(sample["origins"]))
         # The first lookup connection started the read lane's readers; time them once
         # they take connections (the lean runs' connections open with a lookup).
         deadline = time.perf_counter() + WORKER_START_S
