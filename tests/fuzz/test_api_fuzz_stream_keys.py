@@ -24,7 +24,7 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.agent.api.test_api_fuzz import CHECKS, EXAMPLES, _summary, serve_node
+from tests.agent.api.test_api_fuzz import CHECKS, EXAMPLES, _fuzz, _summary, serve_node
 
 pytestmark = pytest.mark.slow
 
@@ -120,18 +120,8 @@ def test_key_routes_answer_as_documented(node: tuple[str, dict[str, str]],
     op = _operation(url, operation_id)
     headers = _headers(tokens, scope)
     with requests.Session() as session:
-        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck))
-        @given(case=op.as_strategy())
-        def run(case: Any) -> None:
-            response = case.call(base_url=url, headers=headers, session=session, timeout=30)
-            assert response.status_code < 500, (
-                f"{case.method} {case.formatted_path} body={str(case.body)[:300]!r}: "
-                f"{response.status_code} {response.text[:300]}")
-            case.validate_response(response, checks=CHECKS)
-
         try:
-            run()
+            _fuzz(op, url, headers, session)
         except (Exception, BaseExceptionGroup) as exc:
             pytest.fail(_summary(exc))
     # The node still answers, under the same key or not.
