@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +109,12 @@ async def open_stream(api: Api, query: str = "", last_event_id: str | None = Non
         yield reader
 
 
+async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Api]:
     async with running_api(tmp_path, settings=ApiSettings(stream_page=3)) as running:
@@ -194,6 +200,9 @@ async def test_stream_client_too_slow_is_disconnected_then_resumes(tmp_path: Pat
     settings = ApiSettings(stream_queue=2, stream_page=4)
     async with running_api(tmp_path, settings=settings) as api:
         async with open_stream(api) as stream:
+            # The stream subscribes after its opening comment: a commit before that would
+            # reach it by the ledger catch-up, which never overflows.
+            await _until(lambda: len(api.node._fanout) == 1)
             created = await api.submit({"observations": [obs(ip(i)) for i in range(10)]})
             got = []
             while (event := await stream.next_event()) is not None:
