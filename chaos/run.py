@@ -416,6 +416,15 @@ class Chaos:
     def _links_of(self, name: str) -> list[LinkProxy]:
         return [p for (a, b), p in self.proxies.items() if name in (a, b)]
 
+    async def _black_hole(self, name: str, seconds: float) -> None:
+        """Drop everything on every link of ``name`` for ``seconds``, then heal them."""
+        for p in self._links_of(name):
+            p.link.blackhole = True
+            p.link.poke()
+        await asyncio.sleep(seconds)
+        for p in self._links_of(name):
+            p.heal()
+
     async def fault(self, kind: str, session: aiohttp.ClientSession) -> None:
         names = [n.name for n in self.fed.nodes]
         if kind in ("kill", "sigstop", "clock_skew"):
@@ -451,13 +460,8 @@ class Chaos:
             await asyncio.sleep(length)
             link.link.bandwidth = 0.0
         elif kind == "blackhole":
-            for p in self._links_of(victim):
-                p.link.blackhole = True
-                p.link.poke()
             what = f"{victim}: all its links black-holed"
-            await asyncio.sleep(length)
-            for p in self._links_of(victim):
-                p.heal()
+            await self._black_hole(victim, length)
         elif kind == "reset":
             n = sum(p.reset() for p in self.proxies.values())
             what = f"every link: {n} connections reset (RST)"
@@ -526,13 +530,8 @@ class Chaos:
         elif kind == "outage":
             sat = SATELLITE[0]
             self.down.add(sat)
-            for p in self._links_of(sat):
-                p.link.blackhole = True
-                p.link.poke()
             what = f"{sat}: satellite outage (all its links black-holed) for {length:.0f} s"
-            await asyncio.sleep(length)
-            for p in self._links_of(sat):
-                p.heal()
+            await self._black_hole(sat, length)
             self.catchup = (time.monotonic(), {i for i, (n, _t) in self.acked.items()
                                                if n != sat})
             self.down.discard(sat)
