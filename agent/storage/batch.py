@@ -105,9 +105,10 @@ class Batch:
         common = (entry_no, state.origin_id, entry.ts, entry.tlp.value)
         if record.kind == "observation":
             obs_no = self.take("observation")
+            # A plaintext body is the answer itself (agent/storage/observation_rows.py).
             self.observations.append((obs_no, *common, record.type, record.value,
-                                      record.first_seen, record.last_seen, record.doc,
-                                      entry.hash, entry.seq))
+                                      record.first_seen, record.last_seen,
+                                      record.doc if entry.tlp.encrypted else None))
             self.events.append((obs_no, entry, record))
         elif record.kind == "sighting":
             self.sightings.append((self.take("sighting"), *common, record.target, record.doc))
@@ -155,8 +156,7 @@ class Batch:
         if self.observations:
             db.executemany(
                 "INSERT INTO observations (obs_no, entry_no, origin_id, ts, tlp, type, value, "
-                "first_seen, last_seen, doc, hash, seq) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "first_seen, last_seen, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 self.observations)
         if self.sightings:
             db.executemany(

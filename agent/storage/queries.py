@@ -39,6 +39,7 @@ from agent.storage.cursors import (
     format_ms,
 )
 from agent.storage.ipblocks import matching_keys
+from agent.storage.observation_rows import OBS_FROM, OBS_SELECT, body_fields
 from protocol.entries import TLP
 from protocol.errors import EncodingError, PayloadError
 from protocol.indicators import IndicatorType, normalise_indicator
@@ -158,11 +159,7 @@ class Page:
 
 OriginIdOf = Callable[[PublicKey], int | None]
 
-# The entry's id and seq are copies on the observation row (schema version 2), so no
-# ``entries`` row is read.
-_OBS_SELECT = "o.obs_no, o.hash, g.key, o.seq, o.ts, o.tlp, o.retracted, o.doc"
-_OBS_FROM = "FROM observations o JOIN origins g ON g.origin_id = o.origin_id"
-_OBS_COLUMNS = f"{_OBS_SELECT} {_OBS_FROM}"
+_OBS_COLUMNS = f"{OBS_SELECT} {OBS_FROM}"
 _ALL_TYPES = tuple(t.value for t in IndicatorType)
 
 
@@ -173,8 +170,11 @@ def key_text(raw: bytes) -> str:
 
 
 def _observation_row(row: Sequence[Any]) -> dict[str, Any]:
+    """The answer of an ``OBS_SELECT`` row: a sealed payload's JSON is kept on the row,
+    a plaintext one is its entry's body (agent/storage/observation_rows.py)."""
+    fields = loads(row[7]) if row[7] is not None else body_fields(row[8])
     return observation_dict(row[1].hex(), key_text(row[2]), row[3], row[4], row[5],
-                            bool(row[6]), loads(row[7]))
+                            bool(row[6]), fields)
 
 
 def _limit(limit: int) -> int:
@@ -215,7 +215,7 @@ _AGGREGATES_SQL = ("SELECT count(*), min(o.first_seen), max(o.last_seen) FROM ob
 _ORIGINS_SQL = ("SELECT g.key, min(o.obs_no) AS first FROM observations o "
                 "JOIN origins g ON g.origin_id = o.origin_id "
                 "WHERE o.type = ? AND o.value IN ({keys}){live} GROUP BY g.key ORDER BY first")
-_ROWS_SQL = (f"SELECT {_OBS_SELECT}, o.first_seen, o.last_seen {_OBS_FROM} "
+_ROWS_SQL = (f"SELECT {OBS_SELECT}, o.first_seen, o.last_seen {OBS_FROM} "
              "WHERE o.type = ? AND o.value IN ({keys}){live} ORDER BY o.obs_no DESC LIMIT ?")
 
 
@@ -244,8 +244,8 @@ def indicator_bounded(conn: sqlite3.Connection, type: str, value: str,
         "observations": [_observation_row(r) for r in rows[:limit]],
         "count": len(rows),
         "origins": [key_text(k) for k in origins],
-        "first_seen": format_ms(min(r[8] for r in rows)) if rows else None,
-        "last_seen": format_ms(max(r[9] for r in rows)) if rows else None,
+        "first_seen": format_ms(min(r[9] for r in rows)) if rows else None,
+        "last_seen": format_ms(max(r[10] for r in rows)) if rows else None,
     }
 
 

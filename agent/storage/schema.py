@@ -34,6 +34,7 @@ from pathlib import Path
 from agent.errors import StorageError
 from agent.storage.aid import migrate_v4
 from agent.storage.ipblocks import migrate_v7
+from agent.storage.observation_rows import migrate_v8
 from agent.storage.retention import migrate_v6
 from agent.storage.rules import migrate_v5
 
@@ -200,6 +201,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "expiry index of stored bodies (agent/storage/retention.py)", migrate_v6),
     Migration(7, "index of stored CIDR blocks, URL rows re-keyed by indicator_key "
               "(agent/storage/ipblocks.py)", migrate_v7),
+    Migration(8, "observation rows without copies of their entry: its id, seq and "
+              "plaintext payload (agent/storage/observation_rows.py)", migrate_v8),
 )
 """Every migration, in order; the last one's version is :data:`SCHEMA_VERSION`."""
 

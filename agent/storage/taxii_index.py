@@ -54,7 +54,16 @@ from protocol.aid import AidRequest
 from protocol.entries import TLP, verify_header
 from protocol.errors import EntraideError
 from protocol.keys import PublicKey
-from protocol.payloads import Alert, Observation, Payload, Playbook, Rule, Sighting, StixObject
+from protocol.payloads import (
+    Alert,
+    Observation,
+    Payload,
+    Playbook,
+    Rule,
+    Sighting,
+    StixObject,
+    decode_payload,
+)
 from protocol.stix import (
     EntryRef,
     entry_stix_id,
@@ -280,7 +289,7 @@ class TaxiiIndex:
             out.append(pending)
         return out
 
-    def _object(self, kind: str, doc: str, ref: EntryRef, target: bytes | None,
+    def _object(self, kind: str, doc: str | bytes, ref: EntryRef, target: bytes | None,
                 by_entry: dict[bytes, dict[str, Any] | str],
                 payload: Payload | None) -> dict[str, Any] | None:
         model = _MODELS.get(kind)
@@ -296,7 +305,9 @@ class TaxiiIndex:
             if not isinstance(payload, model):
                 payload = model.model_validate({**fields, "kind": kind})
         elif not isinstance(payload, model):
-            payload = model.model_validate({**json.loads(doc), "kind": kind})
+            # A plaintext observation comes as its body (LEDGER_CHUNK), others as JSON.
+            payload = (decode_payload(doc) if isinstance(doc, bytes)
+                       else model.model_validate({**json.loads(doc), "kind": kind}))
         target_ref = None
         if target is not None:
             sighted = self._object_of_entry(bytes(target), by_entry)

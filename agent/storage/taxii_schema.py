@@ -44,7 +44,8 @@ CREATE TABLE statuses (id TEXT PRIMARY KEY, created_us INTEGER NOT NULL, json TE
 CREATE INDEX statuses_by_age ON statuses (created_us);
 """
 
-# The next SYNC_CHUNK readable entries after a position, in insertion order. Each arm is
+# The next SYNC_CHUNK readable entries after a position, in insertion order; ``doc`` is
+# the row's JSON text, or a plaintext observation's body. Each arm is
 # limited on its own so a chunk is four short index range scans, not a sort of the rest.
 LEDGER_CHUNK = " UNION ALL ".join(
     f"SELECT * FROM (SELECT t.entry_no, {kind}, e.hash, g.key, e.seq, {ts}, {tlp}, {doc}, "
@@ -52,7 +53,10 @@ LEDGER_CHUNK = " UNION ALL ".join(
     f"JOIN origins g ON g.origin_id = t.origin_id WHERE t.entry_no > :after{extra} "
     f"ORDER BY t.entry_no LIMIT :limit)"
     for table, kind, ts, tlp, doc, target, extra in (
-        ("observations", "'observation'", "t.ts", "t.tlp", "t.doc", "NULL", ""),
+        # A plaintext observation's row keeps no JSON: its body (bytes) stands in
+        # (agent/storage/observation_rows.py).
+        ("observations", "'observation'", "t.ts", "t.tlp", "coalesce(t.doc, e.body)", "NULL",
+         ""),
         ("sightings", "'sighting'", "t.ts", "t.tlp", "t.doc", "t.target", ""),
         ("retractions", "'retraction'", "NULL", "NULL", "e.header", "t.target",
          " AND t.applied = 1"),

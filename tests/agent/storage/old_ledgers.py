@@ -8,7 +8,9 @@ ledger written by today's code (real keys, real signed entries, real forks):
 - only the tables and columns that exist at ``version`` are copied; the indexes and
   tables of the later migrations (the aid thread index, the tools index, the expiry
   index, the CIDR block index) are left for those migrations to build and fill;
-- ``url`` rows keep the value as submitted, as every version before schema 7 could
+- observation rows before schema 8 hold copies of their entry's id and seq and the
+  JSON of every payload, plaintext or not;
+- ``url`` rows before schema 7 keep the value as submitted, as those versions could
   have written them (the query tables index ``indicator_key`` since 460e32f).
 
 Schemas 1 and 2 hold protocol v1 entries, which cannot be built by today's code and
@@ -22,6 +24,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.jsoncodec import dumps
+from agent.storage.observation_rows import body_fields
 from agent.storage.schema import MIGRATIONS, V1_ENTRIES_SCHEMA, migrate
 from protocol.entries import TLP, VerifiedEntry, sign_entry
 from protocol.payloads import encode_payload
@@ -45,6 +49,8 @@ URL = "http://example.com/%7Euser/a/../b?q=%7e"
 """Submitted in a spelling other than its RFC 3986 normal form ``URL_KEY``."""
 URL_KEY = "http://example.com/~user/b?q=~"
 BLOCK = "203.0.113.0/24"
+SEALED = "198.51.100.77"
+"""An AMBER observation to this node: its row keeps its JSON at every schema."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,8 @@ def row_counts(path: Path) -> dict[str, int]:
 async def _write_today(path: Path) -> tuple[tuple[int, int, int], list[VerifiedEntry],
                                             list[VerifiedEntry]]:
     """A ledger of today's schema: own observations (an address, a CIDR block, a URL, a
-    domain), a sighting, a remote origin's chain and a fork of it."""
+    domain), a sighting, an AMBER observation sealed to this node, a remote origin's
+    chain and a fork of it."""
     ledger = await open_ledger(path, ME, TRUST)
     try:
         own = await ledger.append_own([
@@ -91,6 +98,8 @@ async def _write_today(path: Path) -> tuple[tuple[int, int, int], list[VerifiedE
             draft(observation(URL, type="url")),
             draft(observation("bad.example", type="domain-name"), tlp=TLP.CLEAR)])
         own += await ledger.append_own([draft(sighting(own[0]))])
+        own += await ledger.append_own([draft(observation(SEALED), tlp=TLP.AMBER,
+                                              recipients=[ME.public_key])])
         alice = chain(ALICE, 3)
         assert (await ledger.ingest(alice)).stored == 3
         twin = sign_entry(ALICE, seq=2, prev=alice[0].hash, now_ms=alice[1].ts + 999,
@@ -101,6 +110,19 @@ async def _write_today(path: Path) -> tuple[tuple[int, int, int], list[VerifiedE
         return (c.entries, c.origins, c.forked_origins), own, alice
     finally:
         await ledger.close()
+
+
+def _copy_observations_before_8(conn: sqlite3.Connection, cols: str) -> None:
+    """Observation rows as schemas 2-7 kept them: with copies of the entry's id and seq,
+    and the JSON of every payload (schema 8 keeps it for sealed bodies only)."""
+    conn.create_function("payload_json", 1, lambda body: dumps(body_fields(body)),
+                         deterministic=True)
+    kept = [c for c in cols.split(", ") if c != "doc"]
+    conn.execute(
+        f"INSERT INTO main.observations ({', '.join(kept)}, doc, hash, seq) "
+        f"SELECT {', '.join(f'o.{c}' for c in kept)}, "
+        "coalesce(o.doc, payload_json(e.body)), e.hash, e.seq FROM today.observations o "
+        "JOIN today.entries e ON e.entry_no = o.entry_no")
 
 
 async def build_ledger_at(path: Path, version: int) -> OldLedger:
@@ -118,9 +140,13 @@ async def build_ledger_at(path: Path, version: int) -> OldLedger:
         for table in _tables(conn, "main"):
             today = set(_columns(conn, "today", table))
             cols = ", ".join(c for c in _columns(conn, "main", table) if c in today)
+            if table == "observations" and version < 8:
+                _copy_observations_before_8(conn, cols)
+                continue
             conn.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM today.{table}")
-        conn.execute("UPDATE main.observations SET value = json_extract(doc, '$.value') "
-                     "WHERE type = 'url'")
+        if version < 7:  # schema 7 re-keyed them (agent/storage/ipblocks.py)
+            conn.execute("UPDATE main.observations SET value = json_extract(doc, '$.value') "
+                         "WHERE type = 'url'")
         conn.execute("COMMIT")
         conn.execute("DETACH DATABASE today")
     finally:

@@ -85,15 +85,25 @@ async def test_an_empty_version_1_ledger_migrates_to_the_newest_schema(db_path: 
     ledger = await open_ledger(db_path, ME)
     try:
         entries = await ledger.append_own([draft(observation(ip(i))) for i in range(1, 4)])
+        entries += await ledger.append_own([draft(observation(ip(4)), tlp=TLP.AMBER,
+                                                  recipients=[ME.public_key])])
         found = await ledger.indicator("ipv4-addr", ip(3))
-        assert [(o["id"], o["seq"]) for o in found["observations"]] == [
-            (entries[2].id, entries[2].seq)]
+        assert [(o["id"], o["seq"], o["value"]) for o in found["observations"]] == [
+            (entries[2].id, entries[2].seq, ip(3))]
+        sealed = await ledger.indicator("ipv4-addr", ip(4))
+        assert [(o["id"], o["tlp"], o["value"]) for o in sealed["observations"]] == [
+            (entries[3].id, "AMBER", ip(4))]
     finally:
         await ledger.close()
     conn = sqlite3.connect(db_path)
     assert schema.schema_version(conn) == schema.SCHEMA_VERSION
-    rows = conn.execute("SELECT o.hash, o.seq FROM observations o ORDER BY obs_no").fetchall()
-    assert rows == [(e.hash, e.seq) for e in entries]
+    # Schema 8: a plaintext observation's row keeps no JSON (its body is the answer);
+    # a sealed one's keeps the JSON this node opened.
+    docs = [r[0] for r in conn.execute("SELECT doc FROM observations ORDER BY obs_no")]
+    assert docs[:3] == [None, None, None]
+    assert docs[3] is not None and ip(4) in docs[3]
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("UPDATE observations SET doc = '{}' WHERE obs_no = 1")
     conn.close()
 
 

@@ -17,6 +17,7 @@ from tests.agent.storage.old_ledgers import (
     BLOCK,
     FIRST_V2_SCHEMA,
     ME,
+    SEALED,
     TRUST,
     URL,
     URL_KEY,
@@ -39,7 +40,7 @@ async def test_a_ledger_of_each_earlier_schema_opens_at_the_newest(tmp_path: Pat
     conn = sqlite3.connect(path)
     assert schema.schema_version(conn) == version
     assert conn.execute("SELECT value FROM observations WHERE type = 'url'").fetchall() == [
-        (URL,)]
+        (URL if version < 7 else URL_KEY,)]
     conn.close()
 
     async with await open_ledger(path, ME, TRUST) as ledger:
@@ -61,6 +62,9 @@ async def test_a_ledger_of_each_earlier_schema_opens_at_the_newest(tmp_path: Pat
         assert _ids(await ledger.indicator("url", URL)) == [own[2].id]
         assert _ids(await ledger.indicator("domain-name", "bad.example")) == [own[3].id]
         assert _ids(await ledger.indicator("ipv4-addr", ip(2))) == [old.alice[1].id]
+        sealed = (await ledger.indicator("ipv4-addr", SEALED))["observations"]
+        assert [(o["id"], o["tlp"], o["value"]) for o in sealed] == [
+            (own[5].id, "AMBER", SEALED)]
         # And the node goes on writing where its chain stood.
         [more] = await ledger.append_own([draft(observation("203.0.113.8"))])
         assert more.seq == own[-1].seq + 1
@@ -71,6 +75,9 @@ async def test_a_ledger_of_each_earlier_schema_opens_at_the_newest(tmp_path: Pat
     assert schema.schema_version(conn) == schema.SCHEMA_VERSION
     assert conn.execute("SELECT value FROM observations WHERE type = 'url'").fetchall() == [
         (URL_KEY,)]
+    # Schema 8: only the sealed observation's row keeps its JSON.
+    assert conn.execute("SELECT value FROM observations WHERE doc IS NOT NULL").fetchall() == [
+        (SEALED,)]
     conn.close()
 
 
@@ -110,7 +117,7 @@ async def test_the_first_ip_lookup_reads_the_blocks_by_their_index(tmp_path: Pat
         # The index holds the blocks only, of both IP types, and no other type.
         conn.execute("INSERT INTO observations (entry_no, origin_id, ts, tlp, type, value, "
                      "first_seen, last_seen, doc) VALUES (99, 1, 0, 'CLEAR', 'url', "
-                     "'http://a.example/x/y', 0, 0, '{}')")
+                     "'http://a.example/x/y', 0, 0, NULL)")
         blocks = conn.execute(ipblocks._NEW_BLOCKS_SQL, (0,)).fetchall()
         assert [r[2] for r in blocks] == [BLOCK]
         assert ipblocks.matching_keys(conn, "ipv4-addr", "203.0.113.9")[1][:2] == (
