@@ -16,6 +16,7 @@ import sqlite3
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from agent.storage.observation_rows import stored_times
 from agent.storage.queries import IndexRecord
 from agent.storage.types import Head
 from protocol.entries import ForkProof, VerifiedEntry
@@ -107,7 +108,8 @@ class Batch:
             obs_no = self.take("observation")
             # A plaintext body is the answer itself (agent/storage/observation_rows.py).
             self.observations.append((obs_no, *common, record.type, record.value,
-                                      record.first_seen, record.last_seen,
+                                      *stored_times(entry.ts, record.first_seen,
+                                                    record.last_seen),
                                       record.doc if entry.tlp.encrypted else None))
             self.events.append((obs_no, entry, record))
         elif record.kind == "sighting":

@@ -39,7 +39,14 @@ from agent.storage.cursors import (
     format_ms,
 )
 from agent.storage.ipblocks import matching_keys
-from agent.storage.observation_rows import OBS_FROM, OBS_SELECT, body_fields
+from agent.storage.observation_rows import (
+    FIRST_SEEN,
+    LAST_SEEN,
+    OBS_FROM,
+    OBS_SELECT,
+    SEALED_ONLY,
+    body_fields,
+)
 from protocol.entries import TLP
 from protocol.errors import EncodingError, PayloadError
 from protocol.indicators import IndicatorType, normalise_indicator
@@ -210,12 +217,12 @@ def _any_type_key(value: str) -> str:
 # ``{keys}``: one "?" per key of protocol.indicators.containment_keys (one for most
 # types; an IP address also matches the CIDR blocks holding it, a small block the
 # addresses inside): each key is one probe of the (type, value) index.
-_AGGREGATES_SQL = ("SELECT count(*), min(o.first_seen), max(o.last_seen) FROM observations o "
+_AGGREGATES_SQL = (f"SELECT count(*), min({FIRST_SEEN}), max({LAST_SEEN}) FROM observations o "
                    "WHERE o.type = ? AND o.value IN ({keys}){live}")
 _ORIGINS_SQL = ("SELECT g.key, min(o.obs_no) AS first FROM observations o "
                 "JOIN origins g ON g.origin_id = o.origin_id "
                 "WHERE o.type = ? AND o.value IN ({keys}){live} GROUP BY g.key ORDER BY first")
-_ROWS_SQL = (f"SELECT {OBS_SELECT}, o.first_seen, o.last_seen {OBS_FROM} "
+_ROWS_SQL = (f"SELECT {OBS_SELECT}, {FIRST_SEEN}, {LAST_SEEN} {OBS_FROM} "
              "WHERE o.type = ? AND o.value IN ({keys}){live} ORDER BY o.obs_no DESC LIMIT ?")
 
 
@@ -396,7 +403,10 @@ class QueryReader:
         if tlp is not None:
             if str(tlp) not in TLP._value2member_map_:
                 raise EncodingError(f"unknown TLP {tlp!r}")
-            where.append("o.tlp = ?")
+            # Only the sealed TLPs are indexed (plaintext rows are the common case, read
+            # in obs_no order): the index's own WHERE lets the planner take it.
+            where.append(f"o.tlp = ? AND o.{SEALED_ONLY}" if TLP(tlp).encrypted
+                         else "o.tlp = ?")
             args.append(str(tlp))
         if since is not None:
             where.append("o.ts >= ?")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.jsoncodec import dumps
-from agent.storage.observation_rows import body_fields
+from agent.storage.observation_rows import FIRST_SEEN, LAST_SEEN, body_fields
 from agent.storage.schema import MIGRATIONS, V1_ENTRIES_SCHEMA, migrate
 from protocol.entries import TLP, VerifiedEntry, sign_entry
 from protocol.payloads import encode_payload
@@ -114,13 +114,15 @@ async def _write_today(path: Path) -> tuple[tuple[int, int, int], list[VerifiedE
 
 def _copy_observations_before_8(conn: sqlite3.Connection, cols: str) -> None:
     """Observation rows as schemas 2-7 kept them: with copies of the entry's id and seq,
-    and the JSON of every payload (schema 8 keeps it for sealed bodies only)."""
+    the JSON of every payload (schema 8 keeps it for sealed bodies only) and both times."""
     conn.create_function("payload_json", 1, lambda body: dumps(body_fields(body)),
                          deterministic=True)
+    # Before 8 every row stored its times, even those its entry's ts gives.
+    times = {"first_seen": f"{FIRST_SEEN} AS first_seen", "last_seen": f"{LAST_SEEN} AS last_seen"}
     kept = [c for c in cols.split(", ") if c != "doc"]
     conn.execute(
         f"INSERT INTO main.observations ({', '.join(kept)}, doc, hash, seq) "
-        f"SELECT {', '.join(f'o.{c}' for c in kept)}, "
+        f"SELECT {', '.join(times.get(c, f'o.{c}') for c in kept)}, "
         "coalesce(o.doc, payload_json(e.body)), e.hash, e.seq FROM today.observations o "
         "JOIN today.entries e ON e.entry_no = o.entry_no")
 

@@ -11,7 +11,9 @@ import pytest
 
 from agent.errors import StorageError
 from agent.storage import schema
+from agent.storage.cursors import format_ms
 from agent.storage.ledger import MAX_APPEND_BATCH, OwnDraft
+from agent.storage.observation_rows import SEALED_ONLY
 from protocol.entries import TLP, check_successor, verify_entry
 from protocol.envelope import envelope_audience
 from protocol.errors import EncodingError, OversizeError, PayloadError
@@ -104,6 +106,49 @@ async def test_an_empty_version_1_ledger_migrates_to_the_newest_schema(db_path: 
     assert docs[3] is not None and ip(4) in docs[3]
     with pytest.raises(sqlite3.IntegrityError):
         conn.execute("UPDATE observations SET doc = '{}' WHERE obs_no = 1")
+    conn.close()
+
+
+async def test_observation_rows_keep_only_the_times_their_entry_does_not_give(
+        db_path: Path) -> None:
+    ledger = await open_ledger(db_path, ME)
+    try:
+        await ledger.append_own([
+            draft(observation(ip(1))),
+            draft(observation(ip(2), first_seen="2026-01-02T00:00:00Z")),
+            draft(observation(ip(3), first_seen="2026-01-02T00:00:00Z",
+                              last_seen="2026-01-02T00:00:00Z")),
+            draft(observation(ip(4), first_seen="2026-01-02T00:00:00Z",
+                              last_seen="2026-01-09T00:00:00Z"))])
+        await ledger.append_own([draft(observation(ip(5)), tlp=TLP.AMBER,
+                                       recipients=[ME.public_key])])
+        found = {i: await ledger.indicator("ipv4-addr", ip(i)) for i in range(1, 6)}
+        sealed = await ledger.list_observations(tlp=TLP.AMBER)
+        assert [o["value"] for o in sealed.items] == [ip(5)]
+        assert (await ledger.list_observations(tlp=TLP.CLEAR)).items == []
+        assert len((await ledger.list_observations(tlp=TLP.GREEN)).items) == 4
+    finally:
+        await ledger.close()
+    conn = sqlite3.connect(db_path)
+    rows = conn.execute("SELECT value, ts, first_seen, last_seen FROM observations "
+                        "ORDER BY obs_no").fetchall()
+    jan2, jan9 = 1767312000000, 1767916800000
+    assert [r[2:] for r in rows] == [(None, None), (jan2, rows[1][1]), (jan2, None),
+                                     (jan2, jan9), (None, None)]
+    # The answers still carry every time: the entry's ts where the row stores none.
+    times = [(found[i]["first_seen"], found[i]["last_seen"]) for i in range(1, 6)]
+    jan2_text, jan9_text = "2026-01-02T00:00:00Z", "2026-01-09T00:00:00Z"
+    assert times == [(format_ms(rows[0][1]), format_ms(rows[0][1])),
+                     (jan2_text, format_ms(rows[1][1])), (jan2_text, jan2_text),
+                     (jan2_text, jan9_text), (format_ms(rows[4][1]), format_ms(rows[4][1]))]
+    # The TLP index holds the sealed rows only, and a sealed-TLP filter uses it.
+    plan = " ".join(r[3] for r in conn.execute(
+        f"EXPLAIN QUERY PLAN SELECT o.obs_no FROM observations o WHERE o.tlp = 'AMBER' "
+        f"AND o.{SEALED_ONLY} ORDER BY o.obs_no DESC"))
+    assert "observations_by_tlp" in plan
+    indexed = conn.execute("SELECT count(*) FROM observations INDEXED BY observations_by_tlp "
+                           f"WHERE {SEALED_ONLY}").fetchone()[0]
+    assert indexed == 1
     conn.close()
 
 
