@@ -2,8 +2,11 @@
 
 ``python -m bench.chainrun_profile [N] [noprof]``: N entries (default 40,000) of 200
 origins, cut into runs of 256 as WANT replies arrive (origins interleaved), then the
-node's four steps one after the other, each timed:
+node's steps one after the other, each timed:
 
+- *pull*: the catching-up engine's whole exchange with a peer's engine that holds the
+  entries (sans-I/O: HELLO, heads, WANTs, ENTRIES, timers), each batch reported stored
+  at once; only the catching-up side's CPU counts;
 - *receive*: what the gossip engine does in the node's main process with each run, as
   one ENTRIES frame from a peer (``GossipEngine.receive``: the frame decoded, each
   entry's header read and hashed, classified and handed over as ``EntriesReceived``);
@@ -34,7 +37,7 @@ from agent.storage.queries import IndexRecord
 from agent.workers.verify import Checked, VerifyWorker, check_raws
 from bench.ingest import make_entries
 from protocol.entries import VerifiedEntry
-from protocol.gossip import EntriesReceived, GossipEngine
+from protocol.gossip import EntriesReceived, EntriesRequested, GossipEngine
 from protocol.keys import Identity
 from protocol.messages import Entries, encode_message
 
@@ -80,6 +83,57 @@ def _receive(runs: list[list[bytes]]) -> tuple[float, int]:
     return time.process_time() - cpu, handed
 
 
+def _pull_catch_up(entries: list[VerifiedEntry]) -> tuple[float, int]:
+    """CPU seconds the catching-up engine takes to pull ``entries`` from a peer's engine
+    that holds them (sans-I/O, no network: every message handed over at once, each
+    batch reported stored at once), and the entries it had stored at the end."""
+    a_key, b_key = Identity(b"a" * 32).public_key, Identity(b"b" * 32).public_key
+    chains: dict[bytes, list[VerifiedEntry]] = {}
+    for e in entries:
+        chains.setdefault(e.origin.key_id, []).append(e)
+    heads = {chain[0].origin: (chain[-1].seq, chain[-1].hash) for chain in chains.values()}
+    by_raw = {e.raw: e for e in entries}
+    a = GossipEngine(a_key, seed=b"a" * 32, heads=heads)
+    b = GossipEngine(b_key, seed=b"b" * 32)
+    now, cpu, stored = 0.0, 0.0, 0
+    a.add_peer(b_key, now)
+    start = time.process_time()
+    b.add_peer(a_key, now)
+    cpu += time.process_time() - start
+    while stored < len(entries) and now < 600.0:
+        moved = False
+        for data in a.data_to_send(b_key, now):
+            moved = True
+            start = time.process_time()
+            b.receive(a_key, data, now)
+            while (event := b.next_event()) is not None:
+                if isinstance(event, EntriesReceived):
+                    done = [by_raw[raw] for raw in event.raws]
+                    b.entries_stored(event.batch, done, now)
+                    stored += len(done)
+            cpu += time.process_time() - start
+        start = time.process_time()
+        out = b.data_to_send(a_key, now)
+        cpu += time.process_time() - start
+        for data in out:
+            moved = True
+            a.receive(b_key, data, now)
+            while (event := a.next_event()) is not None:
+                if isinstance(event, EntriesRequested):
+                    chain = chains[event.origin.key_id]
+                    a.send_entries(b_key, [e.raw for e in chain[event.from_seq - 1:
+                                                                 event.to_seq]],
+                                   request=event.request)
+        if not moved:  # nothing in flight: the next timer (anti-entropy, eligibility)
+            at = min(t for t in (a.get_timer(), b.get_timer(), now + 1.0) if t is not None)
+            now = max(now, at)
+            a.handle_timer(now)
+            start = time.process_time()
+            b.handle_timer(now)
+            cpu += time.process_time() - start
+    return cpu, stored
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 40_000
     _, entries = make_entries(200, n, "prof")
@@ -87,6 +141,9 @@ def main() -> None:
     n = per * 200
     runs = [[e.raw for e in entries[o * per + i:o * per + min(per, i + 256)]]
             for i in range(0, per, 256) for o in range(200)]
+    pull, stored = _pull_catch_up(entries)
+    if stored != n:
+        raise SystemExit(f"the pulling engine stored {stored} of {n} entries")
     receive, handed = _receive(runs)
     if handed != n:
         raise SystemExit(f"the engine handed over {handed} of {n} entries")
@@ -97,7 +154,8 @@ def main() -> None:
     t2 = time.process_time()
     prof = None if "noprof" in sys.argv[2:] else cProfile.Profile()
     wall, cpu = asyncio.run(_store(checked, prof))
-    print(f"receive {receive / n * 1e6:.1f} us/entry (main process); "
+    print(f"pull {pull / n * 1e6:.1f} us/entry (main process); "
+          f"receive {receive / n * 1e6:.1f} us/entry (main process); "
           f"check {(t1 - t0) / n * 1e6:.1f} us/entry (worker); rebuild "
           f"{(t2 - t1) / n * 1e6:.1f} us/entry; store {wall / n * 1e6:.1f} us/entry "
           f"({cpu / n * 1e6:.1f} us CPU) (main process)")
