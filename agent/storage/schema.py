@@ -25,8 +25,10 @@ Invariants:
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,8 @@ from agent.storage.ipblocks import migrate_v7
 from agent.storage.observation_rows import migrate_v8
 from agent.storage.retention import migrate_v6
 from agent.storage.rules import migrate_v5
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MIGRATIONS",
@@ -267,9 +271,16 @@ def migrate(
                 f"the ledger has schema version {current}, written by a newer Entraide; "
                 f"this build reads versions up to {newest}: upgrade Entraide to open it"
             )
+        upgrading = current > 0  # a new ledger's steps are not news
         for step in steps:
             if step.version <= current:
                 continue
+            # A step may rewrite a big table (schema 8: minutes at ten million rows):
+            # an admin watching a node start sees why it has not answered yet.
+            if upgrading:
+                log.info("ledger schema %d -> %d: %s", current, step.version,
+                         step.description)
+            started = time.monotonic()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 step.apply(conn)
@@ -281,6 +292,9 @@ def migrate(
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            if upgrading:
+                log.info("ledger schema %d applied in %.1f s", step.version,
+                         time.monotonic() - started)
             current = step.version
     except sqlite3.Error as exc:
         raise StorageError(f"cannot migrate the ledger schema: {exc}") from exc

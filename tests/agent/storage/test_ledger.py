@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -56,9 +57,11 @@ async def test_open_refuses_a_ledger_written_by_a_newer_version(db_path: Path) -
     conn.close()
 
 
-async def test_open_applies_forward_migrations_in_order(db_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_open_applies_forward_migrations_in_order(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="agent.storage.schema")
     ledger = await open_ledger(db_path, ME)
+    assert "ledger schema" not in caplog.text  # a new ledger's steps are not logged
     await ledger.append_own([draft()])
     await ledger.close()
 
@@ -71,6 +74,9 @@ async def test_open_applies_forward_migrations_in_order(db_path: Path,
     ledger = await open_ledger(db_path, ME)
     assert ledger.counts().entries == 1
     await ledger.close()
+    # An upgrade says what it does before it starts, and how long it took.
+    assert f"ledger schema {newest - 1} -> {newest}: origin notes" in caplog.text
+    assert f"ledger schema {newest} applied in " in caplog.text
     conn = sqlite3.connect(db_path)
     applied = [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY 1")]
     assert applied == [m.version for m in steps]
