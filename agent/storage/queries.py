@@ -74,6 +74,10 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_INDICATOR_OBSERVATIONS = 1000
 FAST_ROWS = 32
+COMMON_TYPE_ROWS = 4096
+"""A type filter of a list with at least this many rows is not served from the
+(type, value) index (:meth:`QueryReader.list_observations`): at most this many rows
+are sorted for a page of a rarer type."""
 """Most rows an indicator lookup reads on the event loop (more: the reader thread)."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -388,8 +392,16 @@ class QueryReader:
                 where.append("o.type = ? AND o.value = ?")
                 args += [type, value]
             else:
-                where.append("o.type = ?")
-                args.append(_check_type(type))
+                type = _check_type(type)
+                # The (type, value) index holds a type's rows in value order: a page in
+                # obs_no order from it sorts every row of the type first (seconds for a
+                # type of millions). A common type is read in the list's own order and
+                # filtered; a rare one from the index, sorting its few rows.
+                common = bool(await self._rows(
+                    "SELECT 1 FROM observations WHERE type = ? LIMIT 1 OFFSET ?",
+                    (type, COMMON_TYPE_ROWS - 1)))
+                where.append("+o.type = ?" if common else "o.type = ?")
+                args.append(type)
         elif value is not None:
             # Every type in an IN list lets SQLite use the (type, value) index.
             where.append(f"o.type IN ({','.join('?' * len(_ALL_TYPES))}) AND o.value = ?")

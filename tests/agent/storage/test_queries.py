@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.errors import InvalidCursorError, StorageError
+from agent.storage import queries
 from agent.storage.ledger import Ledger, OwnDraft
 from agent.storage.queries import FAST_ROWS, decode_cursor, encode_cursor, format_ms
 from protocol.entries import TLP
@@ -102,6 +103,34 @@ async def test_list_observations_filters_by_indicator(ledger: Ledger) -> None:
         await ledger.list_observations(type="ipv4-addr", value="not an address")
     with pytest.raises(PayloadError):
         await ledger.list_observations(type="bogus-type")
+
+
+@pytest.mark.parametrize("common_rows", [2, 1000])
+async def test_a_type_filter_pages_the_same_from_the_index_or_in_list_order(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch, common_rows: int) -> None:
+    # A type with COMMON_TYPE_ROWS rows or more is read in the list's order, a rarer
+    # one from the (type, value) index: the pages must not tell them apart.
+    monkeypatch.setattr(queries, "COMMON_TYPE_ROWS", common_rows)
+    entries = await ledger.append_own(
+        [draft(observation(f"host{i}.example", "domain-name") if i % 3 else
+               observation(ip(i)), tlp=TLP.GREEN if i % 2 else TLP.CLEAR) for i in range(12)])
+    domains = [e.id for i, e in reversed(list(enumerate(entries))) if i % 3]
+
+    async def pages(**filters: object) -> list[str]:
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = await ledger.list_observations(type="domain-name", limit=3, cursor=cursor,
+                                                  **filters)
+            seen += [o["id"] for o in page.items]
+            if page.next is None:
+                return seen
+            cursor = page.next
+
+    assert await pages() == domains
+    green = [e.id for i, e in reversed(list(enumerate(entries))) if i % 3 and i % 2]
+    assert await pages(tlp=TLP.GREEN) == green
+    assert await pages(since=0) == domains  # newest ts first: arrival order here
 
 
 async def test_list_observations_filters_by_origin_tlp_and_time(ledger: Ledger) -> None:
