@@ -361,6 +361,10 @@ def prepare_file(path: Path, *, owner: bytes, now_ms: int, software: str) -> Non
         if mode != "wal":
             raise StorageError(f"the ledger {path} cannot use WAL mode (got {mode})")
         _refuse_v1_entries(conn, path)
+        # A migration that drops a table (schema 8: the old observation rows and the
+        # JSON they copied) zeroes its pages as the node's own connection does: what a
+        # later erasure or expiry removes must not survive in a free page.
+        conn.execute("PRAGMA secure_delete = ON")
         migrate(conn, now_ms=now_ms, software=software)
         row = conn.execute("SELECT value FROM meta WHERE key = 'node_key'").fetchone()
         if row is None:

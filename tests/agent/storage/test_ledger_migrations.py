@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,10 +34,19 @@ def _ids(found: dict[str, object]) -> list[str]:
 
 
 @pytest.mark.parametrize("version", OLD_V2_SCHEMAS)
-async def test_a_ledger_of_each_earlier_schema_opens_at_the_newest(tmp_path: Path,
-                                                                    version: int) -> None:
+async def test_a_ledger_of_each_earlier_schema_opens_at_the_newest(
+        tmp_path: Path, version: int, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "ledger.sqlite3"
     old = await build_ledger_at(path, version)
+    # As an SQLite built without SECURE_DELETE by default would open it (this one has it).
+    connect = sqlite3.connect
+
+    def insecure(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
+        conn.execute("PRAGMA secure_delete = OFF")
+        return conn
+
+    monkeypatch.setattr(schema.sqlite3, "connect", insecure)
     conn = sqlite3.connect(path)
     assert schema.schema_version(conn) == version
     assert conn.execute("SELECT value FROM observations WHERE type = 'url'").fetchall() == [
@@ -79,6 +89,9 @@ async def test_a_ledger_of_each_earlier_schema_opens_at_the_newest(tmp_path: Pat
     assert conn.execute("SELECT value FROM observations WHERE doc IS NOT NULL").fetchall() == [
         (SEALED,)]
     conn.close()
+    # The JSON copies the migration dropped are zeroed, not left in free pages: a body
+    # that expires or is erased later must leave nothing behind (docs/privacy.md).
+    assert b'"value":"bad.example"' not in path.read_bytes()
 
 
 @pytest.mark.parametrize("version", range(1, FIRST_V2_SCHEMA))
