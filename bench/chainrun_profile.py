@@ -16,7 +16,9 @@ node's steps one after the other, each timed:
   (``VerifyWorker._rebuild``: the entries rebuilt from the bytes it holds);
 - *store*: ``Ledger.ingest`` with those records, 2,048 entries at a time (the ingest
   pipeline's ``store_max_entries``) into a fresh ledger. Its CPU time is given apart:
-  the transaction runs on the database's thread, so wall time and CPU differ.
+  the transaction runs on the database's thread, so wall time and CPU differ. Then
+  the floor under it: the rows it wrote inserted again by SQLite alone (``executemany``
+  into a fresh ledger, the same pragmas and transactions).
 
 Prints the CPU time per entry of each step, then (unless ``noprof``) the cProfile of the
 store step (the event loop's thread only), by own time.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import cProfile
 import pstats
+import sqlite3
 import sys
 import tempfile
 import time
@@ -34,6 +37,7 @@ from pathlib import Path
 
 from agent.storage.ledger import Ledger
 from agent.storage.queries import IndexRecord
+from agent.storage.schema import migrate
 from agent.workers.verify import Checked, VerifyWorker, check_raws
 from bench.ingest import make_entries
 from protocol.entries import VerifiedEntry
@@ -44,14 +48,55 @@ from protocol.messages import Entries, encode_message
 STORE_MAX = 2048
 
 
-async def _store(checked: list[Checked], prof: cProfile.Profile | None) -> tuple[float, float]:
+def _sqlite_floor(stored: Path) -> float:
+    """CPU seconds SQLite alone takes to write the rows ``_store`` wrote: every row of
+    ``stored`` read back as tuples, then inserted into a fresh ledger of the same schema
+    and pragmas (foreign keys unchecked), ``STORE_MAX`` entries' rows per transaction,
+    with ``executemany`` (no per-row Python but the binding). The least any Python
+    store of these rows costs."""
+    src = sqlite3.connect(stored)
+    tables = [r[0] for r in src.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+    rows = {t: src.execute(f"SELECT * FROM {t}").fetchall() for t in tables}
+    src.close()
+    rows = {t: r for t, r in rows.items() if r}
+    conn = sqlite3.connect(Path(tempfile.mkdtemp()) / "floor.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    # Foreign keys off: each table's rows are cut into chunks apart, so a chunk may
+    # hold a row whose parent comes in the next; a floor need not check them.
+    for pragma in ("synchronous = NORMAL", "cache_size = -16384", "temp_store = MEMORY",
+                   "secure_delete = ON"):
+        conn.execute(f"PRAGMA {pragma}")
+    migrate(conn, now_ms=0, software="floor")
+    # What the schema itself wrote (its version, the node's metadata) is not ingest.
+    rows = {t: r for t, r in rows.items()
+            if conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] == 0}
+    entries = len(rows["entries"])
+    chunks = max(1, entries // STORE_MAX)
+    cpu = time.process_time()
+    for i in range(chunks):
+        conn.execute("BEGIN")
+        for table, all_rows in rows.items():
+            part = all_rows[i * len(all_rows) // chunks:(i + 1) * len(all_rows) // chunks]
+            if part:
+                marks = ", ".join("?" * len(part[0]))
+                conn.execute(f"INSERT INTO {table} VALUES ({marks})", part[0])
+                conn.executemany(f"INSERT INTO {table} VALUES ({marks})", part[1:])
+        conn.execute("COMMIT")
+    cpu = time.process_time() - cpu
+    conn.close()
+    return cpu
+
+
+async def _store(checked: list[Checked], prof: cProfile.Profile | None,
+                 path: Path) -> tuple[float, float]:
     groups: list[tuple[list[VerifiedEntry], dict[bytes, IndexRecord | None]]] = [([], {})]
     for batch in checked:
         if len(groups[-1][0]) >= STORE_MAX:
             groups.append(([], {}))
         groups[-1][0].extend(e for e in batch.entries if e is not None)
         groups[-1][1].update(batch.records)
-    ledger = await Ledger.open(Path(tempfile.mkdtemp()) / "ledger.db",
+    ledger = await Ledger.open(path,
                                identity=Identity(b"p" * 32),
                                is_trusted_origin=lambda _key: True)
     if prof is not None:
@@ -153,12 +198,15 @@ def main() -> None:
     checked = [VerifyWorker._rebuild(run, v) for run, v in zip(runs, verdicts, strict=True)]
     t2 = time.process_time()
     prof = None if "noprof" in sys.argv[2:] else cProfile.Profile()
-    wall, cpu = asyncio.run(_store(checked, prof))
+    stored = Path(tempfile.mkdtemp()) / "ledger.db"
+    wall, cpu = asyncio.run(_store(checked, prof, stored))
+    floor = _sqlite_floor(stored)
     print(f"pull {pull / n * 1e6:.1f} us/entry (main process); "
           f"receive {receive / n * 1e6:.1f} us/entry (main process); "
           f"check {(t1 - t0) / n * 1e6:.1f} us/entry (worker); rebuild "
           f"{(t2 - t1) / n * 1e6:.1f} us/entry; store {wall / n * 1e6:.1f} us/entry "
-          f"({cpu / n * 1e6:.1f} us CPU) (main process)")
+          f"({cpu / n * 1e6:.1f} us CPU) (main process), of which SQLite alone "
+          f"{floor / n * 1e6:.1f} us CPU")
     if prof is not None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(18)
 
