@@ -74,11 +74,11 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_INDICATOR_OBSERVATIONS = 1000
 FAST_ROWS = 32
+"""Most rows an indicator lookup reads on the event loop (more: the reader thread)."""
 COMMON_TYPE_ROWS = 4096
 """A type filter of a list with at least this many rows is not served from the
 (type, value) index (:meth:`QueryReader.list_observations`): at most this many rows
 are sorted for a page of a rarer type."""
-"""Most rows an indicator lookup reads on the event loop (more: the reader thread)."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)

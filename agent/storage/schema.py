@@ -275,7 +275,7 @@ def migrate(
         for step in steps:
             if step.version <= current:
                 continue
-            # A step may rewrite a big table (schema 8: minutes at ten million rows):
+            # A step may rewrite a big table (schema 8: about a minute at ten million rows):
             # an admin watching a node start sees why it has not answered yet.
             if upgrading:
                 log.info("ledger schema %d -> %d: %s", current, step.version,
