@@ -80,8 +80,7 @@ def _sqlite_floor(stored: Path) -> float:
             part = all_rows[i * len(all_rows) // chunks:(i + 1) * len(all_rows) // chunks]
             if part:
                 marks = ", ".join("?" * len(part[0]))
-                conn.execute(f"INSERT INTO {table} VALUES ({marks})", part[0])
-                conn.executemany(f"INSERT INTO {table} VALUES ({marks})", part[1:])
+                conn.executemany(f"INSERT INTO {table} VALUES ({marks})", part)
         conn.execute("COMMIT")
     cpu = time.process_time() - cpu
     conn.close()
