@@ -9,6 +9,8 @@ machine; the absolute numbers are printed too.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
 import os
@@ -18,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -29,6 +31,7 @@ import nacl.bindings
 import nacl.signing
 
 from agent.cli.localfed import process_cpu_seconds as cpu_seconds
+from agent.workers.gcsettings import THRESHOLDS
 
 __all__ = [
     "REPO",
@@ -40,6 +43,7 @@ __all__ = [
     "percentile",
     "private_mb",
     "rss_peak_mb",
+    "settled_gc",
     "sign_rate",
     "sqlite_insert_rate",
     "table",
@@ -124,6 +128,23 @@ def stderr_log(message: str) -> None:
 
 
 # --- statistics ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def settled_gc() -> Iterator[None]:
+    """The load generator's heap settled as a node's is (agent/workers/gcsettings.py)
+    for the block, then restored: what lives now is frozen and collections are spaced
+    out, so that no full collection over the bench's own data pauses its clients in
+    the middle of a timed window (that pause would be read as the node's latency)."""
+    old = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+        gc.unfreeze()
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -47,7 +47,9 @@ from typing import Any
 import aiohttp
 
 from agent.cli.localfed import tree_cpu_seconds, wait_idle
-from bench.common import Context, Result, cpu_seconds, percentile
+from agent.workers.gcsettings import settle_heap
+from agent.workers.supervisor import default_readers
+from bench.common import Context, Result, cpu_seconds, percentile, settled_gc
 from bench.fed import (
     Client,
     FedNode,
@@ -94,6 +96,10 @@ def _peer_main(conn: Connection, data_dir: str, target_url: str, target_key: str
 
     ident = identity("mixed-peer")
     entries = sign_chain(ident, count, value=lambda s: ipv4(PEER_BASE + s - 1), tag="mixed")
+    # The entries live to the end: out of the collector's reach, so that no full
+    # collection over them stalls the peer mid-run (the node does the same:
+    # agent/workers/gcsettings.py).
+    settle_heap()
 
     async def main() -> None:
         node = Node("PEER", ident, Path(data_dir))
@@ -176,12 +182,16 @@ def _peer_times(chunks: list[tuple[int, int, float]]) -> dict[str, float]:
 
 
 class _Subscriber:
-    """One unfiltered stream; records (value, monotonic arrival) of every observation."""
+    """One unfiltered stream; records the value and monotonic arrival of every
+    observation."""
 
     def __init__(self, node: FedNode) -> None:
         self.url = node.api + "/api/v1/stream"
         self.headers = {"Authorization": f"Bearer {node.token}"}
-        self.seen: list[tuple[str, float]] = []
+        # Two flat lists, not a list of tuples: a million small tuples would make each
+        # full collection of this process's garbage collector a pause in the readings.
+        self.values: list[str] = []
+        self.times: list[float] = []
         self.last_id: str | None = None
         self.disconnects = 0
         self.ready = asyncio.Event()
@@ -219,7 +229,8 @@ class _Subscriber:
                 if at < 0:
                     raise RuntimeError(f"an event without a value: {event[:200]!r}")
                 end = data_line.index(b'"', at + 9)
-                self.seen.append((data_line[at + 9:end].decode("ascii"), now))
+                self.values.append(data_line[at + 9:end].decode("ascii"))
+                self.times.append(now)
 
 
 def _delivery(subs: list[_Subscriber], sent: dict[str, float]) -> tuple[list[float], int]:
@@ -227,7 +238,7 @@ def _delivery(subs: list[_Subscriber], sent: dict[str, float]) -> tuple[list[flo
     how many (subscriber, value) deliveries are missing."""
     out: list[float] = []
     for sub in subs:
-        for value, t in sub.seen:
+        for value, t in zip(sub.values, sub.times, strict=True):
             at = sent.get(value)
             if at is not None:
                 out.append(t - at)
@@ -305,8 +316,9 @@ async def _measure(node: FedNode, peer: _Peer, prefill: int, duration: float,
         # take connections (as bench/query.py), else the lookup clients' keep-alive
         # connections all stay with the node's main process.
         await client.request("GET", f"/api/v1/indicators/ipv4-addr/{ipv4(0)}")
+        # Every reader: connections opened while only the first is up all stay with it.
         deadline = time.monotonic() + WORKER_START_S
-        while (not metric(await metrics(client), "entraide_read_lane_readers")
+        while (metric(await metrics(client), "entraide_read_lane_readers") < default_readers()
                and time.monotonic() < deadline):
             await asyncio.sleep(0.05)
         result.params["read_lane_readers"] = int(
@@ -385,8 +397,8 @@ async def _measure(node: FedNode, peer: _Peer, prefill: int, duration: float,
                     hits, scanned = [0] * len(subs), [0] * len(subs)
                     while time.monotonic() < deadline:
                         for n, sub in enumerate(subs):
-                            hits[n] += sum(1 for v, _ in sub.seen[scanned[n]:] if v in sent)
-                            scanned[n] = len(sub.seen)
+                            hits[n] += sum(1 for v in sub.values[scanned[n]:] if v in sent)
+                            scanned[n] = len(sub.values)
                         if min(hits) >= len(sent):
                             break
                         await asyncio.sleep(0.25)
@@ -510,8 +522,9 @@ def run(ctx: Context) -> Result:
         peer_dir.mkdir()
         peer = _Peer(peer_dir, node, 2 * int(rate * duration))
         try:
-            asyncio.run(_measure(node, peer, prefill, duration, lookups_alone, result,
-                                 ctx.log))
+            with settled_gc():
+                asyncio.run(_measure(node, peer, prefill, duration, lookups_alone, result,
+                                     ctx.log))
         finally:
             peer.close()
     return result
