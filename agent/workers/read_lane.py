@@ -21,6 +21,8 @@ How:
   connection back to the node with that request's bytes unread, once every earlier
   answer is written; the node keeps it from then on.
 - Readers count what they served; the node adds it to its HTTP metrics every second.
+- Readers run at a lower CPU priority than the node (``NICE`` in agent/workers/reader.py):
+  when the cores are busy, replication, the stream and submits go first.
 
 Invariants:
 - A reader only reads: its ledger connection is ``query_only``; it holds no key; it

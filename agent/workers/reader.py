@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import sqlite3
 import sys
@@ -42,6 +43,13 @@ __all__ = ["main"]
 log = logging.getLogger(__name__)
 
 _STATS_S = 1.0
+NICE = 5
+"""How much lower a reader's CPU priority is than the node's (``os.nice``). Lookups are
+the one load a client can make as large as it likes (a closed loop of requests takes
+every free cycle); at equal priority, 32 lookup clients on two cores took the CPU the
+main process and the verify workers needed, and replicated entries reached the stream
+later. The trade, measured, is in docs/benchmarks.md ("mixed"). A lower priority only
+matters while the cores are busy: alone, lookups run as fast as before."""
 _SERVER = SERVER.encode("ascii")  # the API app's Server header too
 
 class _Connection(asyncio.Protocol):
@@ -241,6 +249,7 @@ class _ReaderProcess:
 def main() -> None:
     """The reader process: ``python -c '...main()' CONTROL_FD DATA_DIR LEDGER_PATH``."""
     fd, data_dir, ledger_path = sys.argv[1:4]
+    os.nice(NICE)  # below the node, which replicates and streams first
     ctl = socket.socket(fileno=int(fd))
     ctl.setblocking(False)
 

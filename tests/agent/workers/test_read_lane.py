@@ -26,6 +26,7 @@ from agent.config.tokens import Scope, TokenStore
 from agent.daemon import serve
 from agent.node.node import Node
 from agent.workers.read_lane import SNIFF_S
+from agent.workers.reader import NICE
 from protocol.entries import TLP, sign_entry
 from protocol.payloads import Observation, encode_payload
 from tests.agent._api_helpers import identity, make_data_dir
@@ -242,6 +243,17 @@ async def test_a_killed_reader_is_replaced_and_loses_nothing_acknowledged(
         assert (await fresh.ask(get(indicator("192.0.2.9"), d.tokens["read"])))[0] == 200
         await d.until("entraide_read_lane_readers", 1)
         await d.on_reader()
+
+
+async def test_a_reader_runs_below_the_nodes_cpu_priority(tmp_path: Path) -> None:
+    async with daemon(tmp_path) as d:
+        await d.lane_up(1)
+        readers = [pid for pid in child_pids(os.getpid())
+                   if b"agent.workers.reader" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(readers) == 1
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, readers[0]) == min(19, mine + NICE)
+        await d.on_reader()  # and it serves
 
 
 async def test_names_follow_the_trust_list_on_a_reader(tmp_path: Path) -> None:
