@@ -127,7 +127,7 @@ def stderr_log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-# --- statistics ---------------------------------------------------------------------
+# --- the load generators' heap -------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -145,6 +145,9 @@ def settled_gc() -> Iterator[None]:
     finally:
         gc.set_threshold(*old)
         gc.unfreeze()
+
+
+# --- statistics ---------------------------------------------------------------------
 
 
 def percentile(values: Sequence[float], q: float) -> float:
