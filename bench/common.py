@@ -127,7 +127,7 @@ def stderr_log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-# --- the load generators' heap -------------------------------------------------------
+# --- the load generators' heap ------------------------------------------------------
 
 
 @contextlib.contextmanager
