@@ -304,7 +304,7 @@ class _Load:
         return int(status["ledger"]["entries"])
 
     async def lookups(self, until: float | None, count: int) -> list[float]:
-        """The lookup clients' latencies (s), run in their own process (:data:`pool`)."""
+        """The lookup clients' latencies (s), run in their own process (:attr:`pool`)."""
         loop = asyncio.get_running_loop()
         lat, self.lookup_cpu_s = await loop.run_in_executor(
             self.pool, _lookup_clients, self.node.api_port, self.node.token, self.prefill,
