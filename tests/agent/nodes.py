@@ -134,9 +134,7 @@ class Node:
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         if not self.port:
-            server = site._server
-            assert server is not None
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = self._runner.addresses[0][1]
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         # The runner outlives replicator restarts: route to whichever one runs now.
