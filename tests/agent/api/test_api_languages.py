@@ -5,11 +5,14 @@ server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from agent.i18n import localize
+from protocol.errors import PayloadError
+from protocol.stix_pattern import parse_pattern
 from tests.agent._api_helpers import running_api
 
 FR = {"Accept-Language": "fr-CA,fr;q=0.9,en;q=0.5"}
@@ -82,3 +85,26 @@ def test_api_languages_long_messages_are_not_matched() -> None:
     assert localize(message, "fr") == message
     assert localize("no peer named 'ON' in the trust list", "fr") == (
         "aucun pair nommé 'ON' dans la liste de confiance")
+
+
+_BAD_PATTERNS = (
+    "", "ipv4-addr:value = '1.2.3.4'", "[ipv4-addr:value = '1.2.3.4'",
+    "[ipv4-addr:value = ]", "[ipv4-addr:value == '1']", "[ipv4-addr:value = 'unterminated]",
+    "[IPV4:value = '1']", "[ipv4-addr:value = '1'] WITHIN -5 SECONDS",
+    "[ipv4-addr:value = '1'] REPEATS 1.5 TIMES", "[ipv4-addr:value = '1'] START 5",
+    "[ipv4-addr:value = '1'] extra", "[a:b = '1' AND]", "[a:b", "[a:b =",
+    "[a:b[x] = '1']", "[a:b LIKE 5]", "[a:b ! '1']", "(" * 40 + "[a-b:c = 1]" + ")" * 40,
+)
+
+
+@pytest.mark.parametrize("pattern", _BAD_PATTERNS)
+def test_api_languages_a_refused_stix_patterns_reason_reads_in_french(pattern: str) -> None:
+    with pytest.raises(PayloadError) as caught:
+        parse_pattern(pattern)
+    english = str(caught.value)
+    french = localize(english, "fr")
+    assert french.startswith("motif STIX invalide : "), french
+    words = re.compile(r"\b(expected|found|unexpected|needs|nested|empty|end|over|after|"
+                       r"must|character|offset|number|integer|value|name|operator)\b")
+    quoted = re.sub(r"'[^']*'", "''", french)  # the pattern's own tokens, quoted
+    assert not words.search(quoted.replace("ipv4-addr", "")), (english, french)
