@@ -75,7 +75,7 @@ def compose(data_dir: DataDir, *, passphrase: bytes | None = None,
 
     def replicator(node: Node) -> Replicator:
         return Replicator(node.identity, lambda: node.trust, node.ledger, node.config.gossip,
-                          transport=transport, verifier=workers.verify)
+                          transport=transport, verifier=workers.verify, metrics=registry)
 
     node = Node(data_dir, passphrase=passphrase, registry=registry, replication=replicator,
                 batch_worker=workers.batch)

@@ -28,6 +28,7 @@ __all__ = [
     "CONTENT_TYPE",
     "DEFAULT_LATENCY_BUCKETS",
     "MAX_SERIES",
+    "PIPELINE_BUCKETS",
     "Collector",
     "Counter",
     "Gauge",
@@ -44,6 +45,13 @@ MAX_SERIES = 512
 DEFAULT_LATENCY_BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
+PIPELINE_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
+    0.5, 1.0, 2.5, 5.0, 10.0,
+)
+"""Buckets of the replication and stream delays: fine between 10 and 200 ms, where a
+node's targets are (docs/benchmarks.md), so that a p99 read off them tells 50 from
+100 ms."""
 _OVERFLOW = "_other"
 
 LabelValues = tuple[str, ...]

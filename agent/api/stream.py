@@ -25,6 +25,9 @@ How (docs/operations.md, "The stream"):
 - Memory per client is bounded: its feed holds at most ``stream_queue`` events, one
   write may block at most ``stream_write_timeout`` seconds; a client too slow for
   either is disconnected (it resumes with Last-Event-ID).
+- ``entraide_stream_delay_seconds``: per live write, from the commit of its oldest
+  event to the end of the write (what the node adds to a replicated or submitted
+  observation's way to a client, past its store).
 - Comment lines (``: ping``) keep idle connections alive through proxies.
 - A stream not filtered by indicator also carries ``event: aid`` (``data.kind``:
   request, offer, withdraw, accept, update, close; live only, no ``id:``), sent by
@@ -36,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from aiohttp import web
@@ -188,6 +192,7 @@ class _Stream:
                     await self.write(b": ping\n\n")
                 continue
             parts: list[bytes] = []
+            oldest: float | None = None
             for event in events:
                 observation = event.observation
                 if event.number <= boundary or observation["id"] in recent:
@@ -199,7 +204,11 @@ class _Stream:
                     frame = event.frame = b"".join(
                         (_EVENT, event.cursor.encode("ascii"), _DATA, event.json(), _END))
                 parts.append(frame)
+                if oldest is None:
+                    oldest = event.committed
             await self._send(parts, len(parts))
+            if oldest is not None:
+                self.state.stream_delay.observe(time.monotonic() - oldest)
 
 
 _FILTERS = ("type", "value", "origin", "tlp", "since", "until")

@@ -52,16 +52,19 @@ class SharedEvent:
         cursor: its position (an SSE ``id:``, a Last-Event-ID).
         number: the row number inside ``cursor``.
         observation: the ledger's fields (no ``origin_name``); what filters read.
+        committed: ``time.monotonic()`` when its commit was installed.
         frame: the consumer's whole encoding of the event (the stream's SSE block),
             set by the first consumer that sends it, reused by the others (None before).
     """
 
-    __slots__ = ("_decorate", "_json", "cursor", "frame", "number", "observation")
+    __slots__ = ("_decorate", "_json", "committed", "cursor", "frame", "number",
+                 "observation")
 
     def __init__(self, event: ObservationEvent, decorate: Decorate) -> None:
         self.cursor = event.cursor
         self.number = decode_cursor("observation", event.cursor)
         self.observation = event.observation
+        self.committed = event.committed
         self._decorate = decorate
         self._json: bytes | None = None
         self.frame: bytes | None = None

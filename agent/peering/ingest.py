@@ -21,23 +21,32 @@ Invariants:
 - Memory is bounded: entries handed and not yet stored are counted (entries and
   bytes); over either cap, :attr:`room` is cleared and the replicator's readers pause,
   so TCP pushes back on the senders.
+
+Each batch's time in the node is measured by stage (:class:`IngestTimings`, the
+``entraide_ingest_seconds`` histogram): *check* from handed over to checked, *wait*
+from checked to its transaction's start, *store* the transaction, *total* from handed
+over to stored. A replication delay is then read off the node's own metrics, by stage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from agent.metrics import PIPELINE_BUCKETS, Registry
 from agent.workers.verify import Checked
 from protocol.entries import ForkProof, VerifiedEntry
 from protocol.errors import EntraideError
 from protocol.gossip import EntriesReceived
 
-__all__ = ["IngestLimits", "IngestPipeline", "Report", "Verifier", "split_stored"]
+__all__ = ["IngestLimits", "IngestPipeline", "IngestTimings", "Report", "Verifier",
+           "split_stored"]
 
 log = logging.getLogger("agent.peering.transport")
 
@@ -69,6 +78,33 @@ class Report:
     duplicates: int
     invalid: tuple[bytes, ...]
     forks: tuple[ForkProof, ...]
+
+
+class IngestTimings:
+    """Where the batches' time goes, by stage (see the module docstring): one histogram,
+    ``entraide_ingest_seconds{stage}``, in the node's registry."""
+
+    STAGES = ("check", "wait", "store", "total")
+
+    def __init__(self, registry: Registry) -> None:
+        self._seconds = registry.histogram(
+            "entraide_ingest_seconds",
+            "Time of entries received from peers in the node, per batch and stage: check "
+            "(handed over to checked), wait (to its transaction), store (the "
+            "transaction), total (handed over to stored).", ("stage",), PIPELINE_BUCKETS)
+
+    def observe(self, stage: str, seconds: float) -> None:
+        self._seconds.observe(max(0.0, seconds), (stage,))
+
+
+@dataclass(eq=False)
+class _InCheck:
+    """A batch being checked: when it was handed over and when its check ended."""
+
+    event: EntriesReceived
+    future: asyncio.Future[Checked]
+    added: float
+    checked: float | None = field(default=None)
 
 
 class Verifier(Protocol):
@@ -127,21 +163,27 @@ class IngestPipeline:
         verifier: checks each batch (not closed by the pipeline).
         report: called with each batch's :class:`Report`, in the engine's order.
         limits: the caps.
+        timings: where each batch's stage times go (none: not measured).
+        clock: seconds, monotonic (the timings' clock).
     """
 
     def __init__(self, ledger: _IngestingLedger, verifier: Verifier,
-                 report: Callable[[Report], None], limits: IngestLimits) -> None:
+                 report: Callable[[Report], None], limits: IngestLimits, *,
+                 timings: IngestTimings | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._ledger = ledger
         self._verifier = verifier
         self._report = report
         self.limits = limits
-        self._pending: deque[EntriesReceived] = deque()
+        self._timings = timings
+        self._clock = clock
+        self._pending: deque[tuple[EntriesReceived, float]] = deque()
         self.pending_entries = 0
         self._pending_bytes = 0
         self._wake = asyncio.Event()
         self.room = asyncio.Event()
         self.room.set()
-        self._checked: deque[tuple[EntriesReceived, asyncio.Future[Checked]]] = deque()
+        self._checked: deque[_InCheck] = deque()
         self._checked_wake = asyncio.Event()
         self._checked_room = asyncio.Event()
         self.transactions = 0  # ledger transactions (ingest calls), for diagnostics
@@ -153,7 +195,7 @@ class IngestPipeline:
 
     def add(self, event: EntriesReceived) -> None:
         """Take a batch from the engine (readers pause once over the caps)."""
-        self._pending.append(event)
+        self._pending.append((event, self._clock()))
         self.pending_entries += len(event.raws)
         self._pending_bytes += sum(len(r) for r in event.raws)
         self._update_room()
@@ -180,10 +222,15 @@ class IngestPipeline:
             while len(self._checked) >= self.limits.verify_ahead:
                 self._checked_room.clear()
                 await self._checked_room.wait()
-            event = self._pending.popleft()
-            self._checked.append(
-                (event, asyncio.ensure_future(self._verifier.check(event.raws))))
+            event, added = self._pending.popleft()
+            item = _InCheck(event, asyncio.ensure_future(self._verifier.check(event.raws)),
+                            added)
+            item.future.add_done_callback(functools.partial(self._checked_at, item))
+            self._checked.append(item)
             self._checked_wake.set()
+
+    def _checked_at(self, item: _InCheck, _: object) -> None:
+        item.checked = self._clock()
 
     async def store_stage(self) -> None:
         """Store checked batches in order, with those already checked behind the first
@@ -192,20 +239,23 @@ class IngestPipeline:
             while not self._checked:
                 self._checked_wake.clear()
                 await self._checked_wake.wait()
-            await asyncio.wait([self._checked[0][1]])
+            await asyncio.wait([self._checked[0].future])
             group = [self._checked.popleft()]
-            size = len(group[0][0].raws)
-            while (self._checked and self._checked[0][1].done()
-                   and size + len(self._checked[0][0].raws) <= self.limits.store_max_entries):
+            size = len(group[0].event.raws)
+            while (self._checked and self._checked[0].future.done()
+                   and size + len(self._checked[0].event.raws)
+                   <= self.limits.store_max_entries):
                 group.append(self._checked.popleft())
-                size += len(group[-1][0].raws)
+                size += len(group[-1].event.raws)
             self._checked_room.set()
+            started = self._clock()
             try:
-                await self._store([event for event, _ in group],
-                                  [_result(future) for _, future in group])
+                await self._store([item.event for item in group],
+                                  [_result(item.future) for item in group])
             finally:
-                for event, _ in group:
-                    self._done(event)
+                for item in group:
+                    self._done(item.event)
+                self._observe(group, started)
             if self._retry_delay:
                 await self._sleep(self._retry_delay)
 
@@ -250,6 +300,17 @@ class IngestPipeline:
             self._report(Report(event.batch, tuple(part), duplicates if i == last else 0,
                                 invalid[i], forks if i == last else ()))
 
+    def _observe(self, group: list[_InCheck], started: float) -> None:
+        if self._timings is None:
+            return
+        ended = self._clock()
+        for item in group:
+            checked = started if item.checked is None else item.checked
+            self._timings.observe("check", checked - item.added)
+            self._timings.observe("wait", started - checked)
+            self._timings.observe("store", ended - started)
+            self._timings.observe("total", ended - item.added)
+
     def _failed(self, entries: int, exc: EntraideError) -> None:
         self.failures += 1
         self._retry_delay = min(self.limits.retry_max,
@@ -268,7 +329,7 @@ class IngestPipeline:
     def cancel_checks(self) -> None:
         """Cancel the checks of batches never stored (the pipeline is stopping)."""
         while self._checked:
-            self._checked.popleft()[1].cancel()
+            self._checked.popleft().future.cancel()
 
 
 def _result(future: asyncio.Future[Checked]) -> Checked | None:

@@ -42,9 +42,15 @@ from typing import Any, Protocol, overload
 
 from aiohttp import web
 
-from agent.metrics import MetricFamily
+from agent.metrics import MetricFamily, Registry
 from agent.peering.dialer import Dialer
-from agent.peering.ingest import IngestLimits, IngestPipeline, Report, Verifier
+from agent.peering.ingest import (
+    IngestLimits,
+    IngestPipeline,
+    IngestTimings,
+    Report,
+    Verifier,
+)
 from agent.peering.links import LinkRegistry, PeerLink
 from agent.peering.params import TransportParams, gossip_params
 from agent.peering.registry import (
@@ -113,6 +119,8 @@ class Replicator:
         clock: monotonic seconds (the engine's ``now``).
         wall_clock: seconds since the epoch (for ``last_seen`` in status).
         randbytes: randomness (engine seed, ephemeral keys, backoff jitter).
+        metrics: where the ingest's stage times go (``entraide_ingest_seconds``,
+            agent/peering/ingest.py); None: not measured.
 
     Use: ``await start()``, serve :meth:`peer_app` on the peer listener, call
     :meth:`publish` after each local append, ``await stop()`` at the end.
@@ -130,8 +138,10 @@ class Replicator:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         randbytes: Callable[[int], bytes] = os.urandom,
+        metrics: Registry | None = None,
     ) -> None:
         self.identity = identity
+        self._timings = IngestTimings(metrics) if metrics is not None else None
         self.ledger = ledger
         self.params = gossip_params(params)
         self.transport = transport or TransportParams()
@@ -221,7 +231,7 @@ class Replicator:
         self._pipeline = IngestPipeline(
             self.ledger, self._verifier, self._on_report,
             IngestLimits(t.ingest_max_entries, t.ingest_max_bytes, t.verify_ahead,
-                         t.store_max_entries))
+                         t.store_max_entries), timings=self._timings, clock=self._clock)
         self.sessions.open()
         self._running = True
         for coro, name in ((self._pipeline.check_stage(), "check"),

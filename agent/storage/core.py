@@ -260,12 +260,13 @@ class LedgerCore:
             self._fork_seqs.add((self._origin_keys[origin_id].raw, seq))
         self._next_no.update(batch.next_no)
         if self._subscribers:
+            committed = time.monotonic()
             for obs_no, entry, record in batch.events:
                 fields = record.fields if record.fields is not None else loads(record.doc)
                 event = ObservationEvent(
                     encode_cursor("observation", obs_no),
                     observation_dict(entry.id, entry.origin.text, entry.seq, entry.ts,
-                                     entry.tlp.value, False, fields))
+                                     entry.tlp.value, False, fields), committed)
                 for sub in list(self._subscribers):
                     sub.offer(event)
         for listener in list(self._commit_listeners):

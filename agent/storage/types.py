@@ -256,10 +256,13 @@ class ImportResult:
 
 @dataclass(frozen=True)
 class ObservationEvent:
-    """A newly stored, readable observation; ``cursor`` works as an SSE Last-Event-ID."""
+    """A newly stored, readable observation; ``cursor`` works as an SSE Last-Event-ID;
+    ``committed``: ``time.monotonic()`` when its commit was installed (what the
+    stream's delay is measured from)."""
 
     cursor: str
     observation: dict[str, Any]
+    committed: float = 0.0
 
 
 class Subscription:

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from agent import SERVER
 from agent.jsoncodec import JSONDecodeError, dumps_bytes, loads
-from agent.metrics import Counter, Gauge, Histogram, Registry
+from agent.metrics import PIPELINE_BUCKETS, Counter, Gauge, Histogram, Registry
 from agent.node.node import Node
 from protocol.errors import EntraideError
 
@@ -94,6 +94,7 @@ class ApiState:
     streams_open: Gauge
     stream_events: Counter
     stream_drops: Counter
+    stream_delay: Histogram
     streams: set[Any] = field(default_factory=set)
     closing: bool = False
 
@@ -112,6 +113,10 @@ class ApiState:
             stream_drops=registry.counter(
                 "entraide_stream_disconnects_total",
                 "Stream clients disconnected by the node, by reason.", ("reason",)),
+            stream_delay=registry.histogram(
+                "entraide_stream_delay_seconds",
+                "Per live stream write: from the commit of its oldest observation to the "
+                "end of the write.", buckets=PIPELINE_BUCKETS),
         )
 
 

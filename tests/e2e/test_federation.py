@@ -11,11 +11,13 @@ import json
 import threading
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from agent.cli.client import ApiError
 from agent.cli.localfed import LocalFederation, wait_for
+from agent.metrics import parse_text
 
 pytestmark = pytest.mark.slow
 
@@ -180,6 +182,16 @@ def test_federation_stream_delivers_a_remote_observation(fed: LocalFederation) -
     entry_id = _submit(fed["FED"], "--type", "url", "--value", "https://evil.example/x")
     thread.join(DEADLINE_S)
     assert events and events[0]["id"] == entry_id and events[0]["origin_name"] == "FED"
+    # The node measured that way: the batch's time in it by stage, the stream's write.
+    def metrics() -> dict[str, Any]:
+        request = urllib.request.Request(node.api + "/metrics", headers={
+            "Authorization": f"Bearer {node.token}"})
+        with urllib.request.urlopen(request, timeout=DEADLINE_S) as response:
+            return parse_text(response.read().decode())
+    wait_for(lambda: metrics()["entraide_stream_delay_seconds_count"].get((), 0) >= 1,
+             DEADLINE_S, "AB to measure its stream's delay")
+    ingest = metrics()["entraide_ingest_seconds_count"]
+    assert all(ingest[(("stage", stage),)] >= 1 for stage in ("check", "wait", "store", "total"))
 
 
 def test_federation_kill_9_after_acknowledged_writes_loses_nothing(fed: LocalFederation) -> None:

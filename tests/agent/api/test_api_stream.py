@@ -270,3 +270,23 @@ async def test_stream_does_not_repeat_what_catch_up_and_live_both_saw(
     assert calls >= 2
     assert first.observation["id"] == raced["id"]
     assert second.observation["id"] == after["id"]
+
+
+
+async def test_stream_delay_is_measured_per_live_write_not_for_catch_up(api: Api) -> None:
+    """entraide_stream_delay_seconds: one observation per live write, from the commit of
+    its oldest event; the catch-up (read from the ledger) is not a delay."""
+    delay = api.client.app[STATE].stream_delay
+    await api.submit({"observations": [obs(ip(i)) for i in range(1, 4)]})
+    async with open_stream(api, last_event_id=encode_cursor("observation", 1)) as stream:
+        await stream.events(2)  # caught up from the ledger
+        await _until(lambda: len(api.node._fanout) == 1)
+        assert delay.count() == 0
+        live = await api.submit(obs(ip(9)))
+        (event,) = await stream.events(1)
+        assert event.observation["id"] == live["id"]
+        await _until(lambda: delay.count() == 1)
+    _status, text = await api.call("GET", "/metrics", scope="read")
+    samples = parse_text(text)
+    assert samples["entraide_stream_delay_seconds_count"][()] == 1
+    assert 0 < samples["entraide_stream_delay_seconds_sum"][()] < 60

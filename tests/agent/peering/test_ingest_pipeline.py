@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.errors import StorageError
-from agent.peering.ingest import IngestLimits, IngestPipeline, Report, split_stored
+from agent.metrics import Registry, parse_text
+from agent.peering.ingest import (
+    IngestLimits,
+    IngestPipeline,
+    IngestTimings,
+    Report,
+    split_stored,
+)
 from agent.storage.ledger import Ledger
 from agent.workers.verify import VerifyWorker
 from protocol.entries import VerifiedEntry
@@ -123,7 +131,7 @@ async def test_ingest_pipeline_merges_ready_batches_and_reports_in_order(
     pipeline = IngestPipeline(ledger, checker, reports.append,
                               IngestLimits(verify_ahead=8, store_max_entries=10_000))
     runner = asyncio.create_task(_run(pipeline, events, reports))
-    while pipeline.pending_entries < 600 or any(not f.done() for _, f in pipeline._checked):
+    while pipeline.pending_entries < 600 or any(not c.future.done() for c in pipeline._checked):
         await asyncio.sleep(0.01)
     gate.set()
     await runner
@@ -202,3 +210,26 @@ async def test_ingest_pipeline_full_disk_logs_once_and_backs_off(
     assert [r.batch for r in reports] == list(range(20))
     assert [len(r.stored) for r in reports] == [0] * 12 + [2] * 8
     assert ledger.counts().entries == 16
+
+
+async def test_ingest_pipeline_times_each_batch_by_stage(
+        ledger: Ledger, executor: concurrent.futures.Executor) -> None:
+    """Each batch is observed once per stage; its stages add up to its total (one
+    clock, read at hand-over, check end, transaction start and end)."""
+    a = make_entries(A, 40)
+    events = [EntriesReceived(A.public_key, tuple(_raws(a[i:i + 10])), n)
+              for n, i in enumerate(range(0, 40, 10))]
+    registry = Registry()
+    ticks = itertools.count()
+    reports: list[Report] = []
+    pipeline = IngestPipeline(ledger, VerifyWorker(executor, enabled=False), reports.append,
+                              IngestLimits(), timings=IngestTimings(registry),
+                              clock=lambda: float(next(ticks)))
+    await _run(pipeline, events, reports)
+    samples = parse_text(registry.render())
+    counts = {dict(k)["stage"]: v for k, v in samples["entraide_ingest_seconds_count"].items()}
+    sums = {dict(k)["stage"]: v for k, v in samples["entraide_ingest_seconds_sum"].items()}
+    assert counts == dict.fromkeys(IngestTimings.STAGES, len(events))
+    assert sums["check"] > 0 and sums["store"] > 0
+    assert sums["check"] + sums["wait"] + sums["store"] == sums["total"]
+
