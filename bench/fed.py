@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
@@ -165,6 +166,34 @@ def metric(parsed: dict[str, dict[tuple[tuple[str, str], ...], float]], name: st
         if all(have.get(k) == v for k, v in labels.items()):
             total += value
     return total
+
+
+def histogram_quantile(before: dict[str, dict[tuple[tuple[str, str], ...], float]],
+                       after: dict[str, dict[tuple[tuple[str, str], ...], float]],
+                       name: str, q: float, **labels: str) -> float:
+    """The ``q`` quantile (seconds) of histogram ``name`` over what was observed between
+    two scrapes, interpolated inside its bucket as Prometheus's ``histogram_quantile``
+    does; NaN if nothing was observed."""
+    counts: dict[float, float] = {}
+    for parsed, sign in ((after, 1), (before, -1)):
+        for key, value in parsed.get(f"{name}_bucket", {}).items():
+            have = dict(key)
+            if all(have.get(k) == v for k, v in labels.items()):
+                bound = float(have["le"])
+                counts[bound] = counts.get(bound, 0.0) + sign * value
+    bounds = sorted(counts)
+    if not bounds or counts[bounds[-1]] <= 0:
+        return math.nan
+    rank = q * counts[bounds[-1]]
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        if counts[bound] >= rank:
+            if math.isinf(bound):
+                return lower
+            inside = counts[bound] - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = bound, counts[bound]
+    return lower
 
 
 async def connect(client: Client, peer: FedNode) -> None:

@@ -57,6 +57,7 @@ from bench.fed import (
     FedNode,
     add_origins,
     fill_ledger,
+    histogram_quantile,
     identity,
     ipv4,
     metric,
@@ -409,7 +410,9 @@ async def _phases(node: FedNode, peer: _Peer, client: Client, load: _Load, durat
         return ingest, per_phase / (chunks[-1][2] - t0), [chunks, *others]
 
     await asyncio.to_thread(wait_idle, [node.process.pid])  # type: ignore[union-attr]
+    seen0 = await metrics(client)
     ingest, offered, _ = await ingest_window()
+    _in_node(result, seen0, await metrics(client), "alone", stream=False)
     result.params["alone_ingest_cores"] = {k: round(v, 2) for k, v in load.cpu.items()}
     result.add("alone_ingest_per_s", "alone: ingest from the peer", ingest, "entries/s")
     result.add("alone_offered_per_s", "alone: the peer's publish rate", offered,
@@ -467,11 +470,12 @@ async def _phases(node: FedNode, peer: _Peer, client: Client, load: _Load, durat
             out = await ingest_window([load.lookups(until, 0), load.submits(until)])
             return out, list(_peer_times(out[2][0]))
 
-        mark0 = await work_mark()
+        mark0, seen0 = await work_mark(), await metrics(client)
         subs, (ingest, offered, (chunks, lat, _)) = await with_subscribers(everything)
-        mark1 = await work_mark()
+        mark1, seen1 = await work_mark(), await metrics(client)
         result.add("stream_events_per_s", "mixed: stream events written (window and "
                    "after)", (mark1[2] - mark0[2]) / (mark1[0] - mark0[0]), "events/s")
+    _in_node(result, seen0, seen1, "mixed")
     result.params["mixed_cores"] = {k: round(v, 2) for k, v in load.cpu.items()}
     result.add("node_cores", "mixed: cores the node used (workers included)",
                load.cpu["node"], "cores")
@@ -515,6 +519,27 @@ async def _phases(node: FedNode, peer: _Peer, client: Client, load: _Load, durat
     result.add("offered_per_s", "mixed: the peer's publish rate", offered, "entries/s")
     result.add("submitted_per_s", "mixed: submitted (batched)",
                len(load.submit_sent) / duration, "obs/s")
+
+
+def _in_node(result: Result, before: dict[str, Any], after: dict[str, Any], phase: str,
+             *, stream: bool = True) -> None:
+    """The node's own share of a delivery, from its histograms between two scrapes
+    (agent/peering/ingest.py, agent/api/stream.py): a received batch's time from its
+    hand-over to its store, by stage, and a live write's from the commit."""
+    def q(name: str, quantile: float, **labels: str) -> float:
+        return histogram_quantile(before, after, name, quantile, **labels) * 1000
+
+    for stage in ("check", "wait", "store"):
+        result.add(f"{phase}_node_{stage}_p99_ms", f"{phase}, in the node: batch {stage} p99",
+                   q("entraide_ingest_seconds", 0.99, stage=stage), "ms")
+    for name, quantile in (("p50", 0.5), ("p99", 0.99)):
+        result.add(f"{phase}_node_ingest_{name}_ms",
+                   f"{phase}, in the node: batch handed over to stored {name}",
+                   q("entraide_ingest_seconds", quantile, stage="total"), "ms")
+    if stream:
+        result.add(f"{phase}_node_stream_p99_ms",
+                   f"{phase}, in the node: commit to stream write p99",
+                   q("entraide_stream_delay_seconds", 0.99), "ms")
 
 
 def _offset_ipv4(offset: int) -> Callable[[int], str]:
