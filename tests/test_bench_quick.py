@@ -150,3 +150,12 @@ def test_bench_figure_judges_its_target() -> None:
     result.add("k", "label", 1.5, "ms", op="<=", target=2.0)
     text = table([result])
     assert "| x" in text and "<= 2.00" in text and "ok" in text
+
+
+def test_bench_storecost_times_the_writer_with_and_without_the_hash_index() -> None:
+    result = subprocess.run([sys.executable, "-m", "bench.storecost", "400", "800"],
+                            capture_output=True, text=True, timeout=300, check=True)
+    built, _, dropped = result.stdout.partition("without entries_by_hash")
+    assert "as built: writer thread" in built and "COMMIT" in built
+    assert "INSERT INTO entries" in built and "INSERT INTO observations" in built
+    assert "COMMIT" in dropped and "INSERT INTO entries" in dropped
