@@ -31,7 +31,6 @@ over to stored. A replication delay is then read off the node's own metrics, by 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import deque
@@ -102,9 +101,9 @@ class _InCheck:
     """A batch being checked: when it was handed over and when its check ended."""
 
     event: EntriesReceived
-    future: asyncio.Future[Checked]
     added: float
-    checked: float | None = field(default=None)
+    checked: float | None = None
+    future: asyncio.Future[Checked] = field(init=False)
 
 
 class Verifier(Protocol):
@@ -223,14 +222,17 @@ class IngestPipeline:
                 self._checked_room.clear()
                 await self._checked_room.wait()
             event, added = self._pending.popleft()
-            item = _InCheck(event, asyncio.ensure_future(self._verifier.check(event.raws)),
-                            added)
-            item.future.add_done_callback(functools.partial(self._checked_at, item))
+            item = _InCheck(event, added)
+            item.future = asyncio.ensure_future(self._check(item))
             self._checked.append(item)
             self._checked_wake.set()
 
-    def _checked_at(self, item: _InCheck, _: object) -> None:
-        item.checked = self._clock()
+    async def _check(self, item: _InCheck) -> Checked:
+        """Check one batch; its end time is set before its future is done."""
+        try:
+            return await self._verifier.check(item.event.raws)
+        finally:
+            item.checked = self._clock()
 
     async def store_stage(self) -> None:
         """Store checked batches in order, with those already checked behind the first
@@ -305,7 +307,7 @@ class IngestPipeline:
             return
         ended = self._clock()
         for item in group:
-            checked = started if item.checked is None else item.checked
+            checked = started if item.checked is None else min(item.checked, started)
             self._timings.observe("check", checked - item.added)
             self._timings.observe("wait", started - checked)
             self._timings.observe("store", ended - started)
