@@ -1,17 +1,23 @@
-"""What the ledger's writer thread spends per received entry, statement by statement.
+"""What the ledger's write path spends per received entry, statement by statement.
 
 ``python -m bench.storecost [PREFILL [COUNT]]``: a ledger of PREFILL observations
 (default 100,000, as ``bench mixed``'s node holds) of 4 origins, then COUNT (8,000)
-entries of a fifth
-stored the way the mixed load's peer sends them (``Ledger.ingest`` of 400 at a time,
-with the index records a verify worker builds). Each statement of each write
-transaction is timed on the database's thread (the transaction function wrapped,
-agent/storage/core.py ``_commit``; nothing else changes). Then the same into a second
-ledger whose ``entries_by_hash`` index was dropped, to show what indexing a content
-hash (random keys: each insert lands on its own page) costs the insert and the
-``COMMIT`` (the WAL gets every page a transaction dirtied).
+entries of a fifth stored the way the mixed load's peer sends them (``Ledger.ingest``
+of 400 at a time, with the index records a verify worker builds). Each statement of
+each write transaction is timed on the database's thread (the transaction function
+wrapped, agent/storage/core.py ``_commit``; nothing else changes). Three ledgers:
 
-Prints microseconds per entry by statement, and each ingest's wall time (p50, max).
+- *as built*: the WAL checkpointed by the checkpointer's own connection
+  (agent/storage/checkpoint.py);
+- *checkpoints inline*: as before it, SQLite's automatic checkpoint (1,000 pages) run
+  by the ``COMMIT`` that crosses it;
+- *without entries_by_hash*: that index dropped, to show what indexing a content hash
+  costs (random keys: nearly every insert lands on another page, and the ``COMMIT``
+  writes every page a transaction dirtied into the WAL).
+
+Prints microseconds per entry by statement and for the whole process (every thread,
+so the checkpointer's too), and each ingest's wall time (p50, max). Use a COUNT of
+80,000 or more to see several checkpoints.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ BATCH = 400
 """Entries per ingest: an ENTRIES message of the mixed load (~395 on average)."""
 COUNT = 8_000
 """Entries stored by default."""
+VARIANTS = ("as built", "checkpoints inline", "without entries_by_hash")
 
 
 class _TimedConnection:
@@ -68,8 +75,8 @@ def _from(first: int) -> Callable[[int], str]:
     return lambda seq: ipv4(first + seq)
 
 
-async def _measure(path: Path, prefill: int, count: int, drop_hash_index: bool
-                   ) -> tuple[dict[str, float], list[float]]:
+async def _measure(path: Path, prefill: int, count: int, variant: str
+                   ) -> tuple[dict[str, float], list[float], float]:
     me = Identity(b"m" * 32)
     ledger = await Ledger.open(path, identity=me, is_trusted_origin=lambda _key: True)
     per_origin = prefill // 4
@@ -79,7 +86,7 @@ async def _measure(path: Path, prefill: int, count: int, drop_hash_index: bool
                 identity(f"storecost-{o}"), per_origin, value=_from(o * per_origin)))
     finally:
         await ledger.close()
-    if drop_hash_index:
+    if variant == "without entries_by_hash":
         with sqlite3.connect(path) as conn:
             conn.execute("DROP INDEX entries_by_hash")
         conn.close()
@@ -93,11 +100,16 @@ async def _measure(path: Path, prefill: int, count: int, drop_hash_index: bool
     original = core._commit
 
     def timed_commit(conn: sqlite3.Connection, batch: Any, full: bool) -> None:
+        if variant == "checkpoints inline":  # SQLite's default, as before the checkpointer
+            conn.execute("PRAGMA wal_autocheckpoint = 1000")
         original(_TimedConnection(conn, spent), batch, full)  # type: ignore[arg-type]
 
     walls: list[float] = []
     ledger = await Ledger.open(path, identity=me, is_trusted_origin=lambda _key: True)
+    if variant == "checkpoints inline":
+        ledger._checkpointer._every = 1 << 62  # never: the writer's COMMITs do them
     core._commit = timed_commit
+    cpu = time.process_time()
     try:
         for one in checked:
             start = time.perf_counter()
@@ -106,10 +118,14 @@ async def _measure(path: Path, prefill: int, count: int, drop_hash_index: bool
             walls.append(time.perf_counter() - start)
             if result.stored != len(one.entries):
                 raise RuntimeError(f"stored {result.stored} of {len(one.entries)}")
+        async with ledger._checkpointer.exclusive():  # a checkpoint running: its end
+            cpu_spent = time.process_time() - cpu
     finally:
         core._commit = original
         await ledger.close()
-    return spent, sorted(walls)
+    # The process's CPU (every thread: the event loop, the writer, the checkpointer),
+    # the close's final checkpoint left out.
+    return spent, sorted(walls), cpu_spent
 
 
 def main() -> None:
@@ -117,11 +133,12 @@ def main() -> None:
     count = int(sys.argv[2]) if len(sys.argv) > 2 else COUNT
     print(f"ledger of {prefill:,} observations; {count:,} entries stored {BATCH} at a time")
     with tempfile.TemporaryDirectory(prefix="entraide-storecost-") as tmp:
-        for label, drop in (("as built", False), ("without entries_by_hash", True)):
-            spent, walls = asyncio.run(_measure(Path(tmp) / f"{drop}.sqlite3", prefill,
-                                                count, drop))
+        for n, label in enumerate(VARIANTS):
+            spent, walls, cpu = asyncio.run(_measure(Path(tmp) / f"{n}.sqlite3", prefill,
+                                                     count, label))
             total = sum(spent.values())
-            print(f"\n{label}: writer thread {total / count * 1e6:.1f} us per entry; "
+            print(f"\n{label}: writer thread {total / count * 1e6:.1f} us per entry "
+                  f"(the process, every thread: {cpu / count * 1e6:.1f} us); "
                   f"ingest of {BATCH}: p50 {walls[len(walls) // 2] * 1000:.1f} ms, "
                   f"max {walls[-1] * 1000:.1f} ms")
             for what, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):

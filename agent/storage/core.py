@@ -14,6 +14,8 @@ Invariants:
 - A write, once started, runs to its end even if the caller is cancelled (shielded
   task), so the database and the in-memory state cannot part ways.
 - Subscribers hear of an observation only after the transaction holding it committed.
+- No write transaction runs a WAL checkpoint: a connection of their own does
+  (agent/storage/checkpoint.py); the WAL is truncated at close.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from agent.errors import StorageError, StorageFullError
 from agent.jsoncodec import loads
 from agent.storage.batch import COUNTERS, Batch, OriginState
 from agent.storage.buffer import AheadBuffer
+from agent.storage.checkpoint import Checkpointer
 from agent.storage.queries import QueryReader, encode_cursor, observation_dict
 from agent.storage.schema import lock_ledger, prepare_file
 from agent.storage.types import (
@@ -115,6 +118,8 @@ class LedgerCore:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._reader: QueryReader | None = None
+        # WAL checkpoints off the write path (agent/storage/checkpoint.py)
+        self._checkpointer = Checkpointer(path)
 
     # -- lifecycle
 
@@ -155,9 +160,13 @@ class LedgerCore:
             self._db = await aiosqlite.connect(self._path, isolation_level=None)
             # secure_delete: a dropped body's bytes (erasure, retention) are zeroed in
             # the pages and freelist, not merely unlinked (docs/privacy.md, "Erasure").
+            # wal_autocheckpoint = 0: the checkpointer's connection does it, so that no
+            # COMMIT waits for one (agent/storage/checkpoint.py).
             for pragma in ("foreign_keys = ON", "synchronous = NORMAL", "busy_timeout = 5000",
-                           "cache_size = -16384", "temp_store = MEMORY", "secure_delete = ON"):
+                           "cache_size = -16384", "temp_store = MEMORY", "secure_delete = ON",
+                           "wal_autocheckpoint = 0"):
                 await self._db.execute(f"PRAGMA {pragma}")
+            await self._checkpointer.open()
             self._rdb = await aiosqlite.connect(self._path, isolation_level=None)
             for pragma in ("query_only = ON", "busy_timeout = 5000", "cache_size = -32768",
                            "temp_store = MEMORY"):
@@ -192,6 +201,7 @@ class LedgerCore:
             sub.close()
         if self._reader is not None:
             self._reader.close()  # its own lookup connection (agent/storage/queries.py)
+        await self._checkpointer.close()
         for conn in (self._rdb, self._db):
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error, ValueError):
@@ -250,6 +260,7 @@ class LedgerCore:
         except (sqlite3.Error, OSError) as exc:
             raise write_failed(exc) from exc  # a full disk is StorageFullError (507)
         self._install(batch)
+        self._checkpointer.wrote(len(batch.entries))
 
     def _install(self, batch: Batch) -> None:
         """After a commit: make the in-memory state match the database, publish events."""

@@ -312,6 +312,7 @@ class Ledger(LedgerIngest):
                     await db.execute("PRAGMA synchronous = NORMAL")
             except (sqlite3.Error, OSError) as exc:
                 raise write_failed(exc) from exc
+            self._checkpointer.wrote(len(dropped))
             return DroppedBodies(tuple(h for _no, h in dropped), counts)
 
     async def scrub(self, attempts: int = 50, pause: float = 0.02) -> bool:
@@ -329,7 +330,7 @@ class Ledger(LedgerIngest):
             StorageError: the ledger is closed or the checkpoint failed.
         """
         for _ in range(max(1, attempts)):
-            async with self._write_lock:
+            async with self._checkpointer.exclusive(), self._write_lock:
                 self._check_open()
                 db = self._db
                 assert db is not None
