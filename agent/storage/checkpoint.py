@@ -37,9 +37,11 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY = 4000
 """Units of writing between checkpoints: an entry written counts one, a transaction
-eight more (its own pages: heads, table ends). Roughly pages of WAL, so ~16 MB of it at
-most between two checkpoints (``bench.storecost``: the writer's ``COMMIT`` per entry
-20.9 us inline at SQLite's 1,000 pages, 12.3 at 4,000, 8.4 at 10,000)."""
+eight more (its own pages: heads, table ends). Roughly pages of WAL, so ~16 MB of it
+between two checkpoints. A longer interval copies a page rewritten by several
+transactions once: with SQLite's inline checkpoint at 1,000 / 4,000 / 10,000 pages,
+``bench.storecost`` gave ``COMMIT`` 20.9 / 12.3 / 8.4 us per entry; past ~4,000 a
+crash leaves more WAL to replay at the next start."""
 TRANSACTION_WEIGHT = 8
 
 
