@@ -34,6 +34,7 @@ def test_encoding_random_bytes_raise_only_typed_errors(data: bytes) -> None:
 
 @pytest.mark.parametrize("data", [
     msgpack.packb(1.5),                    # float
+    b"\xc7\x00\x00",                       # ext 8 of length 0 (max_ext_len=0 allows it)
     b"\xcc\x01",                           # uint8 for a fixint
     b"\xd9\x01a",                          # str8 for a fixstr
     msgpack.packb({"b": 1, "a": 2}),       # unsorted map keys
