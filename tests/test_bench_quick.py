@@ -60,7 +60,13 @@ FIGURES = {
               "stream_missing", "stream_disconnects", "ingest_per_s", "ingest_vs_alone",
               "offered_per_s", "submitted_per_s", "node_cores", "node_main_cores",
               "bench_cores", "alone_ingest_main_us", "alone_stream_main_us",
-              "alone_stream_events_per_s", "stream_events_per_s"},
+              "alone_stream_events_per_s", "stream_events_per_s",
+              # the node's own share, from its histograms (bench/mixed.py _in_node)
+              *(f"{phase}_node_{stage}_p99_ms" for phase in ("alone", "mixed")
+                for stage in ("check", "wait", "store")),
+              *(f"{phase}_node_ingest_{q}_ms" for phase in ("alone", "mixed")
+                for q in ("p50", "p99")),
+              "mixed_node_stream_p99_ms"},
 }
 TARGETED = {
     "baseline": set(),
@@ -122,6 +128,8 @@ def test_bench_quick_scenario_produces_its_figures(tmp_path: Path, name: str) ->
         assert figures["copies_per_entry"] >= 1.0
     if name == "mixed":
         assert figures["lookups"] > 0
+        # The node measured its stages: a stored batch took time in each.
+        assert figures["mixed_node_ingest_p99_ms"] > 0 and figures["alone_node_ingest_p99_ms"] > 0
     if name == "aid":
         # An offer answers a request that reached its helper first; the second comes later.
         assert 0 < figures["request_seen_p50_ms"] < figures["first_offer_p50_ms"] <= figures[
