@@ -29,6 +29,9 @@ nothing else, the peer's ingest with nothing else, and the stream with the submi
 only. Then all run at once for ``DURATION`` s.
 Ingest rate: entries the node stored from the window's start to its end (status
 polls), less the acknowledged submits, over the window.
+The node's own share of a delivery ("in the node" figures): its histograms
+``entraide_ingest_seconds{stage}`` and ``entraide_stream_delay_seconds`` diffed
+between two scrapes around the ingest-alone phase and around the mixed one.
 """
 
 from __future__ import annotations
