@@ -262,7 +262,7 @@ class ObservationEvent:
 
     cursor: str
     observation: dict[str, Any]
-    committed: float = 0.0
+    committed: float
 
 
 class Subscription:
