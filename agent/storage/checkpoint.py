@@ -4,8 +4,9 @@ SQLite's automatic checkpoint runs inside the ``COMMIT`` that crosses its thresh
 (1,000 pages by default): that transaction copies the whole WAL back into the ledger
 file (and syncs it) before it returns. An entry's id is a content hash, so nearly
 every insert into its index dirties another page, and at the mixed load's rate the
-store stage's transactions spent more than half of their time in ``COMMIT``, the
-checkpoints' share inline (``python -m bench.storecost``; docs/benchmarks.md, "mixed").
+store stage's transactions spent more than half of their time in ``COMMIT``, most of
+it in those inline checkpoints, waiting on the disk (``python -m bench.storecost``;
+docs/benchmarks.md, "Checkpoints off the write path").
 
 Here the writer connection's automatic checkpoint is off and :class:`Checkpointer`
 runs ``PRAGMA wal_checkpoint(PASSIVE)`` on its own connection (its own thread) once
@@ -14,8 +15,9 @@ never waits for it (a passive checkpoint takes no lock a writer needs), and a la
 interval copies a page rewritten by several transactions once, not once each.
 
 Invariants:
-- One checkpoint at a time, and none while :meth:`exclusive` is held (the ledger's
-  ``TRUNCATE`` checkpoints: scrubbing, closing).
+- One checkpoint at a time; none while :meth:`exclusive` is held (the ledger's
+  ``scrub``, a ``TRUNCATE`` checkpoint) and none after :meth:`close` (the ledger
+  closes this first, then truncates the WAL on its writer).
 - A failed checkpoint is logged and retried at the next threshold: the WAL keeps
   every committed page until then, so nothing is lost, it only grows.
 """
