@@ -4,11 +4,15 @@ a target rate, 32 lookup clients, 16 stream subscribers and batched submits.
 The node is an ``entraide run`` process whose ledger holds ``PREFILL`` observations of
 ``ORIGINS`` author identities before it starts (the values the lookups ask for).
 - *The peer* is a helper process (spawn) running an in-process node
-  (tests/agent/nodes.py: real ledger, replicator, WebSocket session, the node path a
-  submit takes: ``ingest`` then ``publish``) that dials the node over the real peer
-  protocol. Its entries are signed by it before the timed part; it then stores and
-  publishes them in chunks every ``TICK_S`` at ``RATE`` entries/s, and says when
-  each chunk was published (``time.monotonic``: the same clock in every process).
+  (tests/agent/nodes.py: replicator, WebSocket session) that dials the node over the
+  real peer protocol. Its entries are signed by it before the timed part; it then
+  publishes them (``Replicator.publish``, the gossip a submit ends with) in chunks every
+  ``TICK_S`` at ``RATE`` entries/s, and says when each chunk was published
+  (``time.monotonic``: the same clock in every process). It does not store them in its
+  own ledger first, as a real peer would on its own host: here that took 0.25 core of
+  the two the node is measured on (docs/benchmarks.md, "A load generator's own
+  ledger"). The node receives the same frames either way; a WANT it sent for one of
+  them would go unanswered, and the delivery check would count that entry missing.
 - *Lookups*: bench/httpload.py's lean client in a process of its own (as a separate
   tool would be), ``CLIENTS`` keep-alive connections,
   ``GET /api/v1/indicators/ipv4-addr/{value}`` of prefilled values; every answer
@@ -84,8 +88,8 @@ SUBMIT_BASE = 8_000_000
 _MAX_EVENT = 64 * 1024
 WORKER_START_S = 30.0  # a guard: past it, the run goes on with in-process lookups
 MAX_CHUNK = 2_000
-"""Entries the peer stores and publishes at once at most (the ledger takes 10,000 per
-ingest; a peer process starved by a loaded machine falls behind its schedule)."""
+"""Entries the peer publishes at once at most (a peer process starved by a loaded
+machine falls behind its schedule, then catches up in steps of this size)."""
 
 
 # --- the peer (a helper process) ----------------------------------------------------
@@ -94,7 +98,7 @@ ingest; a peer process starved by a loaded machine falls behind its schedule).""
 def _peer_main(conn: Connection, data_dir: str, target_url: str, target_key: str,
                count: int) -> None:
     """The helper process: sign ``count`` entries, run a node dialing the target, then
-    on each ``("go", n, rate)`` store and publish the next ``n`` at ``rate``/s and send
+    on each ``("go", n, rate)`` publish the next ``n`` at ``rate``/s and send
     back ``[(first index, n, monotonic publish time), ...]``; ``("stop",)`` ends it."""
     from agent.peering.replicator import TrustedPeer
     from protocol.keys import PublicKey
@@ -132,9 +136,6 @@ def _peer_main(conn: Connection, data_dir: str, target_url: str, target_key: str
                     due = min(due, at + MAX_CHUNK)  # a starved peer catches up in steps
                     if due > at:
                         chunk = entries[at:due]
-                        result = await node.db.ingest(chunk)
-                        if result.stored != len(chunk):
-                            raise RuntimeError(f"peer stored {result.stored} of {len(chunk)}")
                         node.repl.publish(chunk)
                         sent.append((at, len(chunk), time.monotonic()))
                         at = due
@@ -489,6 +490,10 @@ async def _phases(node: FedNode, peer: _Peer, client: Client, load: _Load, durat
     parsed = await metrics(client)
     result.params["read_lane_connections"] = int(
         metric(parsed, "entraide_read_lane_connections_total"))
+    # The peer does not store what it publishes (see the module's docstring): a WANT
+    # the node sent it went unanswered.
+    result.params["wants_to_peer"] = int(
+        metric(parsed, "entraide_peer_messages_total", direction="out", kind="WANT"))
     result.params["stream_disconnect_reasons"] = {
         dict(k).get("reason", ""): v for k, v in
         parsed.get("entraide_stream_disconnects_total", {}).items()}
