@@ -127,7 +127,6 @@ MAX_CONTAINED_ADDRESSES = 256
 smaller blocks a lookup of it also finds (:func:`containment_keys`)."""
 
 
-@functools.lru_cache(maxsize=4096)
 def containment_keys(type: IndicatorType | str, value: str,
                      lengths: frozenset[int] | None = None) -> tuple[str, ...]:
     """The keys an IP lookup matches, the indicator's own first: for an ``ipv4-addr``
@@ -143,8 +142,17 @@ def containment_keys(type: IndicatorType | str, value: str,
     Exact keys, so that the query tables' (type, value) index answers each with one
     probe: at most 33 (IPv4) or 129 (IPv6) for an address, plus 511 for a /24.
     """
-    if type not in (IndicatorType.IPV4_ADDR, IndicatorType.IPV6_ADDR):
+    if type not in (IndicatorType.IPV4_ADDR, IndicatorType.IPV6_ADDR) or (
+            lengths is not None and not lengths and "/" not in value):
+        # An address where no block is stored matches itself only: the common lookup,
+        # answered without parsing the address.
         return (value,)
+    return _ip_containment_keys(type, value, lengths)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_containment_keys(type: IndicatorType | str, value: str,
+                         lengths: frozenset[int] | None) -> tuple[str, ...]:
     address_text, _, prefix_text = value.partition("/")
     v4 = type == IndicatorType.IPV4_ADDR
     address_class: Callable[[int | str], ipaddress.IPv4Address | ipaddress.IPv6Address] = (

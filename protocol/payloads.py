@@ -119,6 +119,7 @@ __all__ = [
     "format_validation_error",
     "normalise_indicator",
     "parse_payload_json",
+    "stored_observation_fields",
 ]
 
 # --- The union, encoding and decoding --------------------------------------------
@@ -290,6 +291,48 @@ def _decode_valid(data: bytes) -> tuple[Payload, dict[str, Any]] | None:
     if encoded != data:
         return None
     return payload, dumped
+
+
+def stored_observation_fields(data: bytes) -> dict[str, Any] | None:
+    """The JSON dump of the observation ``data`` encodes, without ``kind``: what
+    ``decode_payload_with_fields(data)`` gives for it, in the same key order, for bytes
+    already checked by the full path (an entry's body the ledger stored). None for
+    anything not shaped like an encoded observation (the caller then decodes it fully).
+
+    Not a check: ``decode_payload`` is, and it ran when the entry was stored; the
+    entry's hash covers these bytes (``entraide ledger verify``). It inverts
+    :func:`encode_payload_with_fields` instead of validating again: the dump's empty
+    fields (None, an empty list) are the ones the encoding left out, and a description
+    map lost its None values. Each lookup and listed observation reads one stored
+    body: ~3 us here against ~11 us through the model.
+    tests/protocol/test_payloads.py holds both to the same result.
+    """
+    try:
+        value = msgpack.unpackb(
+            data, raw=False, use_list=True, strict_map_key=True,
+            max_str_len=_LIMITS.max_str, max_bin_len=_LIMITS.max_bin,
+            max_array_len=_LIMITS.max_array, max_map_len=_LIMITS.max_map, max_ext_len=0)
+    except Exception:  # not for this path: the full one says why
+        return None
+    if (type(value) is not dict or value.get("kind") != "observation"
+            or not value.keys() <= _OBSERVATION_KEYS):
+        return None
+    fields = {name: value.get(name, [] if name in _OBSERVATION_LISTS else None)
+              for name in _OBSERVATION_FIELDS}
+    description = fields["description"]
+    if description is not None:
+        if type(description) is not dict or not description.keys() <= _LOCALIZED_KEYS:
+            return None
+        fields["description"] = {name: description.get(name) for name in _LOCALIZED_FIELDS}
+    return fields
+
+
+_OBSERVATION_FIELDS = tuple(name for name in Observation.model_fields if name != "kind")
+_OBSERVATION_KEYS = frozenset(Observation.model_fields)
+_OBSERVATION_LISTS = frozenset(name for name, field in Observation.model_fields.items()
+                               if field.default == ())
+_LOCALIZED_FIELDS = tuple(LocalizedText.model_fields)
+_LOCALIZED_KEYS = frozenset(_LOCALIZED_FIELDS)
 
 
 def parse_payload_json(obj: Mapping[str, Any]) -> Payload:

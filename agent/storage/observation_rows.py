@@ -6,9 +6,11 @@ match key), times, TLP, origin and retracted flag. It keeps no copy of what its
 ``entries`` row already holds: the entry's id and seq are read from there, and so is
 the payload when the body is plaintext (CLEAR, GREEN): the answer is the body decoded
 by :func:`body_fields`, the same JSON dump the ledger indexed it from
-(``build_record``). Only an observation whose body is sealed (AMBER, AMBER+STRICT,
-RED: an envelope this node opened when it stored the entry) keeps its JSON in
-``doc``: reading it back from the body would mean opening the envelope again. The
+(``build_record``), read back without validating the model again
+(``protocol.payloads.stored_observation_fields``). Only an observation whose body is
+sealed (AMBER, AMBER+STRICT, RED: an envelope this node opened when it stored the
+entry) keeps its JSON in ``doc``: reading it back from the body would mean opening the
+envelope again. The
 first- and last-seen times are NULL where the entry's ts gives them (:data:`FIRST_SEEN`,
 :data:`LAST_SEEN`), and the TLP index holds the sealed rows only: a filter on a
 plaintext TLP, the common case, reads rows in ``obs_no`` order.
@@ -16,8 +18,8 @@ plaintext TLP, the common case, reads rows in ``obs_no`` order.
 Why: at 5,020,000 observations those copies (the JSON, ~190 bytes, and the entry id,
 32) were most of the observations table's 315 bytes per row, and the ledger took 843
 bytes on disk per observation, 2.88x the entry's wire size, against a target of 2x
-(docs/benchmarks.md, bigledger). Decoding a body costs ~10 us per row read, against
-~2 us for the JSON.
+(docs/benchmarks.md, bigledger). Reading a body back costs ~3 us per row (~2 for
+the JSON; through the model, ~11 us).
 
 Invariants:
 - ``doc`` is NULL exactly when the row's TLP is not encrypted (a CHECK says so); the
@@ -34,7 +36,7 @@ from typing import Any
 from agent.errors import StorageError
 from protocol.entries import TLP
 from protocol.errors import EntraideError
-from protocol.payloads import decode_payload_with_fields
+from protocol.payloads import decode_payload_with_fields, stored_observation_fields
 
 __all__ = ["FIRST_SEEN", "LAST_SEEN", "OBS_FROM", "OBS_SELECT", "PLAINTEXT_TLPS", "SEALED_ONLY",
            "body_fields", "migrate_v8", "stored_times"]
@@ -90,6 +92,9 @@ def body_fields(body: bytes) -> dict[str, Any]:
         StorageError: the stored body no longer decodes (the file was damaged:
             ``entraide ledger verify`` finds which entry).
     """
+    fields = stored_observation_fields(body)
+    if fields is not None:
+        return fields
     try:
         _payload, fields = decode_payload_with_fields(body)
     except EntraideError as exc:

@@ -152,6 +152,68 @@ def test_payload_examples_cover_every_kind() -> None:
     assert {p.kind for p in examples()} == set(PAYLOAD_KINDS)
 
 
+# --- A stored observation read back (protocol.payloads.stored_observation_fields) ----
+
+_INDICATORS = [("ipv4-addr", "203.0.113.7"), ("ipv4-addr", "198.51.100.0/24"),
+               ("ipv6-addr", "2001:DB8::1"), ("domain-name", "Bücher.Example."),
+               ("url", "HTTP://Example.com/a/../b?q=1"), ("file:sha256", "AB" * 32),
+               ("cve", "cve-2024-3094"),
+               ("email-addr", "Phish@Example.com")]
+_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x2FF,
+                              blacklist_categories=("Cc", "Cf")), min_size=1,
+                max_size=12).filter(lambda t: t.strip() == t and t.strip())
+_TIMES = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1),
+                      timezones=st.just(UTC))
+
+
+@st.composite
+def _observations(draw: st.DrawFn) -> Observation:
+    type, value = draw(st.sampled_from(_INDICATORS))
+    first, last = sorted(draw(st.lists(_TIMES, min_size=2, max_size=2)))
+    fields: dict[str, Any] = {"type": type, "value": value}
+    optional: dict[str, Any] = {
+        "confidence": st.integers(0, 100), "severity": st.sampled_from(list(Severity)),
+        "first_seen": st.just(first), "last_seen": st.just(last), "valid_until": _TIMES,
+        "tags": st.lists(_TEXT, max_size=4),
+        "description": st.sampled_from([{"en": "C2"}, {"fr": "Commande"},
+                                        {"en": "C2", "fr": "Commande"}]),
+        "references": st.lists(st.sampled_from(["https://example.com/r", "http://a.example/"]),
+                               max_size=2)}
+    for name in draw(st.sets(st.sampled_from(sorted(optional)))):
+        fields[name] = draw(optional[name])
+    return Observation.model_validate(fields)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_observations())
+def test_a_stored_observation_reads_back_as_the_full_decode_gives_it(
+        payload: Observation) -> None:
+    data = encode_payload(payload)
+    _model, full = decode_payload_with_fields(data)
+    del full["kind"]
+    fast = payloads.stored_observation_fields(data)
+    assert fast is not None
+    assert list(fast.items()) == list(full.items())  # the answer's JSON keeps this order
+
+
+@pytest.mark.parametrize("payload", [p for p in examples() if p.kind != "observation"],
+                         ids=lambda p: p.kind)
+def test_only_an_observation_reads_back_on_the_short_path(payload: Payload) -> None:
+    assert payloads.stored_observation_fields(encode_payload(payload)) is None
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\xc1", msgpack.packb([1, 2]), msgpack.packb({"kind": "observation", "x": 1}),
+    msgpack.packb({"kind": "observation", "type": "ipv4-addr", "value": "203.0.113.7",
+                   "description": "not a map"}),
+    msgpack.packb({"kind": "observation", "type": "ipv4-addr", "value": "203.0.113.7",
+                   "description": {"de": "Nein"}}),
+], ids=["empty", "not-msgpack", "array", "unknown-field", "flat-description",
+        "unknown-language"])
+def test_a_body_not_shaped_like_an_observation_takes_the_full_path(data: bytes) -> None:
+    assert payloads.stored_observation_fields(data) is None
+
+
 @pytest.mark.parametrize("payload", examples(), ids=lambda p: p.kind)
 def test_payload_json_dump_parses_back(payload: Payload) -> None:
     dumped = payload.model_dump(mode="json", exclude_none=True)

@@ -25,6 +25,21 @@ def test_hosts_refused(host: str | None) -> None:
     assert not HostPolicy.of(["siem.qc.example"]).allows_host(host)
 
 
+def test_a_host_is_judged_against_each_policy_s_own_names() -> None:
+    # Decisions are cached per (value, names): one policy's answer is not another's.
+    assert HostPolicy.of(["siem.qc.example"]).allows_host("siem.qc.example:8470")
+    assert not HostPolicy.of([]).allows_host("siem.qc.example:8470")
+    assert HostPolicy.of(["siem.qc.example"]).allows_host("siem.qc.example:8470")
+
+
+def test_a_long_host_is_judged_as_a_short_one() -> None:
+    # Over 300 characters a value is judged each time, not cached: the same rules.
+    long_name = "a" * 400 + ".example"
+    assert HostPolicy.of([long_name]).allows_host(long_name + ":8470")
+    assert not HostPolicy.of([]).allows_host(long_name)
+    assert not HostPolicy.of([long_name]).allows_host(long_name + ":notaport")
+
+
 @pytest.mark.parametrize(("origin", "allowed"), [
     (None, True), ("http://127.0.0.1:8470", True), ("https://localhost", True),
     ("http://siem.qc.example:8470", True), ("null", False), ("http://evil.example", False),
