@@ -3,7 +3,7 @@ a target rate, 32 lookup clients, 16 stream subscribers and batched submits.
 
 The node is an ``entraide run`` process whose ledger holds ``PREFILL`` observations of
 ``ORIGINS`` author identities before it starts (the values the lookups ask for).
-- *The peer* is a helper process (spawn) running an in-process node
+- *The peer* (bench/mixed_peer.py) is a helper process (spawn) running an in-process node
   (tests/agent/nodes.py: replicator, WebSocket session) that dials the node over the
   real peer protocol. Its entries are signed by it before the timed part; it then
   publishes them (``Replicator.publish``, the gossip a submit ends with) in chunks every
@@ -43,21 +43,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import itertools
 import multiprocessing
 import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from agent.cli.localfed import tree_cpu_seconds, wait_idle
-from agent.workers.gcsettings import settle_heap
 from agent.workers.supervisor import default_readers
 from bench.common import Context, Result, cpu_seconds, percentile, settled_gc
 from bench.fed import (
@@ -75,6 +71,7 @@ from bench.fed import (
     sign_chain,
 )
 from bench.httpload import run_load
+from bench.mixed_peer import TICK_S, Peer, peer_times
 
 ORIGINS = 4
 CLIENTS = 32
@@ -86,110 +83,13 @@ offered, and measured between two polls it is within ~0.5% of it (where a batch'
 commit falls against each poll), so an offer of exactly 5,000/s was judged a miss
 at 4,976/s as often as a hit. The target is judged under slightly more load, not
 less."""
-TICK_S = 0.05
 SUBMIT_BATCH = 100
 SUBMIT_EVERY_S = 0.2
-PEER_BASE = 4_000_000
-"""Peer entry ``i`` observes ``ipv4(PEER_BASE + i)``; submit ``i`` ``ipv4(SUBMIT_BASE + i)``."""
 SUBMIT_BASE = 8_000_000
+"""Submit ``i`` observes ``ipv4(SUBMIT_BASE + i)``; the peer's entries are in
+bench/mixed_peer.py."""
 _MAX_EVENT = 64 * 1024
 WORKER_START_S = 30.0  # a guard: past it, the run goes on with in-process lookups
-MAX_CHUNK = 2_000
-"""Entries the peer publishes at once at most (a peer process starved by a loaded
-machine falls behind its schedule, then catches up in steps of this size)."""
-
-
-# --- the peer (a helper process) ----------------------------------------------------
-
-
-def _peer_main(conn: Connection, data_dir: str, target_url: str, target_key: str,
-               count: int) -> None:
-    """The helper process: sign ``count`` entries, run a node dialing the target, then
-    on each ``("go", n, rate)`` publish the next ``n`` at ``rate``/s and send
-    back ``[(first index, n, monotonic publish time), ...]``; ``("stop",)`` ends it."""
-    from agent.peering.replicator import TrustedPeer
-    from protocol.keys import PublicKey
-    from tests.agent.nodes import Node
-
-    ident = identity("mixed-peer")
-    entries = sign_chain(ident, count, value=lambda s: ipv4(PEER_BASE + s - 1), tag="mixed")
-    # The entries live to the end: out of the collector's reach, so that no full
-    # collection over them stalls the peer mid-run (the node does the same:
-    # agent/workers/gcsettings.py).
-    settle_heap()
-
-    async def main() -> None:
-        node = Node("PEER", ident, Path(data_dir))
-        node.set_trust([TrustedPeer("MIX", PublicKey.from_text(target_key), target_url)])
-        await node.start()
-        try:
-            deadline = time.monotonic() + 60
-            while not node.repl.connected():
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the peer did not connect to the node")
-                await asyncio.sleep(0.02)
-            conn.send(("ready",))
-            at = 0
-            loop = asyncio.get_running_loop()
-            while True:
-                cmd = await loop.run_in_executor(None, conn.recv)
-                if cmd[0] == "stop":
-                    return
-                _, n, rate = cmd
-                sent: list[tuple[int, int, float]] = []
-                start, end, t0 = at, at + n, time.monotonic()
-                while at < end:
-                    due = start + min(n, max(1, int((time.monotonic() - t0) * rate)))
-                    due = min(due, at + MAX_CHUNK)  # a starved peer catches up in steps
-                    if due > at:
-                        chunk = entries[at:due]
-                        node.repl.publish(chunk)
-                        sent.append((at, len(chunk), time.monotonic()))
-                        at = due
-                    if at < end:
-                        await asyncio.sleep(TICK_S)
-                conn.send(("done", sent))
-        finally:
-            await node.stop()
-
-    try:
-        asyncio.run(main())
-    except Exception as exc:
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        raise
-
-
-class _Peer:
-    """The parent's handle on the helper process."""
-
-    def __init__(self, root: Path, node: FedNode, count: int) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_peer_main, daemon=True, args=(
-            child, str(root), f"http://127.0.0.1:{node.peer_port}", node.key, count))
-        self.proc.start()
-
-    async def recv(self, timeout: float) -> tuple[Any, ...]:
-        def wait() -> tuple[Any, ...]:
-            if not self.conn.poll(timeout):
-                raise TimeoutError("the peer process did not answer")
-            msg: tuple[Any, ...] = self.conn.recv()
-            if msg[0] == "error":
-                raise RuntimeError(f"the peer process failed: {msg[1]}")
-            return msg
-        return await asyncio.to_thread(wait)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.conn.send(("stop",))
-        self.proc.join(10)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join(5)
-
-
-def _peer_times(chunks: list[tuple[int, int, float]]) -> dict[str, float]:
-    return {ipv4(PEER_BASE + i): t for first, n, t in chunks for i in range(first, first + n)}
 
 
 # --- stream subscribers -------------------------------------------------------------
@@ -343,7 +243,7 @@ class _Load:
             nxt += SUBMIT_EVERY_S
 
 
-async def _measure(node: FedNode, peer: _Peer, prefill: int, duration: float,
+async def _measure(node: FedNode, peer: Peer, prefill: int, duration: float,
                    lookups_alone: int, result: Result, log: Any) -> None:
     spawn = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
@@ -352,7 +252,7 @@ async def _measure(node: FedNode, peer: _Peer, prefill: int, duration: float,
                           lookups_alone, result, log)
 
 
-async def _phases(node: FedNode, peer: _Peer, client: Client, load: _Load, duration: float,
+async def _phases(node: FedNode, peer: Peer, client: Client, load: _Load, duration: float,
                   lookups_alone: int, result: Result, log: Any) -> None:
     rate = result.params["offered_rate"]
     per_phase = int(rate * duration)
@@ -479,7 +379,7 @@ async def _phases(node: FedNode, peer: _Peer, client: Client, load: _Load, durat
         async def everything() -> tuple[Any, list[str]]:
             until = time.monotonic() + duration
             out = await ingest_window([load.lookups(until, 0), load.submits(until)])
-            return out, list(_peer_times(out[2][0]))
+            return out, list(peer_times(out[2][0]))
 
         mark0, seen0 = await work_mark(), await metrics(client)
         subs, (ingest, offered, (chunks, lat, _)) = await with_subscribers(everything)
@@ -504,7 +404,7 @@ async def _phases(node: FedNode, peer: _Peer, client: Client, load: _Load, durat
     result.params["stream_disconnect_reasons"] = {
         dict(k).get("reason", ""): v for k, v in
         parsed.get("entraide_stream_disconnects_total", {}).items()}
-    peer_sent = _peer_times(chunks)
+    peer_sent = peer_times(chunks)
     mixed_lookup = percentile(lat, 0.99) * 1000
     result.add("lookup_p99_ms", f"mixed: lookup p99 ({CLIENTS} clients)", mixed_lookup,
                "ms", op="<=", target=20)
@@ -597,7 +497,7 @@ def run(ctx: Context) -> Result:
         wait_idle([node.process.pid])
         peer_dir = root / "peer"
         peer_dir.mkdir()
-        peer = _Peer(peer_dir, node, 2 * int(result.params["offered_rate"] * duration))
+        peer = Peer(peer_dir, node, 2 * int(result.params["offered_rate"] * duration))
         try:
             with settled_gc():
                 asyncio.run(_measure(node, peer, prefill, duration, lookups_alone, result,
