@@ -73,7 +73,7 @@ def format_ms(ms: int) -> str:
 
     A lookup writes two of these: the day's date is cached (most times of a ledger
     fall on few days) and the time of day is arithmetic, ~1.6 us against ~3 for
-    ``time.gmtime`` each time (a tenth of a datetime and ``strftime``).
+    ``time.gmtime`` each time (itself a tenth of a datetime and ``strftime``).
     """
     seconds, milli = divmod(ms, 1000)
     day, second = divmod(seconds, 86_400)

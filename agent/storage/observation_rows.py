@@ -10,10 +10,9 @@ by :func:`body_fields`, the same JSON dump the ledger indexed it from
 (``protocol.payloads.stored_observation_fields``). Only an observation whose body is
 sealed (AMBER, AMBER+STRICT, RED: an envelope this node opened when it stored the
 entry) keeps its JSON in ``doc``: reading it back from the body would mean opening the
-envelope again. The
-first- and last-seen times are NULL where the entry's ts gives them (:data:`FIRST_SEEN`,
-:data:`LAST_SEEN`), and the TLP index holds the sealed rows only: a filter on a
-plaintext TLP, the common case, reads rows in ``obs_no`` order.
+envelope again. The first- and last-seen times are NULL where the entry's ts gives them
+(:data:`FIRST_SEEN`, :data:`LAST_SEEN`), and the TLP index holds the sealed rows only: a
+filter on a plaintext TLP, the common case, reads rows in ``obs_no`` order.
 
 Why: at 5,020,000 observations those copies (the JSON, ~190 bytes, and the entry id,
 32) were most of the observations table's 315 bytes per row, and the ledger took 843
